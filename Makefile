@@ -1,0 +1,44 @@
+# elastica: every command a researcher types. `make help` lists them.
+#   make demo                 the toy-world study end to end on this machine (first command of the README)
+#   make test                 the test suite (second command)
+#   make plan CONFIG=...      what a study will run, before anything runs
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/toy/setting2.yaml
+PROFILE ?= configs/profiles/local-cpu.yaml
+RUNS ?= runs
+export PYTHONUNBUFFERED := 1
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: help setup test demo plan local collect clean
+
+help:
+	@grep -E '^#   make' Makefile | sed 's/^#   //'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0   # first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q tests
+
+plan: setup
+	$(PY) -m launch plan $(CONFIG) --profile $(PROFILE) --runs $(RUNS)
+
+local: setup
+	$(PY) -m launch run $(CONFIG) --profile $(PROFILE) --runs $(RUNS)
+
+demo: setup
+	$(PY) -m launch run configs/toy/setting2.yaml --profile configs/profiles/local-cpu.yaml --runs $(RUNS)
+
+collect: setup
+	$(PY) -m eval.collect $(RUN)
+
+clean:
+	rm -rf $(RUNS) .pytest_cache

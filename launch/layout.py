@@ -1,0 +1,98 @@
+"""Run layout on disk: cell folders, atomic writes, records and done markers.
+
+`<runs root>/<experiment>/<stage>/<cell id>/` holds `record.json` (written at start), the stage's outputs,
+and `DONE` (written last, JSON listing the outputs). Every file is written to a temp name and renamed, so a
+reader sees a whole file or none. References between cells are written `@<stage>/<cell id>/<rest>` and
+resolved against the experiment folder at run time, so moving the runs root never changes an identity.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DONE = "DONE"
+RECORD = "record.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written temp folder into place, replacing an older copy."""
+    final = Path(final)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def resolve(path: str, exp_dir: Path) -> str:
+    """Turn an `@stage/cell/rest` reference into a path under the experiment folder; others pass through."""
+    return str(Path(exp_dir) / path[1:]) if path.startswith("@") else path
+
+
+def read_done(cell_dir: Path) -> dict | None:
+    """The done marker's content, or None when absent or unreadable (a corrupt marker is not done)."""
+    try:
+        data = json.loads((Path(cell_dir) / DONE).read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(cell_dir: Path, milestones: list[str] | tuple[str, ...] = ()) -> bool:
+    """Done when the marker exists and lists every output this plan needs (nested runs may gain milestones)."""
+    done = read_done(cell_dir)
+    if done is None:
+        return False
+    have = set(done.get("milestones", []))
+    return all(m in have for m in milestones)
+
+
+def write_done(cell_dir: Path, **info) -> None:
+    atomic_write_json(Path(cell_dir) / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def runtime_info() -> dict:
+    """Where this cell ran (never part of its identity)."""
+    return {
+        "host": os.uname().nodename,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+        "slurm_array": os.environ.get("SLURM_ARRAY_JOB_ID", "") + "_" + os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+        "image": os.environ.get("APPTAINER_CONTAINER", "") or "host",
+        "python": sys.version.split()[0],
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

@@ -1,0 +1,64 @@
+"""The local executor: run a plan's stages in order on this machine, each cell as its own process.
+
+Same stages, same cells, same worker as on Slurm; a stage starts when the one before it has finished. Cells
+whose done marker exists are skipped, so running again continues where a crash or Ctrl-C left off. Each cell's
+output goes to `<cell dir>/log.txt`.
+
+    python -m launch run configs/toy/setting2.yaml            # or: make local CONFIG=...
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from launch.plan import Plan, jsonable
+from launch.spec import Profile
+from launch.worker import EXIT_PREEMPTED, write_job
+
+
+def cell_env(profile: Profile) -> dict:
+    env = dict(os.environ)
+    env.setdefault("WANDB_MODE", profile.wandb_mode)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(profile.env)
+    if profile.hf_home:
+        env.update(HF_HOME=profile.hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return env
+
+
+def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | None = None,
+             console: Console | None = None) -> int:
+    con = console or Console(stderr=True)
+    env = cell_env(profile)
+    stages = {k: v for k, v in plan.stages.items() if only in (None, k)}
+    total = sum(len(v) for v in stages.values())
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=con, transient=False) as progress:
+        overall = progress.add_task(f"[bold]{plan.spec.experiment}", total=total)
+        for name, cells in stages.items():
+            task = progress.add_task(f"  {name}", total=len(cells))
+            for cell in cells:
+                d = plan.cell_dir(runs_root, cell)
+                if not plan.is_done(runs_root, cell):
+                    d.mkdir(parents=True, exist_ok=True)
+                    write_job(d, cell, jsonable(cell.job))
+                    with open(d / "log.txt", "a") as log:
+                        rc = subprocess.call([sys.executable, "-m", "launch", "run-cell", str(d)], env=env,
+                                             stdout=log, stderr=subprocess.STDOUT)
+                    if rc != 0:
+                        progress.stop()
+                        tail = (d / "log.txt").read_text().strip().splitlines()[-1:] or [""]
+                        why = "preempted (run again to resume)" if rc == EXIT_PREEMPTED else f"exit {rc}"
+                        con.print(f"[red]cell {cell.key} failed: {why}: {tail[0]}\n  log: {d / 'log.txt'}")
+                        return 2 if rc == 2 else 1
+                progress.advance(task)
+                progress.advance(overall)
+    report = plan.exp_dir(runs_root) / "report"
+    con.print(f"done: {plan.exp_dir(runs_root)}" + (f"  (report: {report})" if report.exists() else ""))
+    return 0

@@ -1,0 +1,272 @@
+"""The planner: expand a study spec into stages of cells with stable ids and output folders.
+
+Cell ids are `<readable label>-<fingerprint>`, the fingerprint a hash of the cell's job (what defines its
+result, upstream cell ids included) and never of the profile. Training stages are nested where exact: one run
+per (start model, seed) saves a checkpoint at each volume milestone (`checkpoints/n<volume>`), so its identity
+leaves the milestone list out; a plan that needs a milestone the done marker lacks runs the cell again.
+
+    from launch.plan import make_plan
+    plan = make_plan(load_spec("configs/setting2/imdb.yaml"))
+    plan.summary(runs_root="runs")
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launch import layout
+from launch.jobs import CollectJob, EvalJob, GenerateJob, ModelRef, TrainJob, WorldJob
+from launch.spec import Data, Model, Spec, source_kind
+
+SCHEMA = "elastica/1"
+
+
+def fingerprint(obj) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=list, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def jsonable(obj):
+    """A job as plain JSON (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
+
+
+@dataclass(frozen=True)
+class Cell:
+    stage: str
+    kind: str                                   # world | train | generate | eval | collect
+    label: str                                  # readable part of the id
+    job: object                                 # a launch.jobs dataclass
+    upstream: tuple[str, ...] = ()              # "stage/cell_id" of the cells it reads
+    coords: dict = field(default_factory=dict, compare=False)   # table coordinates: model, seed, positive, ...
+    outputs: tuple[str, ...] = ()               # milestone names the done marker must list
+    examples: int = 0                           # training examples this cell processes
+    extra: dict = field(default_factory=dict, compare=False)     # identity beyond the job (independent volume)
+
+    @property
+    def identity(self) -> dict:
+        job = jsonable(self.job)
+        if self.kind == "train":
+            job.pop("milestones")  # nested: the run's trajectory does not depend on where it saves
+        return {"schema": SCHEMA, "stage": self.stage, "kind": self.kind, "job": job, "extra": self.extra}
+
+    @property
+    def id(self) -> str:
+        return f"{self.label}-{fingerprint(self.identity)}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.stage}/{self.id}"
+
+    def ref(self, rest: str = "") -> str:
+        return f"@{self.stage}/{self.id}" + (f"/{rest}" if rest else "")
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    stages: dict[str, list[Cell]]               # in run order
+    naive_examples: int    # every final cell trained from its base model (the paper's way)
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [c for cells in self.stages.values() for c in cells]
+
+    def exp_dir(self, runs_root: str | Path) -> Path:
+        return Path(runs_root) / self.spec.experiment
+
+    def cell_dir(self, runs_root: str | Path, cell: Cell) -> Path:
+        return self.exp_dir(runs_root) / cell.stage / cell.id
+
+    def is_done(self, runs_root: str | Path, cell: Cell) -> bool:
+        return layout.is_done(self.cell_dir(runs_root, cell), cell.outputs)
+
+    def summary(self, runs_root: str | Path) -> dict:
+        stages = []
+        for name, cells in self.stages.items():
+            done = sum(self.is_done(runs_root, c) for c in cells)
+            stages.append({"name": name, "cells": len(cells), "done": done, "to_run": len(cells) - done,
+                           "checkpoints": sum(len(c.outputs) for c in cells if c.kind == "train"),
+                           "examples": sum(c.examples for c in cells),
+                           "dir": str(self.exp_dir(runs_root) / name)})
+        return {"experiment": self.spec.experiment, "setting": self.spec.setting, "task": self.spec.task,
+                "runs_dir": str(self.exp_dir(runs_root)), "stages": stages,
+                "total_examples": sum(s["examples"] for s in stages), "naive_examples": self.naive_examples,
+                "trust_remote_code": sorted(m.name for m in self.spec.models if m.trust_remote_code)}
+
+
+def mname(n: int) -> str:
+    return f"n{n}"
+
+
+class _Builder:
+    """Builds the cells of one study, stage by stage."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.stages: dict[str, list[Cell]] = {}
+        self.naive = 0
+        self.world: Cell | None = None
+
+    def add(self, cell: Cell) -> Cell:
+        cells = self.stages.setdefault(cell.stage, [])
+        if all(c.id != cell.id for c in cells):
+            cells.append(cell)
+        return cell
+
+    def data(self, role: str) -> Data:
+        d = self.spec.data[role]
+        kind = source_kind(d.path)
+        if kind == "world":
+            return dataclasses.replace(d, path=self.world.ref(f"data/{d.path[6:]}.jsonl"))
+        if kind == "local":
+            return dataclasses.replace(d, path=str(Path(d.path).expanduser().resolve()))
+        return d
+
+    def base_ref(self, m: Model) -> tuple[ModelRef, tuple[str, ...]]:
+        """The base model of `m`: its reference and the upstream cells that make it."""
+        if m.init is None:
+            path = m.path if source_kind(m.path) == "hub" else str(Path(m.path).expanduser().resolve())
+            return ModelRef(path=path, revision=m.revision, trust_remote_code=m.trust_remote_code), ()
+        cell = self.pretrain_cells[m.name]
+        return ModelRef(path=cell.ref(f"checkpoints/{mname(m.pretrain_examples)}")), (cell.key,)
+
+    def train(self, stage: str, label: str, start: ModelRef, upstream, role: str, volumes, seed: int,
+              coords: dict, recipe=None) -> list[tuple[Cell, int]]:
+        """Cells that train `start` on `role` data to each volume; returns (cell, volume) for every milestone."""
+        recipe = recipe or self.spec.recipe_for(stage)
+        recipe = dataclasses.replace(recipe, seeds=(seed,))
+        vols = [v for v in volumes if v > 0]
+        groups = [vols] if recipe.nested else [[v] for v in vols]
+        out = []
+        for group in groups:
+            extra = {} if recipe.nested else {"volume": group[0]}
+            lab = label if recipe.nested else f"{label}.v{group[0]}"
+            job = TrainJob(model=start, data=self.data(role), recipe=recipe, seed=seed, template=self.spec.template,
+                           milestones=tuple(group), stage=stage)
+            cell = self.add(Cell(stage, "train", lab, job, tuple(upstream), dict(coords),
+                                 tuple(mname(v) for v in group), max(group) * recipe.epochs, extra))
+            out += [(cell, v) for v in group]
+        return out
+
+    def evaluate(self, label: str, model: ModelRef, base: ModelRef, upstream, seed: int, coords: dict) -> Cell:
+        ev = self.spec.eval
+        job = EvalJob(model=model, base=base, prompts=self.data("prompts"), eval=ev, template=self.spec.template,
+                      compression={r: self.data(r) for r in ev.compression}, seed=seed,
+                      max_length=self.spec.recipe.max_length)
+        return self.add(Cell("eval", "eval", label, job, tuple(upstream), dict(coords)))
+
+    # --------------------------------------------------------------------------------------------- stages
+    def build(self):
+        spec = self.spec
+        if spec.world is not None:
+            self.world = self.add(Cell("world", "world", "world", WorldJob(world=spec.world, template=spec.template)))
+        self.pretrain_cells = {}
+        if any(m.init for m in spec.models):
+            self._pretrain()
+        if spec.setting == "resistance":
+            self._resistance()
+        else:
+            self._rebound()
+        upstream = tuple(c.key for name, cells in self.stages.items() if name in ("eval", "cross") for c in cells)
+        self.add(Cell("collect", "collect", "collect",
+                      CollectJob(experiment=spec.experiment, setting=spec.setting, task=spec.task), upstream))
+
+    def _pretrain(self):
+        """Toy models: one pre-training run per architecture (first seed), saving each model's volume."""
+        spec = self.spec
+        recipe = spec.recipe_for("pretrain")
+        seed = recipe.seeds[0]
+        by_arch: dict = {}
+        for m in spec.models:
+            if m.init:
+                by_arch.setdefault(m.init, []).append(m)
+        for init, models in by_arch.items():
+            start = ModelRef(path="", init=init, tokenizer=self.world.ref("tokenizer") if self.world else "")
+            vols = sorted({m.pretrain_examples for m in models})
+            label = f"{init.arch}-L{init.layers}-W{init.width}"
+            ups = (self.world.key,) if self.world else ()
+            for cell, v in self.train("pretrain", label, start, ups, "pretrain", vols, seed, {"arch": label}, recipe):
+                for m in models:
+                    if m.pretrain_examples == v:
+                        self.pretrain_cells[m.name] = cell
+        self.naive += sum(m.pretrain_examples * spec.recipe_for("pretrain").epochs for m in spec.models if m.init)
+
+    def _rebound(self):
+        spec, vol = self.spec, self.spec.volumes
+        arms = [("positive", "positive", "pos")] + ([("control", "control", "ctl")] if spec.controls.matched_start else [])
+        for m in spec.models:
+            base, base_up = self.base_ref(m)
+            for seed in spec.recipe.seeds:
+                co = {"model": m.name, "size": m.size_label, "seed": seed}
+                self.evaluate(f"{m.name}.s{seed}.base", base, base, base_up, seed,
+                              {**co, "arm": "base", "positive": 0, "negative": 0})
+                for stage, role, tag in arms:
+                    for cell, p in self.train(stage, f"{m.name}.s{seed}", base, base_up, role, vol.positive, seed,
+                                              {**co, "arm": stage}):
+                        start = ModelRef(path=cell.ref(f"checkpoints/{mname(p)}"))
+                        pc = {**co, "arm": stage, "positive": p}
+                        self.evaluate(f"{m.name}.s{seed}.{tag}{p}.neg0", start, base, (cell.key,), seed,
+                                      {**pc, "negative": 0})
+                        neg = self.train("negative", f"{m.name}.s{seed}.{tag}{p}", start, (cell.key,), "negative",
+                                         vol.negative, seed, pc)
+                        for ncell, n in neg:
+                            self.evaluate(f"{m.name}.s{seed}.{tag}{p}.neg{n}",
+                                          ModelRef(path=ncell.ref(f"checkpoints/{mname(n)}")), base, (ncell.key,),
+                                          seed, {**pc, "negative": n})
+                        ep = spec.recipe_for("negative").epochs
+                        self.naive += sum((p * spec.recipe_for(stage).epochs + n * ep)
+                                          for n in vol.negative if n > 0)
+
+    def _resistance(self):
+        spec, sl = self.spec, self.spec.slices
+        counts = [max(1, round(f * sl.examples)) for f in sl.fractions]
+        for m in spec.models:
+            base, base_up = self.base_ref(m)
+            for seed in spec.recipe.seeds:
+                co = {"model": m.name, "size": m.size_label, "seed": seed}
+                slices = self.train("slices", f"{m.name}.s{seed}", base, base_up, "sft", counts, seed, co)
+                answers = []
+                for i, (cell, n) in enumerate(slices, start=1):
+                    ref = ModelRef(path=cell.ref(f"checkpoints/{mname(n)}"))
+                    job = GenerateJob(model=ref, prompts=self.data("prompts"), eval=spec.eval, template=spec.template,
+                                      train_count=sl.responses, heldout_count=spec.eval.prompts, seed=seed)
+                    gen = self.add(Cell("responses", "generate", f"{m.name}.s{seed}.theta{i}", job, (cell.key,),
+                                        {**co, "slice": i}))
+                    answers.append((i, ref, gen, cell, n * cell.job.recipe.epochs))
+                for i, ref_i, gen_i, cell_i, cost_i in answers:
+                    for j, ref_j, gen_j, cell_j, cost_j in answers:
+                        if i == j:
+                            continue
+                        direction = "forward" if i < j else "inverse"
+                        data = Data(path=gen_j.ref("train.jsonl"), fields={})
+                        recipe = dataclasses.replace(spec.recipe_for("cross"), seeds=(seed,))
+                        job = TrainJob(model=ref_i, data=data, recipe=recipe, seed=seed, template=spec.template,
+                                       milestones=(sl.responses,), stage="cross")
+                        pair = {**co, "from": i, "to": j, "direction": direction}
+                        cross = self.add(Cell("cross", "train", f"{m.name}.s{seed}.theta{i}-on-D{j}", job,
+                                              (cell_i.key, gen_j.key), pair, (mname(sl.responses),),
+                                              sl.responses * recipe.epochs))
+                        heldout = Data(path=gen_j.ref("heldout.jsonl"), fields={})
+                        ev = EvalJob(model=ModelRef(path=cross.ref(f"checkpoints/{mname(sl.responses)}")), base=ref_i,
+                                     prompts=self.data("prompts"),
+                                     eval=dataclasses.replace(spec.eval, scorer=dataclasses.replace(
+                                         spec.eval.scorer, kind="none")),
+                                     template=spec.template, compression={"target": heldout}, seed=seed,
+                                     max_length=recipe.max_length)
+                        self.add(Cell("eval", "eval", f"{m.name}.s{seed}.theta{i}-on-D{j}", ev, (cross.key,), pair))
+                        self.naive += cost_i + sl.responses * recipe.epochs
+
+
+STAGE_ORDER = ("world", "pretrain", "slices", "responses", "positive", "control", "negative", "cross", "eval",
+               "collect")
+
+
+def make_plan(spec: Spec) -> Plan:
+    b = _Builder(spec)
+    b.build()
+    stages = {name: b.stages[name] for name in STAGE_ORDER if name in b.stages}
+    return Plan(spec=spec, stages=stages, naive_examples=b.naive)

@@ -1,0 +1,620 @@
+"""The experiment spec and the cluster profile: typed, frozen dataclasses loaded from YAML.
+
+One YAML file under `configs/` describes one study (what runs); one file under `configs/profiles/` describes
+where it runs. Loading checks every key and value and raises `ConfigError`, which the CLI prints as one line
+`error: <file>: <field.path>: <problem> (<fix>)` with exit code 2. Nothing here imports torch.
+
+    from launch.spec import load_spec, load_profile
+    spec = load_spec("configs/setting2/imdb.yaml")
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+
+class ConfigError(Exception):
+    """Bad input: names the file, the field path, the problem and the fix."""
+
+    def __init__(self, field_path: str, problem: str, fix: str, file: str = ""):
+        self.file, self.field, self.problem, self.fix = file, field_path, problem, fix
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"error: {where}{self.field or '<top>'}: {self.problem} ({self.fix})"
+
+
+def check(ok: bool, field_path: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(field_path, problem, fix)
+
+
+# ----------------------------------------------------------------------------------------------- the spec
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def source_kind(path: str) -> str:
+    """'world' (toy world, built by the world stage), 'local' (a file or folder) or 'hub' (a hub id)."""
+    if path.startswith("world:"):
+        return "world"
+    if path.startswith(("/", ".", "~")):
+        return "local"
+    return "hub"
+
+
+def _check_source(path: str, where: str, base_dir: Path) -> None:
+    kind = source_kind(path)
+    if kind == "local":
+        p = Path(path).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        check(p.exists(), where, f"local path {path!r} does not exist",
+              "create it, fix the path, or use a hub id such as org/name")
+    elif kind == "hub":
+        check(bool(HUB_ID.match(path)), where, f"{path!r} is neither a hub id nor a local path",
+              "write org/name for the hub, or start a local path with / or ./")
+
+
+@dataclass(frozen=True)
+class Init:
+    """Build a model from scratch (toy world) instead of loading one: a tiny real architecture."""
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    layers: int = 3        # transformer blocks
+    width: int = 128       # hidden size
+    heads: int = 4         # attention heads (width must divide by it)
+    context: int = 128     # max positions
+
+    def __post_init__(self):
+        check(self.layers >= 1, "layers", f"must be >= 1, got {self.layers}", "use 1 or more")
+        check(self.width >= 8 and self.heads >= 1 and self.width % self.heads == 0, "width",
+              f"width {self.width} must be >= 8 and divisible by heads {self.heads}", "pick e.g. width 128, heads 4")
+        check(self.context >= 16, "context", f"must be >= 16, got {self.context}", "use e.g. 128")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A base model of the study: a hub id or local dir (`path`), or a toy model built by `init`."""
+    name: str                          # short readable name, used in cell ids and tables
+    path: str = ""                     # hub id (org/name) or local HF folder; empty when `init` is set
+    revision: str = "main"             # hub revision (branch, tag or commit)
+    trust_remote_code: bool = False    # opt in per model; never on by default
+    init: Optional[Init] = None        # build from scratch and pre-train on data.pretrain (toy world)
+    pretrain_examples: int = 0         # with init: pre-training examples (Setting III's pre-training volume)
+    size_label: str = ""               # e.g. "0.5B" or "2.0T": the axis value shown in Setting III tables
+
+    def __post_init__(self):
+        check(bool(SAFE_NAME.match(self.name)), "name", f"{self.name!r} is not a safe name",
+              "use letters, digits, '.', '_' and '-'")
+        check(bool(self.path) != (self.init is not None), "path",
+              "give exactly one of path and init", "set path to a hub id or local dir, or set init for a toy model")
+        if self.init is not None:
+            check(self.pretrain_examples > 0, "pretrain_examples", "a model built by init needs pre-training",
+                  "set pretrain_examples to a positive count")
+        else:
+            check(self.pretrain_examples == 0, "pretrain_examples", "only models built by init are pre-trained here",
+                  "remove pretrain_examples or use init")
+
+
+@dataclass(frozen=True)
+class Data:
+    """One dataset role: where it comes from and how its columns map onto the suite's fields."""
+    path: str                              # hub id, local file/folder (json, jsonl, parquet, save_to_disk) or world:<set>
+    split: str = "train"
+    subset: str = ""                       # hub configuration name, if any
+    fields: dict[str, str] = field(default_factory=dict)   # suite field -> column: prompt, response, chosen, rejected, text
+    filter: dict[str, typing.Union[str, int, float, bool]] = field(default_factory=dict)  # keep rows where column == value
+    revision: str = "main"
+    prefix_words: int = 0                  # >0: prompt = first k words of `text`, response = the rest (IMDb prompts)
+
+    def __post_init__(self):
+        check(bool(self.path), "path", "is empty", "give a hub id, a local path or world:<set>")
+        check(self.prefix_words >= 0, "prefix_words", f"must be >= 0, got {self.prefix_words}", "use e.g. 8")
+        for k in self.fields:
+            check(k in FIELD_NAMES, f"fields.{k}", f"unknown suite field {k!r}",
+                  f"use one of {', '.join(sorted(FIELD_NAMES))}")
+
+
+FIELD_NAMES = {"prompt", "response", "chosen", "rejected", "text"}
+ROLES = {"pretrain", "positive", "negative", "prompts", "sft", "control"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one training stage trains. Identity: every field changes results."""
+    algorithm: Literal["sft", "dpo", "lm"] = "sft"   # lm: loss on every token (pre-training, control arms)
+    lr: float = 1e-5
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0                 # absolute, so a nested run stays exact
+    epochs: int = 1
+    global_batch: int = 64                # examples per optimizer step, whatever the number of GPUs
+    micro_batch: int = 1                  # examples per forward pass per rank
+    max_length: int = 512                 # tokens; longer examples are truncated
+    zero_stage: int = 3
+    precision: Literal["bf16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    dpo_beta: float = 0.02                # DPO only (safe-rlhf's default)
+    seeds: tuple[int, ...] = (42,)        # one chain of cells per seed
+    volume_schedule: Literal["auto", "nested", "independent"] = "auto"  # auto: nested where exact
+    save_every_steps: int = 100           # rolling resumable checkpoint period
+
+    def __post_init__(self):
+        check(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}", "use e.g. 1e-5")
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}", "use 1")
+        check(self.global_batch >= 1, "global_batch", f"must be >= 1, got {self.global_batch}", "use e.g. 64")
+        check(self.micro_batch >= 1, "micro_batch", f"must be >= 1, got {self.micro_batch}", "use e.g. 1")
+        check(self.global_batch % self.micro_batch == 0, "global_batch",
+              f"{self.global_batch} is not a multiple of micro_batch {self.micro_batch}",
+              "make global_batch a multiple of micro_batch")
+        check(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}", "use e.g. 512")
+        check(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0..3, got {self.zero_stage}", "use 0, 1, 2 or 3")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}", "use 0")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}", "use 0")
+        check(all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {list(self.betas)}",
+              "use [0.9, 0.95]")
+        check(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}", "use 1.0 (0 disables)")
+        check(self.dpo_beta > 0, "dpo_beta", f"must be > 0, got {self.dpo_beta}", "use 0.02")
+        check(len(self.seeds) >= 1, "seeds", "is empty", "give at least one seed, e.g. [42]")
+        check(len(set(self.seeds)) == len(self.seeds), "seeds", f"has duplicates: {list(self.seeds)}",
+              "list each seed once")
+        check(self.save_every_steps >= 1, "save_every_steps", f"must be >= 1, got {self.save_every_steps}",
+              "use e.g. 100")
+        if self.volume_schedule == "nested":
+            why = self.nested_inexact()
+            check(not why, "volume_schedule", f"nested is not exact here: {why}",
+                  "use volume_schedule: independent, or a constant schedule with one epoch")
+
+    def nested_inexact(self) -> str:
+        """Why one run with milestone checkpoints would NOT equal separate runs per volume ('' when it would)."""
+        if self.schedule != "constant":
+            return f"a {self.schedule} schedule depends on the run's length"
+        if self.epochs != 1:
+            return f"{self.epochs} epochs revisit early examples after later ones"
+        return ""
+
+    @property
+    def nested(self) -> bool:
+        return self.volume_schedule == "nested" or (self.volume_schedule == "auto" and not self.nested_inexact())
+
+
+@dataclass(frozen=True)
+class Volumes:
+    """How many examples each stage trains on (nested prefixes of one seeded order)."""
+    positive: tuple[int, ...] = ()
+    negative: tuple[int, ...] = ()        # 0 means "the positive model itself" (evaluated, not trained)
+
+    def __post_init__(self):
+        for name in ("positive", "negative"):
+            vals = getattr(self, name)
+            floor = 0 if name == "negative" else 1
+            for i, v in enumerate(vals):
+                check(v >= floor, f"{name}[{i}]", f"must be >= {floor}, got {v}", "use positive example counts")
+            check(len(set(vals)) == len(vals), name, f"has duplicates: {list(vals)}", "list each volume once")
+            check(list(vals) == sorted(vals), name, f"must be sorted ascending, got {list(vals)}",
+                  f"write {sorted(vals)}")
+
+
+@dataclass(frozen=True)
+class Slices:
+    """Setting I: one epoch of SFT on `examples` examples of data.sft, sliced at `fractions` of the epoch."""
+    examples: int = 0
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    responses: int = 0        # responses each slice generates on data.prompts (its dataset D_i)
+
+    def __post_init__(self):
+        check(self.examples >= 1, "examples", f"must be >= 1, got {self.examples}", "set the slice SFT size")
+        check(len(self.fractions) >= 2, "fractions", "needs at least two slices", "use e.g. [0.25, 0.5, 0.75]")
+        check(all(0 < f <= 1 for f in self.fractions), "fractions", f"must be in (0, 1], got {list(self.fractions)}",
+              "use fractions of one epoch")
+        check(list(self.fractions) == sorted(set(self.fractions)), "fractions",
+              f"must be sorted and distinct, got {list(self.fractions)}", f"write {sorted(set(self.fractions))}")
+        check(self.responses >= 1, "responses", f"must be >= 1, got {self.responses}",
+              "set how many prompts each slice answers")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What the eval stage measures on generations."""
+    kind: Literal["classifier", "score_model", "rule", "none"] = "none"
+    model: str = ""               # classifier / score model: hub id or local dir
+    revision: str = "main"
+    positive_label: str = "POSITIVE"   # classifier: the label that counts as positive
+    sign: float = 1.0             # score_model: multiply the score (beaver cost model: -1, higher = safer)
+    max_length: int = 512         # scorer input truncation (tokens)
+    attribute: str = "positive"   # rule scorer (toy world): which class counts
+
+    def __post_init__(self):
+        if self.kind in ("classifier", "score_model"):
+            check(bool(self.model), "model", f"a {self.kind} scorer needs a model", "set model to a hub id or local dir")
+        check(self.sign in (1.0, -1.0), "sign", f"must be 1 or -1, got {self.sign}", "use 1 or -1")
+
+
+@dataclass(frozen=True)
+class Eval:
+    """How checkpoints are evaluated."""
+    prompts: int = 100                 # held-out prompts from data.prompts (disjoint from training data)
+    max_new_tokens: int = 64
+    temperature: float = 0.0           # 0: greedy
+    top_p: float = 1.0
+    samples_per_prompt: int = 1
+    batch_size: int = 32               # generation batch (length-sorted, left-padded)
+    scorer: Scorer = field(default_factory=Scorer)
+    compression: tuple[str, ...] = ()  # data roles on which bits/token are measured
+    compression_examples: int = 200
+    kl_to_base: bool = False           # token-level KL(model || base) on the held-out responses
+    logit_space: bool = True           # also report rates as log-odds
+
+    def __post_init__(self):
+        check(self.prompts >= 1, "prompts", f"must be >= 1, got {self.prompts}", "use e.g. 100")
+        check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}", "use e.g. 64")
+        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}", "use 0 for greedy")
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}", "use 0.95")
+        check(self.samples_per_prompt >= 1, "samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}",
+              "use 1")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}", "use e.g. 32")
+        for i, role in enumerate(self.compression):
+            check(role in ROLES, f"compression[{i}]", f"unknown data role {role!r}", f"use one of {sorted(ROLES)}")
+        check(self.compression_examples >= 1, "compression_examples", "must be >= 1", "use e.g. 200")
+
+
+@dataclass(frozen=True)
+class Controls:
+    """Arms the paper lacks. matched_start: reach the aligned start by LM training on data.control."""
+    matched_start: bool = False
+
+
+@dataclass(frozen=True)
+class World:
+    """The toy world's generator parameters (used when a data path is world:<set>)."""
+    seed: int = 0
+    vocab_nouns: int = 120
+    lexicon: int = 24                # attribute words per class
+    prior: float = 0.5               # share of positive reviews in the pre-training corpus
+    control_prior: float = 0.9       # share of positive reviews in the matched-start control corpus
+    noise: float = 0.1               # share of attribute words drawn from the other class
+    pretrain: int = 20000            # pre-training corpus size
+    alignment: int = 4000            # positive and negative set sizes (each)
+    prompts: int = 2000              # held-out prompts
+    sft: int = 2000                  # Setting I: SFT set
+    control: int = 4000              # control corpus size
+
+    def __post_init__(self):
+        check(0 <= self.prior <= 1, "prior", f"must be in [0, 1], got {self.prior}", "use e.g. 0.5")
+        check(0 <= self.control_prior <= 1, "control_prior", f"must be in [0, 1]", "use e.g. 0.9")
+        check(0 <= self.noise < 0.5, "noise", f"must be in [0, 0.5), got {self.noise}", "use e.g. 0.1")
+        for n in ("vocab_nouns", "lexicon", "pretrain", "alignment", "prompts", "sft", "control"):
+            check(getattr(self, n) >= 1, n, f"must be >= 1, got {getattr(self, n)}", "use a positive count")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One study: what runs. Runtime (where it runs) lives in Profile."""
+    experiment: str                      # name of the study; the folder under the runs root
+    setting: Literal["resistance", "rebound", "pretrain"]   # paper's Setting I, II, III
+    task: str                            # e.g. imdb, safety, alpaca, toy-reviews (labels tables)
+    template: Literal["plain", "chat"]   # plain continuation (IMDb) or BEGINNING OF CONVERSATION chat
+    models: tuple[Model, ...]
+    data: dict[str, Data]                # role -> dataset
+    recipe: Recipe = field(default_factory=Recipe)
+    recipe_overrides: dict[str, dict] = field(default_factory=dict)   # stage -> recipe fields that differ
+    volumes: Volumes = field(default_factory=Volumes)
+    slices: Optional[Slices] = None
+    eval: Eval = field(default_factory=Eval)
+    controls: Controls = field(default_factory=Controls)
+    world: Optional[World] = None
+    notes: str = ""
+
+    def __post_init__(self):
+        check(bool(SAFE_NAME.match(self.experiment)), "experiment", f"{self.experiment!r} is not a safe name",
+              "use letters, digits, '.', '_' and '-'")
+        check(len(self.models) >= 1, "models", "is empty", "list at least one model")
+        names = [m.name for m in self.models]
+        check(len(set(names)) == len(names), "models", f"duplicate model names {names}", "give each model its own name")
+        for role in self.data:
+            check(role in ROLES, f"data.{role}", f"unknown data role {role!r}", f"use one of {sorted(ROLES)}")
+        if self.setting == "resistance":
+            check(self.slices is not None, "slices", "Setting I (resistance) needs slices",
+                  "add slices: {examples, fractions, responses}")
+            need = ("sft", "prompts")
+        else:
+            check(len(self.volumes.positive) >= 1, "volumes.positive", "is empty", "list positive volumes, e.g. [1000]")
+            check(len(self.volumes.negative) >= 1, "volumes.negative", "is empty", "list negative volumes, e.g. [0, 100]")
+            need = ("positive", "negative", "prompts")
+        if any(m.init for m in self.models):
+            need += ("pretrain",)
+        if self.controls.matched_start:
+            check(self.setting != "resistance", "controls.matched_start", "applies to rebound settings only",
+                  "remove it or use setting: rebound")
+            need += ("control",)
+        for role in need:
+            check(role in self.data, f"data.{role}", f"setting {self.setting} needs this dataset role",
+                  f"add data.{role} with a path")
+        for role in self.eval.compression:
+            check(role in self.data, "eval.compression", f"names data role {role!r} that data does not define",
+                  f"add data.{role} or remove it from eval.compression")
+        if any(d.path.startswith("world:") for d in self.data.values()):
+            check(self.world is not None, "world", "a data path uses world:<set> but no world is defined",
+                  "add a world: section (toy world parameters)")
+        if self.eval.scorer.kind == "rule":
+            check(self.world is not None, "eval.scorer.kind", "the rule scorer only reads toy-world text",
+                  "use classifier or score_model for real data")
+        for stage, over in self.recipe_overrides.items():
+            check(stage in TRAIN_STAGES, f"recipe_overrides.{stage}", f"unknown training stage {stage!r}",
+                  f"use one of {sorted(TRAIN_STAGES)}")
+            self.recipe_for(stage)  # validates the merged recipe
+
+    def recipe_for(self, stage: str) -> Recipe:
+        over = self.recipe_overrides.get(stage, {})
+        if not over:
+            return self.recipe
+        return build(Recipe, {**_asdict_plain(self.recipe), **over}, f"recipe_overrides.{stage}")
+
+
+TRAIN_STAGES = {"pretrain", "positive", "negative", "control", "slices", "cross"}
+
+
+# ---------------------------------------------------------------------------------------------- the profile
+PARTITION = re.compile(r"^[A-Za-z0-9_.,-]*$")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one cell of a stage asks Slurm for."""
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 4
+    mem_gb: int = 0                       # 0: the partition's default
+    time_min: int = 60
+
+    def __post_init__(self):
+        check(self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}", "use 1 or more")
+        check(self.gpus_per_node >= 0, "gpus_per_node", f"must be >= 0, got {self.gpus_per_node}", "use 0 on CPU")
+        check(self.cpus_per_task >= 1, "cpus_per_task", f"must be >= 1, got {self.cpus_per_task}", "use e.g. 8")
+        check(self.mem_gb >= 0, "mem_gb", f"must be >= 0, got {self.mem_gb}", "use 0 for the default")
+        check(self.time_min >= 1, "time_min", f"must be >= 1, got {self.time_min}", "use minutes, e.g. 240")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where a study runs. Never part of a cell's identity: changing it never re-addresses results."""
+    name: str
+    executor: Literal["slurm", "local"] = "local"
+    runs_root: str = "runs"
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    train: Resources = field(default_factory=Resources)       # training stages
+    eval: Resources = field(default_factory=Resources)        # generation / eval stages
+    image: str = ""                       # Apptainer .sif; empty runs on the host Python
+    binds: tuple[str, ...] = ()           # apptainer --bind paths
+    env: dict[str, str] = field(default_factory=dict)         # extra environment for every task
+    hf_home: str = ""                     # shared HF cache (prefetched on the login node)
+    array_parallelism: int = 64
+    signal_delay_s: int = 120
+    max_num_timeout: int = 10
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+
+    def __post_init__(self):
+        check(bool(SAFE_NAME.match(self.name)), "name", f"{self.name!r} is not a safe name",
+              "use letters, digits, '.', '_' and '-'")
+        for key in ("partition", "account", "qos"):
+            val = getattr(self, key)
+            check(bool(PARTITION.match(val)), key, f"{val!r} has characters Slurm names never have",
+                  "use letters, digits, '_', '-', '.' and ','")
+        check(self.array_parallelism >= 1, "array_parallelism", "must be >= 1", "use e.g. 64")
+        check(self.signal_delay_s >= 0, "signal_delay_s", "must be >= 0", "use e.g. 120")
+        check(self.max_num_timeout >= 0, "max_num_timeout", "must be >= 0", "use e.g. 10")
+        for k in self.env:
+            check(bool(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)), f"env.{k}", "is not a valid variable name",
+                  "use letters, digits and _")
+            check(k not in ("WANDB_API_KEY", "HF_TOKEN"), f"env.{k}", "secrets never go into a profile file",
+                  "export it in your shell; jobs inherit it")
+        if self.executor == "local":
+            check(self.train.nodes == 1 and self.eval.nodes == 1, "train.nodes", "the local executor has one node",
+                  "use nodes: 1, or executor: slurm")
+
+
+# ------------------------------------------------------------------------------------------------ loading
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors/aliases: aliases are how YAML bombs multiply, and configs do not need them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            ev = self.peek_event()
+            raise ConfigError(f"line {ev.start_mark.line + 1}", "YAML aliases (*name) are not allowed",
+                              "write the value out in full")
+        return super().compose_node(parent, index)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("", f"config file {str(path)!r} not found", "check the path", file=str(path))
+    raw = p.read_bytes()
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"file is {len(raw)} bytes", "configs are under 1 MiB", file=str(path))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"not UTF-8 (byte {e.start})", "save the file as UTF-8", file=str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_NoAliasLoader)
+    except ConfigError as e:
+        e.file = str(path)
+        raise
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(where, f"invalid YAML: {problem}", "fix the syntax", file=str(path)) from None
+    if data is None:
+        raise ConfigError("", "file is empty", "see configs/toy/setting2.yaml for an example", file=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError("", f"top level is a {type(data).__name__}", "write a mapping of keys", file=str(path))
+    return data
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp, value, where: str):
+    """Check and convert one YAML value to the annotated type; raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(map(str, args))}"
+            raise ConfigError(where, f"{value!r} is not allowed", hint)
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"expected a mapping, got {type(value).__name__}", f"write {where}: {{...}}")
+        return build(tp, value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise ConfigError(where, f"expected a list, got {type(value).__name__}", f"write {where}: [...]")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is tuple:
+            if len(value) != len(args):
+                raise ConfigError(where, f"expected {len(args)} values, got {len(value)}", f"give {len(args)} values")
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"expected a mapping, got {type(value).__name__}", f"write {where}: {{...}}")
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"expected true or false, got {value!r}", "write true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"expected an integer, got {value!r}", "write a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-5 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(where, f"expected a number, got {value!r}", "write a number such as 1.0e-5")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(where, f"expected text, got {value!r}", "quote the value")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"expected a mapping, got {type(value).__name__}", "write a mapping")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+
+
+def build(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a mapping: unknown keys, wrong types and bad values raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in fields_:
+            close = difflib.get_close_matches(str(key), list(fields_), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields_)}"
+            raise ConfigError(f"{prefix}{key}", "unknown key", hint)
+    kwargs = {}
+    for name, f in fields_.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}", "is required", f"add {name}: to {where or 'the file'}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # __post_init__ names fields relative to its own dataclass
+        if prefix:
+            e.field = f"{prefix}{e.field}" if e.field else where
+        raise
+
+
+def _asdict_plain(obj) -> dict:
+    """asdict with tuples turned into lists (the form YAML gives)."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
+
+
+def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
+    """Load and validate a study. Local data/model paths are checked relative to base_dir (default: cwd)."""
+    data = read_yaml(path)
+    try:
+        spec = build(Spec, data)
+        base = Path(base_dir or os.getcwd())
+        for i, m in enumerate(spec.models):
+            if m.path:
+                _check_source(m.path, f"models[{i}].path", base)
+        for role, d in spec.data.items():
+            _check_source(d.path, f"data.{role}.path", base)
+            if source_kind(d.path) == "world":
+                check(d.path[6:] in WORLD_SETS, f"data.{role}.path", f"unknown toy-world set {d.path!r}",
+                      f"use one of {', '.join('world:' + s for s in sorted(WORLD_SETS))}")
+        for key in ("model",):
+            s = spec.eval.scorer
+            if s.kind in ("classifier", "score_model"):
+                _check_source(s.model, f"eval.scorer.{key}", base)
+    except ConfigError as e:
+        e.file = str(path)
+        raise
+    return spec
+
+
+WORLD_SETS = {"pretrain", "positive", "negative", "prompts", "sft", "control", "pairs"}
+
+
+def load_profile(path: str | Path) -> Profile:
+    data = read_yaml(path)
+    try:
+        if "name" not in data:
+            data = {"name": Path(path).stem, **data}
+        for key in ("runs_root", "image", "hf_home"):  # $USER, $SCRATCH... are site facts, expanded here
+            if isinstance(data.get(key), str):
+                data[key] = os.path.expandvars(data[key])
+        if isinstance(data.get("binds"), list):
+            data["binds"] = [os.path.expandvars(b) if isinstance(b, str) else b for b in data["binds"]]
+        return build(Profile, data)
+    except ConfigError as e:
+        e.file = str(path)
+        raise

@@ -1,0 +1,182 @@
+"""Training data: load a dataset role, map its columns, order it, tokenize it, and cut it into batches.
+
+Any source loads through `datasets`: a hub id (`load_dataset(id)`, from the HF cache on a cluster), a local
+JSON/JSONL/CSV/Parquet file, or a `save_to_disk` folder. Rows become the suite's fields (prompt, response,
+chosen, rejected). The order is a seeded permutation; a volume n is its first n examples. Loss covers response
+tokens only (every token for `lm`). A global batch is split across ranks, length-sorted into micro-batches.
+
+    rows = load_rows(job.data, exp_dir); order = seeded_order(len(rows), seed)
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from launch.layout import resolve
+from launch.spec import ConfigError, Data, source_kind
+
+CHAT = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"   # the paper's template (safe-rlhf)
+
+
+def _load_dataset(data: Data, exp_dir: Path):
+    import datasets
+    datasets.disable_progress_bars()
+    path = resolve(data.path, exp_dir)
+    kind = "local" if data.path.startswith("@") else source_kind(data.path)
+    try:
+        if kind == "hub":
+            return datasets.load_dataset(path, data.subset or None, split=data.split, revision=data.revision)
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError("data.path", f"{path} does not exist", "run the stage that makes it, or fix the path")
+        if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
+            ds = datasets.load_from_disk(str(p))
+            return ds[data.split.split("[")[0]] if isinstance(ds, datasets.DatasetDict) else ds
+        if p.is_dir():
+            return datasets.load_dataset(str(p), split=data.split)
+        ext = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(p.suffix)
+        if ext is None:
+            raise ConfigError("data.path", f"cannot read {p.suffix or 'extensionless'} file {p}",
+                              "use .json, .jsonl, .csv, .parquet or a save_to_disk folder")
+        split = data.split if data.split.startswith("train") else "train"
+        return datasets.load_dataset(ext, data_files=str(p), split=split)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs the path and the reason
+        raise ConfigError("data.path", f"cannot load {path} (split {data.split}): {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}", "check the path, split and subset; on a cluster run "
+                          "make prefetch first") from None
+
+
+def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
+    """Rows with the suite's field names, after the filter."""
+    ds = _load_dataset(data, Path(exp_dir))
+    cols = set(ds.column_names)
+    for col in list(data.filter) + list(data.fields.values()):
+        if col not in cols:
+            raise ConfigError("data.fields", f"column {col!r} is not in {data.path} (columns: {sorted(cols)})",
+                              "map the suite's fields to existing columns")
+    if data.filter:
+        flt = dict(data.filter)
+        ds = ds.filter(lambda r: all(r[k] == v for k, v in flt.items()))
+    fields = dict(data.fields) or {c: c for c in ("prompt", "response", "chosen", "rejected", "text") if c in cols}
+    rows = []
+    for r in ds:
+        row = {k: ("" if r[c] is None else str(r[c])) for k, c in fields.items()}
+        if "text" in row:
+            text = row.pop("text")
+            if data.prefix_words:
+                words = text.split(" ")
+                row.setdefault("prompt", " ".join(words[:data.prefix_words]))
+                row.setdefault("response", (" " + " ".join(words[data.prefix_words:])) if
+                               len(words) > data.prefix_words else "")
+            else:
+                row.setdefault("prompt", "")
+                row.setdefault("response", text)
+        row.setdefault("prompt", "")
+        rows.append(row)
+    if not rows:
+        raise ConfigError("data", f"{data.path} (split {data.split}) has no rows after the filter {data.filter}",
+                          "check the split and the filter values")
+    return rows
+
+
+def seeded_order(n: int, seed: int) -> list[int]:
+    """The fixed example order of a seed: volume v is order[:v]."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def prompt_text(prompt: str, template: str) -> str:
+    return CHAT.format(prompt=prompt) if template == "chat" else prompt
+
+
+def response_text(response: str, template: str) -> str:
+    return (" " + response.lstrip()) if template == "chat" else response
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]          # -100 where no loss
+    rejected_ids: list[int] | None = None    # DPO: the rejected sequence (input_ids holds the chosen one)
+    rejected_labels: list[int] | None = None
+
+    @property
+    def length(self) -> int:
+        return max(len(self.input_ids), len(self.rejected_ids or ()))
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(l != -100 for l in self.labels[1:])
+
+
+def _encode(tok, prompt: str, response: str, template: str, max_length: int, all_tokens: bool):
+    p = tok(prompt_text(prompt, template), add_special_tokens=True)["input_ids"] if prompt or template == "chat" else []
+    if not p and tok.bos_token_id is not None:
+        p = [tok.bos_token_id]
+    r = tok(response_text(response, template), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = (p + r)[:max_length]
+    labels = list(ids) if all_tokens else ([-100] * len(p) + r)[:max_length]
+    return ids, labels
+
+
+def tokenize(rows: list[dict], tok, template: str, max_length: int, algorithm: str) -> list[Example]:
+    out = []
+    for row in rows:
+        if algorithm == "dpo":
+            if "chosen" not in row or "rejected" not in row:
+                raise ConfigError("data.fields", "DPO needs chosen and rejected fields", "map fields.chosen and "
+                                  "fields.rejected to columns")
+            c, cl = _encode(tok, row["prompt"], row["chosen"], template, max_length, False)
+            r, rl = _encode(tok, row["prompt"], row["rejected"], template, max_length, False)
+            out.append(Example(c, cl, r, rl))
+        else:
+            if "response" not in row:
+                raise ConfigError("data.fields", "training needs a response (or text) field",
+                                  "map fields.response or fields.text to a column")
+            ids, labels = _encode(tok, row["prompt"], row["response"], template, max_length, algorithm == "lm")
+            out.append(Example(ids, labels))
+    if not any(e.loss_tokens for e in out):
+        raise ConfigError("recipe.max_length", f"every prompt fills max_length {max_length}: no response token "
+                          "is left to train on", "raise recipe.max_length or shorten the prompts")
+    return out
+
+
+def global_batches(volume: int, global_batch: int) -> list[tuple[int, int]]:
+    """(start, end) positions in the order of each optimizer step of a run over the first `volume` examples."""
+    return [(s, min(s + global_batch, volume)) for s in range(0, volume, global_batch)]
+
+
+def micro_batches(positions: list[int], examples: list[Example], rank: int, world: int, micro: int) -> list[list[int]]:
+    """This rank's share of one global batch, length-sorted into micro-batches (little padding).
+
+    Every rank gets the same number of micro-batches (ZeRO-3 gathers need all ranks in step); a rank short of
+    examples repeats one with zero weight (marked by a negative index)."""
+    share = positions[rank::world]
+    share = sorted(share, key=lambda i: (examples[i].length, i))
+    batches = [share[k:k + micro] for k in range(0, len(share), micro)]
+    most = -(-len(positions[0::world]) // micro)
+    while len(batches) < most:
+        batches.append([-1 - positions[0]])
+    return batches
+
+
+def collate(examples: list[Example], indices: list[int], pad_id: int, rejected: bool = False):
+    """Right-padded tensors (input_ids, attention_mask, labels) for one micro-batch."""
+    import torch
+    seqs = [(examples[abs(i) - 1 if i < 0 else i]) for i in indices]
+    ids = [e.rejected_ids if rejected else e.input_ids for e in seqs]
+    labs = [e.rejected_labels if rejected else e.labels for e in seqs]
+    n = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(ids), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for k, (x, y) in enumerate(zip(ids, labs)):
+        input_ids[k, :len(x)] = torch.tensor(x)
+        labels[k, :len(y)] = torch.tensor(y)
+        mask[k, :len(x)] = 1
+    weight = torch.tensor([0.0 if i < 0 else 1.0 for i in indices])
+    return input_ids, mask, labels, weight

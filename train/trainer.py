@@ -1,0 +1,391 @@
+"""The trainer: one training cell (SFT, DPO or plain LM loss) on the DeepSpeed engine, with milestones and resume.
+
+`main(job, out_dir, exp_dir)` trains `job.model` on the first max(job.milestones) examples of the seeded order
+and writes `checkpoints/n<volume>/` (HF safetensors + tokenizer) at each milestone, `metrics.jsonl`,
+`summary.json` and `ds_config.json`. Ranks come from RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT
+(submitit's TorchDistributedEnvironment exports them); a single process needs none of them.
+
+Exactness rules (see docs/design.md):
+- A step's loss is the token mean over the whole global batch (sum over micro-batches and ranks), so the split
+  into micro-batches and ranks does not change the maths.
+- Nested milestones: a milestone inside a global batch forks the run (save engine state, take the partial step
+  on the examples up to the milestone, save weights, restore the state, take the full step). The milestone
+  weights equal a separate run on that many examples; the main run is not changed by having milestones.
+- Resume: a rolling DeepSpeed checkpoint (engine, scheduler, RNG, position, loss sums) every
+  `save_every_steps` steps and on SIGUSR1/SIGUSR2/SIGTERM at the next step boundary, then `Preempted` is raised
+  (the CLI exits 75 for the launcher to requeue). Deleted when the cell is done.
+
+Run one cell by hand: python -m launch run-cell runs/<experiment>/<stage>/<cell id>
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+from launch.jobs import TrainJob
+from launch.layout import atomic_write_json, atomic_write_text, publish_dir, resolve
+from launch.spec import ConfigError
+from train import data as D
+
+
+class Preempted(Exception):
+    """The cell saved its resumable state after a signal; rerun it to continue."""
+
+
+_STOP = {"signal": 0}
+
+
+def _on_signal(signum, frame):
+    _STOP["signal"] = signum
+
+
+def setup_distributed():
+    """Rank setup from the standard variables, then deepspeed.init_distributed (nccl on GPU, gloo on CPU)."""
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "elastica" / "torch_extensions"))
+    if "WORLD_SIZE" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import deepspeed
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def load_tokenizer(ref, exp_dir: Path):
+    from transformers import AutoTokenizer
+    path = resolve(ref.tokenizer or ref.path, exp_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError("model.path", f"cannot load a tokenizer from {path}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]}", "check the path or hub id (make prefetch on a cluster)")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None):
+    """A causal LM from a hub id / local dir / checkpoint, or built from `ref.init` (seeded)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    if ref.init is not None:
+        torch.manual_seed(seed)
+        i = ref.init
+        if i.arch == "gpt2":
+            cfg = GPT2Config(vocab_size=len(tok), n_positions=i.context, n_embd=i.width, n_layer=i.layers,
+                             n_head=i.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+            return GPT2LMHeadModel(cfg)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=i.width, intermediate_size=4 * i.width,
+                          num_hidden_layers=i.layers, num_attention_heads=i.heads, max_position_embeddings=i.context,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        return LlamaForCausalLM(cfg)
+    path = resolve(ref.path, exp_dir)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, revision=ref.revision, dtype=dtype or torch.float32,
+                                                    trust_remote_code=ref.trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError("model.path", f"cannot load a model from {path}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]}", "check the path or hub id (make prefetch on a cluster)")
+
+
+def ds_config(job: TrainJob, world: int, cuda: bool) -> dict:
+    r = job.recipe
+    nominal_gas = max(1, math.ceil(r.global_batch / (r.micro_batch * world)))
+    cfg = {
+        "train_micro_batch_size_per_gpu": r.micro_batch,
+        "gradient_accumulation_steps": nominal_gas,   # nominal: the trainer owns the step boundary
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": r.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {"lr": r.lr, "betas": list(r.betas), "eps": 1e-8,
+                                                  "weight_decay": r.weight_decay, "torch_adam": not cuda}},
+        "zero_optimization": {"stage": r.zero_stage},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if r.zero_stage == 3:
+        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    if r.precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    return cfg
+
+
+class Trainer:
+    def __init__(self, job: TrainJob, out_dir: Path, exp_dir: Path):
+        import torch
+        self.job, self.out, self.exp = job, Path(out_dir), Path(exp_dir)
+        self.rank, self.world = setup_distributed()
+        self.cuda = torch.cuda.is_available()
+        r = job.recipe
+        self.tok = load_tokenizer(job.model, exp_dir)
+        rows = D.load_rows(job.data, exp_dir)
+        volume = max(job.milestones)
+        if volume > len(rows):
+            raise ConfigError("volumes", f"volume {volume} is larger than the dataset ({len(rows)} rows of "
+                              f"{job.data.path} after the filter)", "lower the volume or use a larger dataset")
+        order = D.seeded_order(len(rows), job.seed)[:volume]
+        self.examples = D.tokenize([rows[i] for i in order], self.tok, job.template, r.max_length, r.algorithm)
+        self.batches = D.global_batches(volume, r.global_batch)
+        self.milestones = sorted(job.milestones)
+
+        model = load_model(job.model, exp_dir, self.tok, job.seed)
+        if r.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.ds_cfg = ds_config(job, self.world, self.cuda)
+        if self.rank == 0:
+            atomic_write_json(self.out / "ds_config.json", self.ds_cfg)
+        import deepspeed
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=params, config=self.ds_cfg,
+            lr_scheduler=lambda opt: _schedule(opt, r, len(self.batches), r.warmup_steps))
+        self.device = self.engine.device
+        self.ref_logps = self._reference_logps() if r.algorithm == "dpo" else None
+
+    # ------------------------------------------------------------------------------------------- one step
+    def _forward_logps(self, ids, mask, labels):
+        """Per-token log-probabilities of the labels and the mask of counted tokens."""
+        import torch
+        out = self.engine(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        logits = out.logits[:, :-1].float()
+        tgt = labels[:, 1:].to(self.device)
+        keep = tgt != -100
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return logp * keep, keep
+
+    def _reference_logps(self) -> dict[int, tuple[float, float]]:
+        """DPO's frozen reference: the starting weights' sequence log-probs, computed once before training."""
+        import torch
+        ref = {}
+        with torch.no_grad():
+            for s, e in self.batches:
+                for mb in D.micro_batches(list(range(s, e)), self.examples, self.rank, self.world,
+                                          self.job.recipe.micro_batch):
+                    c = self._forward_logps(*D.collate(self.examples, mb, self.tok.pad_token_id)[:3])[0].sum(-1)
+                    rj = self._forward_logps(*D.collate(self.examples, mb, self.tok.pad_token_id, True)[:3])[0].sum(-1)
+                    for k, i in enumerate(mb):
+                        ref[i] = (c[k].item(), rj[k].item())
+        return ref
+
+    def step(self, s: int, e: int) -> dict:
+        """One optimizer step on examples [s, e) of the order; returns its metrics."""
+        import torch
+        import torch.nn.functional as F
+        r = self.job.recipe
+        t0 = time.time()
+        dpo = r.algorithm == "dpo"
+        denom = (e - s) if dpo else sum(self.examples[i].loss_tokens for i in range(s, e))
+        denom = max(denom, 1)
+        acc = torch.zeros(5, dtype=torch.float64)   # loss sum, loss tokens, real tokens, padded tokens, chosen margin
+        for mb in D.micro_batches(list(range(s, e)), self.examples, self.rank, self.world, r.micro_batch):
+            ids, mask, labels, w = D.collate(self.examples, mb, self.tok.pad_token_id)
+            w = w.to(self.device)
+            if dpo:
+                c_lp, _ = self._forward_logps(ids, mask, labels)
+                ids_r, mask_r, labels_r, _ = D.collate(self.examples, mb, self.tok.pad_token_id, True)
+                r_lp, _ = self._forward_logps(ids_r, mask_r, labels_r)
+                ref = torch.tensor([self.ref_logps[abs(i) - 1 if i < 0 else i] for i in mb], device=self.device)
+                margin = (c_lp.sum(-1) - ref[:, 0]) - (r_lp.sum(-1) - ref[:, 1])
+                per = -F.logsigmoid(r.dpo_beta * margin) * w
+                loss_sum = per.sum()
+                acc[4] += float((margin * w).sum())
+                acc[1] += float(w.sum())
+                acc[2] += float(mask.sum() + mask_r.sum())
+                acc[3] += float(mask.numel() + mask_r.numel() - mask.sum() - mask_r.sum())
+            else:
+                lp, keep = self._forward_logps(ids, mask, labels)
+                loss_sum = -(lp.sum(-1) * w).sum()
+                acc[1] += float((keep.sum(-1) * w).sum())
+                acc[2] += float(mask.sum())
+                acc[3] += float(mask.numel() - mask.sum())
+            self.engine.backward(loss_sum * self.world / denom, scale_wrt_gas=False)
+            acc[0] += float(loss_sum.detach())
+        self.engine.step()
+        import torch.distributed as dist
+        dist.all_reduce(acc)
+        gn = self.engine.get_global_grad_norm()
+        loss = acc[0].item() / max(acc[1].item(), 1)
+        return {"loss": loss, "loss_sum": acc[0].item(), "loss_tokens": acc[1].item(), "tokens": acc[2].item(),
+                "padding_share": acc[3].item() / max(acc[2].item() + acc[3].item(), 1),
+                "grad_norm": float(gn) if gn is not None else None, "lr": self.engine.get_lr()[0],
+                "examples": e, "seconds": time.time() - t0,
+                **({"dpo_margin": acc[4].item() / max(acc[1].item(), 1)} if dpo else {})}
+
+    # ---------------------------------------------------------------------------------------- outputs
+    def save_weights(self, name: str) -> None:
+        """checkpoints/<name>: HF safetensors + tokenizer, written to a temp folder and renamed."""
+        import torch.distributed as dist
+        r = self.job.recipe
+        sd = self.engine._zero3_consolidated_16bit_state_dict() if r.zero_stage == 3 else None
+        if self.rank == 0:
+            if sd is None:
+                sd = {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
+            final = self.out / "checkpoints" / name
+            tmp = final.with_name(f".{name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.engine.module.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+            self.tok.save_pretrained(tmp)
+            publish_dir(tmp, final)
+        dist.barrier()
+
+    def save_resume(self, state: dict, tag: str, where: Path) -> None:
+        import torch
+        import torch.distributed as dist
+        state = {**state, "torch_rng": torch.get_rng_state()}
+        self.engine.save_checkpoint(str(where), tag=tag, client_state={"elastica": state}, save_latest=tag != "fork")
+        dist.barrier()
+        if self.rank == 0 and tag != "fork":
+            for old in where.iterdir():
+                if old.is_dir() and old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def load_resume(self, where: Path, tag: str | None = None) -> dict | None:
+        import torch
+        if tag is None and not (where / "latest").exists():
+            return None
+        path, client = self.engine.load_checkpoint(str(where), tag=tag)
+        if path is None:
+            return None
+        state = client["elastica"]
+        torch.set_rng_state(state.pop("torch_rng"))
+        return state
+
+    # ------------------------------------------------------------------------------------------ the run
+    def run(self) -> list[str]:
+        import torch.distributed as dist
+        resume_dir = self.out / "resume"
+        metrics_path = self.out / "metrics.jsonl"
+        state = self.load_resume(resume_dir) or {"batch": 0, "loss_sum": 0.0, "loss_tokens": 0.0, "tokens": 0.0,
+                                                 "step_losses": [], "wall": 0.0, "milestones": {}}
+        if self.rank == 0:  # keep exactly the metric lines of the steps the resumed state has taken
+            lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+            atomic_write_text(metrics_path, "".join(l + "\n" for l in lines[:state["batch"]]))
+        wandb_run = self._wandb() if self.rank == 0 else None
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
+        try:
+            t_start = time.time() - state["wall"]
+            for k in range(state["batch"], len(self.batches)):
+                s, e = self.batches[k]
+                for m in self.milestones:
+                    if s < m < e and f"n{m}" not in state["milestones"]:
+                        self._fork(s, m, state)
+                m = self.step(s, e)
+                state["batch"] = k + 1
+                state["loss_sum"] += m["loss_sum"]
+                state["loss_tokens"] += m["loss_tokens"]
+                state["tokens"] += m["tokens"]
+                state["step_losses"].append(m["loss"])
+                state["wall"] = time.time() - t_start
+                m.update(step=k + 1, tokens_per_s=m["tokens"] / max(m["seconds"], 1e-9))
+                if self.rank == 0:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(m) + "\n")
+                    if wandb_run:
+                        wandb_run.log({k2: v for k2, v in m.items() if v is not None}, step=k + 1)
+                if e in self.milestones:
+                    state["milestones"][f"n{e}"] = _milestone_summary(state, e)
+                    self.save_weights(f"n{e}")
+                stop = self._stop_requested()
+                if stop or (k + 1) % self.job.recipe.save_every_steps == 0:
+                    if k + 1 < len(self.batches):
+                        self.save_resume(state, f"step{k + 1}", resume_dir)
+                if stop:
+                    raise Preempted(f"signal {stop}: saved at step {k + 1} of {len(self.batches)}")
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            if wandb_run:
+                wandb_run.finish()
+        if self.rank == 0:
+            summary = {**_milestone_summary(state, self.batches[-1][1]), "wall_s": state["wall"],
+                       "milestones": state["milestones"], "world_size": self.world,
+                       "padding_share": _mean_padding(metrics_path)}
+            atomic_write_json(self.out / "summary.json", summary)
+            shutil.rmtree(resume_dir, ignore_errors=True)   # optimizer shards are not kept once done
+        dist.barrier()
+        return [f"n{m}" for m in self.milestones]
+
+    def _fork(self, s: int, m: int, state: dict) -> None:
+        """Milestone m inside the batch starting at s: a side step on [s, m), saved, then undone."""
+        fork_dir = self.out / "fork"
+        self.save_resume(state, "fork", fork_dir)
+        part = self.step(s, m)
+        side = dict(state, loss_sum=state["loss_sum"] + part["loss_sum"],
+                    loss_tokens=state["loss_tokens"] + part["loss_tokens"], tokens=state["tokens"] + part["tokens"],
+                    step_losses=state["step_losses"] + [part["loss"]])
+        state["milestones"][f"n{m}"] = _milestone_summary(side, m)
+        self.save_weights(f"n{m}")
+        self.load_resume(fork_dir, "fork")
+        if self.rank == 0:
+            shutil.rmtree(fork_dir, ignore_errors=True)
+
+    def _stop_requested(self) -> int:
+        import torch
+        import torch.distributed as dist
+        flag = torch.tensor([_STOP["signal"]], dtype=torch.long)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def _wandb(self):
+        mode = os.environ.get("WANDB_MODE", "offline")
+        if mode == "disabled":
+            return None
+        import wandb
+        cell = self.out.name
+        return wandb.init(project=os.environ.get("WANDB_PROJECT", "elastica"), group=cell, job_type=self.job.stage,
+                          name=cell, id=cell[-10:], dir=str(self.out), mode=mode,
+                          resume="allow", config={"recipe": _plain(self.job.recipe), "seed": self.job.seed},
+                          settings=wandb.Settings(silent=True, console="off"))
+
+
+def _plain(obj):
+    import dataclasses
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
+
+
+def _schedule(opt, recipe, total_steps: int, warmup: int):
+    import torch
+
+    def factor(step: int) -> float:
+        w = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if recipe.schedule == "cosine":
+            progress = min(1.0, step / max(1, total_steps))
+            return w * 0.5 * (1 + math.cos(math.pi * progress))
+        return w
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _milestone_summary(state: dict, examples: int) -> dict:
+    losses = state["step_losses"]
+    return {"examples": examples, "steps": len(losses), "tokens": state["tokens"],
+            "final_loss": losses[-1] if losses else None,
+            "mean_loss": sum(losses) / len(losses) if losses else None,
+            "token_mean_loss": state["loss_sum"] / max(state["loss_tokens"], 1)}
+
+
+def _mean_padding(path: Path) -> float:
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    real = sum(r["tokens"] for r in rows)
+    pad = sum(r["padding_share"] * r["tokens"] / max(1 - r["padding_share"], 1e-9) for r in rows)
+    return pad / max(real + pad, 1)
+
+
+def main(job: TrainJob, out_dir: Path, exp_dir: Path) -> list[str]:
+    """Train one cell; returns the milestone names written (the done marker lists them)."""
+    return Trainer(job, Path(out_dir), Path(exp_dir)).run()
