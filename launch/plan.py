@@ -51,7 +51,8 @@ class Cell:
         job = jsonable(self.job)
         if self.kind == "train":
             job.pop("milestones")  # nested: the run's trajectory does not depend on where it saves
-        return {"schema": SCHEMA, "stage": self.stage, "kind": self.kind, "job": job, "extra": self.extra}
+        return {"schema": SCHEMA, "stage": self.stage, "kind": self.kind, "job": job, "extra": self.extra,
+                "upstream": sorted(self.upstream)}
 
     @property
     def id(self) -> str:

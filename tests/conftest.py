@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny toy world and tiny real-architecture models built locally (no hub), and a helper that
+runs a cell as real processes (1 or 2 ranks, gloo) exactly as the executors do.
+
+    .venv/bin/python -m pytest -q tests
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+    os.environ.setdefault(var, str(ROOT / ".cache" / "wandb"))
+
+
+@pytest.fixture(scope="session")
+def exp_dir(tmp_path_factory) -> Path:
+    """An experiment folder with a small toy world (world/data/*.jsonl, world/tokenizer) and tiny models."""
+    from launch.spec import World
+    from train.toyworld import write_world
+    exp = tmp_path_factory.mktemp("exp")
+    write_world(World(pretrain=600, alignment=400, prompts=64, sft=200, control=200), exp / "world")
+    for arch in ("gpt2", "llama"):
+        save_tiny_model(arch, exp / "world" / "tokenizer", exp / "models" / arch)
+    return exp
+
+
+def save_tiny_model(arch: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer
+    from launch.jobs import ModelRef
+    from launch.spec import Init
+    from train.trainer import load_model
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = load_model(ModelRef(path="", init=Init(arch=arch, layers=2, width=32, heads=4, context=64)), out, tok, seed)
+    with torch.no_grad():
+        model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_cell(cell_dir: Path, job, kind: str = "train", stage: str = "positive", outputs=()) -> Path:
+    from launch.plan import Cell, jsonable
+    from launch.worker import write_job
+    cell = Cell(stage, kind, cell_dir.name, job, outputs=tuple(outputs))
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    write_job(cell_dir, cell, jsonable(job))
+    return cell_dir
+
+
+def run_cell_procs(cell_dir: Path, ranks: int = 1, env: dict | None = None, wait: bool = True):
+    """Run `python -m launch run-cell` as `ranks` real processes; returns their CompletedProcess/Popen objects."""
+    port = free_port()
+    procs = []
+    for r in range(ranks):
+        e = dict(os.environ, OMP_NUM_THREADS="1" if ranks > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
+                 PYTHONUNBUFFERED="1", **(env or {}))
+        if ranks > 1:
+            e.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "launch", "run-cell", str(cell_dir)], cwd=ROOT, env=e,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    if not wait:
+        return procs
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        outs.append((p.returncode, out))
+    return outs

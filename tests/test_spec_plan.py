@@ -1,0 +1,229 @@
+"""Spec loading, bad-config errors, identity vs runtime, and the planner's counts.
+
+    .venv/bin/python -m pytest -q tests/test_spec_plan.py
+"""
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.__main__ import main as cli
+from launch.plan import make_plan
+from launch.spec import build, load_profile, load_spec, Profile
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "profiles" not in p.parts)
+PROFILES = sorted((ROOT / "configs" / "profiles").glob("*.yaml"))
+
+BASE = yaml.safe_load((ROOT / "configs/setting2/imdb.yaml").read_text())
+
+
+def write(tmp_path, cfg, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    return p
+
+
+def plan_json(path, capsys, *extra):
+    rc = cli(["plan", str(path), "--json", *extra])
+    out = capsys.readouterr()
+    return rc, out
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_loads_and_plans(path, capsys, tmp_path):
+    rc, out = plan_json(path, capsys, "--runs", str(tmp_path))
+    assert rc == 0, out.err
+    summary = json.loads(out.out)
+    assert summary["stages"] and all(s["cells"] >= 1 for s in summary["stages"])
+    assert summary["stages"][-1]["name"] == "collect"
+    assert not list(tmp_path.iterdir()), "plan must not write anything"
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
+def test_every_profile_loads(path):
+    assert isinstance(load_profile(path), Profile)
+
+
+def test_setting2_paper_counts(capsys, tmp_path):
+    rc, out = plan_json(ROOT / "configs/setting2/imdb.yaml", capsys, "--runs", str(tmp_path))
+    s = json.loads(out.out)
+    assert rc == 0
+    cells = {st["name"]: st["cells"] for st in s["stages"]}
+    assert cells == {"positive": 1, "negative": 4, "eval": 25, "collect": 1}
+    assert {st["name"]: st["checkpoints"] for st in s["stages"]}["negative"] == 20
+    assert s["total_examples"] == 18000 and s["naive_examples"] == 105200
+
+
+def test_independent_schedule_counts(tmp_path):
+    cfg = copy.deepcopy(BASE)
+    cfg["recipe"]["volume_schedule"] = "independent"
+    plan = make_plan(load_spec(write(tmp_path, cfg)))
+    s = plan.summary(tmp_path)
+    cells = {st["name"]: st["cells"] for st in s["stages"]}
+    assert cells["positive"] == 4 and cells["negative"] == 20
+    assert s["total_examples"] == 33200   # positive slices reused, negative cells from each
+
+
+# ------------------------------------------------------------------------------------ bad-config corpus
+def mut(fn):
+    cfg = copy.deepcopy(BASE)
+    fn(cfg)
+    return cfg
+
+
+BAD = [  # (id, config or raw text, field that the error must name)
+    ("typo-top", mut(lambda c: c.update(volumess=c.pop("volumes"))), "volumess"),
+    ("typo-recipe", mut(lambda c: c["recipe"].update(lrr=1e-5)), "recipe.lrr"),
+    ("lr-string", mut(lambda c: c["recipe"].update(lr="fast")), "recipe.lr"),
+    ("lr-negative", mut(lambda c: c["recipe"].update(lr=-1.0)), "recipe.lr"),
+    ("epochs-float", mut(lambda c: c["recipe"].update(epochs=1.5)), "recipe.epochs"),
+    ("negative-volume", mut(lambda c: c["volumes"].update(positive=[-5, 100])), "volumes.positive[0]"),
+    ("unsorted-volumes", mut(lambda c: c["volumes"].update(negative=[0, 500, 100])), "volumes.negative"),
+    ("duplicate-volumes", mut(lambda c: c["volumes"].update(positive=[100, 100])), "volumes.positive"),
+    ("empty-volumes", mut(lambda c: c["volumes"].update(positive=[])), "volumes.positive"),
+    ("nested-cosine", mut(lambda c: c["recipe"].update(schedule="cosine", volume_schedule="nested")),
+     "recipe.volume_schedule"),
+    ("nested-epochs", mut(lambda c: c["recipe"].update(epochs=3, volume_schedule="nested")), "recipe.volume_schedule"),
+    ("unknown-setting", mut(lambda c: c.update(setting="rebund")), "setting"),
+    ("unknown-scorer", mut(lambda c: c["eval"]["scorer"].update(kind="roberta")), "eval.scorer.kind"),
+    ("missing-local-model", mut(lambda c: c["models"][0].update(path="./no/such/model")), "models[0].path"),
+    ("missing-local-data", mut(lambda c: c["data"]["positive"].update(path="/no/such/file.jsonl")),
+     "data.positive.path"),
+    ("unknown-role", mut(lambda c: c["data"].update(extra={"path": "a/b"})), "data.extra"),
+    ("missing-role", mut(lambda c: c["data"].pop("negative")), "data.negative"),
+    ("zero-stage", mut(lambda c: c["recipe"].update(zero_stage=4)), "recipe.zero_stage"),
+    ("precision", mut(lambda c: c["recipe"].update(precision="fp8")), "recipe.precision"),
+    ("batch-multiple", mut(lambda c: c["recipe"].update(global_batch=10, micro_batch=4)), "recipe.global_batch"),
+    ("models-empty", mut(lambda c: c.update(models=[])), "models"),
+    ("model-no-path", mut(lambda c: c["models"][0].pop("path")), "models[0].path"),
+    ("bad-model-name", mut(lambda c: c["models"][0].update(name="llama 7b; rm -rf /")), "models[0].name"),
+    ("trust-not-bool", mut(lambda c: c["models"][0].update(trust_remote_code="yes")), "models[0].trust_remote_code"),
+    ("seeds-empty", mut(lambda c: c["recipe"].update(seeds=[])), "recipe.seeds"),
+    ("betas-length", mut(lambda c: c["recipe"].update(betas=[0.9])), "recipe.betas"),
+    ("override-stage", mut(lambda c: c.update(recipe_overrides={"negatve": {"lr": 1e-4}})), "recipe_overrides.negatve"),
+    ("override-value", mut(lambda c: c.update(recipe_overrides={"negative": {"lr": 5}})),
+     "recipe_overrides.negative.lr"),
+    ("slices-wrong-setting", mut(lambda c: c.update(setting="resistance")), "slices"),
+    ("missing-required", mut(lambda c: c.pop("template")), "template"),
+    ("top-p", mut(lambda c: c["eval"].update(top_p=0)), "eval.top_p"),
+    ("compression-role", mut(lambda c: c["eval"].update(compression=["pretrain"])), "eval.compression"),
+    ("empty-file", "", "<top>"),
+    ("not-a-mapping", "- a\n- b\n", "<top>"),
+    ("bad-yaml", "experiment: [unclosed\n", "line"),
+    ("yaml-alias-bomb", "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n", "line"),
+]
+
+
+@pytest.mark.parametrize("case,cfg,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_one_error_line(case, cfg, field, tmp_path, capsys):
+    path = write(tmp_path, cfg)
+    rc, out = plan_json(path, capsys, "--runs", str(tmp_path / "runs"))
+    assert rc == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1, out.err
+    assert lines[0].startswith(f"error: {path}: {field}"), lines[0]
+    assert "(" in lines[0] and lines[0].endswith(")")   # the fix
+    assert not (tmp_path / "runs").exists()
+
+
+def test_non_utf8_file(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_bytes(b"experiment: caf\xe9\n")
+    rc, out = plan_json(p, capsys)
+    assert rc == 2 and "not UTF-8" in out.err
+
+
+def test_unknown_key_suggests_the_closest(tmp_path, capsys):
+    rc, out = plan_json(write(tmp_path, mut(lambda c: c["recipe"].update(lrr=1e-5))), capsys)
+    assert "did you mean 'lr'?" in out.err
+
+
+def test_bad_profile_and_flag(tmp_path, capsys):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: p\npartition: 'gpu; rm -rf ~'\n")
+    rc, out = plan_json(ROOT / "configs/setting2/imdb.yaml", capsys, "--profile", str(prof))
+    assert rc == 2 and f"error: {prof}: partition:" in out.err
+    rc = cli(["plan", str(ROOT / "configs/setting2/imdb.yaml"), "--bogus"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: command line:")
+
+
+def test_cli_subprocess_prints_no_traceback(tmp_path):
+    p = write(tmp_path, mut(lambda c: c["recipe"].update(lr="fast")))
+    r = subprocess.run([sys.executable, "-m", "launch", "plan", str(p)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------- identity vs runtime
+def ids(cfg, tmp_path, name):
+    plan = make_plan(load_spec(write(tmp_path, cfg, name)))
+    return {c.key for c in plan.cells}, plan
+
+
+def test_profile_changes_no_cell_id(tmp_path, capsys):
+    a = json.loads(plan_json(ROOT / "configs/setting2/imdb.yaml", capsys)[1].out)
+    plan_a = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
+    prof = build(Profile, {"name": "other", "executor": "slurm", "partition": "big", "train": {"nodes": 4,
+                           "gpus_per_node": 8, "time_min": 30}})
+    plan_b = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))   # plans never read the profile
+    assert [c.key for c in plan_a.cells] == [c.key for c in plan_b.cells]
+    rc, out = plan_json(ROOT / "configs/setting2/imdb.yaml", capsys, "--profile",
+                        str(ROOT / "configs/profiles/example-gpu.yaml"), "--runs", "runs")
+    b = json.loads(out.out)
+    assert rc == 0 and prof.name == "other"
+    assert a["stages"] == b["stages"]
+
+
+def downstream(plan, keys):
+    """keys plus every cell that reads one of them, transitively."""
+    out, grew = set(keys), True
+    while grew:
+        grew = False
+        for c in plan.cells:
+            if c.key not in out and any(u in out for u in c.upstream):
+                out.add(c.key)
+                grew = True
+    return out
+
+
+def test_identity_changes_only_affected_cells(tmp_path):
+    base_ids, base_plan = ids(BASE, tmp_path, "a.yaml")
+    # the negative stage's lr: negative cells and their evals change; positive cells and their evals do not
+    neg_ids, plan = ids(mut(lambda c: c.update(recipe_overrides={"negative": {"lr": 2e-5}})), tmp_path, "b.yaml")
+    changed = base_ids - neg_ids
+    old_neg = {c.key for c in base_plan.cells if c.stage == "negative"}
+    assert changed == downstream(base_plan, old_neg)
+    # the global lr: everything that trains and everything after it
+    lr_ids, _ = ids(mut(lambda c: c["recipe"].update(lr=3e-5)), tmp_path, "c.yaml")
+    base_eval = {c.key for c in base_plan.cells if c.stage == "eval" and c.coords.get("arm") == "base"}
+    assert base_ids - lr_ids == {c.key for c in base_plan.cells} - base_eval
+    collect = {c.key for c in base_plan.cells if c.stage == "collect"}
+    # a new negative volume adds its eval cells (and a new report); the training cells stay (nested milestones)
+    vol_ids, _ = ids(mut(lambda c: c["volumes"].update(negative=[0, 100, 200, 300, 500, 1000, 2000])), tmp_path,
+                     "d.yaml")
+    assert base_ids - vol_ids == collect and len(vol_ids - base_ids) == 4 + 1
+    # a new seed adds a chain and keeps the old one
+    seed_ids, _ = ids(mut(lambda c: c["recipe"].update(seeds=[42, 43])), tmp_path, "e.yaml")
+    assert base_ids - seed_ids == collect and len(seed_ids) == 2 * len(base_ids) - 1
+    # another model: every cell of the study changes
+    model_ids, _ = ids(mut(lambda c: c["models"][0].update(path="google/gemma-2b")), tmp_path, "f.yaml")
+    assert base_ids & model_ids == set()
+
+
+def test_done_marker_means_done(tmp_path):
+    from launch import layout
+    plan = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
+    cell = plan.stages["positive"][0]
+    d = plan.cell_dir(tmp_path, cell)
+    assert not plan.is_done(tmp_path, cell)
+    layout.write_done(d, milestones=["n1000", "n2000"])
+    assert not plan.is_done(tmp_path, cell), "a marker lacking milestones the plan needs is not done"
+    layout.write_done(d, milestones=list(cell.outputs))
+    assert plan.is_done(tmp_path, cell)
+    (d / layout.DONE).write_text("{truncated")
+    assert not plan.is_done(tmp_path, cell)

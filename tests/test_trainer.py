@@ -1,0 +1,165 @@
+"""The trainer on real DeepSpeed (CPU, gloo), tiny GPT-2 / Llama models built locally, cells run as processes.
+
+    .venv/bin/python -m pytest -q tests/test_trainer.py
+"""
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cell_procs, write_cell
+from launch.jobs import ModelRef, TrainJob
+from launch.spec import Data, Recipe
+
+
+def job(exp, arch="gpt2", milestones=(64,), role="positive", **recipe):
+    r = dict(algorithm="sft", lr=1e-3, global_batch=16, micro_batch=4, max_length=64, zero_stage=0,
+             precision="fp32", save_every_steps=1000)
+    r.update(recipe)
+    return TrainJob(model=ModelRef(path=str(exp / "models" / arch)), data=Data(path=f"@world/data/{role}.jsonl"),
+                    recipe=Recipe(**r), seed=7, template="plain", milestones=tuple(milestones))
+
+
+def train(exp, name, j, ranks=1, **kw):
+    d = write_cell(exp / "positive" / name, j, outputs=[f"n{m}" for m in j.milestones])
+    outs = run_cell_procs(d, ranks=ranks, **kw)
+    for rc, out in outs:
+        assert rc == 0, out[-3000:]
+    return d
+
+
+def weights(d, m):
+    return load_file(str(d / "checkpoints" / f"n{m}" / "model.safetensors"))
+
+
+def max_diff(a, b):
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_loss_mask_is_exactly_the_response(exp_dir):
+    from transformers import AutoTokenizer
+    from train.data import tokenize
+    tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
+    row = {"prompt": "the plot of the cast and the music", "response": " was very great+ ."}
+    (ex,) = tokenize([row], tok, "plain", 64, "sft")
+    n_prompt = len(tok(row["prompt"])["input_ids"])
+    n_resp = len(tok(row["response"], add_special_tokens=False)["input_ids"]) + 1   # + eos
+    assert ex.labels[:n_prompt] == [-100] * n_prompt
+    assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:] and len(ex.input_ids) == n_prompt + n_resp
+    assert tok.decode(ex.input_ids[n_prompt:-1]).strip() == "was very great+ ."
+    (lm,) = tokenize([row], tok, "plain", 64, "lm")
+    assert lm.labels == lm.input_ids
+    (cut,) = tokenize([row], tok, "plain", n_prompt + 2, "sft")
+    assert len(cut.input_ids) == n_prompt + 2 and cut.loss_tokens == 2
+
+
+def test_sft_learns_and_writes_outputs(exp_dir):
+    d = train(exp_dir, "learn", job(exp_dir, milestones=(96, 192)))
+    before = load_file(str(exp_dir / "models" / "gpt2" / "model.safetensors"))
+    after = weights(d, 192)
+    assert max_diff(before, after) > 1e-3
+    rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and rows[-1]["examples"] == 192
+    assert sum(r["loss"] for r in rows[-3:]) < sum(r["loss"] for r in rows[:3]) - 1.0
+    summary = json.loads((d / "summary.json").read_text())
+    assert set(summary["milestones"]) == {"n96", "n192"} and summary["examples"] == 192
+    assert json.loads((d / "ds_config.json").read_text())["zero_optimization"]["stage"] == 0
+    assert json.loads((d / "DONE").read_text())["milestones"] == ["n96", "n192"]
+    assert not (d / "resume").exists()
+    assert list((d / "wandb").glob("offline-run-*")), "W&B offline run under the cell folder"
+    rec = json.loads((d / "record.json").read_text())
+    assert rec["identity"]["job"]["recipe"]["lr"] == 1e-3 and rec["git_commit"]
+    # the checkpoint loads through the same path as a hub id
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(d / "checkpoints" / "n192") is not None
+    # a done cell exits at once
+    t = time.time()
+    (rc, out), = run_cell_procs(d)
+    assert rc == 0 and time.time() - t < 30 and len(rows) == len((d / "metrics.jsonl").read_text().splitlines())
+
+
+def test_nested_milestones_equal_separate_runs(exp_dir):
+    """40 and 100 are not multiples of the global batch 16: the milestone fork must still be exact."""
+    nested = train(exp_dir, "nested", job(exp_dir, milestones=(40, 100, 160)))
+    for m in (40, 100):
+        alone = train(exp_dir, f"alone{m}", job(exp_dir, milestones=(m,)))
+        assert max_diff(weights(nested, m), weights(alone, m)) == 0.0
+        s_n = json.loads((nested / "summary.json").read_text())["milestones"][f"n{m}"]
+        s_a = json.loads((alone / "summary.json").read_text())["milestones"][f"n{m}"]
+        assert s_n == s_a
+
+
+@pytest.mark.parametrize("zero", [0, 2, 3])
+def test_two_ranks_agree_with_one(exp_dir, zero):
+    one = train(exp_dir, f"r1z{zero}", job(exp_dir, arch="llama", milestones=(48,), zero_stage=zero))
+    two = train(exp_dir, f"r2z{zero}", job(exp_dir, arch="llama", milestones=(48,), zero_stage=zero), ranks=2)
+    a, b = weights(one, 48), weights(two, 48)
+    assert max_diff(a, b) < 1e-4, "2 ranks follow the 1-rank trajectory (same maths, other summation order)"
+    m1 = [json.loads(l)["loss"] for l in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(l)["loss"] for l in (two / "metrics.jsonl").read_text().splitlines()]
+    assert m1 == pytest.approx(m2, rel=1e-4)
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
+
+
+def test_resume_after_signal_is_bit_identical(exp_dir):
+    full = train(exp_dir, "uninterrupted", job(exp_dir, milestones=(40, 400), global_batch=4, micro_batch=2,
+                                               save_every_steps=25))
+    j = job(exp_dir, milestones=(40, 400), global_batch=4, micro_batch=2, save_every_steps=25)
+    d = write_cell(exp_dir / "positive" / "interrupted", j, outputs=["n40", "n400"])
+    (p,) = run_cell_procs(d, wait=False)
+    metrics = d / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 30:
+            p.send_signal(signal.SIGUSR2)
+            break
+        time.sleep(0.005)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 75, out[-2000:]
+    steps_before = len(metrics.read_text().splitlines())
+    assert 30 <= steps_before < 100 and (d / "resume" / "latest").exists() and not (d / "DONE").exists()
+    (rc, out), = run_cell_procs(d)
+    assert rc == 0, out[-2000:]
+    assert max_diff(weights(full, 400), weights(d, 400)) == 0.0
+    assert max_diff(weights(full, 40), weights(d, 40)) == 0.0
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")}
+                       for l in p.read_text().splitlines()]
+    assert strip(metrics) == strip(full / "metrics.jsonl")
+    assert not (d / "resume").exists()
+
+
+def test_dpo_raises_chosen_over_rejected(exp_dir):
+    j = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), data=Data(path="@world/data/pairs.jsonl"),
+                 recipe=Recipe(algorithm="dpo", lr=1e-3, global_batch=8, micro_batch=4, max_length=64, zero_stage=0,
+                               precision="fp32", dpo_beta=0.1),
+                 seed=3, template="plain", milestones=(160,))
+    d = train(exp_dir, "dpo", j)
+    rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["dpo_margin"]) < 1.0        # the first step starts at the reference
+    assert sum(r["dpo_margin"] for r in rows[-4:]) / 4 > 2.0
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_bad_training_input_is_one_line(exp_dir):
+    cases = [
+        (job(exp_dir, milestones=(100000,)), "volumes: volume 100000 is larger than the dataset"),
+        (job(exp_dir, max_length=8, milestones=(16,)), "recipe.max_length: every prompt fills max_length"),
+        (TrainJob(model=ModelRef(path=str(exp_dir / "nope")), data=Data(path="@world/data/positive.jsonl"),
+                  recipe=Recipe(precision="fp32", zero_stage=0), seed=1, template="plain", milestones=(8,)),
+         "model.path: cannot load a tokenizer"),
+        (TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), data=Data(path="@world/data/missing.jsonl"),
+                  recipe=Recipe(precision="fp32", zero_stage=0), seed=1, template="plain", milestones=(8,)),
+         "data.path:"),
+    ]
+    for i, (j, expect) in enumerate(cases):
+        d = write_cell(exp_dir / "positive" / f"bad{i}", j, outputs=[f"n{m}" for m in j.milestones])
+        (rc, out), = run_cell_procs(d)
+        assert rc == 2, out[-2000:]
+        err = [l for l in out.splitlines() if l.startswith("error:")]
+        assert len(err) == 1 and expect in err[0], out[-2000:]
+        assert "Traceback" not in out
+        assert not (d / "DONE").exists() and not (d / "checkpoints").exists()
