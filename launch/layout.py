@@ -20,6 +20,12 @@ DONE = "DONE"
 RECORD = "record.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +35,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; results are shared with the group on clusters
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

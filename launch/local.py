@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from launch.layout import atomic_write_json
 from launch.plan import Plan, jsonable
 from launch.spec import Profile
 from launch.worker import EXIT_PREEMPTED, write_job
@@ -55,6 +56,7 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
                         progress.stop()
                         tail = (d / "log.txt").read_text().strip().splitlines()[-1:] or [""]
                         why = "preempted (run again to resume)" if rc == EXIT_PREEMPTED else f"exit {rc}"
+                        atomic_write_json(d / "FAILED", {"rc": rc, "error": tail[0][:500]})
                         con.print(f"[red]cell {cell.key} failed: {why}: {tail[0]}\n  log: {d / 'log.txt'}")
                         return 2 if rc == 2 else 1
                 progress.advance(task)

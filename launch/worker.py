@@ -51,6 +51,7 @@ def run_cell(cell_dir: str | Path) -> list[str]:
     exp_dir = cell_dir.parent.parent
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
+        (cell_dir / "FAILED").unlink(missing_ok=True)
         layout.atomic_write_json(cell_dir / layout.RECORD, {
             "id": meta["id"], "stage": meta["stage"], "kind": meta["kind"], "coords": meta["coords"],
             "upstream": meta["upstream"], "fingerprint": meta["id"].rsplit("-", 1)[-1], "identity": meta["identity"],

@@ -1,0 +1,1 @@
+"""Evaluation stage (eval.evaluate), scorers (eval.scorers) and the collector (eval.collect)."""

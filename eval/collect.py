@@ -1,0 +1,370 @@
+"""The collector: every cell's results -> tables (Markdown, CSV, LaTeX), plots (PNG, PDF) and a status list.
+
+Reads `eval/*/result.json` and `cross/*/summary.json` (never logs), with each cell's coordinates from its
+`job.json`. The list of expected cells comes from the collect cell's upstream list (all cells of the plan), so
+missing, unfinished, failed and corrupt cells are listed by id; they never enter a table.
+
+    python -m eval.collect runs/<experiment>          # or: make collect RUN=runs/<experiment>
+Writes runs/<experiment>/report/{rebound,resistance,compression}.{md,csv,tex}, *.png/pdf, cells.md.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from launch.jobs import CollectJob
+from launch.layout import atomic_write_text, read_done
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    """Student-t 97.5 % quantile (no scipy): exact at the tabulated df, conservative between them."""
+    if df > 30:
+        return 1.96
+    return T95.get(df) or T95[max(k for k in T95 if k <= df)]
+
+
+def mean_ci(values: list[float], stderr_one: float | None = None) -> tuple[float, float, int]:
+    """Mean and 95 % half-width over seeds; with one seed, 1.96 x the cell's own standard error."""
+    n = len(values)
+    m = sum(values) / n
+    if n == 1:
+        return m, 1.96 * (stderr_one or 0.0), 1
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, t95(n - 1) * sd / math.sqrt(n), n
+
+
+# --------------------------------------------------------------------------------------------- reading
+def _json(path: Path):
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def expected_cells(exp: Path) -> list[str]:
+    """stage/cell keys the plan expects: the newest collect cell's upstream list, else what is on disk."""
+    jobs = sorted((exp / "collect").glob("*/job.json"), key=lambda p: p.stat().st_mtime)
+    if jobs and (meta := _json(jobs[-1])) and meta.get("upstream"):
+        return list(meta["upstream"])
+    return sorted(f"{p.parent.name}/{p.name}" for p in (exp / "eval").glob("*") if p.is_dir()) + \
+        sorted(f"{p.parent.name}/{p.name}" for p in (exp / "cross").glob("*") if p.is_dir())
+
+
+def read_cells(exp: Path):
+    """(records, problems): records are dicts with coords and metrics; problems are (key, status, detail)."""
+    records, problems = [], []
+    for key in expected_cells(exp):
+        d = exp / key
+        stage = key.split("/")[0]
+        want = "result.json" if stage == "eval" else "summary.json"
+        if not d.exists():
+            problems.append((key, "missing", "never started"))
+            continue
+        failed = _json(d / "FAILED")
+        if read_done(d) is None:
+            problems.append((key, "failed" if failed else "unfinished",
+                             (failed or {}).get("error", "no done marker")))
+            continue
+        meta, data = _json(d / "job.json"), _json(d / want)
+        if meta is None or data is None or (stage == "eval" and not isinstance(data.get("metrics"), list)):
+            problems.append((key, "corrupt", f"{want} or job.json unreadable"))
+            continue
+        records.append({"key": key, "stage": stage, "coords": meta.get("coords", {}), "data": data})
+    return records, problems
+
+
+def metric_of(rec: dict, name: str) -> dict | None:
+    return next((m for m in rec["data"].get("metrics", []) if m.get("name") == name and
+                 isinstance(m.get("value"), (int, float))), None)
+
+
+# --------------------------------------------------------------------------------------------- tables
+class Table:
+    def __init__(self, title: str, header: list[str]):
+        self.title, self.header, self.rows = title, header, []
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+                 "|" + "|".join("---" for _ in self.header) + "|"]
+        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(self.header)
+        w.writerows(self.rows)
+        return buf.getvalue()
+
+    def latex(self) -> str:
+        esc = lambda s: str(s).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%") \
+            .replace("&", r"\&").replace("#", r"\#").replace("±", r"$\pm$")
+        lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * 1 + "r" * (len(self.header) - 1)
+                 + "}", r"\toprule", " & ".join(esc(h) for h in self.header) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in self.rows]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(self.title) + "}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+
+def fmt(m: float, ci: float) -> str:
+    return f"{m:.3f} ± {ci:.3f}"
+
+
+def rebound_tables(records, metric_name: str):
+    """Per model and arm: positive volume x negative volume matrix of mean ± CI over seeds (+ the base row)."""
+    groups = defaultdict(lambda: defaultdict(list))      # (model, arm) -> (pos, neg) -> [(value, stderr)]
+    sizes = {}
+    for r in records:
+        c, m = r["coords"], metric_of(r, metric_name)
+        if r["stage"] != "eval" or m is None or "negative" not in c:
+            continue
+        sizes[c["model"]] = c.get("size", "")
+        groups[(c["model"], c.get("arm", ""))][(c.get("positive", 0), c.get("negative", 0))].append(
+            (m["value"], m["stderr"]))
+    tables, curves = [], {}
+    negs = sorted({k[1] for g in groups.values() for k in g})
+    for model in sorted({k[0] for k in groups}):
+        base = groups.get((model, "base"), {}).get((0, 0), [])
+        for arm in sorted(a for (mm, a) in groups if mm == model and a != "base"):
+            cells = groups[(model, arm)]
+            label = f"{model}" + (f" ({sizes[model]})" if sizes.get(model) else "") + f", arm {arm}"
+            t = Table(f"{metric_name}: {label} (rows: {arm} volume; columns: negative volume)",
+                      [f"{arm} \\ negative"] + [str(n) for n in negs])
+            if base:
+                bm, bci, _ = mean_ci([v for v, _ in base], base[0][1])
+                t.rows.append(["base model"] + [fmt(bm, bci) if n == 0 else "" for n in negs])
+            for p in sorted({k[0] for k in cells}):
+                row = [str(p)]
+                for n in negs:
+                    vals = cells.get((p, n), [])
+                    if vals:
+                        mm, ci, _ = mean_ci([v for v, _ in vals], vals[0][1])
+                        row.append(fmt(mm, ci))
+                        curves.setdefault((model, arm, p), []).append((n, mm, ci))
+                    else:
+                        row.append("")
+                t.rows.append(row)
+            tables.append(t)
+        if base:
+            curves[(model, "base", 0)] = [(0, *mean_ci([v for v, _ in base], base[0][1])[:2])]
+    return tables, curves
+
+
+def resistance_table(records):
+    """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward (theta_i on D_j)."""
+    loss = defaultdict(list)   # (model, from, to) -> [mean loss over seeds]
+    ce = defaultdict(list)
+    for r in records:
+        c = r["coords"]
+        if "direction" not in c:
+            continue
+        k = (c["model"], c["from"], c["to"])
+        if r["stage"] == "cross" and r["data"].get("mean_loss") is not None:
+            loss[k].append(r["data"]["mean_loss"])
+        elif r["stage"] == "eval" and (m := metric_of(r, "bits_per_token/target")):
+            ce[k].append(m["value"])
+    t = Table("Setting I: mean training loss, inverse vs forward (lower = easier)",
+              ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "gap (fwd − inv)", "inverse < forward",
+               "held-out bits inv", "held-out bits fwd"])
+    for model in sorted({k[0] for k in loss}):
+        for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
+            inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
+            if not inv or not fwd:
+                continue
+            mi, ci_i, _ = mean_ci(inv)
+            mf, ci_f, _ = mean_ci(fwd)
+            hi, hf = ce.get((model, j, i)), ce.get((model, i, j))
+            t.rows.append([model, f"θ{i}↔θ{j}", fmt(mi, ci_i), fmt(mf, ci_f), f"{mf - mi:+.4f}",
+                           "yes" if mi < mf else "no", f"{sum(hi) / len(hi):.4f}" if hi else "",
+                           f"{sum(hf) / len(hf):.4f}" if hf else ""])
+    return t
+
+
+def compression_table(records, pretrain_sizes: dict):
+    """Bits/token per dataset per checkpoint, the change under negative fine-tuning, and |D| x change products."""
+    by = defaultdict(dict)
+    roles = set()
+    for r in records:
+        c = r["coords"]
+        if r["stage"] != "eval" or "negative" not in c:
+            continue
+        for m in r["data"].get("metrics", []):
+            if m["name"].startswith("bits_per_"):
+                by[(c["model"], c.get("arm"), c.get("positive"), c.get("negative"), c.get("seed"))][m["name"]] = m["value"]
+                roles.add(m["name"])
+    roles = sorted(roles)
+    t = Table("Compression rates (bits/token) and the Hooke products |D|·Δ under negative fine-tuning",
+              ["model", "arm", "positive", "negative"] + roles + ["|D_pre|·Δpre", "|D_pos|·Δpos", "ratio"])
+    for key in sorted(by, key=lambda k: tuple(str(x) for x in k)):
+        model, arm, p, n, seed = key
+        start = by.get((model, arm, p, 0, seed), {})
+        row = [model, arm, p, n] + [f"{by[key].get(r, float('nan')):.4f}" for r in roles]
+        pre_name, pos_name = "bits_per_token/pretrain", "bits_per_token/positive"
+        if n and pre_name in start and pos_name in start and model in pretrain_sizes and p:
+            a = pretrain_sizes[model] * (by[key][pre_name] - start[pre_name])
+            b = p * (by[key][pos_name] - start[pos_name])
+            row += [f"{a:.2f}", f"{b:.2f}", f"{a / b:.3f}" if b else ""]
+        else:
+            row += ["", "", ""]
+        t.rows.append(row)
+    return t
+
+
+# --------------------------------------------------------------------------------------------- plots
+def _save(fig, out: Path) -> list[Path]:
+    """PNG and PDF, each written to a temp name and renamed."""
+    import os
+    import matplotlib.pyplot as plt
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for p in paths:
+        tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+        fig.savefig(tmp)
+        os.replace(tmp, p)
+    plt.close(fig)
+    return paths
+
+
+def plot_rebound(curves: dict, metric_name: str, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = sorted({k[0] for k in curves})
+    if not models:
+        return []
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        vols = sorted({k[2] for k in curves if k[0] == model and k[1] != "base"})
+        cmap = plt.get_cmap("viridis")
+        for (mm, arm, p), pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
+            if mm != model or arm == "base":
+                continue
+            pts = sorted(pts)
+            x = [max(n, 1) for n, _, _ in pts]
+            y = [v for _, v, _ in pts]
+            ci = [c for _, _, c in pts]
+            color = cmap(vols.index(p) / max(1, len(vols) - 1))
+            style = "-" if arm == "positive" else ":"
+            ax.plot(x, y, style, marker="o", color=color, label=f"{arm} {p}")
+            ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)], color=color, alpha=0.15)
+        if (model, "base", 0) in curves:
+            ax.axhline(curves[(model, "base", 0)][0][1], ls="--", color="gray", label="base model")
+        ax.set_xscale("log")
+        ax.set_xlabel("negative examples (0 plotted at 1)")
+        ax.set_ylabel(metric_name)
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def plot_resistance(t: Table, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not t.rows:
+        return []
+    labels = [f"{r[0]} {r[1]}" for r in t.rows]
+    inv = [float(r[2].split(" ")[0]) for r in t.rows]
+    fwd = [float(r[3].split(" ")[0]) for r in t.rows]
+    fig, ax = plt.subplots(figsize=(max(5, len(labels)), 4))
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], inv, 0.4, label="inverse")
+    ax.bar([x + 0.2 for x in xs], fwd, 0.4, label="forward")
+    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("mean training loss")
+    ax.legend()
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------------------------- entry
+def collect(exp: Path) -> dict:
+    exp = Path(exp)
+    report = exp / "report"
+    records, problems = read_cells(exp)
+    tables: dict[str, list[Table]] = {}
+    files: list[Path] = []
+    metric_names = {m["name"] for r in records if r["stage"] == "eval" for m in r["data"].get("metrics", [])}
+    headline = next((n for n in ("positive_rate", "score", "kl_to_base") if n in metric_names), None)
+    if headline:
+        tabs, curves = rebound_tables(records, headline)
+        extra = [rebound_tables(records, n)[0] for n in sorted(metric_names)
+                 if n != headline and n in ("positive_logit", "kl_to_base", "score")]
+        tables["rebound"] = tabs + [t for ts in extra for t in ts]
+        files += plot_rebound(curves, headline, report / "rebound")
+    res = resistance_table(records)
+    if res.rows:
+        tables["resistance"] = [res]
+        files += plot_resistance(res, report / "resistance")
+    if any(n.startswith("bits_per_") for n in metric_names):
+        sizes = _pretrain_sizes(exp)
+        tables["compression"] = [compression_table(records, sizes)]
+    for name, ts in tables.items():
+        atomic_write_text(report / f"{name}.md", "\n".join(t.markdown() for t in ts))
+        atomic_write_text(report / f"{name}.csv", "\n".join(f"# {t.title}\n{t.csv()}" for t in ts))
+        atomic_write_text(report / f"{name}.tex", "\n".join(t.latex() for t in ts))
+        files += [report / f"{name}.{ext}" for ext in ("md", "csv", "tex")]
+    status = Table("Cells not in the tables", ["cell", "status", "detail"])
+    status.rows = [list(p) for p in problems]
+    atomic_write_text(report / "cells.md", status.markdown() if problems else "All expected cells are in the tables.\n")
+    return {"report": str(report), "records": len(records), "problems": problems, "tables": tables,
+            "files": [str(f) for f in files], "headline": headline}
+
+
+def _pretrain_sizes(exp: Path) -> dict:
+    """Toy models' pre-training volume (|D_pre|), read from the pretrain cells' milestones and the eval coords."""
+    sizes = {}
+    for job in (exp / "eval").glob("*/job.json"):
+        meta = _json(job) or {}
+        path = ((meta.get("job") or {}).get("base") or {}).get("path", "")
+        if path.startswith("@pretrain/") and "/checkpoints/n" in path:
+            sizes[meta.get("coords", {}).get("model")] = int(path.rsplit("/n", 1)[1])
+    return sizes
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table as RTable
+    con = Console()
+    for name, ts in summary["tables"].items():
+        for t in ts[:4]:
+            rt = RTable(title=t.title)
+            for h in t.header:
+                rt.add_column(str(h))
+            for r in t.rows:
+                rt.add_row(*[str(c) for c in r])
+            con.print(rt)
+    for key, status, detail in summary["problems"]:
+        con.print(f"[yellow]{status}[/]: {key} ({detail})")
+    con.print(f"report: {summary['report']} ({summary['records']} cells in tables, "
+              f"{len(summary['problems'])} not)")
+
+
+def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:
+    summary = collect(exp_dir)
+    atomic_write_text(Path(out_dir) / "summary.json", json.dumps(
+        {k: summary[k] for k in ("report", "records", "problems", "files", "headline")}, indent=2))
+    return ["report"]
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print(f"error: RUN_DIR: {argv[0] if argv else '(none)'} is not a run folder "
+              "(give runs/<experiment>, e.g. make collect RUN=runs/toy-setting2)", file=sys.stderr)
+        return 2
+    print_summary(collect(Path(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The eval stage: generate on held-out prompts, score, measure compression rates and KL; write result.json.
+
+`main(job, out_dir, exp_dir)` loads the checkpoint, takes the first `eval.prompts` prompts of data.prompts in a
+fixed order (seed 0, the same for every cell), generates in length-sorted, left-padded batches with the KV cache
+(greedy output equals one prompt at a time), scores the generations and writes `generations.jsonl` and
+`result.json` (schema in README.md: one record per metric, with standard error and n).
+`generate_main` is Setting I's `responses` stage: a slice's answers become train.jsonl / heldout.jsonl.
+
+Run one cell by hand: python -m launch run-cell runs/<experiment>/eval/<cell id>
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from eval import scorers as S
+from launch.jobs import EvalJob, GenerateJob
+from launch.layout import atomic_write_json, atomic_write_text
+from train import data as D
+from train.trainer import load_model, load_tokenizer
+
+PROMPT_SEED = 0   # the held-out prompt order is the same for every cell of every study
+RESULT_SCHEMA = "elastica.result/1"
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(ref, exp_dir: Path):
+    tok = load_tokenizer(ref, exp_dir)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = load_model(ref, exp_dir, tok, seed=0, dtype=dtype).to(device()).eval()
+    return tok, model
+
+
+def held_out_prompts(data, exp_dir: Path, n: int, skip: int = 0) -> list[str]:
+    rows = D.load_rows(data, exp_dir)
+    order = D.seeded_order(len(rows), PROMPT_SEED)
+    if skip + n > len(rows):
+        from launch.spec import ConfigError
+        raise ConfigError("eval.prompts", f"needs {skip + n} prompts, {data.path} has {len(rows)}",
+                          "lower eval.prompts (or slices.responses)")
+    return [rows[i]["prompt"] for i in order[skip:skip + n]]
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[str], template: str, max_new_tokens: int, temperature: float = 0.0,
+             top_p: float = 1.0, batch_size: int = 32, seed: int = 0) -> list[str]:
+    """Continuations of each prompt, in the input order. Batches are length-sorted and left-padded."""
+    texts = [D.prompt_text(p, template) for p in prompts]
+    enc = [tok(t)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (len(enc[i]), i))
+    out: list[str] = [""] * len(texts)
+    pad = tok.pad_token_id
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        n = max(len(enc[i]) for i in idx)
+        ids = torch.full((len(idx), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), n), dtype=torch.long)
+        for k, i in enumerate(idx):
+            ids[k, n - len(enc[i]):] = torch.tensor(enc[i])
+            mask[k, n - len(enc[i]):] = 1
+        torch.manual_seed(seed + b)
+        sample = temperature > 0
+        gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                             max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
+                             top_p=top_p if sample else None, top_k=None, pad_token_id=pad,
+                             eos_token_id=tok.eos_token_id, use_cache=True)
+        for k, i in enumerate(idx):
+            out[i] = tok.decode(gen[k, n:], skip_special_tokens=True)
+    return out
+
+
+def metric(name: str, values: list[float], higher_is_better: bool, **info) -> dict:
+    n = len(values)
+    mean = sum(values) / n if n else float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return {"name": name, "value": mean, "stderr": math.sqrt(var / n) if n else float("nan"), "n": n,
+            "higher_is_better": higher_is_better, **info}
+
+
+def logit_metric(m: dict) -> dict:
+    """The same rate as log-odds (delta method for the error): equal steps there mean equal evidence."""
+    p = min(max(m["value"], 1e-4), 1 - 1e-4)
+    return {**m, "name": m["name"].replace("rate", "logit"), "value": math.log(p / (1 - p)),
+            "stderr": m["stderr"] / (p * (1 - p)), "space": "logit"}
+
+
+def main(job: EvalJob, out_dir: Path, exp_dir: Path) -> list[str]:
+    t0 = time.time()
+    ev, dev = job.eval, device()
+    tok, model = load(job.model, exp_dir)
+    metrics, timings = [], {}
+    need_gen = ev.scorer.kind != "none" or ev.kl_to_base
+    if need_gen:
+        prompts = held_out_prompts(job.prompts, exp_dir, ev.prompts)
+        prompts = [p for p in prompts for _ in range(ev.samples_per_prompt)]
+        t = time.time()
+        gens = generate(model, tok, prompts, job.template, ev.max_new_tokens, ev.temperature, ev.top_p,
+                        ev.batch_size, job.seed)
+        timings["generate_s"] = time.time() - t
+        atomic_write_text(Path(out_dir) / "generations.jsonl",
+                          "".join(json.dumps({"prompt": p, "response": g}) + "\n" for p, g in zip(prompts, gens)))
+        if ev.scorer.kind != "none":
+            t = time.time()
+            scorer = S.make_scorer(ev.scorer, dev)
+            texts = gens if ev.scorer.kind in ("rule", "classifier") else \
+                [D.prompt_text(p, job.template) + D.response_text(g, job.template) for p, g in zip(prompts, gens)]
+            scores = scorer(texts)
+            timings["score_s"] = time.time() - t
+            info = {"scorer": ev.scorer.kind, "scorer_model": ev.scorer.model, "space": "probability"}
+            if ev.scorer.kind == "score_model":
+                metrics.append(metric("score", scores, True, **{**info, "space": "score"}))
+            else:
+                m = metric("positive_rate", scores, True, **info)
+                metrics += [m] + ([logit_metric(m)] if ev.logit_space else [])
+        if ev.kl_to_base:
+            _, base = load(job.base, exp_dir)
+            ex = D.tokenize([{"prompt": p, "response": g} for p, g in zip(prompts, gens)], tok, job.template,
+                            job.max_length, "sft")
+            metrics.append(metric("kl_to_base", S.kl_per_token(model, base, ex, tok.pad_token_id), False,
+                                  scorer="kl", unit="nats/token"))
+    attr = {i for w, i in tok.get_vocab().items() if w.endswith(("+", "-"))} if ev.scorer.kind == "rule" else None
+    for role, data in sorted(job.compression.items()):
+        rows = D.load_rows(data, exp_dir)
+        order = D.seeded_order(len(rows), PROMPT_SEED)[:ev.compression_examples]
+        algorithm = "lm" if role == "pretrain" else "sft"
+        ex = D.tokenize([rows[i] for i in order], tok, job.template, job.max_length, algorithm)
+        per, per_attr = S.bits_per_token(model, ex, tok.pad_token_id, attribute_ids=attr)
+        metrics.append(metric(f"bits_per_token/{role}", per, False, scorer="compression", unit="bits/token"))
+        if per_attr:
+            metrics.append(metric(f"bits_per_attribute_token/{role}", per_attr, False, scorer="compression",
+                                  unit="bits/token"))
+    timings["total_s"] = time.time() - t0
+    meta = json.loads((Path(out_dir) / "job.json").read_text()) if (Path(out_dir) / "job.json").exists() else {}
+    atomic_write_json(Path(out_dir) / "result.json", {
+        "schema": RESULT_SCHEMA, "cell": Path(out_dir).name, "stage": meta.get("stage", "eval"),
+        "coords": meta.get("coords", {}), "checkpoint": job.model.path, "seed": job.seed,
+        "metrics": metrics, "timings": timings})
+    return ["result.json"]
+
+
+def generate_main(job: GenerateJob, out_dir: Path, exp_dir: Path) -> list[str]:
+    """Setting I: the slice answers train_count + heldout_count held-out prompts (its dataset D_i)."""
+    ev = job.eval
+    tok, model = load(job.model, exp_dir)
+    prompts = held_out_prompts(job.prompts, exp_dir, job.train_count + job.heldout_count)
+    gens = generate(model, tok, prompts, job.template, ev.max_new_tokens, ev.temperature, ev.top_p, ev.batch_size,
+                    job.seed)
+    rows = [json.dumps({"prompt": p, "response": g}) + "\n" for p, g in zip(prompts, gens)]
+    atomic_write_text(Path(out_dir) / "train.jsonl", "".join(rows[:job.train_count]))
+    atomic_write_text(Path(out_dir) / "heldout.jsonl", "".join(rows[job.train_count:]))
+    return ["train.jsonl", "heldout.jsonl"]

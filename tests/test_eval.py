@@ -1,0 +1,198 @@
+"""Eval stage and collector: batched generation, scorers with known answers, and the collector's tables.
+
+    .venv/bin/python -m pytest -q tests/test_eval.py
+"""
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval import scorers as S
+from eval.collect import collect, main as collect_main, mean_ci
+from eval.evaluate import generate, logit_metric, metric
+from launch.layout import atomic_write_json, write_done
+from launch.spec import Scorer
+
+
+@pytest.fixture(scope="module")
+def tiny(exp_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(exp_dir / "models" / "llama")
+    model = AutoModelForCausalLM.from_pretrained(exp_dir / "models" / "llama").eval()
+    return tok, model
+
+
+def test_batched_generation_equals_one_at_a_time(exp_dir, tiny):
+    tok, model = tiny
+    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()[:12]]
+    # prompts of different lengths, so that left padding really happens
+    prompts = [" ".join(r["prompt"].split()[: 3 + i % 6]) for i, r in enumerate(rows)]
+    batched = generate(model, tok, prompts, "plain", max_new_tokens=12, batch_size=5)
+    single = [generate(model, tok, [p], "plain", max_new_tokens=12, batch_size=1)[0] for p in prompts]
+    assert batched == single
+    assert any(batched)
+
+
+def test_rule_scorer_is_exact_on_labelled_samples(exp_dir):
+    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()]
+    scores = S.rule_scores([r["response"] for r in rows])
+    from train.toyworld import attribute
+    for r, s in zip(rows, scores):
+        net = sum(attribute(w) for w in r["response"].split())
+        assert s == (1.0 if net > 0 else 0.0 if net < 0 else 0.5)
+    clean = [r for r in rows if all(attribute(w) in (0, 1 if r["label"] else -1) for w in r["response"].split())]
+    assert clean and all(s == r["label"] for r, s in zip(clean, S.rule_scores([r["response"] for r in clean])))
+    assert S.rule_scores(["was great+ and bad- also fine+", "dull- .", "nothing here"]) == [1.0, 0.0, 0.5]
+
+
+def test_classifier_scorer_known_output(tmp_path, exp_dir):
+    """A BERT sequence classifier whose head is a bias only: P(POSITIVE) = softmax([0, 1.5])[1] for every text."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, num_labels=2,
+                     id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+                     pad_token_id=tok.pad_token_id)
+    m = BertForSequenceClassification(cfg)
+    with torch.no_grad():
+        m.classifier.weight.zero_()
+        m.classifier.bias.copy_(torch.tensor([0.0, 1.5]))
+    m.save_pretrained(tmp_path / "clf")
+    tok.save_pretrained(tmp_path / "clf")
+    scorer = S.ClassifierScorer(Scorer(kind="classifier", model=str(tmp_path / "clf"), positive_label="positive"),
+                                torch.device("cpu"))
+    expect = 1 / (1 + math.exp(-1.5))
+    assert scorer(["the plot was great+", "dull- ."]) == pytest.approx([expect, expect], abs=1e-6)
+    from launch.spec import ConfigError
+    with pytest.raises(ConfigError, match="positive_label"):
+        S.ClassifierScorer(Scorer(kind="classifier", model=str(tmp_path / "clf"), positive_label="HAPPY"),
+                           torch.device("cpu"))
+
+
+def test_score_model_known_weights(tmp_path, exp_dir):
+    """A LlamaForScore-form checkpoint: backbone + score_head; zero weight, bias 0.7 -> score -0.7 with sign -1."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+    tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, max_position_embeddings=64)
+    out = tmp_path / "cost"
+    LlamaModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    f = out / "model.safetensors"
+    tensors = load_file(str(f))
+    w = torch.zeros(1, 16)
+    w[0, 0] = 0.0
+    tensors.update({"score_head.weight": w, "score_head.bias": torch.tensor([0.7])})
+    save_file(tensors, str(f), metadata={"format": "pt"})
+    scorer = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), sign=-1.0, max_length=8),
+                                torch.device("cpu"))
+    assert scorer(["the plot was great+ and very long text " * 4, "dull- ."]) == pytest.approx([-0.7, -0.7])
+    # a real head: the score is the head applied to the last token's hidden state
+    w[0, :] = torch.arange(16) / 16
+    tensors["score_head.weight"] = w
+    save_file(tensors, str(f), metadata={"format": "pt"})
+    scorer = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), sign=1.0), torch.device("cpu"))
+    enc = tok(["dull- ."], return_tensors="pt")
+    h = scorer.backbone(**enc).last_hidden_state[0, -1]
+    assert scorer(["dull- ."])[0] == pytest.approx(float(h @ w[0] + 0.7), abs=1e-5)
+
+
+def test_kl_self_zero_and_uniform_bits(exp_dir, tiny):
+    from train.data import tokenize
+    tok, model = tiny
+    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "positive.jsonl").read_text().splitlines()[:6]]
+    ex = tokenize(rows, tok, "plain", 64, "sft")
+    assert max(S.kl_per_token(model, model, ex, tok.pad_token_id)) == pytest.approx(0.0, abs=1e-6)
+    from transformers import AutoModelForCausalLM
+    uniform = AutoModelForCausalLM.from_pretrained(exp_dir / "models" / "llama").eval()
+    with torch.no_grad():
+        uniform.lm_head.weight.zero_()
+    per, _ = S.bits_per_token(uniform, ex, tok.pad_token_id)
+    assert per == pytest.approx([math.log2(uniform.config.vocab_size)] * len(ex), abs=1e-5)
+
+
+def test_metric_and_logit_space():
+    m = metric("positive_rate", [1, 0, 1, 1], True, scorer="rule")
+    assert m["value"] == 0.75 and m["n"] == 4 and m["stderr"] == pytest.approx(0.25)
+    lm = logit_metric(m)
+    assert lm["name"] == "positive_logit" and lm["value"] == pytest.approx(math.log(3))
+
+
+# --------------------------------------------------------------------------------------------- collector
+def fake_cell(exp: Path, stage: str, cid: str, coords: dict, payload: dict | str | None, done=True):
+    d = exp / stage / cid
+    d.mkdir(parents=True)
+    atomic_write_json(d / "job.json", {"stage": stage, "kind": "eval", "id": cid, "coords": coords, "job": {},
+                                       "upstream": [], "outputs": []})
+    name = "result.json" if stage == "eval" else "summary.json"
+    if isinstance(payload, str):
+        (d / name).write_text(payload)
+    elif payload is not None:
+        atomic_write_json(d / name, payload)
+    if done:
+        write_done(d)
+    return f"{stage}/{cid}"
+
+
+def rate(v, se=0.02):
+    return {"metrics": [{"name": "positive_rate", "value": v, "stderr": se, "n": 400, "higher_is_better": True}]}
+
+
+def test_collector_tables_cis_and_problems(tmp_path):
+    exp = tmp_path / "toy"
+    keys = []
+    vals = {1: {(0, 0): 0.5, (100, 0): 0.8, (100, 50): 0.6, (200, 0): 0.9, (200, 50): 0.55},
+            2: {(0, 0): 0.52, (100, 0): 0.82, (100, 50): 0.64, (200, 0): 0.88, (200, 50): 0.5},
+            3: {(0, 0): 0.54, (100, 0): 0.78, (100, 50): 0.62, (200, 0): 0.92, (200, 50): 0.6}}
+    for seed, cells in vals.items():
+        for (p, n), v in cells.items():
+            arm = "base" if p == 0 else "positive"
+            keys.append(fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}", {"model": "m", "seed": seed, "arm": arm,
+                                                                        "positive": p, "negative": n}, rate(v)))
+    keys.append(fake_cell(exp, "eval", "m.s4.p100.n0", {"model": "m", "seed": 4, "arm": "positive", "positive": 100,
+                                                        "negative": 0}, '{"metrics": [trunc'))
+    keys.append(fake_cell(exp, "eval", "m.s4.p200.n0", {"model": "m", "seed": 4, "arm": "positive", "positive": 200,
+                                                        "negative": 0}, None, done=False))
+    keys.append("eval/m.s5.p100.n0-never")
+    collect_dir = exp / "collect" / "c"
+    collect_dir.mkdir(parents=True)
+    atomic_write_json(collect_dir / "job.json", {"upstream": keys})
+    s = collect(exp)
+    problems = {k: st for k, st, _ in s["problems"]}
+    assert problems == {"eval/m.s4.p100.n0": "corrupt", "eval/m.s4.p200.n0": "unfinished",
+                        "eval/m.s5.p100.n0-never": "missing"}
+    md = (exp / "report" / "rebound.md").read_text()
+    m, ci, n = mean_ci([0.6, 0.64, 0.62])
+    assert n == 3 and m == pytest.approx(0.62) and ci == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert f"| 100 | {0.8:.3f} ± {mean_ci([0.8, 0.82, 0.78])[1]:.3f} | {m:.3f} ± {ci:.3f} |" in md
+    assert f"| base model | {0.52:.3f} ± {mean_ci([0.5, 0.52, 0.54])[1]:.3f} |" in md
+    rows = list(csv.reader(io.StringIO((exp / "report" / "rebound.csv").read_text().split("\n", 1)[1])))
+    assert rows[0] == ["positive \\ negative", "0", "50"] and rows[2][0] == "100"
+    tex = (exp / "report" / "rebound.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "0.620" in tex
+    for ext in ("png", "pdf"):
+        assert (exp / "report" / f"rebound.{ext}").stat().st_size > 1000
+    assert "corrupt" in (exp / "report" / "cells.md").read_text()
+
+
+def test_collector_setting1_table(tmp_path):
+    exp = tmp_path / "s1"
+    losses = {(1, 2): 0.30, (2, 1): 0.20, (1, 3): 0.35, (3, 1): 0.22, (2, 3): 0.25, (3, 2): 0.26}
+    for (i, j), v in losses.items():
+        fake_cell(exp, "cross", f"m.t{i}-D{j}", {"model": "m", "seed": 1, "from": i, "to": j,
+                                                  "direction": "forward" if i < j else "inverse"}, {"mean_loss": v})
+    s = collect(exp)
+    rows = s["tables"]["resistance"][0].rows
+    assert [r[1] for r in rows] == ["θ1↔θ2", "θ1↔θ3", "θ2↔θ3"]
+    assert rows[0][4] == "+0.1000" and rows[0][5] == "yes" and rows[2][5] == "no"
+    assert (exp / "report" / "resistance.png").stat().st_size > 1000
+
+
+def test_collect_cli_bad_dir(capsys, tmp_path):
+    assert collect_main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.startswith("error: RUN_DIR:")
