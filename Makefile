@@ -36,6 +36,7 @@ local: setup
 
 demo: setup
 	$(PY) -m launch run configs/toy/setting2.yaml --profile configs/profiles/local-cpu.yaml --runs $(RUNS)
+	$(PY) -m eval.collect $(RUNS)/toy-setting2
 
 collect: setup
 	$(PY) -m eval.collect $(RUN)

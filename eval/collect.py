@@ -162,7 +162,7 @@ def rebound_tables(records, metric_name: str):
 def resistance_table(records):
     """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward (theta_i on D_j)."""
     loss = defaultdict(list)   # (model, from, to) -> [mean loss over seeds]
-    ce = defaultdict(list)
+    ce, ce_attr = defaultdict(list), defaultdict(list)
     for r in records:
         c = r["coords"]
         if "direction" not in c:
@@ -172,9 +172,12 @@ def resistance_table(records):
             loss[k].append(r["data"]["mean_loss"])
         elif r["stage"] == "eval" and (m := metric_of(r, "bits_per_token/target")):
             ce[k].append(m["value"])
+            if a := metric_of(r, "bits_per_attribute_token/target"):
+                ce_attr[k].append(a["value"])
     t = Table("Setting I: mean training loss, inverse vs forward (lower = easier)",
               ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "gap (fwd − inv)", "inverse < forward",
-               "held-out bits inv", "held-out bits fwd"])
+               "held-out bits inv", "held-out bits fwd", "attribute bits inv", "attribute bits fwd"])
+    avg = lambda v: f"{sum(v) / len(v):.4f}" if v else ""
     for model in sorted({k[0] for k in loss}):
         for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
             inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
@@ -182,10 +185,9 @@ def resistance_table(records):
                 continue
             mi, ci_i, _ = mean_ci(inv)
             mf, ci_f, _ = mean_ci(fwd)
-            hi, hf = ce.get((model, j, i)), ce.get((model, i, j))
             t.rows.append([model, f"θ{i}↔θ{j}", fmt(mi, ci_i), fmt(mf, ci_f), f"{mf - mi:+.4f}",
-                           "yes" if mi < mf else "no", f"{sum(hi) / len(hi):.4f}" if hi else "",
-                           f"{sum(hf) / len(hf):.4f}" if hf else ""])
+                           "yes" if mi < mf else "no", avg(ce.get((model, j, i))), avg(ce.get((model, i, j))),
+                           avg(ce_attr.get((model, j, i))), avg(ce_attr.get((model, i, j)))])
     return t
 
 
@@ -335,8 +337,11 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table as RTable
     con = Console()
+    headline = summary["headline"] or ""
     for name, ts in summary["tables"].items():
-        for t in ts[:4]:
+        if name == "compression":   # wide; it is in the report files
+            continue
+        for t in [t for t in ts if name != "rebound" or t.title.startswith(headline)]:
             rt = RTable(title=t.title)
             for h in t.header:
                 rt.add_column(str(h))
@@ -345,8 +350,9 @@ def print_summary(summary: dict) -> None:
             con.print(rt)
     for key, status, detail in summary["problems"]:
         con.print(f"[yellow]{status}[/]: {key} ({detail})")
+    files = [f for f in summary["files"] if f.endswith((".md", ".png"))]
     con.print(f"report: {summary['report']} ({summary['records']} cells in tables, "
-              f"{len(summary['problems'])} not)")
+              f"{len(summary['problems'])} not)\n  " + "\n  ".join(files))
 
 
 def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:

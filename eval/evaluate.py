@@ -125,7 +125,7 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path) -> list[str]:
                             job.max_length, "sft")
             metrics.append(metric("kl_to_base", S.kl_per_token(model, base, ex, tok.pad_token_id), False,
                                   scorer="kl", unit="nats/token"))
-    attr = {i for w, i in tok.get_vocab().items() if w.endswith(("+", "-"))} if ev.scorer.kind == "rule" else None
+    attr = {i for w, i in tok.get_vocab().items() if w.endswith(("+", "-"))} if job.attribute_tokens else None
     for role, data in sorted(job.compression.items()):
         rows = D.load_rows(data, exp_dir)
         order = D.seeded_order(len(rows), PROMPT_SEED)[:ev.compression_examples]

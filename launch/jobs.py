@@ -57,6 +57,7 @@ class EvalJob:
     compression: dict[str, Data] = field(default_factory=dict)
     seed: int = 0
     max_length: int = 512
+    attribute_tokens: bool = False        # toy world: also bits/token on attribute words ('+'/'-' tokens)
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ class _Builder:
         ev = self.spec.eval
         job = EvalJob(model=model, base=base, prompts=self.data("prompts"), eval=ev, template=self.spec.template,
                       compression={r: self.data(r) for r in ev.compression}, seed=seed,
-                      max_length=self.spec.recipe.max_length)
+                      max_length=self.spec.recipe.max_length, attribute_tokens=self.spec.world is not None)
         return self.add(Cell("eval", "eval", label, job, tuple(upstream), dict(coords)))
 
     # --------------------------------------------------------------------------------------------- stages
@@ -257,7 +257,7 @@ class _Builder:
                                      eval=dataclasses.replace(spec.eval, scorer=dataclasses.replace(
                                          spec.eval.scorer, kind="none")),
                                      template=spec.template, compression={"target": heldout}, seed=seed,
-                                     max_length=recipe.max_length)
+                                     max_length=recipe.max_length, attribute_tokens=spec.world is not None)
                         self.add(Cell("eval", "eval", f"{m.name}.s{seed}.theta{i}-on-D{j}", ev, (cross.key,), pair))
                         self.naive += cost_i + sl.responses * recipe.epochs
 

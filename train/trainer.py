@@ -5,7 +5,7 @@ and writes `checkpoints/n<volume>/` (HF safetensors + tokenizer) at each milesto
 `summary.json` and `ds_config.json`. Ranks come from RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT
 (submitit's TorchDistributedEnvironment exports them); a single process needs none of them.
 
-Exactness rules (see docs/design.md):
+Exactness rules (README.md, "How the numbers stay exact"):
 - A step's loss is the token mean over the whole global batch (sum over micro-batches and ranks), so the split
   into micro-batches and ranks does not change the maths.
 - Nested milestones: a milestone inside a global batch forks the run (save engine state, take the partial step

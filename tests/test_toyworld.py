@@ -1,0 +1,84 @@
+"""The toy world: deterministic generator, disjoint held-out prompts, a base that learned the prior, and a reduced
+demo (world -> pretrain -> positive/control -> negative -> eval -> collect) through the local executor.
+
+    .venv/bin/python -m pytest -q tests/test_toyworld.py
+"""
+import json
+from pathlib import Path
+
+import yaml
+
+from launch.plan import make_plan
+from launch.spec import World, load_profile, load_spec
+from train.toyworld import build_world
+from eval.scorers import rule_scores
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generator_is_deterministic_and_prompts_are_held_out():
+    w = World(seed=3, pretrain=500, alignment=200, prompts=100, sft=50, control=50)
+    a, b = build_world(w), build_world(w)
+    assert a == b
+    assert build_world(World(seed=4, pretrain=500, alignment=200, prompts=100, sft=50, control=50)) != a
+    train_prompts = {r["prompt"] for name, rows in a.items() if name != "prompts" for r in rows}
+    held = [r["prompt"] for r in a["prompts"]]
+    assert len(held) == 100 == len(set(held)) and not set(held) & train_prompts
+    share = sum(r["label"] for r in a["pretrain"]) / 500
+    assert 0.4 < share < 0.6
+    assert all(r["label"] == 1 for r in a["positive"]) and all(r["label"] == 0 for r in a["negative"])
+
+
+def test_rule_scorer_agrees_with_labels_up_to_noise():
+    w = World(seed=1, pretrain=2000, noise=0.1)
+    rows = build_world(w)["pretrain"]
+    scores = rule_scores([r["response"] for r in rows])
+    agree = sum((s > 0.5) == bool(r["label"]) for r, s in zip(rows, scores)) / len(rows)
+    # 3 attribute words, each flipped with p=0.1: majority wrong with p = 3*0.01*0.9 + 0.001 = 0.028
+    assert 0.95 < agree < 0.995
+    clean = build_world(World(seed=1, pretrain=500, noise=0.0))["pretrain"]
+    assert [s for s in rule_scores([r["response"] for r in clean])] == [float(r["label"]) for r in clean]
+
+
+def reduced_config(tmp_path: Path) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs/toy/setting2.yaml").read_text())
+    cfg["experiment"] = "toy-reduced"
+    cfg["world"].update(pretrain=4000, alignment=200, prompts=200, control=200)
+    cfg["models"][0].update(init={"arch": "gpt2", "layers": 2, "width": 64, "heads": 4, "context": 64},
+                            pretrain_examples=4000)
+    cfg["volumes"] = {"positive": [32, 64], "negative": [0, 16, 32]}
+    cfg["eval"].update(prompts=200, compression_examples=50)
+    cfg["recipe_overrides"]["pretrain"].update(lr=3e-3)
+    p = tmp_path / "reduced.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_reduced_demo_through_local_executor(tmp_path):
+    from launch.local import run_plan
+    from eval.collect import collect
+    plan = make_plan(load_spec(reduced_config(tmp_path)))
+    runs = tmp_path / "runs"
+    assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
+    assert all(plan.is_done(runs, c) for c in plan.cells)
+    exp = plan.exp_dir(runs)
+    report = exp / "report"
+    md = (report / "rebound.md").read_text()
+    for arm, tag in (("positive", "positive"), ("control", "control")):
+        assert f"arm {arm}" in md
+    table = next(t for t in collect(exp)["tables"]["rebound"] if t.title.startswith("positive_rate: toy-gpt2, arm positive"))
+    assert [r[0] for r in table.rows] == ["base model", "32", "64"]
+    assert all(c for r in table.rows[1:] for c in r), "every cell of the grid has a value"
+    assert (report / "rebound.png").stat().st_size > 1000 and (report / "compression.md").exists()
+    assert (report / "cells.md").read_text().startswith("All expected cells")
+    # the pre-trained base learned the world: its positive rate is near the corpus prior 0.5
+    base = next(json.loads(p.read_text()) for p in (exp / "eval").glob("*.base-*/result.json"))
+    rate = next(m for m in base["metrics"] if m["name"] == "positive_rate")
+    assert abs(rate["value"] - 0.5) < 0.12, rate
+    # and positive SFT moved it up
+    pos = [json.loads(p.read_text()) for p in (exp / "eval").glob("*.pos64.neg0-*/result.json")][0]
+    assert next(m for m in pos["metrics"] if m["name"] == "positive_rate")["value"] > rate["value"]
+    # a second run finds everything done and runs nothing
+    mtimes = {p: p.stat().st_mtime for p in exp.rglob("DONE")}
+    assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
+    assert mtimes == {p: p.stat().st_mtime for p in exp.rglob("DONE")}
