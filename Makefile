@@ -2,6 +2,12 @@
 #   make demo                 the toy-world study end to end on this machine (first command of the README)
 #   make test                 the test suite (second command)
 #   make plan CONFIG=...      what a study will run, before anything runs
+#   make local CONFIG=...     run a study on this machine, stage by stage
+#   make submit CONFIG=... PROFILE=...   submit a study to Slurm (ARGS="--dry-run" / "--wait")
+#   make submit-setting1|2|3 PROFILE=... the paper's studies
+#   make status RUN=runs/<experiment>    cells by stage and state; make cancel RUN=...
+#   make prefetch CONFIG=...  login node: fill the HF cache, check that every volume fits
+#   make collect RUN=runs/<experiment>   tables and plots
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +17,8 @@ RUNS ?= runs
 export PYTHONUNBUFFERED := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup test demo plan local collect clean
+.PHONY: help setup test demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
+	prefetch collect clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -37,6 +44,21 @@ local: setup
 demo: setup
 	$(PY) -m launch run configs/toy/setting2.yaml --profile configs/profiles/local-cpu.yaml --runs $(RUNS)
 	$(PY) -m eval.collect $(RUNS)/toy-setting2
+
+submit: setup
+	$(PY) -m launch submit $(CONFIG) --profile $(PROFILE) $(ARGS)
+
+submit-setting1 submit-setting2 submit-setting3: submit-setting%: setup
+	@for c in configs/setting$*/*.yaml; do echo "== $$c"; $(PY) -m launch submit $$c --profile $(PROFILE) $(ARGS) || exit $$?; done
+
+status: setup
+	$(PY) -m launch status $(RUN)
+
+cancel: setup
+	$(PY) -m launch cancel $(RUN)
+
+prefetch: setup
+	$(PY) -m launch prefetch $(CONFIG)
 
 collect: setup
 	$(PY) -m eval.collect $(RUN)

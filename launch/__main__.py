@@ -3,6 +3,10 @@
     python -m launch plan CONFIG [--profile P] [--runs DIR] [--json]
     python -m launch run CONFIG [--profile P] [--runs DIR] [--only STAGE]   # local executor, stage by stage
     python -m launch run-cell CELL_DIR                                      # one cell in this process (debug)
+    python -m launch submit CONFIG --profile P [--executor slurm|local|debug] [--dry-run] [--wait] [--only STAGE]
+    python -m launch status RUN_DIR|CONFIG [--json]     # cells by stage: done / running / pending / failed ...
+    python -m launch cancel RUN_DIR|CONFIG              # scancel every job of the study's manifest
+    python -m launch prefetch CONFIG                    # login node: fill the HF cache, check volumes fit
 
 Bad input prints one `error:` line naming the field and the fix and exits 2; nothing is written.
 """
@@ -23,26 +27,58 @@ class _Parser(argparse.ArgumentParser):
 def parse(argv):
     p = _Parser(prog="python -m launch", description="elastica: plan and run alignment-elasticity studies")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    for name in ("plan", "run"):
+    for name in ("plan", "run", "submit", "status", "cancel"):
         s = sub.add_parser(name)
         s.add_argument("config")
         s.add_argument("--profile", default="configs/profiles/local-cpu.yaml")
         s.add_argument("--runs", default=None, help="runs root (default: the profile's runs_root)")
-        if name == "plan":
+        if name in ("plan", "status"):
             s.add_argument("--json", action="store_true")
-        else:
+        if name in ("run", "submit"):
             s.add_argument("--only", default=None, help="run only this stage")
+        if name == "submit":
+            s.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
+                           help="default: the profile's executor")
+            s.add_argument("--dry-run", action="store_true", help="print the arrays and job scripts, submit nothing")
+            s.add_argument("--wait", action="store_true", help="block until the run ends; non-zero if a cell failed")
+    s = sub.add_parser("prefetch")
+    s.add_argument("config")
     s = sub.add_parser("run-cell")
     s.add_argument("cell_dir")
     return p.parse_args(argv)
 
 
 def load(args):
+    """The plan, profile and runs root of CONFIG, or of a run folder (its saved study.yaml / profile.yaml)."""
+    from pathlib import Path
     from launch.plan import make_plan
     from launch.spec import load_profile, load_spec
+    run = Path(args.config)
+    if run.is_dir():
+        meta = json.loads((run / "study.json").read_text()) if (run / "study.json").exists() else None
+        if meta is None:
+            raise ConfigError("RUN_DIR", f"{run} has no study.json", "give a config file, or a folder that "
+                              "launch run/submit created (runs/<experiment>)")
+        spec = load_spec(run / "study.yaml", base_dir=meta["cwd"])
+        profile = load_profile(run / "profile.yaml")
+        return make_plan(spec), profile, str(run.parent)
     spec = load_spec(args.config)
     profile = load_profile(args.profile)
     return make_plan(spec), profile, args.runs or profile.runs_root
+
+
+def remember(args, plan, runs) -> None:
+    """Save the study and profile into the run folder, so that status/cancel/collect need only RUN_DIR."""
+    import os
+    from pathlib import Path
+    from launch.layout import atomic_write_json, atomic_write_text
+    if Path(args.config).is_dir():
+        return
+    exp = plan.exp_dir(runs)
+    atomic_write_text(exp / "study.yaml", Path(args.config).read_text())
+    atomic_write_text(exp / "profile.yaml", Path(args.profile).read_text())
+    atomic_write_json(exp / "study.json", {"config": str(Path(args.config).resolve()), "cwd": os.getcwd(),
+                                           "profile": str(Path(args.profile).resolve())})
 
 
 def cmd_plan(args) -> int:
@@ -71,7 +107,76 @@ def cmd_plan(args) -> int:
 def cmd_run(args) -> int:
     from launch.local import run_plan
     plan, profile, runs = load(args)
+    remember(args, plan, runs)
     return run_plan(plan, runs, profile, only=args.only)
+
+
+def cmd_submit(args) -> int:
+    plan, profile, runs = load(args)
+    if args.only and args.only not in plan.stages:
+        from launch.spec import ConfigError
+        raise ConfigError("--only", f"no stage {args.only!r} in this plan", f"use one of {', '.join(plan.stages)}")
+    executor = args.executor or profile.executor
+    if executor == "slurm" and not args.dry_run:
+        from launch import slurm
+        slurm.require_slurm()
+    if not args.dry_run:
+        remember(args, plan, runs)
+    if executor == "local":
+        from launch.local import run_plan
+        return run_plan(plan, runs, profile, only=args.only)
+    if executor == "debug":
+        from launch.local import run_inprocess
+        return run_inprocess(plan, runs, only=args.only)
+    from launch import slurm
+    slurm.submit(plan, runs, profile, dry_run=args.dry_run, only=args.only)
+    if args.wait and not args.dry_run:
+        return slurm.wait(plan, runs)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from launch import slurm
+    plan, profile, runs = load(args)
+    rows = slurm.cell_states(plan, runs)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"{plan.spec.experiment}: {plan.exp_dir(runs)}")
+    states = ("done", "running", "pending", "failed", "timed out", "not submitted")
+    for col in ("stage", *states, "disk"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for stage in plan.stages:
+        sr = [r for r in rows if r["stage"] == stage]
+        size = sum(f.stat().st_size for f in (plan.exp_dir(runs) / stage).rglob("*") if f.is_file()) \
+            if (plan.exp_dir(runs) / stage).exists() else 0
+        t.add_row(stage, *[str(sum(r["state"] == s for r in sr) or "") for s in states], f"{size / 2**20:,.1f} MiB")
+    con = Console()
+    con.print(t)
+    for r in rows:
+        if r["state"] in ("failed", "timed out"):
+            con.print(f"[red]{r['state']}[/] {r['stage']}/{r['cell']} (job {r['job']}) log: {r['log']}")
+    if any(r["state"] != "done" for r in rows):
+        con.print(f"resubmit what is missing: python -m launch submit {plan.exp_dir(runs) / 'study.yaml'} "
+                  f"--profile {plan.exp_dir(runs) / 'profile.yaml'} --runs {runs}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from launch import slurm
+    plan, profile, runs = load(args)
+    ids = slurm.cancel(plan.exp_dir(runs))
+    print(f"cancelled {len(ids)} jobs: {' '.join(ids)}" if ids else "no jobs in the manifest")
+    return 0
+
+
+def cmd_prefetch(args) -> int:
+    from launch.prefetch import prefetch
+    from launch.spec import load_spec
+    prefetch(load_spec(args.config))
+    return 0
 
 
 def cmd_run_cell(args) -> int:
@@ -82,7 +187,8 @@ def cmd_run_cell(args) -> int:
 def main(argv=None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
-        return {"plan": cmd_plan, "run": cmd_run, "run-cell": cmd_run_cell}[args.cmd](args)
+        return {"plan": cmd_plan, "run": cmd_run, "run-cell": cmd_run_cell, "submit": cmd_submit,
+                "status": cmd_status, "cancel": cmd_cancel, "prefetch": cmd_prefetch}[args.cmd](args)
     except ConfigError as e:
         print(e.line(), file=sys.stderr)
         return 2

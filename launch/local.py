@@ -42,11 +42,12 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=con, transient=False) as progress:
         overall = progress.add_task(f"[bold]{plan.spec.experiment}", total=total)
+        pending = plan.todo(runs_root)
         for name, cells in stages.items():
             task = progress.add_task(f"  {name}", total=len(cells))
             for cell in cells:
                 d = plan.cell_dir(runs_root, cell)
-                if not plan.is_done(runs_root, cell):
+                if cell.key in pending:
                     d.mkdir(parents=True, exist_ok=True)
                     write_job(d, cell, jsonable(cell.job))
                     with open(d / "log.txt", "a") as log:
@@ -63,4 +64,22 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
                 progress.advance(overall)
     report = plan.exp_dir(runs_root) / "report"
     con.print(f"done: {plan.exp_dir(runs_root)}" + (f"  (report: {report})" if report.exists() else ""))
+    return 0
+
+
+def run_inprocess(plan: Plan, runs_root: str | Path, only: str | None = None) -> int:
+    """The debug executor: every cell in this process, in order, so that pdb and breakpoints work."""
+    from launch.worker import run_cell
+    pending = plan.todo(runs_root)
+    for name, cells in plan.stages.items():
+        if only not in (None, name):
+            continue
+        for cell in cells:
+            if cell.key not in pending:
+                continue
+            d = plan.cell_dir(runs_root, cell)
+            d.mkdir(parents=True, exist_ok=True)
+            write_job(d, cell, jsonable(cell.job))
+            print(f"{cell.key}", file=sys.stderr)
+            run_cell(d)
     return 0

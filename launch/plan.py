@@ -83,12 +83,22 @@ class Plan:
         return self.exp_dir(runs_root) / cell.stage / cell.id
 
     def is_done(self, runs_root: str | Path, cell: Cell) -> bool:
-        return layout.is_done(self.cell_dir(runs_root, cell), cell.outputs)
+        """Done on disk and nothing upstream will run again (a rerun upstream invalidates its dependents)."""
+        return cell.key not in self.todo(runs_root)
+
+    def todo(self, runs_root: str | Path) -> set[str]:
+        """Keys of the cells to run: no valid done marker, or an upstream cell to run."""
+        out: set[str] = set()
+        for c in self.cells:   # stage order: upstream cells come first
+            if not layout.is_done(self.cell_dir(runs_root, c), c.outputs) or any(u in out for u in c.upstream):
+                out.add(c.key)
+        return out
 
     def summary(self, runs_root: str | Path) -> dict:
         stages = []
+        todo = self.todo(runs_root)
         for name, cells in self.stages.items():
-            done = sum(self.is_done(runs_root, c) for c in cells)
+            done = sum(c.key not in todo for c in cells)
             stages.append({"name": name, "cells": len(cells), "done": done, "to_run": len(cells) - done,
                            "checkpoints": sum(len(c.outputs) for c in cells if c.kind == "train"),
                            "examples": sum(c.examples for c in cells),

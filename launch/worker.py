@@ -23,6 +23,8 @@ EXIT_PREEMPTED = 75
 
 
 def write_job(cell_dir: Path, cell, job_json: dict) -> None:
+    """Prepare a cell to run: its job.json, and no stale done marker (an upstream cell may have been redone)."""
+    (Path(cell_dir) / layout.DONE).unlink(missing_ok=True)
     layout.atomic_write_json(Path(cell_dir) / "job.json", {
         "stage": cell.stage, "kind": cell.kind, "id": cell.id, "job": job_json, "coords": cell.coords,
         "upstream": list(cell.upstream), "outputs": list(cell.outputs), "identity": cell.identity})
@@ -52,10 +54,13 @@ def run_cell(cell_dir: str | Path) -> list[str]:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         (cell_dir / "FAILED").unlink(missing_ok=True)
+        runtime = layout.runtime_info()
         layout.atomic_write_json(cell_dir / layout.RECORD, {
             "id": meta["id"], "stage": meta["stage"], "kind": meta["kind"], "coords": meta["coords"],
             "upstream": meta["upstream"], "fingerprint": meta["id"].rsplit("-", 1)[-1], "identity": meta["identity"],
-            "git_commit": layout.git_commit(), "runtime": layout.runtime_info()})
+            "git_commit": layout.git_commit(), "runtime": runtime})
+        with open(cell_dir / "attempts.jsonl", "a") as f:   # one line per start: requeues, resumes, reruns
+            f.write(json.dumps({k: runtime[k] for k in ("started", "host", "slurm_job_id")}) + "\n")
     kind = meta["kind"]
     if kind == "train":
         from train.trainer import main

@@ -1,0 +1,300 @@
+"""Slurm submission with submitit: one array job per stage (chunked at MaxArraySize), chained by dependencies.
+
+`submit(plan, runs_root, profile)` skips done cells and stages, writes each cell's job.json, renders the sbatch
+parameters from the profile (never from the spec), and submits `CellTask` over the cell folders with
+`SlurmExecutor.map_array`. A later stage waits on the arrays that hold its upstream cells: `aftercorr` where
+task i needs only task i of one array, `afterok` otherwise, with `kill-on-invalid-dep=yes`. Multi-node cells run
+one task per GPU; each task exports the torch.distributed variables and runs the same worker as everywhere.
+With an image, tasks run as `apptainer exec --nv --bind ... IMAGE python` (no --cleanenv: it strips SLURM_*).
+Secrets (WANDB_API_KEY, HF_TOKEN) reach jobs through the inherited environment; nothing writes them to disk.
+
+    python -m launch submit configs/setting2/imdb.yaml --profile configs/profiles/example-gpu.yaml [--dry-run]
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+from launch import layout
+from launch.plan import Cell, Plan, jsonable
+from launch.spec import ConfigError, Profile, Resources
+from launch.worker import write_job
+
+LIGHT = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, time_min=60)   # world and collect cells
+
+
+class CellTask(submitit.helpers.Checkpointable):
+    """What every Slurm task runs: export rank variables, run the cell; after a saved preemption, requeue."""
+
+    def __call__(self, cell_dir: str) -> list[str]:
+        from launch.worker import run_cell
+        from train.trainer import Preempted
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            if os.environ.get("ELASTICA_MASTER_ADDR"):   # fake or multi-homed nodes
+                os.environ["MASTER_ADDR"] = os.environ["ELASTICA_MASTER_ADDR"]
+        try:
+            return run_cell(cell_dir)
+        except Preempted:
+            # The trainer saved its state and restored submitit's handlers: hand the signal back to submitit,
+            # which calls checkpoint() (no state: the cell resumes from disk), requeues the job and exits.
+            if env.global_rank == 0:
+                os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(300)   # other ranks (and rank 0 while requeueing) wait to be stopped by Slurm
+            raise
+
+
+def resources_for(profile: Profile, cell: Cell) -> Resources:
+    if cell.kind == "train":
+        return profile.train
+    if cell.kind in ("eval", "generate"):
+        return profile.eval
+    return LIGHT
+
+
+def python_command(profile: Profile) -> str:
+    if not profile.image:
+        return shlex.quote(sys.executable)
+    binds = ",".join(profile.binds)
+    return " ".join(["apptainer", "exec", "--nv"] + (["--bind", shlex.quote(binds)] if binds else [])
+                    + [shlex.quote(profile.image), "python"])
+
+
+def setup_lines(profile: Profile) -> list[str]:
+    """Environment set in the job script before Python starts (no secrets: profiles refuse them)."""
+    env = {"PYTHONNOUSERSITE": "1", "WANDB_MODE": profile.wandb_mode, "TOKENIZERS_PARALLELISM": "false"}
+    if profile.hf_home:
+        env.update(HF_HOME=profile.hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.update(profile.env)   # apptainer passes the job's environment into the container
+    return [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
+
+
+def sbatch_params(profile: Profile, res: Resources, name: str, dependency: str = "") -> dict:
+    tasks = max(1, res.gpus_per_node)
+    p = {"job_name": name, "time": res.time_min, "nodes": res.nodes, "ntasks_per_node": tasks,
+         "cpus_per_task": res.cpus_per_task, "array_parallelism": profile.array_parallelism,
+         "signal_delay_s": profile.signal_delay_s, "setup": setup_lines(profile), "stderr_to_stdout": True}
+    if res.gpus_per_node:
+        p["gpus_per_node"] = res.gpus_per_node
+    if res.mem_gb:
+        p["mem"] = f"{res.mem_gb}GB"
+    for key in ("partition", "account", "qos"):
+        if getattr(profile, key):
+            p[key] = getattr(profile, key)
+    if dependency:
+        p["dependency"] = dependency
+        p["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
+    return p
+
+
+def max_array_size() -> int:
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("MaxArraySize"):
+                return int(line.split("=")[1])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return 1001
+
+
+@dataclass
+class Array:
+    stage: str
+    chunk: int
+    cells: list[Cell]
+    params: dict
+    job_id: str = ""
+    script: str = ""
+    deps: list[str] = field(default_factory=list)   # "afterok:<name>" before ids are known
+
+
+def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = None, chunk: int = 1001) -> list[Array]:
+    """The arrays to submit, in stage order, with their dependency kind on earlier arrays."""
+    arrays: list[Array] = []
+    where: dict[str, tuple[int, int]] = {}      # cell key -> (array index in `arrays`, task index)
+    pending = plan.todo(runs_root)
+    for stage, cells in plan.stages.items():
+        if only and stage != only:
+            continue
+        todo = [c for c in cells if c.key in pending]
+        by_res: dict = {}
+        for c in todo:                              # one array per resource shape (a stage has one in practice)
+            by_res.setdefault(resources_for(profile, c), []).append(c)
+        for res, group in by_res.items():
+            for k in range(0, len(group), chunk):
+                part = group[k:k + chunk]
+                a = Array(stage, k // chunk, part, sbatch_params(profile, res, f"{plan.spec.experiment}:{stage}"))
+                ups = [[u for u in c.upstream if u in where] for c in part]
+                arrs = sorted({where[u][0] for us in ups for u in us})
+                corr = (len(arrs) == 1 and all(len(us) == 1 and where[us[0]][1] == i for i, us in enumerate(ups))
+                        and len(arrays[arrs[0]].cells) == len(part))
+                a.deps = [("aftercorr" if corr else "afterok", i) for i in arrs]
+                for i, c in enumerate(part):
+                    where[c.key] = (len(arrays), i)
+                arrays.append(a)
+    return arrays
+
+
+def render_script(a: Array, folder: Path, profile: Profile, ids: list[str]) -> str:
+    from submitit.slurm.slurm import _make_sbatch_string
+    params = dict(a.params)
+    if a.deps:
+        params["dependency"] = ",".join(f"{kind}:{ids[i]}" for kind, i in a.deps)
+        params["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
+    cmd = " ".join([python_command(profile), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=cmd, folder=folder, map_count=len(a.cells) if len(a.cells) > 1 else None,
+                               **params)
+
+
+def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only: str | None = None,
+           out=sys.stdout) -> list[Array]:
+    """Submit every stage that has work; returns the arrays (with job ids unless dry_run)."""
+    exp = plan.exp_dir(runs_root)
+    folder = exp / "submitit" / "%j"
+    arrays = build_arrays(plan, runs_root, profile, only, chunk=max_array_size() if not dry_run else 1001)
+    ids: list[str] = []
+    if dry_run:
+        for i, a in enumerate(arrays):
+            ids.append(f"<{a.stage}#{a.chunk}>")
+            a.script = render_script(a, folder, profile, ids)
+            deps = ", ".join(f"{k} {arrays[j].stage}#{arrays[j].chunk}" for k, j in a.deps) or "none"
+            print(f"== array {a.stage}#{a.chunk}: {len(a.cells)} cells, depends on: {deps}", file=out)
+            print(a.script, file=out)
+        return arrays
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_num_timeout,
+                                python=python_command(profile))
+    manifest = exp / "manifest.jsonl"
+    for a in arrays:
+        for c in a.cells:
+            d = plan.cell_dir(runs_root, c)
+            d.mkdir(parents=True, exist_ok=True)
+            write_job(d, c, jsonable(c.job))
+        params = dict(a.params)
+        if a.deps:
+            params["dependency"] = ",".join(f"{kind}:{ids[j]}" for kind, j in a.deps)
+        ex.update_parameters(**params)
+        jobs = ex.map_array(CellTask(), [str(plan.cell_dir(runs_root, c)) for c in a.cells])
+        a.job_id = jobs[0].job_id.split("_")[0]
+        ids.append(a.job_id)
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": a.stage, "chunk": a.chunk,
+                 "job_id": a.job_id, "array": len(jobs) > 1, "dependency": params.get("dependency", ""),
+                 "cells": [{"key": c.key, "task": i, "job": j.job_id} for i, (c, j) in enumerate(zip(a.cells, jobs))],
+                 "image": profile.image or "host", "profile": profile.name, "git_commit": layout.git_commit()}
+        with manifest.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        print(f"submitted {a.stage}#{a.chunk}: job {a.job_id}, {len(a.cells)} cells"
+              + (f", {entry['dependency']}" if a.deps else ""), file=out)
+    if not arrays:
+        print("nothing to submit: every cell is done", file=out)
+    return arrays
+
+
+# ------------------------------------------------------------------------------------------- status
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+
+def read_manifest(exp: Path) -> dict[str, dict]:
+    """cell key -> its latest submission entry (job id of its task, stage, time)."""
+    latest = {}
+    path = Path(exp) / "manifest.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            for c in e.get("cells", []):
+                latest[c["key"]] = {"job": c["job"], "stage": e["stage"], "time": e["time"]}
+    return latest
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    if not job_ids:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.splitlines():
+        if "|" in line:
+            jid, st = line.split("|", 1)
+            states[jid] = st.split()[0] if st else "UNKNOWN"
+    return states
+
+
+def cell_states(plan: Plan, runs_root) -> list[dict]:
+    exp = plan.exp_dir(runs_root)
+    man = read_manifest(exp)
+    states = sacct_states([m["job"] for m in man.values()])
+    rows = []
+    for c in plan.cells:
+        d = plan.cell_dir(runs_root, c)
+        m = man.get(c.key)
+        if plan.is_done(runs_root, c):
+            state = "done"
+        elif m is None:
+            state = "not submitted"
+        else:
+            st = states.get(m["job"], "UNKNOWN")
+            state = {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "pending", "COMPLETED": "failed",
+                     "TIMEOUT": "timed out"}.get(st, "failed" if st in TERMINAL or st.startswith("CANCELLED")
+                                                 else st.lower())
+        log = ""
+        if m and state in ("failed", "timed out"):
+            jid = m["job"]
+            log = str(exp / "submitit" / jid.split("_")[0] / f"{jid}_0_log.out")
+        rows.append({"stage": c.stage, "cell": c.id, "state": state, "job": (m or {}).get("job", ""), "log": log,
+                     "dir": str(d)})
+    return rows
+
+
+def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = None, out=sys.stderr) -> int:
+    """Block until every submitted cell is done or its job ended; 0 if all cells of the plan are done."""
+    t0 = time.time()
+    last = ""
+    while True:
+        rows = cell_states(plan, runs_root)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        line = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        if line != last:
+            print(f"[{time.time() - t0:6.0f}s] {line}", file=out, flush=True)
+            last = line
+        if not any(r["state"] in ("pending", "running", "unknown") for r in rows):
+            bad = [r for r in rows if r["state"] != "done"]
+            for r in bad:
+                print(f"{r['state']}: {r['stage']}/{r['cell']}  log: {r['log'] or '-'}", file=out)
+            return 0 if not bad else 1
+        if timeout_s and time.time() - t0 > timeout_s:
+            print("wait: timed out", file=out)
+            return 1
+        time.sleep(poll_s)
+
+
+def cancel(exp: Path) -> list[str]:
+    ids = sorted({m["job"].split("_")[0] for m in read_manifest(exp).values()})
+    if ids:
+        subprocess.run(["scancel", *ids], check=False)
+    return ids
+
+
+def require_slurm() -> None:
+    from shutil import which
+    if not which("sbatch"):
+        raise ConfigError("--executor", "sbatch not found: this machine is not a Slurm login node",
+                          "run on a login node, or use --executor local")

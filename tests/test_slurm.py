@@ -1,0 +1,215 @@
+"""The Slurm launcher: golden job scripts (no cluster needed), then a real one-machine Slurm cluster (slurm-wlm +
+munge + slurmdbd, started by tests/slurm/up.sh): arrays with dependencies, resubmission, requeue with exact resume,
+a 2-node DeepSpeed cell, and no secret on disk.
+
+    .venv/bin/python -m pytest -q tests/test_slurm.py            # as root; starts the cluster if needed
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_slurm.py -k golden   # rewrite the golden files
+"""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.plan import make_plan
+from launch.slurm import build_arrays, submit, wait
+from launch.spec import Profile, build, load_profile, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+
+GPU_PROFILE = {"name": "golden-gpu", "executor": "slurm", "runs_root": "/scratch/elastica/runs", "partition": "gpu",
+               "account": "alignment", "train": {"nodes": 2, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 480,
+                                                  "time_min": 720},
+               "eval": {"nodes": 1, "gpus_per_node": 1, "cpus_per_task": 8, "time_min": 120},
+               "image": "/shared/containers/elastica-cuda-2026.11.sif", "binds": ["/scratch", "/shared"],
+               "hf_home": "/shared/hf-cache", "array_parallelism": 16, "signal_delay_s": 180}
+
+
+def test_golden_job_scripts():
+    """The exact sbatch scripts for a 2-node x 8-GPU profile with an image (reviewed by a person once)."""
+    plan = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
+    profile = build(Profile, GPU_PROFILE)
+    out = io.StringIO()
+    arrays = submit(plan, profile.runs_root, profile, dry_run=True, out=out)
+    assert [a.stage for a in arrays] == ["positive", "negative", "eval", "collect"]
+    text = out.getvalue()
+    golden = GOLDEN / "setting2-imdb-2x8gpu.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+    neg = arrays[1].script
+    assert "#SBATCH --nodes=2" in neg and "#SBATCH --ntasks-per-node=8" in neg and "--gpus-per-node=8" in neg
+    assert "#SBATCH --array=0-3%4" in neg and "--kill-on-invalid-dep=yes" in neg
+    assert "apptainer exec --nv --bind /scratch,/shared /shared/containers/elastica-cuda-2026.11.sif python" in neg
+    assert "--cleanenv" not in text and "export HF_HUB_OFFLINE=1" in neg
+
+
+def test_arrays_split_at_max_array_size_and_correlate():
+    plan = make_plan(load_spec(ROOT / "configs/setting3/tinyllama-volumes.yaml"))
+    profile = build(Profile, GPU_PROFILE)
+    arrays = build_arrays(plan, "/nonexistent", profile, chunk=64)
+    evals = [a for a in arrays if a.stage == "eval"]
+    assert [len(a.cells) for a in evals] == [64, 64, 22] and sum(len(a.cells) for a in evals) == 150
+    assert all(kind == "afterok" for a in arrays for kind, _ in a.deps)
+    # aftercorr: a stage whose task i needs exactly task i of one array
+    from launch.slurm import Array
+    from launch.plan import Cell
+    from launch.jobs import CollectJob
+    a_cells = [Cell("a", "collect", f"a{i}", CollectJob(f"a{i}", "rebound", "t")) for i in range(3)]
+    b_cells = [Cell("b", "collect", f"b{i}", CollectJob(f"b{i}", "rebound", "t"), upstream=(a_cells[i].key,))
+               for i in range(3)]
+    from launch.plan import Plan
+    p = Plan(spec=plan.spec, stages={"a": a_cells, "b": b_cells}, naive_examples=0)
+    arr = build_arrays(p, "/nonexistent", profile)
+    assert arr[1].deps == [("aftercorr", 0)]
+
+
+# ------------------------------------------------------------------------------------------ real cluster
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root (tests/slurm/up.sh)")
+    r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")], env=dict(os.environ, WITH_DBD="1", CPUS="8",
+                       NODES="2"), capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.fail(f"tests/slurm/up.sh failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return True
+
+
+def slurm_profile(tmp_path: Path, **over) -> Path:
+    prof = yaml.safe_load((ROOT / "configs/profiles/local-slurm.yaml").read_text())
+    prof["runs_root"] = str(tmp_path / "runs")
+    for k, v in over.items():
+        prof[k] = {**prof.get(k, {}), **v} if isinstance(v, dict) else v
+    p = tmp_path / "profile.yaml"
+    p.write_text(yaml.safe_dump(prof))
+    return p
+
+
+def tiny_grid(tmp_path: Path) -> Path:
+    from test_toyworld import reduced_config
+    cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
+    cfg["experiment"] = "toy-slurm"
+    cfg["controls"] = {"matched_start": False}
+    cfg["recipe_overrides"].pop("control")
+    cfg["data"].pop("control")
+    cfg["volumes"] = {"positive": [32, 64], "negative": [0, 16]}
+    cfg["eval"].update(prompts=100)
+    p = tmp_path / "grid.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def launch(*args, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+
+
+SECRET = "wandb-secret-9f8e7d6c5b4a"
+
+
+def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
+    cfg, prof = tiny_grid(tmp_path), slurm_profile(tmp_path)
+    env = {"WANDB_API_KEY": SECRET, "HF_TOKEN": SECRET + "-hf"}
+    r = launch("submit", cfg, "--profile", prof, "--wait", env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / "runs" / "toy-slurm"
+    manifest = [json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines()]
+    assert [m["stage"] for m in manifest] == ["world", "pretrain", "positive", "negative", "eval", "collect"]
+    ids = {m["stage"]: m["job_id"] for m in manifest}
+    assert manifest[3]["dependency"] == f"afterok:{ids['positive']}"      # negative waits on positive
+    assert set(manifest[4]["dependency"].split(",")) == {f"afterok:{ids[s]}" for s in ("pretrain", "positive",
+                                                                                        "negative")}
+    assert manifest[4]["array"] and len(manifest[4]["cells"]) == 1 + 2 + 2
+    md = (exp / "report" / "rebound.md").read_text()
+    assert "| 32 |" in md and "| 64 |" in md and (exp / "report" / "cells.md").read_text().startswith("All")
+    # no secret in any file the run wrote (run folder, submitit folder, logs)
+    for f in exp.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert SECRET.encode() not in data, f
+    # a resubmission of the finished grid submits nothing
+    r = launch("submit", cfg, "--profile", prof)
+    assert r.returncode == 0 and "nothing to submit" in r.stdout
+    # delete one eval cell's done marker: exactly it and its dependent (the collect cell) run again
+    plan = make_plan(load_spec(cfg))
+    victim = next(c for c in plan.stages["eval"] if c.coords.get("negative") == 16)
+    (plan.cell_dir(tmp_path / "runs", victim) / "DONE").unlink()
+    r = launch("submit", cfg, "--profile", prof, "--wait")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    again = [json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines()][len(manifest):]
+    assert [(m["stage"], [c["key"] for c in m["cells"]]) for m in again] == [
+        ("eval", [victim.key]), ("collect", [plan.stages["collect"][0].key])]
+    # status from the run folder alone
+    r = launch("status", exp, "--json")
+    assert r.returncode == 0 and all(row["state"] == "done" for row in json.loads(r.stdout))
+
+
+def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir):
+    """A training cell with a 1-minute limit needs several incarnations; its weights equal an uninterrupted run."""
+    from conftest import run_cell_procs, write_cell
+    from launch.jobs import ModelRef, TrainJob
+    from launch.spec import Data, Recipe
+    from safetensors.torch import load_file
+    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), data=Data(path=str(exp_dir / "world" / "data" / "pretrain.jsonl")),
+                   recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=2, micro_batch=1, max_length=64, zero_stage=0,
+                                 precision="fp32", save_every_steps=25),
+                   seed=5, template="plain", milestones=(600,))
+    ref = write_cell(tmp_path / "ref" / "positive" / "ref", job, outputs=["n600"])
+    (rc, out), = run_cell_procs(ref)
+    assert rc == 0, out[-2000:]
+    d = write_cell(tmp_path / "slurm" / "positive" / "requeued", job, outputs=["n600"])
+    import submitit
+    from launch.slurm import CellTask, sbatch_params
+    from launch.spec import Resources
+    profile = load_profile(slurm_profile(tmp_path, signal_delay_s=30))
+    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=10)
+    ex.update_parameters(**sbatch_params(profile, Resources(nodes=1, cpus_per_task=1, time_min=1), "requeue-test"))
+    job_ = ex.submit(CellTask(), str(d))
+    deadline = time.time() + 900
+    while time.time() < deadline and not (d / "DONE").exists():
+        time.sleep(3)
+    assert (d / "DONE").exists(), job_.stdout()
+    attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) >= 2 and {a["slurm_job_id"] for a in attempts} == {job_.job_id}
+    a = load_file(str(ref / "checkpoints" / "n600" / "model.safetensors"))
+    b = load_file(str(d / "checkpoints" / "n600" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+
+
+def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
+    """nodes: 2 on the two fake slurmd nodes: 2 ranks over gloo, both in the same run."""
+    from conftest import run_cell_procs, write_cell
+    from launch.jobs import ModelRef, TrainJob
+    from launch.spec import Data, Recipe
+    from safetensors.torch import load_file
+    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "llama")), data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
+                   recipe=Recipe(lr=1e-3, global_batch=8, micro_batch=2, max_length=64, zero_stage=2, precision="fp32"),
+                   seed=2, template="plain", milestones=(64,))
+    one = write_cell(tmp_path / "one" / "positive" / "c", job, outputs=["n64"])
+    (rc, out), = run_cell_procs(one)
+    assert rc == 0, out[-2000:]
+    d = write_cell(tmp_path / "two" / "positive" / "c", job, outputs=["n64"])
+    import submitit
+    from launch.slurm import CellTask, sbatch_params
+    from launch.spec import Resources
+    profile = load_profile(slurm_profile(tmp_path))
+    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=3)
+    ex.update_parameters(**sbatch_params(profile, Resources(nodes=2, cpus_per_task=1, time_min=10), "two-node"))
+    j = ex.submit(CellTask(), str(d))
+    j.result()
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    rec = json.loads((d / "record.json").read_text())
+    assert rec["runtime"]["slurm_job_id"] == j.job_id
+    a = load_file(str(one / "checkpoints" / "n64" / "model.safetensors"))
+    b = load_file(str(d / "checkpoints" / "n64" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
