@@ -68,7 +68,8 @@ def run_cell_procs(cell_dir: Path, ranks: int = 1, env: dict | None = None, wait
     procs = []
     for r in range(ranks):
         e = dict(os.environ, OMP_NUM_THREADS="1" if ranks > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
-                 PYTHONUNBUFFERED="1", **(env or {}))
+                 PYTHONUNBUFFERED="1")
+        e.update(env or {})
         if ranks > 1:
             e.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
                      MASTER_PORT=str(port))

@@ -145,8 +145,19 @@ def tokenize(rows: list[dict], tok, template: str, max_length: int, algorithm: s
     return out
 
 
+def epoch_sequence(volume: int, epochs: int, seed: int) -> list[int]:
+    """Example indices in training order: epoch 0 is the seeded order itself (so volumes are prefixes), later
+    epochs reshuffle the same examples with their own seed."""
+    seq = list(range(volume))
+    for e in range(1, epochs):
+        again = list(range(volume))
+        random.Random(seed * 1_000_003 + e).shuffle(again)
+        seq += again
+    return seq
+
+
 def global_batches(volume: int, global_batch: int) -> list[tuple[int, int]]:
-    """(start, end) positions in the order of each optimizer step of a run over the first `volume` examples."""
+    """(start, end) positions of each optimizer step of a run over `volume` positions."""
     return [(s, min(s + global_batch, volume)) for s in range(0, volume, global_batch)]
 
 

@@ -140,8 +140,14 @@ class Trainer:
                               f"{job.data.path} after the filter)", "lower the volume or use a larger dataset")
         order = D.seeded_order(len(rows), job.seed)[:volume]
         self.examples = D.tokenize([rows[i] for i in order], self.tok, job.template, r.max_length, r.algorithm)
-        self.batches = D.global_batches(volume, r.global_batch)
-        self.milestones = sorted(job.milestones)
+        self.seq = D.epoch_sequence(volume, r.epochs, job.seed)   # example index at each position of the run
+        self.batches = D.global_batches(len(self.seq), r.global_batch)
+        # positions where weights are saved: each milestone volume (one epoch), or the run's end (several epochs)
+        if r.epochs > 1 and len(job.milestones) > 1:
+            raise ConfigError("recipe.epochs", "several epochs with several milestones is not exact",
+                              "use volume_schedule: independent (one volume per run)")
+        self.milestones = sorted(job.milestones) if r.epochs == 1 else [len(self.seq)]
+        self.milestone_name = {p: f"n{m}" for p, m in zip(self.milestones, sorted(job.milestones))}
 
         model = load_model(job.model, exp_dir, self.tok, job.seed)
         if r.gradient_checkpointing:
@@ -174,7 +180,7 @@ class Trainer:
         ref = {}
         with torch.no_grad():
             for s, e in self.batches:
-                for mb in D.micro_batches(list(range(s, e)), self.examples, self.rank, self.world,
+                for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world,
                                           self.job.recipe.micro_batch):
                     c = self._forward_logps(*D.collate(self.examples, mb, self.tok.pad_token_id)[:3])[0].sum(-1)
                     rj = self._forward_logps(*D.collate(self.examples, mb, self.tok.pad_token_id, True)[:3])[0].sum(-1)
@@ -189,10 +195,10 @@ class Trainer:
         r = self.job.recipe
         t0 = time.time()
         dpo = r.algorithm == "dpo"
-        denom = (e - s) if dpo else sum(self.examples[i].loss_tokens for i in range(s, e))
+        denom = (e - s) if dpo else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
         denom = max(denom, 1)
         acc = torch.zeros(5, dtype=torch.float64)   # loss sum, loss tokens, real tokens, padded tokens, chosen margin
-        for mb in D.micro_batches(list(range(s, e)), self.examples, self.rank, self.world, r.micro_batch):
+        for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world, r.micro_batch):
             ids, mask, labels, w = D.collate(self.examples, mb, self.tok.pad_token_id)
             w = w.to(self.device)
             if dpo:
@@ -283,7 +289,7 @@ class Trainer:
             for k in range(state["batch"], len(self.batches)):
                 s, e = self.batches[k]
                 for m in self.milestones:
-                    if s < m < e and f"n{m}" not in state["milestones"]:
+                    if s < m < e and self.milestone_name[m] not in state["milestones"]:
                         self._fork(s, m, state)
                 m = self.step(s, e)
                 state["batch"] = k + 1
@@ -299,8 +305,8 @@ class Trainer:
                     if wandb_run:
                         wandb_run.log({k2: v for k2, v in m.items() if v is not None}, step=k + 1)
                 if e in self.milestones:
-                    state["milestones"][f"n{e}"] = _milestone_summary(state, e)
-                    self.save_weights(f"n{e}")
+                    state["milestones"][self.milestone_name[e]] = _milestone_summary(state, e)
+                    self.save_weights(self.milestone_name[e])
                 stop = self._stop_requested()
                 if stop or (k + 1) % self.job.recipe.save_every_steps == 0:
                     if k + 1 < len(self.batches):
@@ -319,7 +325,7 @@ class Trainer:
             atomic_write_json(self.out / "summary.json", summary)
             shutil.rmtree(resume_dir, ignore_errors=True)   # optimizer shards are not kept once done
         dist.barrier()
-        return [f"n{m}" for m in self.milestones]
+        return [self.milestone_name[m] for m in self.milestones]
 
     def _fork(self, s: int, m: int, state: dict) -> None:
         """Milestone m inside the batch starting at s: a side step on [s, m), saved, then undone."""
@@ -329,8 +335,8 @@ class Trainer:
         side = dict(state, loss_sum=state["loss_sum"] + part["loss_sum"],
                     loss_tokens=state["loss_tokens"] + part["loss_tokens"], tokens=state["tokens"] + part["tokens"],
                     step_losses=state["step_losses"] + [part["loss"]])
-        state["milestones"][f"n{m}"] = _milestone_summary(side, m)
-        self.save_weights(f"n{m}")
+        state["milestones"][self.milestone_name[m]] = _milestone_summary(side, m)
+        self.save_weights(self.milestone_name[m])
         self.load_resume(fork_dir, "fork")
         if self.rank == 0:
             shutil.rmtree(fork_dir, ignore_errors=True)
