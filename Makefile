@@ -8,6 +8,9 @@
 #   make status RUN=runs/<experiment>    cells by stage and state; make cancel RUN=...
 #   make prefetch CONFIG=...  login node: fill the HF cache, check that every volume fits
 #   make collect RUN=runs/<experiment>   tables and plots
+#   make container [STACK=cpu]           build the Apptainer image (cluster build node; apptainer needed)
+#   make sandbox / make shell            a writable sandbox to iterate on / a shell in the image
+#   make debug-cell RUN=... CELL=stage/cell-id [IMAGE=...]   rerun one cell in-process (pdb works)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,8 +20,17 @@ RUNS ?= runs
 export PYTHONUNBUFFERED := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
+include containers/versions.env
+STACK ?= cuda
+DEF := $(if $(filter cpu,$(STACK)),containers/elastica-cpu.def,containers/elastica.def)
+IMAGE_NAME := containers/elastica-$(STACK)-py$(PYTHON_VERSION)-$(shell date +%Y.%m.%d).sif
+BUILD_ARGS := --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg CPU_BASE_IMAGE=$(CPU_BASE_IMAGE) \
+	--build-arg PYTHON_VERSION=$(PYTHON_VERSION) --build-arg 'TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST)' \
+	--build-arg GIT_COMMIT=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+IMAGE ?=
+
 .PHONY: help setup test demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
-	prefetch collect clean
+	prefetch collect clean container sandbox shell debug-cell
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -65,3 +77,22 @@ collect: setup
 
 clean:
 	rm -rf $(RUNS) .pytest_cache
+
+container:
+	@command -v apptainer >/dev/null || { echo "error: apptainer binary not found (build on a node that has it)"; exit 2; }
+	apptainer build --fakeroot $(BUILD_ARGS) $(IMAGE_NAME) $(DEF)
+	@echo "built $(IMAGE_NAME): set image: $(CURDIR)/$(IMAGE_NAME) in your profile"
+
+sandbox:
+	@command -v apptainer >/dev/null || { echo "error: apptainer binary not found"; exit 2; }
+	apptainer build --fakeroot --sandbox $(BUILD_ARGS) containers/sandbox-$(STACK) $(DEF)
+
+shell:
+	@command -v apptainer >/dev/null || { echo "error: apptainer binary not found"; exit 2; }
+	apptainer shell --nv --bind $(CURDIR) $(or $(IMAGE),containers/sandbox-$(STACK))
+
+debug-cell: setup
+	@test -n "$(RUN)" -a -n "$(CELL)" || { echo "error: RUN and CELL: give RUN=runs/<experiment> CELL=<stage>/<cell id> (see make status RUN=...)"; exit 2; }
+	@test -f "$(RUN)/$(CELL)/job.json" || { echo "error: CELL: $(RUN)/$(CELL)/job.json not found (plan and run/submit the study first)"; exit 2; }
+	rm -f "$(RUN)/$(CELL)/DONE"
+	$(if $(IMAGE),apptainer exec --nv --bind $(CURDIR) --env PYTHONPATH=$(CURDIR) $(IMAGE) python,$(PY)) -m launch run-cell "$(RUN)/$(CELL)"

@@ -119,7 +119,7 @@ def cmd_submit(args) -> int:
     executor = args.executor or profile.executor
     if executor == "slurm" and not args.dry_run:
         from launch import slurm
-        slurm.require_slurm()
+        slurm.require_slurm(profile)
     if not args.dry_run:
         remember(args, plan, runs)
     if executor == "local":

@@ -75,8 +75,58 @@ def setup_lines(profile: Profile) -> list[str]:
     env = {"PYTHONNOUSERSITE": "1", "WANDB_MODE": profile.wandb_mode, "TOKENIZERS_PARALLELISM": "false"}
     if profile.hf_home:
         env.update(HF_HOME=profile.hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    if profile.image:   # the image brings the dependencies; the code is this checkout (bind it: see README)
+        env.update(PYTHONPATH=str(Path(__file__).resolve().parent.parent), ELASTICA_IMAGE=profile.image,
+                   ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
     env.update(profile.env)   # apptainer passes the job's environment into the container
     return [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
+
+
+def image_digest(image: str) -> str:
+    """sha256 of the image file, cached beside it (keyed by size and mtime); 'unavailable' if unreadable."""
+    import hashlib
+    p = Path(image)
+    try:
+        st = p.stat()
+    except OSError:
+        return "unavailable"
+    side = p.with_name(p.name + ".sha256")
+    key = f"{st.st_size}:{int(st.st_mtime)}"
+    try:
+        cached_key, digest = side.read_text().split()
+        if cached_key == key:
+            return digest
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    digest = f"sha256:{h.hexdigest()}"
+    try:
+        layout.atomic_write_text(side, f"{key} {digest}\n")
+    except OSError:
+        pass
+    return digest
+
+
+def container_python() -> str:
+    """The Python version the images are built with (containers/versions.env)."""
+    env = Path(__file__).resolve().parent.parent / "containers" / "versions.env"
+    for line in env.read_text().splitlines():
+        if line.startswith("PYTHON_VERSION="):
+            return line.split("=", 1)[1].strip()
+    return ""
+
+
+def check_image_python(profile: Profile) -> None:
+    """Job pickles cross from the login node's Python into the image's: their versions must match."""
+    here = "%d.%d" % sys.version_info[:2]
+    want = container_python()
+    if profile.image and want and here != want:
+        raise ConfigError("image", f"the login node runs Python {here}, the image is built with Python {want} "
+                          "(containers/versions.env); submitit's pickles need the same version",
+                          f"run the launcher with Python {want} (make setup with python{want}), or clear image")
 
 
 def sbatch_params(profile: Profile, res: Resources, name: str, dependency: str = "") -> dict:
@@ -293,7 +343,9 @@ def cancel(exp: Path) -> list[str]:
     return ids
 
 
-def require_slurm() -> None:
+def require_slurm(profile: Profile | None = None) -> None:
+    if profile is not None:
+        check_image_python(profile)
     from shutil import which
     if not which("sbatch"):
         raise ConfigError("--executor", "sbatch not found: this machine is not a Slurm login node",

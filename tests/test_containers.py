@@ -1,0 +1,141 @@
+"""Containers: the def files (sections, one version source, Python version), the image command line of the launcher,
+`make debug-cell` on the host, and a real image build where apptainer exists.
+
+    .venv/bin/python -m pytest -q tests/test_containers.py
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.spec import ConfigError, Profile, build
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFS = [ROOT / "containers" / "elastica.def", ROOT / "containers" / "elastica-cpu.def"]
+
+
+def versions() -> dict:
+    return dict(l.split("=", 1) for l in (ROOT / "containers/versions.env").read_text().splitlines()
+                if l and not l.startswith("#"))
+
+
+def sections(text: str) -> dict[str, str]:
+    """Header lines (Bootstrap, From) under '', then each %section's body."""
+    out, name = {"": ""}, ""
+    for line in text.splitlines():
+        m = re.match(r"^%(\w+)\s*$", line)
+        if m:
+            name = m.group(1)
+            out[name] = ""
+        else:
+            out[name] += line + "\n"
+    return out
+
+
+@pytest.mark.parametrize("path", DEFS, ids=lambda p: p.name)
+def test_def_file_sections_and_single_version_source(path):
+    s = sections(path.read_text())
+    assert {"arguments", "files", "post", "environment", "test", "labels"} <= set(s)
+    assert re.search(r"^Bootstrap: docker$", s[""], re.M) and re.search(r"^From: \{\{ \w+ \}\}$", s[""], re.M)
+    # every build argument is either in versions.env or defaulted in %arguments (GIT_COMMIT only)
+    used = set(re.findall(r"\{\{ (\w+) \}\}", path.read_text()))
+    defaults = {l.split("=")[0].strip() for l in s["arguments"].splitlines() if "=" in l}
+    assert used <= set(versions()) | defaults and defaults == {"GIT_COMMIT"}
+    # the dependencies come from pyproject.toml (pip installs the project): no version list in the def file
+    assert "pyproject.toml /opt/elastica/pyproject.toml" in s["files"]
+    assert "pip install --no-cache-dir /opt/elastica" in s["post"]
+    assert not re.search(r"(transformers|deepspeed|datasets|submitit|wandb)==", path.read_text())
+    assert "{{ PYTHON_VERSION }}" in s["post"]        # the build fails if the base's Python differs
+    assert "PYTHONNOUSERSITE=1" in s["environment"] and "PYTHONPATH" not in s["environment"]
+    assert "import torch, deepspeed, transformers, datasets, submitit" in s["test"] and "ds_report" in s["test"]
+    assert "org.elastica.git_commit {{ GIT_COMMIT }}" in s["labels"]
+
+
+def test_cuda_def_prebuilds_deepspeed_ops():
+    post = sections(DEFS[0].read_text())["post"]
+    assert "DS_BUILD_FUSED_ADAM=1" in post and "DS_BUILD_CPU_ADAM=1" in post
+    assert 'TORCH_CUDA_ARCH_LIST="{{ TORCH_CUDA_ARCH_LIST }}"' in post
+    assert versions()["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0"   # A100, H100
+
+
+def test_python_version_is_stated_once_and_checked():
+    from launch import slurm
+    v = versions()
+    assert slurm.container_python() == v["PYTHON_VERSION"]
+    assert v["PYTHON_VERSION"] in v["CPU_BASE_IMAGE"]       # python:3.12-... matches
+    here = "%d.%d" % sys.version_info[:2]
+    prof = build(Profile, {"name": "p", "executor": "slurm", "image": "/images/x.sif"})
+    if here != v["PYTHON_VERSION"]:
+        with pytest.raises(ConfigError, match="image: the login node runs Python"):
+            slurm.check_image_python(prof)
+    else:
+        slurm.check_image_python(prof)
+    slurm.check_image_python(build(Profile, {"name": "p"}))   # no image: nothing to check
+
+
+def test_job_script_runs_in_the_image_with_this_checkout(tmp_path):
+    from launch.slurm import python_command, setup_lines
+    image = tmp_path / "x.sif"
+    image.write_bytes(b"not really an image")
+    prof = build(Profile, {"name": "p", "executor": "slurm", "image": str(image), "binds": ["/scratch", "/data"]})
+    assert python_command(prof) == f"apptainer exec --nv --bind /scratch,/data {image} python"
+    lines = setup_lines(prof)
+    assert f"export PYTHONPATH={ROOT}" in lines and f"export ELASTICA_IMAGE={image}" in lines
+    digest = next(l for l in lines if l.startswith("export ELASTICA_IMAGE_DIGEST="))
+    import hashlib
+    assert digest.endswith(hashlib.sha256(b"not really an image").hexdigest())
+
+
+def test_apptainer_stand_in_sees_the_exact_command(tmp_path):
+    """A logging stand-in for apptainer (not the real binary) checks the command line make debug-cell builds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    (bin_dir / "apptainer").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    (bin_dir / "apptainer").chmod(0o755)
+    run = tmp_path / "runs" / "exp"
+    (run / "eval" / "c1").mkdir(parents=True)
+    (run / "eval" / "c1" / "job.json").write_text("{}")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    r = subprocess.run(["make", "-s", "debug-cell", f"RUN={run}", "CELL=eval/c1", "IMAGE=/img/e.sif"], cwd=ROOT,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert log.read_text().strip() == (f"exec --nv --bind {ROOT} --env PYTHONPATH={ROOT} /img/e.sif python -m launch "
+                                       f"run-cell {run}/eval/c1")
+
+
+def test_debug_cell_on_the_host_reproduces_the_result(tmp_path, exp_dir):
+    """A toy eval cell rerun with make debug-cell (in-process, on the host) gives the same result.json metrics."""
+    from conftest import run_cell_procs, write_cell
+    from launch.jobs import EvalJob, ModelRef
+    from launch.spec import Data, Eval, Scorer
+    job = EvalJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), base=ModelRef(path=str(exp_dir / "models" / "gpt2")),
+                  prompts=Data(path=str(exp_dir / "world" / "data" / "prompts.jsonl")),
+                  eval=Eval(prompts=32, max_new_tokens=8, temperature=1.0, scorer=Scorer(kind="rule"),
+                            compression=("positive",)),
+                  template="plain", compression={"positive": Data(path=str(exp_dir / "world" / "data" / "positive.jsonl"))},
+                  seed=4, max_length=64, attribute_tokens=True)
+    run = tmp_path / "runs" / "exp"
+    d = write_cell(run / "eval" / "c1", job, kind="eval", stage="eval", outputs=["result.json"])
+    (rc, out), = run_cell_procs(d)
+    assert rc == 0, out[-2000:]
+    first = json.loads((d / "result.json").read_text())["metrics"]
+    r = subprocess.run(["make", "-s", "debug-cell", f"RUN={run}", "CELL=eval/c1"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads((d / "result.json").read_text())["metrics"] == first
+    assert (d / "DONE").exists() and len((d / "attempts.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.skipif(shutil.which("apptainer") is None, reason="apptainer binary not found")
+def test_build_cpu_image_and_run_a_cell(tmp_path):
+    r = subprocess.run(["make", "container", "STACK=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    image = sorted(ROOT.glob("containers/elastica-cpu-*.sif"))[-1]
+    r = subprocess.run(["apptainer", "test", str(image)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "imports ok" in r.stdout
