@@ -359,7 +359,7 @@ def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:
     summary = collect(exp_dir)
     atomic_write_text(Path(out_dir) / "summary.json", json.dumps(
         {k: summary[k] for k in ("report", "records", "problems", "files", "headline")}, indent=2))
-    return ["report"]
+    return ["summary.json"]
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 
 from launch.spec import ConfigError
@@ -67,6 +69,29 @@ def load(args):
     return make_plan(spec), profile, args.runs or profile.runs_root
 
 
+def check_writable(plan, runs) -> None:
+    """Refuse an unwritable or full runs root before anything starts (one line, exit 2)."""
+    import tempfile
+    from pathlib import Path
+    exp = plan.exp_dir(runs)
+    probe = Path(runs)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        if not os.access(probe, os.W_OK):
+            raise PermissionError(f"no write permission on {probe}")
+        if exp.exists():
+            with tempfile.NamedTemporaryFile(dir=exp, prefix=".probe"):
+                pass
+        if shutil.disk_usage(probe).free < 64 * 2**20:
+            raise OSError(f"only {shutil.disk_usage(probe).free // 2**20} MiB free on {probe}")
+    except OSError as e:
+        raise ConfigError("runs_root", f"{runs} is not usable: {e}", "choose a writable folder with free space "
+                          "(--runs or runs_root in the profile)") from None
+
+
 def remember(args, plan, runs) -> None:
     """Save the study and profile into the run folder, so that status/cancel/collect need only RUN_DIR."""
     import os
@@ -107,6 +132,7 @@ def cmd_plan(args) -> int:
 def cmd_run(args) -> int:
     from launch.local import run_plan
     plan, profile, runs = load(args)
+    check_writable(plan, runs)
     remember(args, plan, runs)
     return run_plan(plan, runs, profile, only=args.only)
 
@@ -121,6 +147,7 @@ def cmd_submit(args) -> int:
         from launch import slurm
         slurm.require_slurm(profile)
     if not args.dry_run:
+        check_writable(plan, runs)
         remember(args, plan, runs)
     if executor == "local":
         from launch.local import run_plan
@@ -145,7 +172,7 @@ def cmd_status(args) -> int:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{plan.spec.experiment}: {plan.exp_dir(runs)}")
-    states = ("done", "running", "pending", "failed", "timed out", "not submitted")
+    states = ("done", "running", "pending", "failed", "timed out", "corrupt", "not submitted")
     for col in ("stage", *states, "disk"):
         t.add_column(col, justify="left" if col == "stage" else "right")
     for stage in plan.stages:
@@ -156,7 +183,7 @@ def cmd_status(args) -> int:
     con = Console()
     con.print(t)
     for r in rows:
-        if r["state"] in ("failed", "timed out"):
+        if r["state"] in ("failed", "timed out", "corrupt"):
             con.print(f"[red]{r['state']}[/] {r['stage']}/{r['cell']} (job {r['job']}) log: {r['log']}")
     if any(r["state"] != "done" for r in rows):
         con.print(f"resubmit what is missing: python -m launch submit {plan.exp_dir(runs) / 'study.yaml'} "

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 DONE = "DONE"
@@ -68,17 +69,44 @@ def read_done(cell_dir: Path) -> dict | None:
         return None
 
 
-def is_done(cell_dir: Path, milestones: list[str] | tuple[str, ...] = ()) -> bool:
-    """Done when the marker exists and lists every output this plan needs (nested runs may gain milestones)."""
+def is_done(cell_dir: Path, outputs: list[str] | tuple[str, ...] = (), kind: str = "",
+            upstream: list[str] | tuple[str, ...] = ()) -> bool:
+    """Done when the marker exists, lists every output this plan needs (nested runs may gain milestones), every
+    output is really there (a marker without its outputs is corrupt, not done), and every upstream cell is still
+    the run this cell was made from (each done marker carries a nonce; a redone upstream has a new one)."""
+    cell_dir = Path(cell_dir)
     done = read_done(cell_dir)
     if done is None:
         return False
     have = set(done.get("milestones", []))
-    return all(m in have for m in milestones)
+    if not all(m in have and valid_output(cell_dir, m, kind) for m in outputs):
+        return False
+    made_from = done.get("upstream", {})
+    return all(made_from.get(u) == upstream_nonce(cell_dir.parent.parent, u) for u in upstream)
+
+
+def upstream_nonce(exp_dir: Path, key: str) -> str | None:
+    done = read_done(Path(exp_dir) / key)
+    return done.get("nonce") if done else None
+
+
+def valid_output(cell_dir: Path, name: str, kind: str) -> bool:
+    """A checkpoint folder holds weights and a config; a JSON file parses; other outputs exist."""
+    if kind == "train":
+        ckpt = cell_dir / "checkpoints" / name
+        return (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors"))
+    p = cell_dir / name
+    if p.suffix == ".json":
+        try:
+            return isinstance(json.loads(p.read_text()), dict)
+        except (OSError, ValueError):
+            return False
+    return p.exists()
 
 
 def write_done(cell_dir: Path, **info) -> None:
-    atomic_write_json(Path(cell_dir) / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+    atomic_write_json(Path(cell_dir) / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                              "nonce": uuid.uuid4().hex, **info})
 
 
 def git_commit() -> str:

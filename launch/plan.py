@@ -34,6 +34,10 @@ def jsonable(obj):
     return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
 
 
+KIND_OUTPUTS = {"eval": ("result.json",), "generate": ("train.jsonl", "heldout.jsonl"), "world": ("data", "tokenizer"),
+                "collect": ("summary.json",)}   # train cells list their milestones (checkpoints/n<volume>)
+
+
 @dataclass(frozen=True)
 class Cell:
     stage: str
@@ -42,9 +46,13 @@ class Cell:
     job: object                                 # a launch.jobs dataclass
     upstream: tuple[str, ...] = ()              # "stage/cell_id" of the cells it reads
     coords: dict = field(default_factory=dict, compare=False)   # table coordinates: model, seed, positive, ...
-    outputs: tuple[str, ...] = ()               # milestone names the done marker must list
+    outputs: tuple[str, ...] = ()               # what the done marker lists and the folder must hold (layout.valid)
     examples: int = 0                           # training examples this cell processes
     extra: dict = field(default_factory=dict, compare=False)     # identity beyond the job (independent volume)
+
+    def __post_init__(self):
+        if not self.outputs and self.kind in KIND_OUTPUTS:
+            object.__setattr__(self, "outputs", KIND_OUTPUTS[self.kind])
 
     @property
     def identity(self) -> dict:
@@ -90,7 +98,8 @@ class Plan:
         """Keys of the cells to run: no valid done marker, or an upstream cell to run."""
         out: set[str] = set()
         for c in self.cells:   # stage order: upstream cells come first
-            if not layout.is_done(self.cell_dir(runs_root, c), c.outputs) or any(u in out for u in c.upstream):
+            if any(u in out for u in c.upstream) or \
+                    not layout.is_done(self.cell_dir(runs_root, c), c.outputs, c.kind, c.upstream):
                 out.add(c.key)
         return out
 

@@ -290,12 +290,19 @@ def cell_states(plan: Plan, runs_root) -> list[dict]:
     exp = plan.exp_dir(runs_root)
     man = read_manifest(exp)
     states = sacct_states([m["job"] for m in man.values()])
+    todo = plan.todo(runs_root)
     rows = []
     for c in plan.cells:
         d = plan.cell_dir(runs_root, c)
         m = man.get(c.key)
-        if plan.is_done(runs_root, c):
+        claim = d / "CLAIM"
+        running_here = m is None and claim.exists() and time.time() - claim.stat().st_mtime < 600
+        if c.key not in todo:
             state = "done"
+        elif layout.read_done(d) is not None and not layout.is_done(d, c.outputs, c.kind):
+            state = "corrupt"      # a done marker without its outputs: resubmitting reruns the cell
+        elif running_here:
+            state = "running"      # claimed by a local run
         elif m is None:
             state = "not submitted"
         else:

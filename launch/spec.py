@@ -348,6 +348,20 @@ class Spec:
         if any(d.path.startswith("world:") for d in self.data.values()):
             check(self.world is not None, "world", "a data path uses world:<set> but no world is defined",
                   "add a world: section (toy world parameters)")
+        if self.world is not None:   # toy-world set sizes are known here: volumes must fit them
+            w, v = self.world, self.volumes
+            need = {"positive": max(v.positive, default=0), "negative": max(v.negative, default=0),
+                    "control": max(v.positive, default=0) if self.controls.matched_start else 0,
+                    "pretrain": max((m.pretrain_examples for m in self.models), default=0),
+                    "prompts": self.eval.prompts + (self.slices.responses if self.slices else 0),
+                    "sft": self.slices.examples if self.slices else 0}
+            size = {"positive": w.alignment, "negative": w.alignment, "pairs": w.alignment, "control": w.control,
+                    "pretrain": w.pretrain, "prompts": w.prompts, "sft": w.sft}
+            for role, n in need.items():
+                d = self.data.get(role)
+                if d is not None and d.path.startswith("world:"):
+                    check(n <= size[d.path[6:]], f"data.{role}", f"needs {n} examples, {d.path} has "
+                          f"{size[d.path[6:]]}", "lower the volume, or raise the world's size of that set")
         if self.eval.scorer.kind == "rule":
             check(self.world is not None, "eval.scorer.kind", "the rule scorer only reads toy-world text",
                   "use classifier or score_model for real data")

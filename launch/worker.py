@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from launch import layout
@@ -23,8 +25,7 @@ EXIT_PREEMPTED = 75
 
 
 def write_job(cell_dir: Path, cell, job_json: dict) -> None:
-    """Prepare a cell to run: its job.json, and no stale done marker (an upstream cell may have been redone)."""
-    (Path(cell_dir) / layout.DONE).unlink(missing_ok=True)
+    """Prepare a cell to run: its job.json (a done marker stays: the worker decides, see layout.is_done)."""
     layout.atomic_write_json(Path(cell_dir) / "job.json", {
         "stage": cell.stage, "kind": cell.kind, "id": cell.id, "job": job_json, "coords": cell.coords,
         "upstream": list(cell.upstream), "outputs": list(cell.outputs), "identity": cell.identity})
@@ -48,10 +49,18 @@ def run_cell(cell_dir: str | Path) -> list[str]:
     """Run the cell in this process; returns its outputs. Raises ConfigError / Preempted."""
     cell_dir = Path(cell_dir).resolve()
     meta, job = read_job(cell_dir)
-    if layout.is_done(cell_dir, meta.get("outputs", [])):
+    done = lambda: layout.is_done(cell_dir, meta.get("outputs", []), meta["kind"], meta.get("upstream", []))
+    if done():
         return meta.get("outputs", [])
     exp_dir = cell_dir.parent.parent
     rank = int(os.environ.get("RANK", "0"))
+    with Claim(cell_dir, rank, done) as claim:
+        if not claim.held or done():   # finished elsewhere while we waited
+            return meta.get("outputs", [])
+        return _run(cell_dir, meta, job, exp_dir, rank)
+
+
+def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int) -> list[str]:
     if rank == 0:
         (cell_dir / "FAILED").unlink(missing_ok=True)
         runtime = layout.runtime_info()
@@ -74,8 +83,95 @@ def run_cell(cell_dir: str | Path) -> list[str]:
         from eval.collect import cell_main as main
     outputs = main(job, cell_dir, exp_dir) or []
     if rank == 0:
-        layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"])
+        made_from = {u: layout.upstream_nonce(exp_dir, u) for u in meta.get("upstream", [])}
+        layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], upstream=made_from)
     return list(outputs)
+
+
+def owner_id() -> str:
+    """Who runs this cell: the Slurm job (all its ranks and incarnations) or this process."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") and \
+        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" or os.environ.get("SLURM_JOB_ID")
+    if job:
+        return f"slurm:{job}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # ranks started together (torchrun-like): one owner
+        return f"dist:{os.uname().nodename}:{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    return f"pid:{os.uname().nodename}:{os.getpid()}"
+
+
+class Claim:
+    """A per-cell claim so that two submissions never train one cell twice.
+
+    Rank 0 creates `CLAIM` with O_EXCL and a heartbeat thread refreshes its mtime. A claim held by another owner
+    is waited on until the cell is done there (then nothing to do) or the claim goes stale (its holder crashed:
+    no heartbeat for ELASTICA_CLAIM_STALE_S seconds, or its local process is gone); then it is taken over.
+    A requeued Slurm job owns its earlier incarnation's claim. Other ranks wait for their job's claim."""
+
+    def __init__(self, cell_dir: Path, rank: int, done):
+        self.path, self.rank, self.me, self.done = Path(cell_dir) / "CLAIM", rank, owner_id(), done
+        self.held = False
+        self.stale_s = float(os.environ.get("ELASTICA_CLAIM_STALE_S", "600"))
+        self.beat_s = float(os.environ.get("ELASTICA_HEARTBEAT_S", "30"))
+        self._stop = threading.Event()
+
+    def _holder(self) -> tuple[str, float] | None:
+        try:
+            return self.path.read_text().strip(), self.path.stat().st_mtime
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, owner: str, mtime: float) -> bool:
+        if owner == self.me:
+            return True
+        if owner.startswith(f"pid:{os.uname().nodename}:"):
+            try:
+                os.kill(int(owner.rsplit(":", 1)[1]), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError):
+                pass
+        return time.time() - mtime > self.stale_s
+
+    def __enter__(self):
+        if self.rank != 0:   # wait until rank 0 of this job holds the claim (or the cell is done elsewhere)
+            while (h := self._holder()) is None or h[0] != self.me:
+                if self.done():
+                    return self
+                time.sleep(0.5)
+            self.held = True
+            return self
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as f:
+                    f.write(self.me + "\n")
+                break
+            except FileExistsError:
+                h = self._holder()
+                if h is None:
+                    continue
+                if self._stale(*h):
+                    self.path.unlink(missing_ok=True)   # take over a crashed holder's claim
+                    continue
+                if self.done():
+                    return self
+                time.sleep(min(5.0, self.beat_s))
+        self.held = True
+        threading.Thread(target=self._beat, daemon=True).start()
+        return self
+
+    def _beat(self):
+        while not self._stop.wait(self.beat_s):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.rank == 0 and self.held and (h := self._holder()) and h[0] == self.me:
+            self.path.unlink(missing_ok=True)
+        return False
 
 
 def run_cell_dir(cell_dir: str | Path) -> int:
@@ -90,3 +186,12 @@ def run_cell_dir(cell_dir: str | Path) -> int:
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except Exception as e:  # noqa: BLE001 - disk full reaches us as OSError or wrapped by a writer library
+        why = str(e)
+        if not isinstance(e, OSError) and "No space left on device" not in why and "Disk quota" not in why:
+            raise
+        what = (f"{e.strerror} writing {e.filename}" if isinstance(e, OSError) and e.strerror else
+                "No space left on device" if "No space left" in why else why.splitlines()[0][:200])
+        print(f"error: {cell_dir}: {what} (free space or fix permissions, then rerun: the cell resumes)",
+              file=sys.stderr)
+        return 1

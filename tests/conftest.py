@@ -82,3 +82,33 @@ def run_cell_procs(cell_dir: Path, ranks: int = 1, env: dict | None = None, wait
         out, _ = p.communicate(timeout=600)
         outs.append((p.returncode, out))
     return outs
+
+
+def reduced_config(tmp_path: Path) -> Path:
+    """The toy Setting II study at its smallest: what the reduced-demo, reliability and Slurm tests run."""
+    import yaml
+    cfg = yaml.safe_load((ROOT / "configs/toy/setting2.yaml").read_text())
+    cfg["experiment"] = "toy-reduced"
+    cfg["world"].update(pretrain=4000, alignment=200, prompts=200, control=200)
+    cfg["models"][0].update(init={"arch": "gpt2", "layers": 2, "width": 64, "heads": 4, "context": 64},
+                            pretrain_examples=4000)
+    cfg["volumes"] = {"positive": [32, 64], "negative": [0, 16, 32]}
+    cfg["eval"].update(prompts=200, compression_examples=50)
+    cfg["recipe"]["save_every_steps"] = 4     # rolling checkpoints often, so that a kill finds one to resume
+    cfg["recipe_overrides"]["pretrain"].update(lr=3e-3)
+    p = tmp_path / "reduced.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="session")
+def reduced_run(tmp_path_factory):
+    """The reduced toy study run once, undisturbed, through the local executor: (plan, runs root)."""
+    from launch.local import run_plan
+    from launch.plan import make_plan
+    from launch.spec import load_profile, load_spec
+    tmp = tmp_path_factory.mktemp("reduced")
+    plan = make_plan(load_spec(reduced_config(tmp)))
+    runs = tmp / "runs"
+    assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
+    return plan, runs

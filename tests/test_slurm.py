@@ -95,7 +95,7 @@ def slurm_profile(tmp_path: Path, **over) -> Path:
 
 
 def tiny_grid(tmp_path: Path) -> Path:
-    from test_toyworld import reduced_config
+    from conftest import reduced_config
     cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
     cfg["experiment"] = "toy-slurm"
     cfg["controls"] = {"matched_start": False}

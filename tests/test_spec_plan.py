@@ -224,6 +224,17 @@ def test_done_marker_means_done(tmp_path):
     layout.write_done(d, milestones=["n1000", "n2000"])
     assert not plan.is_done(tmp_path, cell), "a marker lacking milestones the plan needs is not done"
     layout.write_done(d, milestones=list(cell.outputs))
+    assert not plan.is_done(tmp_path, cell), "a marker without its checkpoints is corrupt, not done"
+    for m in cell.outputs:
+        (d / "checkpoints" / m).mkdir(parents=True)
+        (d / "checkpoints" / m / "config.json").write_text("{}")
+        (d / "checkpoints" / m / "model.safetensors").write_bytes(b"x")
     assert plan.is_done(tmp_path, cell)
+    (d / "checkpoints" / cell.outputs[0] / "model.safetensors").unlink()
+    assert not plan.is_done(tmp_path, cell), "a checkpoint folder without weights is not done"
+    (d / "checkpoints" / cell.outputs[0] / "model.safetensors").write_bytes(b"x")
     (d / layout.DONE).write_text("{truncated")
     assert not plan.is_done(tmp_path, cell)
+    # downstream cells of a cell to run are to run as well
+    todo = plan.todo(tmp_path)
+    assert all(c.key in todo for c in plan.cells if cell.key in c.upstream)

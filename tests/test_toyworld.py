@@ -8,8 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from launch.plan import make_plan
-from launch.spec import World, load_profile, load_spec
+from launch.spec import World, load_profile
 from train.toyworld import build_world
 from eval.scorers import rule_scores
 
@@ -40,27 +39,11 @@ def test_rule_scorer_agrees_with_labels_up_to_noise():
     assert [s for s in rule_scores([r["response"] for r in clean])] == [float(r["label"]) for r in clean]
 
 
-def reduced_config(tmp_path: Path) -> Path:
-    cfg = yaml.safe_load((ROOT / "configs/toy/setting2.yaml").read_text())
-    cfg["experiment"] = "toy-reduced"
-    cfg["world"].update(pretrain=4000, alignment=200, prompts=200, control=200)
-    cfg["models"][0].update(init={"arch": "gpt2", "layers": 2, "width": 64, "heads": 4, "context": 64},
-                            pretrain_examples=4000)
-    cfg["volumes"] = {"positive": [32, 64], "negative": [0, 16, 32]}
-    cfg["eval"].update(prompts=200, compression_examples=50)
-    cfg["recipe_overrides"]["pretrain"].update(lr=3e-3)
-    p = tmp_path / "reduced.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
-def test_reduced_demo_through_local_executor(tmp_path):
+def test_reduced_demo_through_local_executor(reduced_run):
     from launch.local import run_plan
     from eval.collect import collect
-    plan = make_plan(load_spec(reduced_config(tmp_path)))
-    runs = tmp_path / "runs"
-    assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
-    assert all(plan.is_done(runs, c) for c in plan.cells)
+    plan, runs = reduced_run
+    assert not plan.todo(runs)
     exp = plan.exp_dir(runs)
     report = exp / "report"
     md = (report / "rebound.md").read_text()

@@ -244,9 +244,12 @@ class Trainer:
             final = self.out / "checkpoints" / name
             tmp = final.with_name(f".{name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            self.engine.module.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
-            self.tok.save_pretrained(tmp)
-            publish_dir(tmp, final)
+            try:
+                self.engine.module.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+                self.tok.save_pretrained(tmp)
+                publish_dir(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)   # never leave half a checkpoint behind
         dist.barrier()
 
     def save_resume(self, state: dict, tag: str, where: Path) -> None:
@@ -277,8 +280,12 @@ class Trainer:
         import torch.distributed as dist
         resume_dir = self.out / "resume"
         metrics_path = self.out / "metrics.jsonl"
-        state = self.load_resume(resume_dir) or {"batch": 0, "loss_sum": 0.0, "loss_tokens": 0.0, "tokens": 0.0,
-                                                 "step_losses": [], "wall": 0.0, "milestones": {}}
+        state = self.load_resume(resume_dir)
+        if state is None:
+            state = {"batch": 0, "loss_sum": 0.0, "loss_tokens": 0.0, "tokens": 0.0, "step_losses": [], "wall": 0.0,
+                     "milestones": {}, "resumed_at_steps": []}
+        else:
+            state["resumed_at_steps"] = state.get("resumed_at_steps", []) + [state["batch"]]
         if self.rank == 0:  # keep exactly the metric lines of the steps the resumed state has taken
             lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
             atomic_write_text(metrics_path, "".join(l + "\n" for l in lines[:state["batch"]]))
@@ -321,6 +328,7 @@ class Trainer:
         if self.rank == 0:
             summary = {**_milestone_summary(state, self.batches[-1][1]), "wall_s": state["wall"],
                        "milestones": state["milestones"], "world_size": self.world,
+                       "resumed_at_steps": state["resumed_at_steps"],
                        "padding_share": _mean_padding(metrics_path)}
             atomic_write_json(self.out / "summary.json", summary)
             shutil.rmtree(resume_dir, ignore_errors=True)   # optimizer shards are not kept once done
