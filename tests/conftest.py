@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # one float-summation order everywhere (local, 2 ranks, Slurm)
 for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
     os.environ.setdefault(var, str(ROOT / ".cache" / "wandb"))
 
@@ -67,8 +68,7 @@ def run_cell_procs(cell_dir: Path, ranks: int = 1, env: dict | None = None, wait
     port = free_port()
     procs = []
     for r in range(ranks):
-        e = dict(os.environ, OMP_NUM_THREADS="1" if ranks > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
-                 PYTHONUNBUFFERED="1")
+        e = dict(os.environ, PYTHONUNBUFFERED="1")
         e.update(env or {})
         if ranks > 1:
             e.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",

@@ -153,36 +153,115 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     assert r.returncode == 0 and all(row["state"] == "done" for row in json.loads(r.stdout))
 
 
-def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir):
-    """A training cell with a 1-minute limit needs several incarnations; its weights equal an uninterrupted run."""
-    from conftest import run_cell_procs, write_cell
+def long_job(exp_dir):
     from launch.jobs import ModelRef, TrainJob
     from launch.spec import Data, Recipe
-    from safetensors.torch import load_file
-    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), data=Data(path=str(exp_dir / "world" / "data" / "pretrain.jsonl")),
-                   recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=1, micro_batch=1, max_length=64, zero_stage=0,
-                                 precision="fp32", save_every_steps=200, epochs=10),   # ~60 s of steps
-                   seed=5, template="plain", milestones=(600,))
-    ref = write_cell(tmp_path / "ref" / "positive" / "ref", job, outputs=["n600"])
-    (rc, out), = run_cell_procs(ref, env={"OMP_NUM_THREADS": "1"})   # as the Slurm profile: same float maths
+    return TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
+                    data=Data(path=str(exp_dir / "world" / "data" / "pretrain.jsonl")),
+                    recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=1, micro_batch=1, max_length=64, zero_stage=0,
+                                  precision="fp32", save_every_steps=200, epochs=10),   # ~60 s of steps
+                    seed=5, template="plain", milestones=(600,))
+
+
+@pytest.fixture(scope="module")
+def long_ref(exp_dir, tmp_path_factory):
+    """The long training cell run once, uninterrupted, locally (same threads as the Slurm profile)."""
+    from conftest import run_cell_procs, write_cell
+    ref = write_cell(tmp_path_factory.mktemp("ref") / "positive" / "ref", long_job(exp_dir), outputs=["n600"])
+    (rc, out), = run_cell_procs(ref)
     assert rc == 0, out[-2000:]
-    d = write_cell(tmp_path / "slurm" / "positive" / "requeued", job, outputs=["n600"])
+    from safetensors.torch import load_file
+    return load_file(str(ref / "checkpoints" / "n600" / "model.safetensors"))
+
+
+def submit_one(tmp_path, cell_dir, time_min, **profile_over):
     import submitit
     from launch.slurm import CellTask, sbatch_params
     from launch.spec import Resources
-    profile = load_profile(slurm_profile(tmp_path, signal_delay_s=30))
+    profile = load_profile(slurm_profile(tmp_path, **profile_over))
     ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=10)
-    ex.update_parameters(**sbatch_params(profile, Resources(nodes=1, cpus_per_task=1, time_min=1), "requeue-test"))
-    job_ = ex.submit(CellTask(), str(d))
-    deadline = time.time() + 900
+    ex.update_parameters(**sbatch_params(profile, Resources(nodes=1, cpus_per_task=1, time_min=time_min), "cell"))
+    return ex.submit(CellTask(), str(cell_dir))
+
+
+def wait_done(d: Path, job, timeout=900):
+    deadline = time.time() + timeout
     while time.time() < deadline and not (d / "DONE").exists():
-        time.sleep(3)
-    assert (d / "DONE").exists(), job_.stdout()
-    attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
-    assert len(attempts) >= 2 and {a["slurm_job_id"] for a in attempts} == {job_.job_id}
-    a = load_file(str(ref / "checkpoints" / "n600" / "model.safetensors"))
+        time.sleep(2)
+    assert (d / "DONE").exists(), job.stdout()
+
+
+def same_weights(ref, d):
+    from safetensors.torch import load_file
     b = load_file(str(d / "checkpoints" / "n600" / "model.safetensors"))
-    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+    return max((ref[k] - b[k]).abs().max().item() for k in ref) == 0.0
+
+
+def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir, long_ref):
+    """A training cell with a 1-minute limit needs several incarnations; its weights equal an uninterrupted run."""
+    from conftest import write_cell
+    d = write_cell(tmp_path / "slurm" / "positive" / "requeued", long_job(exp_dir), outputs=["n600"])
+    job = submit_one(tmp_path, d, time_min=1, signal_delay_s=30)
+    wait_done(d, job)
+    attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) >= 2 and {a["slurm_job_id"] for a in attempts} == {job.job_id}
+    assert same_weights(long_ref, d)
+
+
+def test_preempted_three_times_is_bit_identical(cluster, tmp_path, exp_dir, long_ref):
+    """Three preemption signals (USR2 to the job's steps, as a preempting scheduler sends): save, requeue, resume."""
+    from conftest import write_cell
+    d = write_cell(tmp_path / "slurm" / "positive" / "preempted", long_job(exp_dir), outputs=["n600"])
+    job = submit_one(tmp_path, d, time_min=20)
+    metrics = d / "metrics.jsonl"
+    for k in range(3):
+        deadline = time.time() + 300
+        start = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        while time.time() < deadline:   # running again, and a few steps past where it resumed
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= start + 300:
+                break
+            time.sleep(0.5)
+        subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and len((d / "attempts.jsonl").read_text().splitlines()) < k + 2:
+            time.sleep(0.5)
+    wait_done(d, job)
+    attempts = (d / "attempts.jsonl").read_text().splitlines()
+    summary = json.loads((d / "summary.json").read_text())
+    assert len(attempts) == 4 and len(summary["resumed_at_steps"]) == 3, (attempts, summary["resumed_at_steps"])
+    assert same_weights(long_ref, d)
+
+
+def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
+    """A cell's processes die with SIGKILL (no signal to save on, like a node failure): its dependents are
+    cancelled; a resubmission resumes it from its rolling checkpoint and reproduces the undisturbed tables."""
+    from conftest import reduced_config
+    ref_plan, ref_runs = reduced_run
+    cfg, prof = reduced_config(tmp_path), slurm_profile(tmp_path)
+    r = launch("submit", cfg, "--profile", prof)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp = tmp_path / "runs" / "toy-reduced"
+    manifest = [json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines()]
+    pretrain_job = next(m["job_id"] for m in manifest if m["stage"] == "pretrain")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        found = list(exp.glob("pretrain/*/metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 60 and (found[0].parent / "resume").exists():
+            break
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=KILL", pretrain_job], check=True)
+    cell = found[0].parent
+    plan = make_plan(load_spec(cfg))
+    world_done = (next(exp.glob("world/*")) / "DONE").stat().st_mtime_ns
+    assert wait(plan, tmp_path / "runs", poll_s=2, timeout_s=300, out=io.StringIO()) == 1   # not all done
+    assert not (cell / "DONE").exists()
+    r = launch("submit", cfg, "--profile", prof, "--wait")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (next(exp.glob("world/*")) / "DONE").stat().st_mtime_ns == world_done
+    summary = json.loads((cell / "summary.json").read_text())
+    assert summary["resumed_at_steps"] and summary["resumed_at_steps"][0] >= 4
+    for name in ("rebound.md", "compression.md"):
+        assert (exp / "report" / name).read_text() == (ref_plan.exp_dir(ref_runs) / "report" / name).read_text()
 
 
 def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):

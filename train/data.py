@@ -162,17 +162,38 @@ def global_batches(volume: int, global_batch: int) -> list[tuple[int, int]]:
 
 
 def micro_batches(positions: list[int], examples: list[Example], rank: int, world: int, micro: int) -> list[list[int]]:
-    """This rank's share of one global batch, length-sorted into micro-batches (little padding).
+    """This rank's share of one global batch, cut into micro-batches that waste little on padding.
 
-    Every rank gets the same number of micro-batches (ZeRO-3 gathers need all ranks in step); a rank short of
-    examples repeats one with zero weight (marked by a negative index)."""
-    share = positions[rank::world]
-    share = sorted(share, key=lambda i: (examples[i].length, i))
-    batches = [share[k:k + micro] for k in range(0, len(share), micro)]
-    most = -(-len(positions[0::world]) // micro)
-    while len(batches) < most:
-        batches.append([-1 - positions[0]])
-    return batches
+    The share is sorted by length and cut into contiguous groups by a small dynamic programme that minimises
+    padded tokens plus a quarter of a longest sequence per extra forward pass, under a memory budget of `micro` sequences
+    of the share's longest length (so no forward is larger than a fixed micro-batch would be). The loss is the
+    token mean over the whole global batch, so the cut changes no maths. Every rank gets the same number of
+    micro-batches (ZeRO-3 gathers need all ranks in step); a rank short of them repeats one example with zero
+    weight (a negative index)."""
+    def cut(share: list[int]) -> list[list[int]]:
+        share = sorted(share, key=lambda i: (examples[i].length, i))
+        if not share:
+            return []
+        lens = [examples[i].length for i in share]
+        budget, overhead = micro * lens[-1], lens[-1] / 4   # a forward pass costs about a quarter of a longest sequence
+        best, back = [0.0] + [float("inf")] * len(share), [0] * (len(share) + 1)
+        for j in range(1, len(share) + 1):
+            for i in range(j - 1, -1, -1):
+                if (j - i) * lens[j - 1] > budget:
+                    break
+                cost = best[i] + (j - i) * lens[j - 1] + overhead
+                if cost < best[j]:
+                    best[j], back[j] = cost, i
+        out, j = [], len(share)
+        while j:
+            out.append(share[back[j]:j])
+            j = back[j]
+        return out[::-1]
+    mine = cut(positions[rank::world])
+    most = max(len(cut(positions[r::world])) for r in range(world)) if world > 1 else len(mine)
+    while len(mine) < most:
+        mine.append([-1 - positions[0]])
+    return mine
 
 
 def collate(examples: list[Example], indices: list[int], pad_id: int, rejected: bool = False):

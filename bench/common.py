@@ -1,0 +1,56 @@
+"""Shared helpers of the benchmarks: repeated timing, the machine description, and a tiny local world + model.
+
+Each benchmark prints one JSON line per measure ({"id", "measure", "value", "baseline", "ratio", "target", "met",
+"runs", ...}); bench/run_all.py collects them into docs/benchmarks.md. Run one: .venv/bin/python bench/<name>.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+
+def machine() -> str:
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        model = cpu
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def timed(fn, repeats: int = 3) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def spread(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):.3g}, min {min(xs):.3g}, max {max(xs):.3g} (n={len(xs)})"
+
+
+def report(**row) -> dict:
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def tiny_world(out: Path, pretrain: int = 3000):
+    """A toy world and a small GPT-2 saved like a hub model (tokenizer + safetensors)."""
+    from launch.spec import World
+    from train.toyworld import write_world
+    if not (out / "world" / "tokenizer").exists():
+        write_world(World(pretrain=pretrain, alignment=2000, prompts=500), out / "world")
+    return out / "world"
