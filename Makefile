@@ -8,6 +8,7 @@
 #   make status RUN=runs/<experiment>    cells by stage and state; make cancel RUN=...
 #   make prefetch CONFIG=...  login node: fill the HF cache, check that every volume fits
 #   make collect RUN=runs/<experiment>   tables and plots
+#   make bench                           every benchmark under bench/ -> docs/benchmarks.md
 #   make container [STACK=cpu]           build the Apptainer image (cluster build node; apptainer needed)
 #   make sandbox / make shell            a writable sandbox to iterate on / a shell in the image
 #   make debug-cell RUN=... CELL=stage/cell-id [IMAGE=...]   rerun one cell in-process (pdb works)
@@ -30,7 +31,7 @@ BUILD_ARGS := --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg CPU_BASE_IMAGE=$(
 IMAGE ?=
 
 .PHONY: help setup test demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
-	prefetch collect clean container sandbox shell debug-cell
+	prefetch collect clean container sandbox shell debug-cell bench
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -45,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 plan: setup
 	$(PY) -m launch plan $(CONFIG) --profile $(PROFILE) --runs $(RUNS)
@@ -74,6 +75,9 @@ prefetch: setup
 
 collect: setup
 	$(PY) -m eval.collect $(RUN)
+
+bench: setup
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -159,6 +159,24 @@ def rebound_tables(records, metric_name: str):
     return tables, curves
 
 
+def slope_table(curves: dict, metric_name: str) -> Table:
+    """Per start model: the initial fall (change per 100 negative examples over the first negative volume), the
+    total fall, and the first negative volume at which the curve is below the base model's level."""
+    t = Table(f"{metric_name}: initial slope and fall under negative fine-tuning",
+              ["model", "arm", "start volume", "start", "slope per 100 (first step)", "fall to last",
+               "below base from"])
+    for (model, arm, p), pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
+        if arm == "base" or len(pts) < 2:
+            continue
+        pts = sorted(pts)
+        (n0, v0, _), (n1, v1, _) = pts[0], pts[1]
+        base = curves.get((model, "base", 0), [(0, None)])[0][1]
+        below = next((n for n, v, _ in pts if base is not None and v < base), None)
+        t.rows.append([model, arm, p, f"{v0:.3f}", f"{100 * (v1 - v0) / max(n1 - n0, 1):+.3f}",
+                       f"{pts[-1][1] - v0:+.3f}", "" if below is None else str(below)])
+    return t
+
+
 def resistance_table(records):
     """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward (theta_i on D_j)."""
     loss = defaultdict(list)   # (model, from, to) -> [mean loss over seeds]
@@ -301,7 +319,7 @@ def collect(exp: Path) -> dict:
         tabs, curves = rebound_tables(records, headline)
         extra = [rebound_tables(records, n)[0] for n in sorted(metric_names)
                  if n != headline and n in ("positive_logit", "kl_to_base", "score")]
-        tables["rebound"] = tabs + [t for ts in extra for t in ts]
+        tables["rebound"] = tabs + [t for ts in extra for t in ts] + [slope_table(curves, headline)]
         files += plot_rebound(curves, headline, report / "rebound")
     res = resistance_table(records)
     if res.rows:

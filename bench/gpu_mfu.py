@@ -1,0 +1,76 @@
+"""P8: model FLOPs utilisation of the trainer's SFT step on one GPU: a random-init ~0.5B Llama (Qwen1.5-0.5B-like
+shape), bf16, sequence length 512, ZeRO-3, synthetic tokens, no network. MFU = 6 * params * tokens/s / peak, with
+the attention term 12 * layers * hidden * seq added per token; peak bf16 dense FLOP/s from --peak-tflops
+(H100 SXM: 989). Prints one JSON line like the other benchmarks; under 5 minutes on one H100.
+
+    .venv/bin/python bench/gpu_mfu.py [--steps 30] [--micro 8] [--peak-tflops 989]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--zero", type=int, default=3)
+    args = ap.parse_args()
+    import torch
+    if not torch.cuda.is_available():
+        print(json.dumps({"id": "P8", "measure": "GPU MFU", "value": None, "met": None,
+                          "runs": "not run: no CUDA device"}))
+        return
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from launch.jobs import ModelRef, TrainJob
+    from launch.spec import Data, Init, Recipe
+    from train.trainer import Trainer
+
+    tmp = Path(tempfile.mkdtemp(prefix="mfu-"))
+    vocab = {f"w{i}": i for i in range(32000)}
+    vocab.update({"[PAD]": 32000, "</s>": 32001, "<s>": 32002, "[UNK]": 32003})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
+                            unk_token="[UNK]").save_pretrained(tmp / "tok")
+    g = torch.Generator().manual_seed(0)
+    n = args.micro * (args.steps + 3)
+    with open(tmp / "data.jsonl", "w") as f:   # every example exactly seq tokens: no padding in the measure
+        for _ in range(n):
+            ids = torch.randint(0, 32000, (args.seq - 2,), generator=g).tolist()
+            f.write(json.dumps({"text": " ".join(f"w{i}" for i in ids)}) + "\n")
+    init = Init(arch="llama", layers=24, width=1024, heads=16, context=args.seq)
+    job = TrainJob(model=ModelRef(path="", init=init, tokenizer=str(tmp / "tok")), data=Data(path=str(tmp / "data.jsonl")),
+                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=args.micro, micro_batch=args.micro,
+                                 max_length=args.seq, zero_stage=args.zero, precision="bf16", save_every_steps=10 ** 6),
+                   seed=0, template="plain", milestones=(n,))
+    t = Trainer(job, tmp / "cell", tmp)
+    params = sum(p.numel() for p in t.engine.module.parameters()) or sum(
+        getattr(p, "ds_numel", 0) for p in t.engine.module.parameters())
+    t.run()
+    rows = [json.loads(l) for l in (tmp / "cell" / "metrics.jsonl").read_text().splitlines()][3:]   # warm-up out
+    tok_s = sum(r["tokens"] for r in rows) / sum(r["seconds"] for r in rows)
+    flops_per_token = 6 * params + 12 * init.layers * init.width * args.seq
+    mfu = flops_per_token * tok_s / (args.peak_tflops * 1e12)
+    print(json.dumps({"id": "P8", "measure": f"SFT MFU, random-init Llama {params / 1e9:.2f}B, bf16, seq {args.seq}, "
+                      f"micro {args.micro}, ZeRO-{args.zero}, {torch.cuda.get_device_name()}",
+                      "value": round(mfu, 3), "baseline": f"peak {args.peak_tflops} TFLOP/s bf16",
+                      "ratio": round(mfu, 3), "target": ">= 0.40", "met": mfu >= 0.40,
+                      "runs": f"{len(rows)} steps, {tok_s:,.0f} tokens/s, "
+                              f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak"}))
+
+
+if __name__ == "__main__":
+    main()

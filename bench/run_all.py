@@ -1,0 +1,69 @@
+"""`make bench`: run every benchmark under bench/ (each prints JSON lines), and write docs/benchmarks.md with the
+machine, the command, the measured values, the ratio to the baseline, the target and whether it is met.
+
+    .venv/bin/python bench/run_all.py [--only trainer,generation,...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from common import ROOT, machine
+
+BENCHES = ["trainer", "nested", "submit_10k", "collector", "generation", "demo_time", "gpu_mfu"]
+TITLES = {"P1": "trainer tokens/s vs bare loop", "P1b": "trainer vs HF Trainer", "P2": "padding share",
+          "P3a": "examples, paper Setting II grid", "P3b": "toy Setting II training, nested vs independent",
+          "P4": "plan + submit 10,000 cells", "P5": "collector, 10,000 results", "P6": "batched generation",
+          "P7": "make demo", "P8": "GPU MFU"}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    names = [b for b in BENCHES if not args.only or b in args.only.split(",")]
+    rows = []
+    for name in names:
+        t = time.time()
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py")], cwd=ROOT, capture_output=True,
+                           text=True)
+        got = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+        if r.returncode != 0 or not got:
+            got = [{"id": name, "measure": name, "value": None, "met": False,
+                    "runs": f"failed (exit {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1][:200]}"}]
+        for g in got:
+            g["bench"], g["seconds"] = name, round(time.time() - t)
+            print(json.dumps(g), flush=True)
+        rows += got
+    lines = ["# Benchmarks", "",
+             "Written by `make bench` (bench/run_all.py); every ratio is measured side by side in one run.",
+             f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.", "",
+             "| id | measure | value | baseline | ratio | target | met | runs |", "|---|---|---|---|---|---|---|---|"]
+    for g in sorted(rows, key=lambda g: g["id"]):
+        met = {True: "yes", False: "**no**", None: "not run"}[g.get("met")]
+        lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | {g.get('baseline', '')} | "
+                     f"{g.get('ratio', '')} | {g.get('target', '')} | {met} | {g.get('runs', '')} |")
+    lines += ["", "Commands: `make bench` (all), or `.venv/bin/python bench/<name>.py` for one "
+              f"({', '.join(BENCHES)}). P4 needs the local Slurm cluster (`tests/slurm/up.sh`); P8 needs a GPU.", ""]
+    notes = ROOT / "bench" / "notes.md"   # hand-written: what was profiled and changed, what was not measured
+    if notes.exists():
+        lines += [notes.read_text()]
+    (ROOT / "docs").mkdir(exist_ok=True)
+    out = ROOT / "docs" / "benchmarks.md"
+    if args.only and out.exists():   # keep the rows of benchmarks not rerun
+        old = [l for l in out.read_text().splitlines() if l.startswith("| P")]
+        ran = {g["id"] for g in rows}
+        keep = [l for l in old if l.split("|")[1].strip() not in ran]
+        head = lines.index("|---|---|---|---|---|---|---|---|") + 1
+        lines[head:head] = keep
+        body = lines[head:head + len(keep) + len(rows)]
+        lines[head:head + len(body)] = sorted(body, key=lambda l: l.split("|")[1].strip())
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
