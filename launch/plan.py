@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from launch import layout
@@ -46,7 +47,7 @@ class Cell:
     job: object                                 # a launch.jobs dataclass
     upstream: tuple[str, ...] = ()              # "stage/cell_id" of the cells it reads
     coords: dict = field(default_factory=dict, compare=False)   # table coordinates: model, seed, positive, ...
-    outputs: tuple[str, ...] = ()               # what the done marker lists and the folder must hold (layout.valid)
+    outputs: tuple[str, ...] = ()               # what the done marker lists and the folder must hold (layout.valid_output)
     examples: int = 0                           # training examples this cell processes
     extra: dict = field(default_factory=dict, compare=False)     # identity beyond the job (independent volume)
 
@@ -54,7 +55,7 @@ class Cell:
         if not self.outputs and self.kind in KIND_OUTPUTS:
             object.__setattr__(self, "outputs", KIND_OUTPUTS[self.kind])
 
-    @property
+    @cached_property
     def identity(self) -> dict:
         job = jsonable(self.job)
         if self.kind == "train":
@@ -62,7 +63,7 @@ class Cell:
         return {"schema": SCHEMA, "stage": self.stage, "kind": self.kind, "job": job, "extra": self.extra,
                 "upstream": sorted(self.upstream)}
 
-    @property
+    @cached_property
     def id(self) -> str:
         return f"{self.label}-{fingerprint(self.identity)}"
 

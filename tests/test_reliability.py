@@ -255,3 +255,40 @@ def test_corrupt_outputs_are_reported_not_used(reduced_run, tmp_path):
     assert r.returncode == 0, r.stderr
     cells = (exp / "report" / "cells.md").read_text()
     assert f"eval/{ev.id} | corrupt" in cells
+
+
+def test_prefetch_checks_every_volume_fits(exp_dir, tmp_path):
+    """The login-node check: local data is read and counted against the study's volumes, with the filter applied."""
+    from launch.prefetch import prefetch
+    from launch.spec import ConfigError
+    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()]
+    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))   # 600 rows, ~300 positive
+    n_pos = sum(r["label"] == 1 for r in rows)
+    cfg = {"experiment": "pf", "setting": "rebound", "task": "t", "template": "plain",
+           "models": [{"name": "m", "path": str(exp_dir / "models" / "gpt2")}],
+           "data": {"positive": {"path": str(tmp_path / "reviews.jsonl"), "filter": {"label": 1},
+                                 "fields": {"prompt": "prompt", "response": "response"}},
+                    "negative": {"path": str(tmp_path / "reviews.jsonl"), "filter": {"label": 0},
+                                 "fields": {"prompt": "prompt", "response": "response"}},
+                    "prompts": {"path": str(exp_dir / "world" / "data" / "prompts.jsonl")}},
+           "volumes": {"positive": [10, 100], "negative": [0, 50]}, "eval": {"prompts": 20}}
+    p = tmp_path / "pf.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    lines = []
+    out = prefetch(load_spec(p), log=lines.append)
+    assert {r["what"]: r["status"] for r in out}["data.positive"] == f"{n_pos} rows, needs 100: ok"
+    cfg["volumes"]["positive"] = [10, n_pos + 1]
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=rf"data.positive: .* has {n_pos} rows after the filter, the study needs"):
+        prefetch(load_spec(p), log=lines.append)
+    r = launch("prefetch", p)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: data.positive:")
+
+
+def test_status_shows_disk_per_stage(reduced_run):
+    plan, runs = reduced_run
+    exp = plan.exp_dir(runs)
+    r = launch("status", reduced_config(exp.parent.parent), "--runs", runs, env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    row = next(l for l in r.stdout.splitlines() if "pretrain" in l)
+    assert "disk" in r.stdout and row.rstrip("│ ").endswith("MiB") and float(row.split("│")[-2].split()[0]) > 0
