@@ -123,6 +123,8 @@ JobCompLoc=$BASE/log/jobcomp.txt
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=2,bf_interval=1
 # finished jobs stay visible to squeue/scontrol for MinJobAge seconds
 MinJobAge=600
+# a 10,000-cell study is 10,000 array tasks (default MaxJobCount 10000 refuses it: "Resource temporarily unavailable")
+MaxJobCount=200000
 KillWait=5
 InactiveLimit=0
 Waittime=0
