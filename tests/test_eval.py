@@ -86,7 +86,6 @@ def test_score_model_known_weights(tmp_path, exp_dir):
     f = out / "model.safetensors"
     tensors = load_file(str(f))
     w = torch.zeros(1, 16)
-    w[0, 0] = 0.0
     tensors.update({"score_head.weight": w, "score_head.bias": torch.tensor([0.7])})
     save_file(tensors, str(f), metadata={"format": "pt"})
     scorer = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), sign=-1.0, max_length=8),

@@ -145,8 +145,8 @@ def test_disk_full_gives_one_error_and_no_done_marker(exp_dir, tmp_path):
         (rc, out), = run_cell_procs(d, env={"WANDB_MODE": "disabled"})
         err = [l for l in out.splitlines() if l.startswith("error:")]
         assert rc == 1 and len(err) == 1 and "No space left on device" in err[0], out[-3000:]
-        assert not (d / "DONE").exists() and not list((d / "checkpoints").glob("*")) if (d / "checkpoints").exists() \
-            else not (d / "DONE").exists()
+        assert not (d / "DONE").exists()
+        assert not list((d / "checkpoints").glob("*")), "no half-written checkpoint is left behind"
         # the CLI refuses a runs root without room before anything starts
         r = launch("run", ROOT / "configs/toy/setting2.yaml", "--runs", mnt / "runs2")
         assert r.returncode == 2 and r.stderr.startswith("error: runs_root:") and not (mnt / "runs2").exists()

@@ -6,8 +6,6 @@ demo (world -> pretrain -> positive/control -> negative -> eval -> collect) thro
 import json
 from pathlib import Path
 
-import yaml
-
 from launch.spec import World, load_profile
 from train.toyworld import build_world
 from eval.scorers import rule_scores
