@@ -27,15 +27,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    """Write via a temp file and rename: readers see the old file or the whole new one, never a part.
+    durable=False skips the fsync, for files that are regenerated whenever they are needed (job.json)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; results are shared with the group on clusters
         os.replace(tmp, path)
     except BaseException:
@@ -43,8 +46,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, obj, durable: bool = True, indent: int | None = 2) -> None:
+    """indent=None writes one line with json's C encoder (several times faster for large files)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n", durable)
 
 
 def publish_dir(tmp: Path, final: Path) -> None:

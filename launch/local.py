@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from launch.layout import atomic_write_json
-from launch.plan import Plan, jsonable
+from launch.plan import Plan
 from launch.spec import Profile
-from launch.worker import EXIT_PREEMPTED, write_job
+from launch.worker import EXIT_PREEMPTED, job_meta, write_job
 
 
 def cell_env(profile: Profile) -> dict:
@@ -49,7 +49,7 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
                 d = plan.cell_dir(runs_root, cell)
                 if cell.key in pending:
                     d.mkdir(parents=True, exist_ok=True)
-                    write_job(d, cell, jsonable(cell.job))
+                    write_job(d, job_meta(cell))
                     with open(d / "log.txt", "a") as log:
                         rc = subprocess.call([sys.executable, "-m", "launch", "run-cell", str(d)], env=env,
                                              stdout=log, stderr=subprocess.STDOUT)
@@ -79,7 +79,7 @@ def run_inprocess(plan: Plan, runs_root: str | Path, only: str | None = None) ->
                 continue
             d = plan.cell_dir(runs_root, cell)
             d.mkdir(parents=True, exist_ok=True)
-            write_job(d, cell, jsonable(cell.job))
+            write_job(d, job_meta(cell))
             print(f"{cell.key}", file=sys.stderr)
             run_cell(d)
     return 0

@@ -30,9 +30,26 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(obj):
+    """dataclasses.asdict without its deep copies (jobs share frozen sub-configs; nothing is mutated)."""
+    names = _FIELDS.get(type(obj))
+    if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        names = _FIELDS[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+    if names is not None:
+        return {n: _plain(getattr(obj, n)) for n in names}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
 def jsonable(obj):
     """A job as plain JSON (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
+    return json.loads(json.dumps(_plain(obj), default=list))
 
 
 KIND_OUTPUTS = {"eval": ("result.json",), "generate": ("train.jsonl", "heldout.jsonl"), "world": ("data", "tokenizer"),
@@ -56,8 +73,12 @@ class Cell:
             object.__setattr__(self, "outputs", KIND_OUTPUTS[self.kind])
 
     @cached_property
+    def job_json(self) -> dict:
+        return jsonable(self.job)
+
+    @cached_property
     def identity(self) -> dict:
-        job = jsonable(self.job)
+        job = dict(self.job_json)
         if self.kind == "train":
             job.pop("milestones")  # nested: the run's trajectory does not depend on where it saves
         return {"schema": SCHEMA, "stage": self.stage, "kind": self.kind, "job": job, "extra": self.extra,
@@ -129,13 +150,15 @@ class _Builder:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.stages: dict[str, list[Cell]] = {}
+        self.ids: dict[str, set[str]] = {}     # stage -> cell ids already added
         self.naive = 0
         self.world: Cell | None = None
 
     def add(self, cell: Cell) -> Cell:
-        cells = self.stages.setdefault(cell.stage, [])
-        if all(c.id != cell.id for c in cells):
-            cells.append(cell)
+        ids = self.ids.setdefault(cell.stage, set())
+        if cell.id not in ids:
+            ids.add(cell.id)
+            self.stages.setdefault(cell.stage, []).append(cell)
         return cell
 
     def data(self, role: str) -> Data:

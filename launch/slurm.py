@@ -1,6 +1,6 @@
 """Slurm submission with submitit: one array job per stage (chunked at MaxArraySize), chained by dependencies.
 
-`submit(plan, runs_root, profile)` skips done cells and stages, writes each cell's job.json, renders the sbatch
+`submit(plan, runs_root, profile)` skips done cells and stages, hands each task its job.json, renders the sbatch
 parameters from the profile (never from the spec), and submits `CellTask` over the cell folders with
 `SlurmExecutor.map_array`. A later stage waits on the arrays that hold its upstream cells: `aftercorr` where
 task i needs only task i of one array, `afterok` otherwise, with `kill-on-invalid-dep=yes`. Multi-node cells run
@@ -25,9 +25,9 @@ from pathlib import Path
 import submitit
 
 from launch import layout
-from launch.plan import Cell, Plan, jsonable
+from launch.plan import Cell, Plan
 from launch.spec import ConfigError, Profile, Resources
-from launch.worker import write_job
+from launch.worker import job_meta, write_job
 
 LIGHT = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, time_min=60)   # world and collect cells
 
@@ -35,9 +35,11 @@ LIGHT = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, time_min=60)   # wo
 class CellTask(submitit.helpers.Checkpointable):
     """What every Slurm task runs: export rank variables, run the cell; after a saved preemption, requeue."""
 
-    def __call__(self, cell_dir: str) -> list[str]:
+    def __call__(self, cell_dir: str, meta: dict | None = None) -> list[str]:
         from launch.worker import run_cell
         from train.trainer import Preempted
+        if meta is not None:   # every rank writes the same job.json atomically before reading it
+            write_job(cell_dir, meta)
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -226,15 +228,14 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
                                 python=python_command(profile))
     manifest = exp / "manifest.jsonl"
     for a in arrays:
-        for c in a.cells:
-            d = plan.cell_dir(runs_root, c)
-            d.mkdir(parents=True, exist_ok=True)
-            write_job(d, c, jsonable(c.job))
         params = dict(a.params)
         if a.deps:
             params["dependency"] = ",".join(f"{kind}:{ids[j]}" for kind, j in a.deps)
         ex.update_parameters(**params)
-        jobs = ex.map_array(CellTask(), [str(plan.cell_dir(runs_root, c)) for c in a.cells])
+        # job.json travels in submitit's per-task pickle and the task writes it: the login node creates no cell
+        # folders (10,000 mkdirs + writes took seconds on a local disk, more on a shared filesystem; bench P4)
+        jobs = ex.map_array(CellTask(), [str(plan.cell_dir(runs_root, c)) for c in a.cells],
+                            [job_meta(c) for c in a.cells])
         a.job_id = jobs[0].job_id.split("_")[0]
         ids.append(a.job_id)
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": a.stage, "chunk": a.chunk,

@@ -1,6 +1,7 @@
 """Run one cell: the function every executor calls (local subprocess, submitit on Slurm, debug in-process).
 
-A cell folder holds `job.json` (written by the launcher: stage, kind, id, job, coords, upstream). The worker
+A cell folder holds `job.json` (stage, kind, id, job, coords, upstream), written by the local executor before it
+starts the cell and by the Slurm task itself (the launcher passes it in the task's pickle). The worker
 exits at once if the done marker is there, writes `record.json` (resolved job, fingerprint, git commit, argv,
 Slurm ids, image), dispatches to the stage's `main`, and writes `DONE` last (rank 0).
 
@@ -24,11 +25,16 @@ JOBS = {"train": TrainJob, "eval": EvalJob, "generate": GenerateJob, "world": Wo
 EXIT_PREEMPTED = 75
 
 
-def write_job(cell_dir: Path, cell, job_json: dict) -> None:
-    """Prepare a cell to run: its job.json (a done marker stays: the worker decides, see layout.is_done)."""
-    layout.atomic_write_json(Path(cell_dir) / "job.json", {
-        "stage": cell.stage, "kind": cell.kind, "id": cell.id, "job": job_json, "coords": cell.coords,
-        "upstream": list(cell.upstream), "outputs": list(cell.outputs), "identity": cell.identity})
+def job_meta(cell) -> dict:
+    """What job.json holds for a planned cell."""
+    return {"stage": cell.stage, "kind": cell.kind, "id": cell.id, "job": cell.job_json, "coords": cell.coords,
+            "upstream": list(cell.upstream), "outputs": list(cell.outputs), "identity": cell.identity}
+
+
+def write_job(cell_dir: Path, meta: dict) -> None:
+    """Prepare a cell to run: its job.json (a done marker stays: the worker decides, see layout.is_done).
+    No fsync and one line: job.json is rewritten from the plan whenever the cell is started (bench P4)."""
+    layout.atomic_write_json(Path(cell_dir) / "job.json", meta, durable=False, indent=None)
 
 
 def read_job(cell_dir: Path):

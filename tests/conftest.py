@@ -55,11 +55,11 @@ def free_port() -> int:
 
 
 def write_cell(cell_dir: Path, job, kind: str = "train", stage: str = "positive", outputs=()) -> Path:
-    from launch.plan import Cell, jsonable
-    from launch.worker import write_job
+    from launch.plan import Cell
+    from launch.worker import job_meta, write_job
     cell = Cell(stage, kind, cell_dir.name, job, outputs=tuple(outputs))
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_job(cell_dir, cell, jsonable(job))
+    write_job(cell_dir, job_meta(cell))
     return cell_dir
 
 

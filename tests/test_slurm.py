@@ -20,6 +20,7 @@ import yaml
 from launch.plan import make_plan
 from launch.slurm import build_arrays, submit, wait
 from launch.spec import Profile, build, load_profile, load_spec
+from launch.worker import job_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -131,6 +132,11 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     assert manifest[4]["array"] and len(manifest[4]["cells"]) == 1 + 2 + 2
     md = (exp / "report" / "rebound.md").read_text()
     assert "| 32 |" in md and "| 64 |" in md and (exp / "report" / "cells.md").read_text().startswith("All")
+    # every cell's job.json was written by its task from the pickle, exactly as planned
+    plan = make_plan(load_spec(cfg))
+    for c in plan.cells:
+        got = json.loads((plan.cell_dir(tmp_path / "runs", c) / "job.json").read_text())
+        assert got == json.loads(json.dumps(job_meta(c))), c.key
     # no secret in any file the run wrote (run folder, submitit folder, logs)
     for f in exp.rglob("*"):
         if f.is_file():
@@ -140,7 +146,6 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     r = launch("submit", cfg, "--profile", prof)
     assert r.returncode == 0 and "nothing to submit" in r.stdout
     # delete one eval cell's done marker: exactly it and its dependent (the collect cell) run again
-    plan = make_plan(load_spec(cfg))
     victim = next(c for c in plan.stages["eval"] if c.coords.get("negative") == 16)
     (plan.cell_dir(tmp_path / "runs", victim) / "DONE").unlink()
     r = launch("submit", cfg, "--profile", prof, "--wait")

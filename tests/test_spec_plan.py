@@ -3,6 +3,7 @@
     .venv/bin/python -m pytest -q tests/test_spec_plan.py
 """
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -42,6 +43,14 @@ def test_every_shipped_config_loads_and_plans(path, capsys, tmp_path):
     assert summary["stages"] and all(s["cells"] >= 1 for s in summary["stages"])
     assert summary["stages"][-1]["name"] == "collect"
     assert not list(tmp_path.iterdir()), "plan must not write anything"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_job_json_is_asdict(path):
+    """Cell ids hash job_json: the fast converter must give exactly what dataclasses.asdict gives."""
+    plan = make_plan(load_spec(path))
+    for c in plan.cells:
+        assert c.job_json == json.loads(json.dumps(dataclasses.asdict(c.job), default=list)), c.key
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
