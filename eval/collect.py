@@ -66,11 +66,11 @@ def read_cells(exp: Path):
         d = exp / key
         stage = key.split("/")[0]
         want = "result.json" if stage == "eval" else "summary.json"
-        if not d.exists():
-            problems.append((key, "missing", "never started"))
-            continue
-        failed = _json(d / "FAILED")
-        if read_done(d) is None:
+        if read_done(d) is None:   # (the common case, a done cell, costs three reads and no stat)
+            if not d.exists():
+                problems.append((key, "missing", "never started"))
+                continue
+            failed = _json(d / "FAILED")
             problems.append((key, "failed" if failed else "unfinished",
                              (failed or {}).get("error", "no done marker")))
             continue
@@ -78,7 +78,8 @@ def read_cells(exp: Path):
         if meta is None or data is None or (stage == "eval" and not isinstance(data.get("metrics"), list)):
             problems.append((key, "corrupt", f"{want} or job.json unreadable"))
             continue
-        records.append({"key": key, "stage": stage, "coords": meta.get("coords", {}), "data": data})
+        base = ((meta.get("job") or {}).get("base") or {}).get("path", "")
+        records.append({"key": key, "stage": stage, "coords": meta.get("coords", {}), "data": data, "base": base})
     return records, problems
 
 
@@ -121,7 +122,7 @@ def fmt(m: float, ci: float) -> str:
 
 def rebound_tables(records, metric_name: str):
     """Per model and arm: positive volume x negative volume matrix of mean ± CI over seeds (+ the base row)."""
-    groups = defaultdict(lambda: defaultdict(list))      # (model, arm) -> (pos, neg) -> [(value, stderr)]
+    groups = defaultdict(lambda: defaultdict(list))      # (model, arm) -> (pos, neg) -> [(value, stderr, seed)]
     sizes = {}
     for r in records:
         c, m = r["coords"], metric_of(r, metric_name)
@@ -129,8 +130,8 @@ def rebound_tables(records, metric_name: str):
             continue
         sizes[c["model"]] = c.get("size", "")
         groups[(c["model"], c.get("arm", ""))][(c.get("positive", 0), c.get("negative", 0))].append(
-            (m["value"], m["stderr"]))
-    tables, curves = [], {}
+            (m["value"], m["stderr"], c.get("seed")))
+    tables, curves = [], {}   # (model, arm, start volume) -> [(negative volume, mean, ci, {seed: value})]
     negs = sorted({k[1] for g in groups.values() for k in g})
     for model in sorted({k[0] for k in groups}):
         base = groups.get((model, "base"), {}).get((0, 0), [])
@@ -140,40 +141,47 @@ def rebound_tables(records, metric_name: str):
             t = Table(f"{metric_name}: {label} (rows: {arm} volume; columns: negative volume)",
                       [f"{arm} \\ negative"] + [str(n) for n in negs])
             if base:
-                bm, bci, _ = mean_ci([v for v, _ in base], base[0][1])
+                bm, bci, _ = mean_ci([v for v, _, _ in base], base[0][1])
                 t.rows.append(["base model"] + [fmt(bm, bci) if n == 0 else "" for n in negs])
             for p in sorted({k[0] for k in cells}):
                 row = [str(p)]
                 for n in negs:
                     vals = cells.get((p, n), [])
                     if vals:
-                        mm, ci, _ = mean_ci([v for v, _ in vals], vals[0][1])
+                        mm, ci, _ = mean_ci([v for v, _, _ in vals], vals[0][1])
                         row.append(fmt(mm, ci))
-                        curves.setdefault((model, arm, p), []).append((n, mm, ci))
+                        curves.setdefault((model, arm, p), []).append((n, mm, ci, {s: v for v, _, s in vals}))
                     else:
                         row.append("")
                 t.rows.append(row)
             tables.append(t)
         if base:
-            curves[(model, "base", 0)] = [(0, *mean_ci([v for v, _ in base], base[0][1])[:2])]
+            curves[(model, "base", 0)] = [(0, *mean_ci([v for v, _, _ in base], base[0][1])[:2],
+                                           {s: v for v, _, s in base})]
     return tables, curves
 
 
 def slope_table(curves: dict, metric_name: str) -> Table:
-    """Per start model: the initial fall (change per 100 negative examples over the first negative volume), the
-    total fall, and the first negative volume at which the curve is below the base model's level."""
+    """Per start model: the initial fall (change per 100 negative examples over the first negative volume, mean ±
+    95 % CI over the seeds present at both ends), the total fall, and the first negative volume at which the mean
+    curve is below the base model's level."""
     t = Table(f"{metric_name}: initial slope and fall under negative fine-tuning",
               ["model", "arm", "start volume", "start", "slope per 100 (first step)", "fall to last",
                "below base from"])
     for (model, arm, p), pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
         if arm == "base" or len(pts) < 2:
             continue
-        pts = sorted(pts)
-        (n0, v0, _), (n1, v1, _) = pts[0], pts[1]
+        pts = sorted(pts, key=lambda q: q[0])
+        (n0, v0, _, s0), (n1, v1, _, s1) = pts[0], pts[1]
+        per_seed = [100 * (s1[s] - s0[s]) / max(n1 - n0, 1) for s in s0 if s in s1 and s is not None]
+        slope = f"{100 * (v1 - v0) / max(n1 - n0, 1):+.3f}"
+        if len(per_seed) > 1:
+            m, ci, _ = mean_ci(per_seed)
+            slope = f"{m:+.3f} ± {ci:.3f}"
         base = curves.get((model, "base", 0), [(0, None)])[0][1]
-        below = next((n for n, v, _ in pts if base is not None and v < base), None)
-        t.rows.append([model, arm, p, f"{v0:.3f}", f"{100 * (v1 - v0) / max(n1 - n0, 1):+.3f}",
-                       f"{pts[-1][1] - v0:+.3f}", "" if below is None else str(below)])
+        below = next((q[0] for q in pts if base is not None and q[1] < base), None)
+        t.rows.append([model, arm, p, f"{v0:.3f}", slope, f"{pts[-1][1] - v0:+.3f}",
+                       "" if below is None else str(below)])
     return t
 
 
@@ -240,12 +248,14 @@ def compression_table(records, pretrain_sizes: dict):
 
 
 # --------------------------------------------------------------------------------------------- plots
-def _save(fig, out: Path) -> list[Path]:
-    """PNG and PDF, each written to a temp name and renamed."""
+def _save(fig, out: Path, tight: bool = True) -> list[Path]:
+    """PNG and PDF, each written to a temp name and renamed. tight=False keeps the figure's own margins
+    (tight_layout renders the figure once more to measure it: a third of the collector's time, bench P5)."""
     import os
     import matplotlib.pyplot as plt
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for p in paths:
         tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
@@ -262,17 +272,21 @@ def plot_rebound(curves: dict, metric_name: str, out: Path) -> list[Path]:
     models = sorted({k[0] for k in curves})
     if not models:
         return []
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    width = 5 * len(models)   # inches; fixed margins fit the labels below (no tight_layout pass)
+    fig, axes = plt.subplots(1, len(models), figsize=(width, 4), squeeze=False)
+    fig.subplots_adjust(left=0.85 / width, right=1 - 0.15 / width, bottom=0.55 / 4, top=1 - 0.35 / 4,
+                        wspace=1.0 / (5 - 1.0))
+    shown = None   # one legend per distinct set of curves: identical legends on every panel cost a draw each
     for ax, model in zip(axes[0], models):
         vols = sorted({k[2] for k in curves if k[0] == model and k[1] != "base"})
         cmap = plt.get_cmap("viridis")
         for (mm, arm, p), pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
             if mm != model or arm == "base":
                 continue
-            pts = sorted(pts)
-            x = [max(n, 1) for n, _, _ in pts]
-            y = [v for _, v, _ in pts]
-            ci = [c for _, _, c in pts]
+            pts = sorted(pts, key=lambda q: q[0])
+            x = [max(q[0], 1) for q in pts]
+            y = [q[1] for q in pts]
+            ci = [q[2] for q in pts]
             color = cmap(vols.index(p) / max(1, len(vols) - 1))
             style = "-" if arm == "positive" else ":"
             ax.plot(x, y, style, marker="o", color=color, label=f"{arm} {p}")
@@ -283,8 +297,11 @@ def plot_rebound(curves: dict, metric_name: str, out: Path) -> list[Path]:
         ax.set_xlabel("negative examples (0 plotted at 1)")
         ax.set_ylabel(metric_name)
         ax.set_title(model)
-        ax.legend(fontsize=7)
-    return _save(fig, out)
+        labels = ax.get_legend_handles_labels()[1]
+        if labels != shown:
+            ax.legend(fontsize=7)
+            shown = labels
+    return _save(fig, out, tight=False)
 
 
 def plot_resistance(t: Table, out: Path) -> list[Path]:
@@ -317,16 +334,17 @@ def collect(exp: Path) -> dict:
     headline = next((n for n in ("positive_rate", "score", "kl_to_base") if n in metric_names), None)
     if headline:
         tabs, curves = rebound_tables(records, headline)
-        extra = [rebound_tables(records, n)[0] for n in sorted(metric_names)
-                 if n != headline and n in ("positive_logit", "kl_to_base", "score")]
-        tables["rebound"] = tabs + [t for ts in extra for t in ts] + [slope_table(curves, headline)]
+        extra = {n: rebound_tables(records, n) for n in sorted(metric_names)
+                 if n != headline and n in ("positive_logit", "kl_to_base", "score")}
+        tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + [slope_table(curves, headline)] + \
+            [slope_table(c, n) for n, (_, c) in extra.items() if n == "positive_logit"]   # the log-odds slopes
         files += plot_rebound(curves, headline, report / "rebound")
     res = resistance_table(records)
     if res.rows:
         tables["resistance"] = [res]
         files += plot_resistance(res, report / "resistance")
     if any(n.startswith("bits_per_") for n in metric_names):
-        sizes = _pretrain_sizes(exp)
+        sizes = _pretrain_sizes(records)
         tables["compression"] = [compression_table(records, sizes)]
     for name, ts in tables.items():
         atomic_write_text(report / f"{name}.md", "\n".join(t.markdown() for t in ts))
@@ -340,14 +358,13 @@ def collect(exp: Path) -> dict:
             "files": [str(f) for f in files], "headline": headline}
 
 
-def _pretrain_sizes(exp: Path) -> dict:
-    """Toy models' pre-training volume (|D_pre|), read from the pretrain cells' milestones and the eval coords."""
+def _pretrain_sizes(records) -> dict:
+    """Toy models' pre-training volume (|D_pre|): the milestone of the pretrain checkpoint each eval's base is."""
     sizes = {}
-    for job in (exp / "eval").glob("*/job.json"):
-        meta = _json(job) or {}
-        path = ((meta.get("job") or {}).get("base") or {}).get("path", "")
-        if path.startswith("@pretrain/") and "/checkpoints/n" in path:
-            sizes[meta.get("coords", {}).get("model")] = int(path.rsplit("/n", 1)[1])
+    for r in records:
+        path = r.get("base", "")
+        if r["stage"] == "eval" and path.startswith("@pretrain/") and "/checkpoints/n" in path:
+            sizes[r["coords"].get("model")] = int(path.rsplit("/n", 1)[1])
     return sizes
 
 

@@ -170,6 +170,9 @@ def test_collector_tables_cis_and_problems(tmp_path):
     assert n == 3 and m == pytest.approx(0.62) and ci == pytest.approx(4.303 * 0.02 / math.sqrt(3))
     assert f"| 100 | {0.8:.3f} ± {mean_ci([0.8, 0.82, 0.78])[1]:.3f} | {m:.3f} ± {ci:.3f} |" in md
     assert f"| base model | {0.52:.3f} ± {mean_ci([0.5, 0.52, 0.54])[1]:.3f} |" in md
+    # initial slope per 100 negative examples: per seed (paired), then mean ± CI over seeds
+    sm, sci, _ = mean_ci([100 * (0.6 - 0.8) / 50, 100 * (0.64 - 0.82) / 50, 100 * (0.62 - 0.78) / 50])
+    assert f"| m | positive | 100 | {0.8:.3f} | {sm:+.3f} ± {sci:.3f} | {0.62 - 0.8:+.3f} |" in md
     rows = list(csv.reader(io.StringIO((exp / "report" / "rebound.csv").read_text().split("\n", 1)[1])))
     assert rows[0] == ["positive \\ negative", "0", "50"] and rows[2][0] == "100"
     tex = (exp / "report" / "rebound.tex").read_text()
