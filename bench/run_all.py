@@ -30,7 +30,7 @@ def main():
         t = time.time()
         r = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py")], cwd=ROOT, capture_output=True,
                            text=True)
-        got = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+        got = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{"id"')]   # (HF prints dicts too)
         if r.returncode != 0 or not got:
             got = [{"id": name, "measure": name, "value": None, "met": False,
                     "runs": f"failed (exit {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1][:200]}"}]
@@ -45,7 +45,7 @@ def main():
     for g in sorted(rows, key=lambda g: g["id"]):
         met = {True: "yes", False: "**no**", None: "not run"}[g.get("met")]
         lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | {g.get('baseline', '')} | "
-                     f"{g.get('ratio', '')} | {g.get('target', '')} | {met} | {g.get('runs', '')} |")
+                     f"{'-' if g.get('ratio') is None else g['ratio']} | {g.get('target', '')} | {met} | {g.get('runs', '')} |")
     lines += ["", "Commands: `make bench` (all), or `.venv/bin/python bench/<name>.py` for one "
               f"({', '.join(BENCHES)}). P4 needs the local Slurm cluster (`tests/slurm/up.sh`); P8 needs a GPU.", ""]
     notes = ROOT / "bench" / "notes.md"   # hand-written: what was profiled and changed, what was not measured

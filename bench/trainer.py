@@ -1,5 +1,7 @@
-"""P1 and P2: the trainer's tokens/s against a bare PyTorch loop (same model, batches, optimizer, loss; CPU fp32),
-and the padding share of its length-sorted micro-batches against naive padding on an IMDb-like length mix.
+"""P1, P1b and P2: the trainer's tokens/s against a bare PyTorch loop (same model, batches, optimizer, loss; CPU
+fp32) and against the HF Trainer with the same DeepSpeed config (needs `accelerate`: `pip install -e '.[bench]'`,
+which `make bench` does), and the padding share of its length-sorted micro-batches against naive padding on an
+IMDb-like length mix. All three trainers run alternately in one process, three times each.
 
     .venv/bin/python bench/trainer.py
 """
@@ -79,6 +81,55 @@ def trainer_run(job: TrainJob, exp: Path) -> float:
     return sum(r["tokens"] for r in rows) / wall
 
 
+def hf_trainer_run(job: TrainJob, exp: Path, sampling: str) -> float:
+    """The HF Trainer on the same examples, model init, optimizer and DeepSpeed config (without the one key that
+    lets our trainer own the step boundary: the HF Trainer relies on DeepSpeed's own accumulation). sampling
+    "sequential" feeds the examples in our seeded order, so both train on the same global batches (the HF Trainer
+    pads each micro-batch to its longest); "group_by_length" is its own padding remedy, which changes the batches
+    (it sorts megabatches of 50 micro-batches by length). Timed from train begin (after the engine is built, as
+    for ours) to train end; tokens/s counts real (non-pad) tokens."""
+    import transformers
+    from train.trainer import ds_config, load_model, load_tokenizer
+    tok = load_tokenizer(job.model, exp)
+    rows = D.load_rows(job.data, exp)
+    order = D.seeded_order(len(rows), job.seed)[:max(job.milestones)]
+    ex = D.tokenize([rows[i] for i in order], tok, job.template, job.recipe.max_length, "lm")
+    model = load_model(job.model, exp, tok, job.seed)
+    r = job.recipe
+    cfg = ds_config(job, 1, False)
+    cfg.pop("managed_gradient_accumulation")
+    pad = tok.pad_token_id
+
+    def collate(batch):
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.tensor([b["input_ids"] + [pad] * (n - len(b["input_ids"])) for b in batch])
+        labels = torch.tensor([b["labels"] + [-100] * (n - len(b["labels"])) for b in batch])
+        mask = torch.tensor([[1] * len(b["input_ids"]) + [0] * (n - len(b["input_ids"])) for b in batch])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    class Timer(transformers.TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            self.wall = time.perf_counter() - self.t0
+
+    timer = Timer()
+    with tempfile.TemporaryDirectory() as out:
+        args = transformers.TrainingArguments(
+            output_dir=out, per_device_train_batch_size=r.micro_batch,
+            gradient_accumulation_steps=r.global_batch // r.micro_batch, num_train_epochs=1, learning_rate=r.lr,
+            lr_scheduler_type="constant", max_grad_norm=r.grad_clip, weight_decay=r.weight_decay,
+            adam_beta1=r.betas[0], adam_beta2=r.betas[1], adam_epsilon=1e-8, train_sampling_strategy=sampling,
+            deepspeed=cfg, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+            dataloader_num_workers=0, seed=job.seed, use_cpu=True)
+        data = [{"input_ids": e.input_ids, "labels": e.labels} for e in ex]
+        t = transformers.Trainer(model=model, args=args, train_dataset=data, data_collator=collate,
+                                 callbacks=[timer])
+        t.train()
+    return sum(len(e.input_ids) for e in ex) / timer.wall
+
+
 def main():
     exp = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     world = tiny_world(exp)
@@ -90,15 +141,35 @@ def main():
                                  zero_stage=0, precision="fp32", save_every_steps=10 ** 6),
                    seed=0, template="plain", milestones=(GLOBAL * STEPS,))
     trainer_run(job, exp)   # warm-up: DeepSpeed's JIT op, caches
+    try:
+        import accelerate  # noqa: F401
+        hf, hf_group = [], []
+    except ImportError:
+        hf = hf_group = None
     ours, bare = [], []
-    for _ in range(3):      # alternate, so that a noisy machine hits both sides alike
+    for _ in range(3):      # alternate, so that a noisy machine hits every side alike
         ours.append(trainer_run(job, exp))
         bare.append(bare_loop(job, exp))
+        if hf is not None:
+            hf.append(hf_trainer_run(job, exp, "sequential"))
+            hf_group.append(hf_trainer_run(job, exp, "group_by_length"))
     ratio = statistics.median(ours) / statistics.median(bare)
     report(id="P1", measure="trainer tokens/s (CPU fp32, GPT-2 4x256, IMDb-like lengths, ZeRO 0)",
            value=round(statistics.median(ours)), baseline=f"bare PyTorch loop {round(statistics.median(bare))} tok/s",
            ratio=round(ratio, 3), target=">= 0.90", met=ratio >= 0.90,
            runs=f"ours {spread(ours)}; bare {spread(bare)}")
+    if hf is None:
+        report(id="P1b", measure="trainer tokens/s vs the HF Trainer with the same DeepSpeed config", value=None,
+               baseline="HF Trainer", ratio=None, target=">= 1.0", met=None,
+               runs="not run: accelerate not installed (pip install -e '.[bench]')")
+    else:
+        ratio = statistics.median(ours) / statistics.median(hf)
+        group = statistics.median(ours) / statistics.median(hf_group)
+        report(id="P1b", measure="trainer tokens/s vs the HF Trainer (same model, global batches, optimizer, "
+               "DeepSpeed ZeRO 0 config)", value=round(statistics.median(ours)),
+               baseline=f"HF Trainer {round(statistics.median(hf))} tok/s", ratio=round(ratio, 3), target=">= 1.0",
+               met=ratio >= 1.0, runs=f"ours {spread(ours)}; HF {spread(hf)}; HF with group_by_length (other "
+               f"batches) {spread(hf_group)}, ratio {group:.3f}")
 
     lengths = imdb_like_lengths(4096, seed=3)
     ex = [D.Example(list(range(n)), list(range(n))) for n in lengths]
