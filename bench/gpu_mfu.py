@@ -4,6 +4,7 @@ the attention term 12 * layers * hidden * seq added per token; peak bf16 dense F
 (H100 SXM: 989). Prints one JSON line like the other benchmarks; under 5 minutes on one H100.
 
     .venv/bin/python bench/gpu_mfu.py [--steps 30] [--micro 8] [--peak-tflops 989]
+    .venv/bin/python bench/gpu_mfu.py --smoke     # the same code path on CPU with a tiny Llama, fp32 (tests use it)
 """
 from __future__ import annotations
 
@@ -26,9 +27,12 @@ def main():
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--zero", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="CPU, 2-layer 64-wide Llama, fp32, seq 64: no MFU claim")
     args = ap.parse_args()
     import torch
-    if not torch.cuda.is_available():
+    if args.smoke:
+        args.steps, args.micro, args.seq = 4, 2, 64
+    elif not torch.cuda.is_available():
         print(json.dumps({"id": "P8", "measure": "GPU MFU", "value": None, "met": None,
                           "runs": "not run: no CUDA device"}))
         return
@@ -51,10 +55,12 @@ def main():
         for _ in range(n):
             ids = torch.randint(0, 32000, (args.seq - 2,), generator=g).tolist()
             f.write(json.dumps({"text": " ".join(f"w{i}" for i in ids)}) + "\n")
-    init = Init(arch="llama", layers=24, width=1024, heads=16, context=args.seq)
+    init = Init(arch="llama", layers=2, width=64, heads=4, context=args.seq) if args.smoke else \
+        Init(arch="llama", layers=24, width=1024, heads=16, context=args.seq)
     job = TrainJob(model=ModelRef(path="", init=init, tokenizer=str(tmp / "tok")), data=Data(path=str(tmp / "data.jsonl")),
                    recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=args.micro, micro_batch=args.micro,
-                                 max_length=args.seq, zero_stage=args.zero, precision="bf16", save_every_steps=10 ** 6),
+                                 max_length=args.seq, zero_stage=args.zero, precision="fp32" if args.smoke else "bf16",
+                                 save_every_steps=10 ** 6),
                    seed=0, template="plain", milestones=(n,))
     t = Trainer(job, tmp / "cell", tmp)
     params = sum(p.numel() for p in t.engine.module.parameters()) or sum(
@@ -64,6 +70,11 @@ def main():
     tok_s = sum(r["tokens"] for r in rows) / sum(r["seconds"] for r in rows)
     flops_per_token = 6 * params + 12 * init.layers * init.width * args.seq
     mfu = flops_per_token * tok_s / (args.peak_tflops * 1e12)
+    if args.smoke:
+        print(json.dumps({"id": "P8-smoke", "measure": f"CPU smoke: Llama {params / 1e6:.2f}M, ZeRO-{args.zero}",
+                          "value": round(tok_s), "params": params, "flops_per_token": flops_per_token,
+                          "met": None, "runs": f"{len(rows)} timed steps"}))
+        return
     print(json.dumps({"id": "P8", "measure": f"SFT MFU, random-init Llama {params / 1e9:.2f}B, bf16, seq {args.seq}, "
                       f"micro {args.micro}, ZeRO-{args.zero}, {torch.cuda.get_device_name()}",
                       "value": round(mfu, 3), "baseline": f"peak {args.peak_tflops} TFLOP/s bf16",
