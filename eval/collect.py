@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +30,11 @@ def t95(df: int) -> float:
     if df > 30:
         return 1.96
     return T95.get(df) or T95[max(k for k in T95 if k <= df)]
+
+
+def natural(name) -> list:
+    """Sort key that reads numbers as numbers: toy-5k < toy-10k < toy-20k, tinyllama-2T < 2.5T < 3T."""
+    return [(0, float(t)) if t[0].isdigit() else (1, t) for t in re.findall(r"\d+(?:\.\d+)?|\D+", str(name))]
 
 
 def mean_ci(values: list[float], stderr_one: float | None = None) -> tuple[float, float, int]:
@@ -133,7 +139,7 @@ def rebound_tables(records, metric_name: str):
             (m["value"], m["stderr"], c.get("seed")))
     tables, curves = [], {}   # (model, arm, start volume) -> [(negative volume, mean, ci, {seed: value})]
     negs = sorted({k[1] for g in groups.values() for k in g})
-    for model in sorted({k[0] for k in groups}):
+    for model in sorted({k[0] for k in groups}, key=lambda m: (natural(sizes.get(m) or ""), natural(m))):
         base = groups.get((model, "base"), {}).get((0, 0), [])
         for arm in sorted(a for (mm, a) in groups if mm == model and a != "base"):
             cells = groups[(model, arm)]
@@ -168,7 +174,8 @@ def slope_table(curves: dict, metric_name: str) -> Table:
     t = Table(f"{metric_name}: initial slope and fall under negative fine-tuning",
               ["model", "arm", "start volume", "start", "slope per 100 (first step)", "fall to last",
                "below base from"])
-    for (model, arm, p), pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
+    order = {m: i for i, m in enumerate(dict.fromkeys(k[0] for k in curves))}   # the tables' order
+    for (model, arm, p), pts in sorted(curves.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])):
         if arm == "base" or len(pts) < 2:
             continue
         pts = sorted(pts, key=lambda q: q[0])
@@ -204,7 +211,7 @@ def resistance_table(records):
               ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "gap (fwd − inv)", "inverse < forward",
                "held-out bits inv", "held-out bits fwd", "attribute bits inv", "attribute bits fwd"])
     avg = lambda v: f"{sum(v) / len(v):.4f}" if v else ""
-    for model in sorted({k[0] for k in loss}):
+    for model in sorted({k[0] for k in loss}, key=natural):
         for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
             inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
             if not inv or not fwd:
@@ -269,7 +276,7 @@ def plot_rebound(curves: dict, metric_name: str, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    models = sorted({k[0] for k in curves})
+    models = list(dict.fromkeys(k[0] for k in curves))   # the tables' order: by size label, then name
     if not models:
         return []
     width = 5 * len(models)   # inches; fixed margins fit the labels below (no tight_layout pass)
@@ -280,7 +287,7 @@ def plot_rebound(curves: dict, metric_name: str, out: Path) -> list[Path]:
     for ax, model in zip(axes[0], models):
         vols = sorted({k[2] for k in curves if k[0] == model and k[1] != "base"})
         cmap = plt.get_cmap("viridis")
-        for (mm, arm, p), pts in sorted(curves.items(), key=lambda kv: str(kv[0])):
+        for (mm, arm, p), pts in sorted(curves.items(), key=lambda kv: (kv[0][1], kv[0][2])):
             if mm != model or arm == "base":
                 continue
             pts = sorted(pts, key=lambda q: q[0])

@@ -198,3 +198,9 @@ def test_collector_setting1_table(tmp_path):
 def test_collect_cli_bad_dir(capsys, tmp_path):
     assert collect_main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith("error: RUN_DIR:")
+
+
+def test_models_sort_by_their_numbers():
+    from eval.collect import natural
+    assert sorted(["toy-20k", "toy-5k", "toy-10k"], key=natural) == ["toy-5k", "toy-10k", "toy-20k"]
+    assert sorted(["tl-3T", "tl-2.5T", "tl-2T"], key=natural) == ["tl-2T", "tl-2.5T", "tl-3T"]
