@@ -43,14 +43,19 @@ def make_data(world: Path, out: Path, n: int) -> Path:
     return out
 
 
-def bare_loop(job: TrainJob, exp: Path) -> float:
-    """The same maths as the trainer, with nothing around it: tokens/s over the steps."""
+def setup(job: TrainJob, exp: Path):
+    """What every side starts from: the tokenizer, the job's examples in its seeded order, the seeded model."""
     from train.trainer import load_model, load_tokenizer
     tok = load_tokenizer(job.model, exp)
     rows = D.load_rows(job.data, exp)
     order = D.seeded_order(len(rows), job.seed)[:max(job.milestones)]
     ex = D.tokenize([rows[i] for i in order], tok, job.template, job.recipe.max_length, "lm")
-    model = load_model(job.model, exp, tok, job.seed)
+    return tok, ex, load_model(job.model, exp, tok, job.seed)
+
+
+def bare_loop(job: TrainJob, exp: Path) -> float:
+    """The same maths as the trainer, with nothing around it: tokens/s over the steps."""
+    tok, ex, model = setup(job, exp)
     r = job.recipe
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=r.betas, eps=1e-8, weight_decay=r.weight_decay)
     tokens, t0 = 0, time.perf_counter()
@@ -89,12 +94,8 @@ def hf_trainer_run(job: TrainJob, exp: Path, sampling: str) -> float:
     (it sorts megabatches of 50 micro-batches by length). Timed from train begin (after the engine is built, as
     for ours) to train end; tokens/s counts real (non-pad) tokens."""
     import transformers
-    from train.trainer import ds_config, load_model, load_tokenizer
-    tok = load_tokenizer(job.model, exp)
-    rows = D.load_rows(job.data, exp)
-    order = D.seeded_order(len(rows), job.seed)[:max(job.milestones)]
-    ex = D.tokenize([rows[i] for i in order], tok, job.template, job.recipe.max_length, "lm")
-    model = load_model(job.model, exp, tok, job.seed)
+    from train.trainer import ds_config
+    tok, ex, model = setup(job, exp)
     r = job.recipe
     cfg = ds_config(job, 1, False)
     cfg.pop("managed_gradient_accumulation")
