@@ -98,6 +98,6 @@ shell:
 
 debug-cell: setup
 	@test -n "$(RUN)" -a -n "$(CELL)" || { echo "error: RUN and CELL: give RUN=runs/<experiment> CELL=<stage>/<cell id> (see make status RUN=...)"; exit 2; }
-	@test -f "$(RUN)/$(CELL)/job.json" || { echo "error: CELL: $(RUN)/$(CELL)/job.json not found (a cell gets it when it first starts: run or submit the study first)"; exit 2; }
+	@test -f "$(RUN)/$(CELL)/job.json" -o -f "$(RUN)/study.json" || { echo "error: RUN: $(RUN) is not a run folder (no study.json): run or submit the study first"; exit 2; }
 	rm -f "$(RUN)/$(CELL)/DONE"
 	$(if $(IMAGE),apptainer exec --nv --bind $(CURDIR) --env PYTHONPATH=$(CURDIR) $(IMAGE) python,$(PY)) -m launch run-cell "$(RUN)/$(CELL)"

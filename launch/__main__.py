@@ -207,8 +207,21 @@ def cmd_prefetch(args) -> int:
 
 
 def cmd_run_cell(args) -> int:
-    from launch.worker import run_cell_dir
-    return run_cell_dir(args.cell_dir)
+    from pathlib import Path
+    from launch.worker import job_meta, run_cell_dir, write_job
+    d = Path(args.cell_dir)
+    exp = d.parent.parent
+    if not (d / "job.json").exists() and (exp / "study.json").exists():
+        # a submitted cell whose task has not started (on Slurm the task writes job.json): plan the study saved in
+        # the run folder and take the cell from it
+        plan, _, _ = load(argparse.Namespace(config=str(exp)))
+        cell = next((c for c in plan.cells if c.stage == d.parent.name and c.id == d.name), None)
+        if cell is None:
+            from launch.spec import ConfigError
+            raise ConfigError("CELL_DIR", f"{d} is not a cell of the study saved in {exp}",
+                              f"pick one from: python -m launch status {exp}")
+        write_job(d, job_meta(cell))
+    return run_cell_dir(d)
 
 
 def main(argv=None) -> int:

@@ -247,3 +247,22 @@ def test_done_marker_means_done(tmp_path):
     # downstream cells of a cell to run are to run as well
     todo = plan.todo(tmp_path)
     assert all(c.key in todo for c in plan.cells if cell.key in c.upstream)
+
+
+def test_run_cell_of_an_unstarted_cell_takes_its_job_from_the_run_folder(tmp_path, capsys):
+    """On Slurm a task writes its job.json when it starts; `run-cell` (make debug-cell) on a cell that has not
+    started plans the study saved in the run folder instead."""
+    import argparse
+    from conftest import reduced_config
+    from launch.__main__ import remember
+    from launch.worker import job_meta
+    cfg = reduced_config(tmp_path)
+    plan, runs = make_plan(load_spec(cfg)), tmp_path / "runs"
+    remember(argparse.Namespace(config=str(cfg), profile=str(ROOT / "configs/profiles/local-cpu.yaml")), plan, runs)
+    world = plan.stages["world"][0]
+    d = plan.cell_dir(runs, world)
+    assert not d.exists()
+    assert cli(["run-cell", str(d)]) == 0, capsys.readouterr().err
+    assert (d / "DONE").exists() and json.loads((d / "job.json").read_text()) == json.loads(json.dumps(job_meta(world)))
+    assert cli(["run-cell", str(d.parent / "world-0123456789")]) == 2
+    assert capsys.readouterr().err.startswith("error: CELL_DIR:")
