@@ -14,10 +14,6 @@ import time
 from common import ROOT, machine
 
 BENCHES = ["trainer", "nested", "submit_10k", "collector", "generation", "demo_time", "gpu_mfu"]
-TITLES = {"P1": "trainer tokens/s vs bare loop", "P1b": "trainer vs HF Trainer", "P2": "padding share",
-          "P3a": "examples, paper Setting II grid", "P3b": "toy Setting II training, nested vs independent",
-          "P4": "plan + submit 10,000 cells", "P5": "collector, 10,000 results", "P6": "batched generation",
-          "P7": "make demo", "P8": "GPU MFU"}
 
 
 def main():

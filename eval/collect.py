@@ -137,7 +137,8 @@ def rebound_tables(records, metric_name: str):
         sizes[c["model"]] = c.get("size", "")
         groups[(c["model"], c.get("arm", ""))][(c.get("positive", 0), c.get("negative", 0))].append(
             (m["value"], m["stderr"], c.get("seed")))
-    tables, curves = [], {}   # (model, arm, start volume) -> [(negative volume, mean, ci, {seed: value})]
+    # (model, arm, start volume) -> [(negative volume, mean, ci, {seed: value})], in the tables' order
+    tables, curves = [], {}
     negs = sorted({k[1] for g in groups.values() for k in g})
     for model in sorted({k[0] for k in groups}, key=lambda m: (natural(sizes.get(m) or ""), natural(m))):
         base = groups.get((model, "base"), {}).get((0, 0), [])
@@ -174,11 +175,9 @@ def slope_table(curves: dict, metric_name: str) -> Table:
     t = Table(f"{metric_name}: initial slope and fall under negative fine-tuning",
               ["model", "arm", "start volume", "start", "slope per 100 (first step)", "fall to last",
                "below base from"])
-    order = {m: i for i, m in enumerate(dict.fromkeys(k[0] for k in curves))}   # the tables' order
-    for (model, arm, p), pts in sorted(curves.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])):
+    for (model, arm, p), pts in curves.items():   # the tables' order; points by negative volume
         if arm == "base" or len(pts) < 2:
             continue
-        pts = sorted(pts, key=lambda q: q[0])
         (n0, v0, _, s0), (n1, v1, _, s1) = pts[0], pts[1]
         per_seed = [100 * (s1[s] - s0[s]) / max(n1 - n0, 1) for s in s0 if s in s1 and s is not None]
         slope = f"{100 * (v1 - v0) / max(n1 - n0, 1):+.3f}"
@@ -287,10 +286,9 @@ def plot_rebound(curves: dict, metric_name: str, out: Path) -> list[Path]:
     for ax, model in zip(axes[0], models):
         vols = sorted({k[2] for k in curves if k[0] == model and k[1] != "base"})
         cmap = plt.get_cmap("viridis")
-        for (mm, arm, p), pts in sorted(curves.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        for (mm, arm, p), pts in curves.items():   # arms and start volumes in the tables' order
             if mm != model or arm == "base":
                 continue
-            pts = sorted(pts, key=lambda q: q[0])
             x = [max(q[0], 1) for q in pts]
             y = [q[1] for q in pts]
             ci = [q[2] for q in pts]

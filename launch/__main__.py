@@ -140,7 +140,6 @@ def cmd_run(args) -> int:
 def cmd_submit(args) -> int:
     plan, profile, runs = load(args)
     if args.only and args.only not in plan.stages:
-        from launch.spec import ConfigError
         raise ConfigError("--only", f"no stage {args.only!r} in this plan", f"use one of {', '.join(plan.stages)}")
     executor = args.executor or profile.executor
     if executor == "slurm" and not args.dry_run:
@@ -217,7 +216,6 @@ def cmd_run_cell(args) -> int:
         plan, _, _ = load(argparse.Namespace(config=str(exp)))
         cell = next((c for c in plan.cells if c.stage == d.parent.name and c.id == d.name), None)
         if cell is None:
-            from launch.spec import ConfigError
             raise ConfigError("CELL_DIR", f"{d} is not a cell of the study saved in {exp}",
                               f"pick one from: python -m launch status {exp}")
         write_job(d, job_meta(cell))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from launch.jobs import TrainJob
 from launch.layout import atomic_write_json, atomic_write_text, publish_dir, resolve
+from launch.plan import jsonable
 from launch.spec import ConfigError
 from train import data as D
 
@@ -364,13 +365,8 @@ class Trainer:
         cell = self.out.name
         return wandb.init(project=os.environ.get("WANDB_PROJECT", "elastica"), group=cell, job_type=self.job.stage,
                           name=cell, id=cell[-10:], dir=str(self.out), mode=mode,
-                          resume="allow", config={"recipe": _plain(self.job.recipe), "seed": self.job.seed},
+                          resume="allow", config={"recipe": jsonable(self.job.recipe), "seed": self.job.seed},
                           settings=wandb.Settings(silent=True, console="off"))
-
-
-def _plain(obj):
-    import dataclasses
-    return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
 
 
 def _schedule(opt, recipe, total_steps: int, warmup: int):
