@@ -39,6 +39,7 @@ def main():
     from transformers import PreTrainedTokenizerFast
     from launch.jobs import ModelRef, TrainJob
     from launch.spec import Data, Init, Recipe
+    from launch.worker import close_distributed
     from train.trainer import Trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="mfu-"))
@@ -65,6 +66,7 @@ def main():
     params = sum(p.numel() for p in t.engine.module.parameters()) or sum(
         getattr(p, "ds_numel", 0) for p in t.engine.module.parameters())
     t.run()
+    close_distributed()
     rows = [json.loads(l) for l in (tmp / "cell" / "metrics.jsonl").read_text().splitlines()][3:]   # warm-up out
     tok_s = sum(r["tokens"] for r in rows) / sum(r["seconds"] for r in rows)
     flops_per_token = 6 * params + 12 * init.layers * init.width * args.seq

@@ -21,6 +21,7 @@ import torch
 
 from launch.jobs import ModelRef, TrainJob
 from launch.spec import Data, Init, Recipe
+from launch.worker import close_distributed
 from train import data as D
 
 STEPS = 12
@@ -154,6 +155,7 @@ def main():
         if hf is not None:
             hf.append(hf_trainer_run(job, exp, "sequential"))
             hf_group.append(hf_trainer_run(job, exp, "group_by_length"))
+    close_distributed()
     ratio = statistics.median(ours) / statistics.median(bare)
     report(id="P1", measure="trainer tokens/s (CPU fp32, GPT-2 4x256, IMDb-like lengths, ZeRO 0)",
            value=round(statistics.median(ours)), baseline=f"bare PyTorch loop {round(statistics.median(bare))} tok/s",

@@ -69,7 +69,7 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
 
 def run_inprocess(plan: Plan, runs_root: str | Path, only: str | None = None) -> int:
     """The debug executor: every cell in this process, in order, so that pdb and breakpoints work."""
-    from launch.worker import run_cell
+    from launch.worker import close_distributed, run_cell
     pending = plan.todo(runs_root)
     for name, cells in plan.stages.items():
         if only not in (None, name):
@@ -82,4 +82,5 @@ def run_inprocess(plan: Plan, runs_root: str | Path, only: str | None = None) ->
             write_job(d, job_meta(cell))
             print(f"{cell.key}", file=sys.stderr)
             run_cell(d)
+    close_distributed()
     return 0

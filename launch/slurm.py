@@ -36,7 +36,7 @@ class CellTask(submitit.helpers.Checkpointable):
     """What every Slurm task runs: export rank variables, run the cell; after a saved preemption, requeue."""
 
     def __call__(self, cell_dir: str, meta: dict | None = None) -> list[str]:
-        from launch.worker import run_cell
+        from launch.worker import close_distributed, run_cell
         from train.trainer import Preempted
         if meta is not None:   # every rank writes the same job.json atomically before reading it
             write_job(cell_dir, meta)
@@ -46,7 +46,9 @@ class CellTask(submitit.helpers.Checkpointable):
             if os.environ.get("ELASTICA_MASTER_ADDR"):   # fake or multi-homed nodes
                 os.environ["MASTER_ADDR"] = os.environ["ELASTICA_MASTER_ADDR"]
         try:
-            return run_cell(cell_dir)
+            outputs = run_cell(cell_dir)
+            close_distributed()
+            return outputs
         except Preempted:
             # The trainer saved its state and restored submitit's handlers: hand the signal back to submitit,
             # which calls checkpoint() (no state: the cell resumes from disk), requeues the job and exits.

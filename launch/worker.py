@@ -180,17 +180,31 @@ class Claim:
         return False
 
 
+def close_distributed() -> None:
+    """Destroy the process group while the interpreter is still whole. Left to interpreter teardown, gloo's worker
+    threads can release tensors after the GIL is gone and abort a rank that finished its cell (SIGABRT, "terminate
+    called without an active exception"; pytorch/pytorch#190489, torchtitan#1342). Call it only where every rank
+    ends together (done, or a saved preemption): after a failure another rank may still be inside a collective."""
+    if "torch.distributed" not in sys.modules:   # world and collect cells never import torch
+        return
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_cell_dir(cell_dir: str | Path) -> int:
     """CLI wrapper: exit codes as in the module docstring."""
     from train.trainer import Preempted
     try:
         run_cell(cell_dir)
+        close_distributed()
         return 0
     except ConfigError as e:
         print(e.line(), file=sys.stderr)
         return 2
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
+        close_distributed()
         return EXIT_PREEMPTED
     except Exception as e:  # noqa: BLE001 - disk full reaches us as OSError or wrapped by a writer library
         why = str(e)

@@ -4,6 +4,8 @@
 """
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cell_procs, write_cell
+from conftest import ROOT, run_cell_procs, write_cell
 from launch.jobs import ModelRef, TrainJob
 from launch.spec import Data, Recipe
 
@@ -103,6 +105,17 @@ def test_two_ranks_agree_with_one(exp_dir, zero):
     m2 = [json.loads(l)["loss"] for l in (two / "metrics.jsonl").read_text().splitlines()]
     assert m1 == pytest.approx(m2, rel=1e-4)
     assert json.loads((two / "summary.json").read_text())["world_size"] == 2
+
+
+def test_a_finished_cell_destroys_its_process_group(exp_dir):
+    """Left to interpreter teardown, a gloo group can abort a rank that finished (rc -6, seen once in CI on the
+    2-rank ZeRO-3 cell above): the worker destroys it first, while Python is whole (pytorch/pytorch#190489)."""
+    d = write_cell(exp_dir / "positive" / "pg", job(exp_dir, milestones=(16,)), outputs=["n16"])
+    code = ("import sys, torch.distributed as dist; from launch.worker import run_cell_dir; "
+            "rc = run_cell_dir(sys.argv[1]); print('initialized:', dist.is_initialized()); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, str(d)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (d / "DONE").exists() and "initialized: False" in p.stdout
 
 
 def test_resume_after_signal_is_bit_identical(exp_dir):
