@@ -133,7 +133,7 @@ def check_image_python(profile: Profile) -> None:
                           f"run the launcher with Python {want} (make setup with python{want}), or clear image")
 
 
-def sbatch_params(profile: Profile, res: Resources, name: str, dependency: str = "") -> dict:
+def sbatch_params(profile: Profile, res: Resources, name: str) -> dict:
     tasks = max(1, res.gpus_per_node)
     p = {"job_name": name, "time": res.time_min, "nodes": res.nodes, "ntasks_per_node": tasks,
          "cpus_per_task": res.cpus_per_task, "array_parallelism": profile.array_parallelism,
@@ -145,9 +145,6 @@ def sbatch_params(profile: Profile, res: Resources, name: str, dependency: str =
     for key in ("partition", "account", "qos"):
         if getattr(profile, key):
             p[key] = getattr(profile, key)
-    if dependency:
-        p["dependency"] = dependency
-        p["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
     return p
 
 
@@ -200,12 +197,18 @@ def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = Non
     return arrays
 
 
+def array_params(a: Array, ids: list[str]) -> dict:
+    """The sbatch parameters of one array, as submitted and as --dry-run prints them. Both dependency keys are
+    always set: submitit's executor keeps parameters between update_parameters calls, so an array without
+    upstream must say None, not inherit the previous array's dependency."""
+    deps = ",".join(f"{kind}:{ids[i]}" for kind, i in a.deps)
+    return {**a.params, "dependency": deps or None,
+            "additional_parameters": {"kill-on-invalid-dep": "yes"} if deps else None}
+
+
 def render_script(a: Array, folder: Path, profile: Profile, ids: list[str]) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
-    params = dict(a.params)
-    if a.deps:
-        params["dependency"] = ",".join(f"{kind}:{ids[i]}" for kind, i in a.deps)
-        params["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
+    params = array_params(a, ids)
     cmd = " ".join([python_command(profile), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(command=cmd, folder=folder, map_count=len(a.cells) if len(a.cells) > 1 else None,
                                **params)
@@ -230,9 +233,7 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
                                 python=python_command(profile))
     manifest = exp / "manifest.jsonl"
     for a in arrays:
-        params = dict(a.params)
-        if a.deps:
-            params["dependency"] = ",".join(f"{kind}:{ids[j]}" for kind, j in a.deps)
+        params = array_params(a, ids)
         ex.update_parameters(**params)
         # job.json travels in submitit's per-task pickle and the task writes it: the login node creates no cell
         # folders (10,000 mkdirs + writes took seconds on a local disk, more on a shared filesystem; bench P4)
@@ -241,7 +242,7 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
         a.job_id = jobs[0].job_id.split("_")[0]
         ids.append(a.job_id)
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": a.stage, "chunk": a.chunk,
-                 "job_id": a.job_id, "array": len(jobs) > 1, "dependency": params.get("dependency", ""),
+                 "job_id": a.job_id, "array": len(jobs) > 1, "dependency": params["dependency"] or "",
                  "cells": [{"key": c.key, "task": i, "job": j.job_id} for i, (c, j) in enumerate(zip(a.cells, jobs))],
                  "image": profile.image or "host", "profile": profile.name, "git_commit": layout.git_commit()}
         with manifest.open("a") as f:
@@ -285,8 +286,21 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     for line in out.splitlines():
         if "|" in line:
             jid, st = line.split("|", 1)
-            states[jid] = st.split()[0] if st else "UNKNOWN"
+            for task in task_ids(jid):
+                states[task] = st.split()[0] if st else "UNKNOWN"
     return states
+
+
+def task_ids(jid: str) -> list[str]:
+    """sacct lists array tasks that never started as one range, '98_[0-3,7%4]': one id per task."""
+    base, sep, rest = jid.partition("_[")
+    if not sep:
+        return [jid]
+    out = []
+    for part in rest.rstrip("]").split("%")[0].split(","):
+        a, _, b = part.partition("-")
+        out += [f"{base}_{i}" for i in range(int(a), int(b or a) + 1)]
+    return out
 
 
 def cell_states(plan: Plan, runs_root) -> list[dict]:
@@ -311,12 +325,13 @@ def cell_states(plan: Plan, runs_root) -> list[dict]:
         else:
             st = states.get(m["job"], "UNKNOWN")
             state = {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "pending", "COMPLETED": "failed",
-                     "TIMEOUT": "timed out"}.get(st, "failed" if st in TERMINAL or st.startswith("CANCELLED")
-                                                 else st.lower())
+                     "TIMEOUT": "timed out", "CANCELLED": "cancelled"}.get(st, "failed" if st in TERMINAL
+                                                                             else st.lower())
         log = ""
-        if m and state in ("failed", "timed out"):
+        if m and state in ("failed", "timed out", "cancelled"):
             jid = m["job"]
-            log = str(exp / "submitit" / jid.split("_")[0] / f"{jid}_0_log.out")
+            log = exp / "submitit" / jid.split("_")[0] / f"{jid}_0_log.out"
+            log = str(log) if state != "cancelled" or log.exists() else ""   # cancelled before it started
         rows.append({"stage": c.stage, "cell": c.id, "state": state, "job": (m or {}).get("job", ""), "log": log,
                      "dir": str(d)})
     return rows
@@ -337,8 +352,13 @@ def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = N
             last = line
         if not any(r["state"] in ("pending", "running", "unknown") for r in rows):
             bad = [r for r in rows if r["state"] != "done"]
+            unstarted = [r for r in bad if r["state"] == "cancelled" and not r["log"]]
             for r in bad:
-                print(f"{r['state']}: {r['stage']}/{r['cell']}  log: {r['log'] or '-'}", file=out)
+                if r not in unstarted:
+                    print(f"{r['state']}: {r['stage']}/{r['cell']}  log: {r['log'] or '-'}", file=out)
+            if unstarted:
+                print(f"{len(unstarted)} cells cancelled before they started: a cell upstream failed or was "
+                      "cancelled (kill-on-invalid-dep), or scancel; resubmitting runs them", file=out)
             return 0 if not bad else 1
         if timeout_s and time.time() - t0 > timeout_s:
             print("wait: timed out", file=out)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from launch.plan import make_plan
-from launch.slurm import build_arrays, submit, wait
+from launch.slurm import build_arrays, cell_states, submit, wait
 from launch.spec import Profile, build, load_profile, load_spec
 from launch.worker import job_meta
 
@@ -115,6 +115,28 @@ def launch(*args, env=None, timeout=900):
 
 
 SECRET = "wandb-secret-9f8e7d6c5b4a"
+
+
+def test_an_array_without_upstream_does_not_inherit_a_dependency(tmp_path):
+    """submitit's executor keeps parameters between arrays: each array states its own dependency, or none."""
+    import submitit
+    from launch.slurm import Array, array_params
+    profile = build(Profile, GPU_PROFILE)
+    ex = submitit.SlurmExecutor(folder=tmp_path)
+    with_dep, without = Array("b", 0, [], {"job_name": "b"}, deps=[("afterok", 0)]), Array("c", 0, [], {"job_name": "c"})
+    ex.update_parameters(**array_params(with_dep, ["41"]))
+    text = ex._make_submission_file_text("true", "u")
+    assert "#SBATCH --dependency=afterok:41" in text and "#SBATCH --kill-on-invalid-dep=yes" in text
+    ex.update_parameters(**array_params(without, ["41"]))
+    text = ex._make_submission_file_text("true", "u")
+    assert "dependency" not in text and "kill-on-invalid-dep" not in text, text
+
+
+def test_sacct_ranges_of_unstarted_array_tasks():
+    from launch.slurm import task_ids
+    assert task_ids("98_[0-3%4]") == ["98_0", "98_1", "98_2", "98_3"]
+    assert task_ids("7_[0,2-3,9]") == ["7_0", "7_2", "7_3", "7_9"]
+    assert task_ids("98_2") == ["98_2"] and task_ids("100") == ["100"]
 
 
 def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
@@ -258,7 +280,14 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     cell = found[0].parent
     plan = make_plan(load_spec(cfg))
     world_done = (next(exp.glob("world/*")) / "DONE").stat().st_mtime_ns
-    assert wait(plan, tmp_path / "runs", poll_s=2, timeout_s=300, out=io.StringIO()) == 1   # not all done
+    # the cell's dependents are cancelled (kill-on-invalid-dep), so that wait ends and says so
+    log = io.StringIO()
+    assert wait(plan, tmp_path / "runs", poll_s=2, timeout_s=240, out=log) == 1 and "timed out" not in log.getvalue()
+    rows = [r for r in cell_states(plan, tmp_path / "runs") if r["stage"] not in ("world", "pretrain")]
+    (killed,) = [r for r in cell_states(plan, tmp_path / "runs") if r["stage"] == "pretrain"]
+    assert killed["state"] != "done" and killed["log"], "the killed cell (CANCELLED after scancel) has its log"
+    assert len(rows) == 20 and {r["state"] for r in rows} == {"cancelled"} and not any(r["log"] for r in rows)
+    assert "cells cancelled before they started" in log.getvalue() and f"pretrain/{cell.name}  log: " in log.getvalue()
     assert not (cell / "DONE").exists()
     r = launch("submit", cfg, "--profile", prof, "--wait")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
