@@ -171,7 +171,7 @@ def cmd_status(args) -> int:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{plan.spec.experiment}: {plan.exp_dir(runs)}")
-    states = ("done", "running", "pending", "failed", "timed out", "cancelled", "corrupt", "not submitted")
+    states = ("done", "running", "pending", "failed", "timed out", "cancelled", "corrupt", "not submitted", "unknown")
     for col in ("stage", *states, "disk"):
         t.add_column(col, justify="left" if col == "stage" else "right")
     for stage in plan.stages:
@@ -184,6 +184,9 @@ def cmd_status(args) -> int:
     for r in rows:
         if r["state"] in ("failed", "timed out", "corrupt") or r["state"] == "cancelled" and r["log"]:
             con.print(f"[red]{r['state']}[/] {r['stage']}/{r['cell']} (job {r['job']}) log: {r['log']}")
+    if any(r["state"] == "unknown" for r in rows):
+        con.print(f"unknown: sacct has no record of {sum(r['state'] == 'unknown' for r in rows)} submitted cells "
+                  "(is Slurm accounting, slurmdbd, enabled on this cluster?)")
     if any(r["state"] != "done" for r in rows):
         con.print(f"resubmit what is missing: python -m launch submit {plan.exp_dir(runs) / 'study.yaml'} "
                   f"--profile {plan.exp_dir(runs) / 'profile.yaml'} --runs {runs}")

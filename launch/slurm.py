@@ -340,7 +340,7 @@ def cell_states(plan: Plan, runs_root) -> list[dict]:
 def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = None, out=sys.stderr) -> int:
     """Block until every submitted cell is done or its job ended; 0 if all cells of the plan are done."""
     t0 = time.time()
-    last = ""
+    last, hinted = "", False
     while True:
         rows = cell_states(plan, runs_root)
         counts: dict[str, int] = {}
@@ -350,6 +350,10 @@ def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = N
         if line != last:
             print(f"[{time.time() - t0:6.0f}s] {line}", file=out, flush=True)
             last = line
+        if counts.get("unknown") and time.time() - t0 > 120 and not hinted:
+            print("unknown: sacct has no record of these jobs (is Slurm accounting, slurmdbd, enabled?)",
+                  file=out, flush=True)
+            hinted = True
         if not any(r["state"] in ("pending", "running", "unknown") for r in rows):
             bad = [r for r in rows if r["state"] != "done"]
             unstarted = [r for r in bad if r["state"] == "cancelled" and not r["log"]]
