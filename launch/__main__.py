@@ -185,8 +185,7 @@ def cmd_status(args) -> int:
         if r["state"] in ("failed", "timed out", "corrupt") or r["state"] == "cancelled" and r["log"]:
             con.print(f"[red]{r['state']}[/] {r['stage']}/{r['cell']} (job {r['job']}) log: {r['log']}")
     if any(r["state"] == "unknown" for r in rows):
-        con.print(f"unknown: sacct has no record of {sum(r['state'] == 'unknown' for r in rows)} submitted cells "
-                  "(is Slurm accounting, slurmdbd, enabled on this cluster?)")
+        con.print(f"unknown: {sum(r['state'] == 'unknown' for r in rows)} {slurm.NO_RECORD}")
     if any(r["state"] != "done" for r in rows):
         con.print(f"resubmit what is missing: python -m launch submit {plan.exp_dir(runs) / 'study.yaml'} "
                   f"--profile {plan.exp_dir(runs) / 'profile.yaml'} --runs {runs}")

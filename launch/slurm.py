@@ -255,6 +255,7 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
 
 
 # ------------------------------------------------------------------------------------------- status
+NO_RECORD = "submitted cells whose jobs sacct has no record of (is Slurm accounting, slurmdbd, enabled?)"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 
 
@@ -351,17 +352,16 @@ def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = N
             print(f"[{time.time() - t0:6.0f}s] {line}", file=out, flush=True)
             last = line
         if counts.get("unknown") and time.time() - t0 > 120 and not hinted:
-            print("unknown: sacct has no record of these jobs (is Slurm accounting, slurmdbd, enabled?)",
-                  file=out, flush=True)
+            print(f"unknown: {counts['unknown']} {NO_RECORD}", file=out, flush=True)
             hinted = True
         if not any(r["state"] in ("pending", "running", "unknown") for r in rows):
             bad = [r for r in rows if r["state"] != "done"]
-            unstarted = [r for r in bad if r["state"] == "cancelled" and not r["log"]]
             for r in bad:
-                if r not in unstarted:
+                if r["state"] != "cancelled" or r["log"]:
                     print(f"{r['state']}: {r['stage']}/{r['cell']}  log: {r['log'] or '-'}", file=out)
+            unstarted = sum(r["state"] == "cancelled" and not r["log"] for r in bad)
             if unstarted:
-                print(f"{len(unstarted)} cells cancelled before they started: a cell upstream failed or was "
+                print(f"{unstarted} cells cancelled before they started: a cell upstream failed or was "
                       "cancelled (kill-on-invalid-dep), or scancel; resubmitting runs them", file=out)
             return 0 if not bad else 1
         if timeout_s and time.time() - t0 > timeout_s:

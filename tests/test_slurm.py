@@ -121,7 +121,6 @@ def test_an_array_without_upstream_does_not_inherit_a_dependency(tmp_path):
     """submitit's executor keeps parameters between arrays: each array states its own dependency, or none."""
     import submitit
     from launch.slurm import Array, array_params
-    profile = build(Profile, GPU_PROFILE)
     ex = submitit.SlurmExecutor(folder=tmp_path)
     with_dep, without = Array("b", 0, [], {"job_name": "b"}, deps=[("afterok", 0)]), Array("c", 0, [], {"job_name": "c"})
     ex.update_parameters(**array_params(with_dep, ["41"]))
@@ -283,8 +282,9 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     # the cell's dependents are cancelled (kill-on-invalid-dep), so that wait ends and says so
     log = io.StringIO()
     assert wait(plan, tmp_path / "runs", poll_s=2, timeout_s=240, out=log) == 1 and "timed out" not in log.getvalue()
-    rows = [r for r in cell_states(plan, tmp_path / "runs") if r["stage"] not in ("world", "pretrain")]
-    (killed,) = [r for r in cell_states(plan, tmp_path / "runs") if r["stage"] == "pretrain"]
+    states = cell_states(plan, tmp_path / "runs")
+    rows = [r for r in states if r["stage"] not in ("world", "pretrain")]
+    (killed,) = [r for r in states if r["stage"] == "pretrain"]
     assert killed["state"] != "done" and killed["log"], "the killed cell (CANCELLED after scancel) has its log"
     assert len(rows) == 20 and {r["state"] for r in rows} == {"cancelled"} and not any(r["log"] for r in rows)
     assert "cells cancelled before they started" in log.getvalue() and f"pretrain/{cell.name}  log: " in log.getvalue()
