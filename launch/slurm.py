@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import submitit
@@ -274,12 +275,17 @@ def read_manifest(exp: Path) -> dict[str, dict]:
     return latest
 
 
-def sacct_states(job_ids: list[str]) -> dict[str, str]:
+def sacct_states(job_ids: list[str], since: str) -> dict[str, str]:
+    """Job states from Slurm accounting, for jobs active from `since` (our first submission, by the login node's
+    clock; 10 minutes earlier for clock skew) on. Without that window sacct also returns older jobs that had the
+    same id (ids restart when a controller's state is reset, and wrap at MaxJobId), and a job submitted seconds
+    ago that slurmdbd has not recorded yet reads as that old job."""
     if not job_ids:
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
+    since = (datetime.fromisoformat(since) - timedelta(minutes=10)).isoformat(timespec="seconds")
     try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-S", since, "-j", ",".join(arrays)],
                              capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -307,7 +313,7 @@ def task_ids(jid: str) -> list[str]:
 def cell_states(plan: Plan, runs_root) -> list[dict]:
     exp = plan.exp_dir(runs_root)
     man = read_manifest(exp)
-    states = sacct_states([m["job"] for m in man.values()])
+    states = sacct_states([m["job"] for m in man.values()], min((m["time"] for m in man.values()), default=""))
     todo = plan.todo(runs_root)
     rows = []
     for c in plan.cells:
