@@ -401,6 +401,10 @@ class Resources:
         check(self.time_min >= 1, "time_min", f"must be >= 1, got {self.time_min}", "use minutes, e.g. 240")
 
 
+SLURM_SIGNAL_SLACK_S = 30   # slurmctld signals at its first 30-s check after (limit - delay - 30 s): measured
+STARTUP_S = 5               # a task's Python installs its USR2 handler well within this after the job starts
+
+
 @dataclass(frozen=True)
 class Profile:
     """Where a study runs. Never part of a cell's identity: changing it never re-addresses results."""
@@ -430,6 +434,12 @@ class Profile:
                   "use letters, digits, '_', '-', '.' and ','")
         check(self.array_parallelism >= 1, "array_parallelism", "must be >= 1", "use e.g. 64")
         check(self.signal_delay_s >= 0, "signal_delay_s", "must be >= 0", "use e.g. 120")
+        for stage in ("train", "eval"):   # Slurm checks limits every 30 s and signals up to 30 s early
+            latest = getattr(self, stage).time_min * 60 - SLURM_SIGNAL_SLACK_S - STARTUP_S
+            check(self.signal_delay_s <= latest, "signal_delay_s",
+                  f"{self.signal_delay_s} s with {stage}.time_min={getattr(self, stage).time_min}: Slurm may send "
+                  "the signal as the job starts, before the handler that saves and requeues is installed",
+                  f"use signal_delay_s <= {max(latest, 0)} or a longer {stage}.time_min")
         check(self.max_num_timeout >= 0, "max_num_timeout", "must be >= 0", "use e.g. 10")
         for k in self.env:
             check(bool(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)), f"env.{k}", "is not a valid variable name",

@@ -178,6 +178,7 @@ BAD_PROFILES = [
     ("account-metachar", "name: p\naccount: 'a`id`'\n", "account"),
     ("qos-metachar", "name: p\nqos: 'normal&&reboot'\n", "qos"),
     ("time-zero", "name: p\neval: {time_min: 0}\n", "eval.time_min"),
+    ("signal-at-start", "name: p\nsignal_delay_s: 30\ntrain: {time_min: 1}\n", "signal_delay_s"),
     ("typo", "name: p\npartiton: gpu\n", "partiton"),
     ("wandb-mode", "name: p\nwandb_mode: loud\n", "wandb_mode"),
 ]

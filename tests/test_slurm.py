@@ -185,7 +185,7 @@ def long_job(exp_dir):
     return TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                     data=Data(path=str(exp_dir / "world" / "data" / "pretrain.jsonl")),
                     recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=1, micro_batch=1, max_length=64, zero_stage=0,
-                                  precision="fp32", save_every_steps=200, epochs=10),   # ~60 s of steps
+                                  precision="fp32", save_every_steps=200, epochs=20),   # ~60 s of steps
                     seed=5, template="plain", milestones=(600,))
 
 
@@ -201,12 +201,12 @@ def long_ref(exp_dir, tmp_path_factory):
 
 
 def submit_one(tmp_path, cell_dir, time_min, **profile_over):
+    """One training cell as one Slurm job, with the time limit and signal delay of a validated profile."""
     import submitit
     from launch.slurm import CellTask, sbatch_params
-    from launch.spec import Resources
-    profile = load_profile(slurm_profile(tmp_path, **profile_over))
-    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=10)
-    ex.update_parameters(**sbatch_params(profile, Resources(nodes=1, cpus_per_task=1, time_min=time_min), "cell"))
+    profile = load_profile(slurm_profile(tmp_path, train={"time_min": time_min}, **profile_over))
+    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=profile.max_num_timeout)
+    ex.update_parameters(**sbatch_params(profile, profile.train, "cell"))
     return ex.submit(CellTask(), str(cell_dir))
 
 
@@ -224,10 +224,14 @@ def same_weights(ref, d):
 
 
 def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir, long_ref):
-    """A training cell with a 1-minute limit needs several incarnations; its weights equal an uninterrupted run."""
+    """A training cell with a 1-minute limit needs several incarnations; its weights equal an uninterrupted run.
+
+    slurmctld sends the USR2 at its first 30-s check after (limit - delay - 30 s), measured on this cluster: with
+    delay 25 the signal comes 5-35 s into each incarnation, never before the handlers are installed (delay 30 could
+    signal at 0 s and kill the task, which failed a CI run), and the ~60 s of steps cannot fit in one incarnation."""
     from conftest import write_cell
     d = write_cell(tmp_path / "slurm" / "positive" / "requeued", long_job(exp_dir), outputs=["n600"])
-    job = submit_one(tmp_path, d, time_min=1, signal_delay_s=30)
+    job = submit_one(tmp_path, d, time_min=1, signal_delay_s=25)
     wait_done(d, job)
     attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
     assert len(attempts) >= 2 and {a["slurm_job_id"] for a in attempts} == {job.job_id}
