@@ -434,10 +434,10 @@ class Profile:
                   "use letters, digits, '_', '-', '.' and ','")
         check(self.array_parallelism >= 1, "array_parallelism", "must be >= 1", "use e.g. 64")
         check(self.signal_delay_s >= 0, "signal_delay_s", "must be >= 0", "use e.g. 120")
-        for stage in ("train", "eval"):   # Slurm checks limits every 30 s and signals up to 30 s early
-            latest = getattr(self, stage).time_min * 60 - SLURM_SIGNAL_SLACK_S - STARTUP_S
+        for stage, res in (("train", self.train), ("eval", self.eval)):
+            latest = res.time_min * 60 - SLURM_SIGNAL_SLACK_S - STARTUP_S
             check(self.signal_delay_s <= latest, "signal_delay_s",
-                  f"{self.signal_delay_s} s with {stage}.time_min={getattr(self, stage).time_min}: Slurm may send "
+                  f"{self.signal_delay_s} s with {stage}.time_min={res.time_min}: Slurm may send "
                   "the signal as the job starts, before the handler that saves and requeues is installed",
                   f"use signal_delay_s <= {max(latest, 0)} or a longer {stage}.time_min")
         check(self.max_num_timeout >= 0, "max_num_timeout", "must be >= 0", "use e.g. 10")
