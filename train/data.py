@@ -9,6 +9,7 @@ tokens only (every token for `lm`). A global batch is split across ranks, length
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,53 +163,85 @@ def global_batches(volume: int, global_batch: int) -> list[tuple[int, int]]:
 
 
 def micro_batches(positions: list[int], examples: list[Example], rank: int, world: int, micro: int) -> list[list[int]]:
-    """This rank's share of one global batch, cut into micro-batches that waste little on padding.
+    """This rank's micro-batches of one global batch: every rank gets the same number (ZeRO-3 gathers every
+    parameter once per micro-step, on all ranks together), never more than fixed micro-batching would take
+    (ceil(batch / (world * micro))), with little padding.
 
-    The share is sorted by length and cut into contiguous groups by a small dynamic programme that minimises
-    padded tokens plus a quarter of a longest sequence per extra forward pass, under a memory budget of `micro` sequences
-    of the share's longest length (so no forward is larger than a fixed micro-batch would be). The loss is the
-    token mean over the whole global batch, so the cut changes no maths. Every rank gets the same number of
-    micro-batches (ZeRO-3 gathers need all ranks in step); a rank short of them repeats one example with zero
-    weight (a negative index)."""
-    def cut(share: list[int]) -> list[list[int]]:
-        share = sorted(share, key=lambda i: (examples[i].length, i))
-        if not share:
-            return []
-        lens = [examples[i].length for i in share]
-        budget, overhead = micro * lens[-1], lens[-1] / 4   # a forward pass costs about a quarter of a longest sequence
-        best, back = [0.0] + [float("inf")] * len(share), [0] * (len(share) + 1)
-        for j in range(1, len(share) + 1):
+    The batch is sorted longest first and cut into contiguous runs, one per micro-step; a run is dealt round-robin
+    to the ranks, so its slowest rank holds ceil(run / world) rows of the run's first length. A small dynamic
+    programme chooses the runs: it minimises the slowest rank's padded tokens summed over micro-steps plus a
+    fixed cost per micro-step, under a memory budget of `micro` sequences of the batch's longest length per
+    forward. The fixed cost starts at a quarter of a longest sequence and is raised until the count fits the cap.
+    The loss is the token mean over the whole global batch, so the cut changes no maths. Where the batch has
+    fewer examples than ranks, the ranks left over repeat one example with zero weight (a negative index)."""
+    if not positions:
+        return []
+    order = sorted(positions, key=lambda i: (-examples[i].length, i))
+    lens = [examples[i].length for i in order]
+    n, budget = len(order), micro * lens[0]
+    cap = -(-n // (world * micro))
+    least = min(world, n)   # a run of at least `world` examples leaves no rank empty
+
+    def cut(step_cost: float) -> list[tuple[int, int]]:
+        best, back = [0.0] + [math.inf] * n, [0] * (n + 1)
+        for j in range(1, n + 1):
             for i in range(j - 1, -1, -1):
-                if (j - i) * lens[j - 1] > budget:
+                rows = -(-(j - i) // world)
+                if rows * lens[i] > budget:
                     break
-                cost = best[i] + (j - i) * lens[j - 1] + overhead
-                if cost < best[j]:
-                    best[j], back[j] = cost, i
-        out, j = [], len(share)
+                if j - i < least and not (i == 0 and j == n):
+                    continue
+                c = best[i] + rows * lens[i] + step_cost
+                if c < best[j]:
+                    best[j], back[j] = c, i
+        runs, j = [], n
         while j:
-            out.append(share[back[j]:j])
+            runs.append((back[j], j))
             j = back[j]
-        return out[::-1]
-    mine = cut(positions[rank::world])
-    most = max(len(cut(positions[r::world])) for r in range(world)) if world > 1 else len(mine)
-    while len(mine) < most:
-        mine.append([-1 - positions[0]])
-    return mine
+        return runs[::-1]
+
+    lo, hi = lens[0] / 4, float(lens[0] * n + 1)   # at `hi` one more step never pays: the fewest steps win
+    runs = cut(lo)
+    if len(runs) > cap:
+        runs = cut(hi)
+        for _ in range(12):   # the smallest step cost whose cut fits the cap (the count falls as the cost rises)
+            mid = math.sqrt(lo * hi)
+            trial = cut(mid)
+            if len(trial) <= cap:
+                hi, runs = mid, trial
+            else:
+                lo = mid
+    out = []
+    for i, j in runs:
+        mine = order[i + rank:j:world]
+        out.append(mine or [-1 - order[i]])
+    return out
 
 
 def collate(examples: list[Example], indices: list[int], pad_id: int, rejected: bool = False):
-    """Right-padded tensors (input_ids, attention_mask, labels) for one micro-batch."""
+    """Right-padded tensors (input_ids, attention_mask, labels, weight) for one micro-batch; weight is 0 for a
+    rank's zero-weight repeat (negative index). rejected=True takes the DPO rejected sequences."""
+    seqs = [examples[abs(i) - 1 if i < 0 else i] for i in indices]
+    pairs = [(e.rejected_ids, e.rejected_labels) if rejected else (e.input_ids, e.labels) for e in seqs]
+    return _pad(pairs, pad_id, [0.0 if i < 0 else 1.0 for i in indices])
+
+
+def collate_pair(examples: list[Example], indices: list[int], pad_id: int):
+    """DPO: a micro-batch's chosen sequences, then its rejected ones, in one right-padded batch, so that one
+    forward serves both (under ZeRO-3 each forward gathers every parameter). Rows [:k] chosen, [k:] rejected."""
+    seqs = [examples[abs(i) - 1 if i < 0 else i] for i in indices]
+    pairs = [(e.input_ids, e.labels) for e in seqs] + [(e.rejected_ids, e.rejected_labels) for e in seqs]
+    return _pad(pairs, pad_id, [0.0 if i < 0 else 1.0 for i in indices])
+
+
+def _pad(pairs: list[tuple[list[int], list[int]]], pad_id: int, weight: list[float]):
     import torch
-    seqs = [(examples[abs(i) - 1 if i < 0 else i]) for i in indices]
-    ids = [e.rejected_ids if rejected else e.input_ids for e in seqs]
-    labs = [e.rejected_labels if rejected else e.labels for e in seqs]
-    n = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(ids), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(ids), n), dtype=torch.long)
-    for k, (x, y) in enumerate(zip(ids, labs)):
+    n = max(len(x) for x, _ in pairs)
+    input_ids = torch.full((len(pairs), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(pairs), n), dtype=torch.long)
+    for k, (x, y) in enumerate(pairs):
         input_ids[k, :len(x)] = torch.tensor(x)
         labels[k, :len(y)] = torch.tensor(y)
         mask[k, :len(x)] = 1
-    weight = torch.tensor([0.0 if i < 0 else 1.0 for i in indices])
-    return input_ids, mask, labels, weight
+    return input_ids, mask, labels, torch.tensor(weight)

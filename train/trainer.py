@@ -8,9 +8,13 @@ and writes `checkpoints/n<volume>/` (HF safetensors + tokenizer) at each milesto
 Exactness rules (README.md, "How the numbers stay exact"):
 - A step's loss is the token mean over the whole global batch (sum over micro-batches and ranks), so the split
   into micro-batches and ranks does not change the maths.
-- Nested milestones: a milestone inside a global batch forks the run (save engine state, take the partial step
-  on the examples up to the milestone, save weights, restore the state, take the full step). The milestone
-  weights equal a separate run on that many examples; the main run is not changed by having milestones.
+- Nested milestones: a milestone inside a global batch forks the run (snapshot this rank's state in host memory,
+  take the partial step on the examples up to the milestone, save weights, restore the snapshot, take the full
+  step). The milestone weights equal a separate run on that many examples; the main run is not changed by having
+  milestones, and only the milestone's weights reach the disk.
+- GPU: the model loads in the training dtype, under ZeRO-3 partitioned as it is built; gradient checkpointing
+  is non-reentrant and active (the engine is in train mode); tf32 matmuls are on; every tensor that enters a
+  collective lives on the engine's device (NCCL refuses host tensors); DPO takes one forward per micro-batch.
 - Resume: a rolling DeepSpeed checkpoint (engine, scheduler, RNG, position, loss sums) every
   `save_every_steps` steps and on SIGUSR1/SIGUSR2/SIGTERM at the next step boundary, then `Preempted` is raised
   (the CLI exits 75 for the launcher to requeue). Deleted when the cell is done.
@@ -63,7 +67,20 @@ def setup_distributed():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        # the paper's recipe: bf16 with tf32 matmuls (fp32 matmuls that remain, e.g. the loss's log-softmax input)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return dist.get_rank(), dist.get_world_size()
+
+
+def precision_info(dtype) -> dict:
+    """What record.json says about the numerics this cell ran with (runtime, never identity)."""
+    import deepspeed
+    import torch
+    cuda = torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "load_dtype": str(dtype).replace("torch.", ""),
+            "tf32": bool(cuda and torch.backends.cuda.matmul.allow_tf32), "torch": torch.__version__,
+            "cuda": torch.version.cuda or "", "deepspeed": deepspeed.__version__}
 
 
 def load_tokenizer(ref, exp_dir: Path):
@@ -79,10 +96,16 @@ def load_tokenizer(ref, exp_dir: Path):
     return tok
 
 
-def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None):
-    """A causal LM from a hub id / local dir / checkpoint, or built from `ref.init` (seeded)."""
+def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None, zero3_config: dict | None = None):
+    """A causal LM from a hub id / local dir / checkpoint, or built from `ref.init` (seeded), in `dtype`.
+
+    With `zero3_config` (a ZeRO-3 DeepSpeed config) a pretrained model is partitioned as it is built
+    (transformers' DeepSpeed integration runs it under deepspeed.zero.Init), so no rank ever holds the whole model:
+    a rank's host memory peaks at its partition plus one checkpoint shard, not at the full model in fp32.
+    Models built by `init` (toy and benchmark sizes) are built whole on every rank, then cast."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    dtype = dtype or torch.float32
     if ref.init is not None:
         torch.manual_seed(seed)
         i = ref.init
@@ -91,18 +114,26 @@ def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None):
                              n_head=i.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                              pad_token_id=tok.pad_token_id)
-            return GPT2LMHeadModel(cfg)
+            return GPT2LMHeadModel(cfg).to(dtype)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=i.width, intermediate_size=4 * i.width,
                           num_hidden_layers=i.layers, num_attention_heads=i.heads, max_position_embeddings=i.context,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        return LlamaForCausalLM(cfg)
+        return LlamaForCausalLM(cfg).to(dtype)
     path = resolve(ref.path, exp_dir)
+    hf_ds = None
     try:
-        return AutoModelForCausalLM.from_pretrained(path, revision=ref.revision, dtype=dtype or torch.float32,
+        if zero3_config is not None:
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig
+            hf_ds = HfDeepSpeedConfig(zero3_config)   # from_pretrained sees it through a weak reference
+        return AutoModelForCausalLM.from_pretrained(path, revision=ref.revision, dtype=dtype,
                                                     trust_remote_code=ref.trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise ConfigError("model.path", f"cannot load a model from {path}: {type(e).__name__}: "
                           f"{str(e).splitlines()[0][:160]}", "check the path or hub id (make prefetch on a cluster)")
+    finally:
+        if hf_ds is not None:   # later loads in this process (eval cells of the debug executor) are not ZeRO-3
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+            unset_hf_deepspeed_config()
 
 
 def ds_config(job: TrainJob, world: int, cuda: bool) -> dict:
@@ -150,30 +181,34 @@ class Trainer:
         self.milestones = sorted(job.milestones) if r.epochs == 1 else [len(self.seq)]
         self.milestone_name = {p: f"n{m}" for p, m in zip(self.milestones, sorted(job.milestones))}
 
-        model = load_model(job.model, exp_dir, self.tok, job.seed)
-        if r.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
         self.ds_cfg = ds_config(job, self.world, self.cuda)
+        dtype = torch.bfloat16 if r.precision == "bf16" else torch.float32
+        model = load_model(job.model, exp_dir, self.tok, job.seed, dtype=dtype,
+                           zero3_config=self.ds_cfg if r.zero_stage == 3 else None)
+        if r.gradient_checkpointing:   # non-reentrant: works under ZeRO-3 and with inputs that need no grad
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.rank == 0:
             atomic_write_json(self.out / "ds_config.json", self.ds_cfg)
+            update_record(self.out, precision=precision_info(dtype))
         import deepspeed
         params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=params, config=self.ds_cfg,
             lr_scheduler=lambda opt: _schedule(opt, r, len(self.batches), r.warmup_steps))
+        self.engine.train()   # from_pretrained returns eval mode, in which gradient checkpointing does nothing
         self.device = self.engine.device
         self.ref_logps = self._reference_logps() if r.algorithm == "dpo" else None
 
     # ------------------------------------------------------------------------------------------- one step
-    def _forward_logps(self, ids, mask, labels):
-        """Per-token log-probabilities of the labels and the mask of counted tokens."""
-        import torch
-        out = self.engine(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-        logits = out.logits[:, :-1].float()
-        tgt = labels[:, 1:].to(self.device)
-        keep = tgt != -100
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return logp * keep, keep
+    def _logps(self, ids, mask, labels):
+        return token_logps(self.engine, ids, mask, labels, self.device)
+
+    def _pair_logps(self, mb: list[int]):
+        """DPO: sequence log-probs of the chosen and the rejected answers of a micro-batch, in one forward."""
+        ids, mask, labels, w = D.collate_pair(self.examples, mb, self.tok.pad_token_id)
+        lp, _ = self._logps(ids, mask, labels)
+        seq = lp.sum(-1)
+        return seq[:len(mb)], seq[len(mb):], mask, w
 
     def _reference_logps(self) -> dict[int, tuple[float, float]]:
         """DPO's frozen reference: the starting weights' sequence log-probs, computed once before training."""
@@ -183,8 +218,7 @@ class Trainer:
             for s, e in self.batches:
                 for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world,
                                           self.job.recipe.micro_batch):
-                    c = self._forward_logps(*D.collate(self.examples, mb, self.tok.pad_token_id)[:3])[0].sum(-1)
-                    rj = self._forward_logps(*D.collate(self.examples, mb, self.tok.pad_token_id, True)[:3])[0].sum(-1)
+                    c, rj, _, _ = self._pair_logps(mb)
                     for k, i in enumerate(mb):
                         ref[i] = (c[k].item(), rj[k].item())
         return ref
@@ -192,46 +226,46 @@ class Trainer:
     def step(self, s: int, e: int) -> dict:
         """One optimizer step on examples [s, e) of the order; returns its metrics."""
         import torch
+        import torch.distributed as dist
         import torch.nn.functional as F
         r = self.job.recipe
         t0 = time.time()
         dpo = r.algorithm == "dpo"
         denom = (e - s) if dpo else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
         denom = max(denom, 1)
-        acc = torch.zeros(5, dtype=torch.float64)   # loss sum, loss tokens, real tokens, padded tokens, chosen margin
+        # loss sum, loss tokens, real tokens, padded tokens, chosen margin: on the engine's device, since the
+        # all_reduce below runs on the training process group (NCCL serves CUDA tensors only)
+        acc = torch.zeros(5, dtype=torch.float64, device=self.device)
         for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world, r.micro_batch):
-            ids, mask, labels, w = D.collate(self.examples, mb, self.tok.pad_token_id)
-            w = w.to(self.device)
             if dpo:
-                c_lp, _ = self._forward_logps(ids, mask, labels)
-                ids_r, mask_r, labels_r, _ = D.collate(self.examples, mb, self.tok.pad_token_id, True)
-                r_lp, _ = self._forward_logps(ids_r, mask_r, labels_r)
+                c_lp, r_lp, mask, w = self._pair_logps(mb)
+                w = w.to(self.device)
                 ref = torch.tensor([self.ref_logps[abs(i) - 1 if i < 0 else i] for i in mb], device=self.device)
-                margin = (c_lp.sum(-1) - ref[:, 0]) - (r_lp.sum(-1) - ref[:, 1])
+                margin = (c_lp - ref[:, 0]) - (r_lp - ref[:, 1])
                 per = -F.logsigmoid(r.dpo_beta * margin) * w
                 loss_sum = per.sum()
-                acc[4] += float((margin * w).sum())
-                acc[1] += float(w.sum())
-                acc[2] += float(mask.sum() + mask_r.sum())
-                acc[3] += float(mask.numel() + mask_r.numel() - mask.sum() - mask_r.sum())
+                acc[4] += (margin * w).sum().detach()
+                acc[1] += w.sum()
             else:
-                lp, keep = self._forward_logps(ids, mask, labels)
+                ids, mask, labels, w = D.collate(self.examples, mb, self.tok.pad_token_id)
+                w = w.to(self.device)
+                lp, keep = self._logps(ids, mask, labels)
                 loss_sum = -(lp.sum(-1) * w).sum()
-                acc[1] += float((keep.sum(-1) * w).sum())
-                acc[2] += float(mask.sum())
-                acc[3] += float(mask.numel() - mask.sum())
+                acc[1] += (keep.sum(-1) * w).sum()
+            acc[2] += int(mask.sum())
+            acc[3] += int(mask.numel() - mask.sum())
             self.engine.backward(loss_sum * self.world / denom, scale_wrt_gas=False)
-            acc[0] += float(loss_sum.detach())
+            acc[0] += loss_sum.detach()
         self.engine.step()
-        import torch.distributed as dist
         dist.all_reduce(acc)
+        acc = acc.tolist()
         gn = self.engine.get_global_grad_norm()
-        loss = acc[0].item() / max(acc[1].item(), 1)
-        return {"loss": loss, "loss_sum": acc[0].item(), "loss_tokens": acc[1].item(), "tokens": acc[2].item(),
-                "padding_share": acc[3].item() / max(acc[2].item() + acc[3].item(), 1),
+        loss = acc[0] / max(acc[1], 1)
+        return {"loss": loss, "loss_sum": acc[0], "loss_tokens": acc[1], "tokens": acc[2],
+                "padding_share": acc[3] / max(acc[2] + acc[3], 1),
                 "grad_norm": float(gn) if gn is not None else None, "lr": self.engine.get_lr()[0],
                 "examples": e, "seconds": time.time() - t0,
-                **({"dpo_margin": acc[4].item() / max(acc[1].item(), 1)} if dpo else {})}
+                **({"dpo_margin": acc[4] / max(acc[1], 1)} if dpo else {})}
 
     # ---------------------------------------------------------------------------------------- outputs
     def save_weights(self, name: str) -> None:
@@ -257,9 +291,9 @@ class Trainer:
         import torch
         import torch.distributed as dist
         state = {**state, "torch_rng": torch.get_rng_state()}
-        self.engine.save_checkpoint(str(where), tag=tag, client_state={"elastica": state}, save_latest=tag != "fork")
+        self.engine.save_checkpoint(str(where), tag=tag, client_state={"elastica": state})
         dist.barrier()
-        if self.rank == 0 and tag != "fork":
+        if self.rank == 0:
             for old in where.iterdir():
                 if old.is_dir() and old.name != tag:
                     shutil.rmtree(old, ignore_errors=True)
@@ -337,23 +371,21 @@ class Trainer:
         return [self.milestone_name[m] for m in self.milestones]
 
     def _fork(self, s: int, m: int, state: dict) -> None:
-        """Milestone m inside the batch starting at s: a side step on [s, m), saved, then undone."""
-        fork_dir = self.out / "fork"
-        self.save_resume(state, "fork", fork_dir)
+        """Milestone m inside the batch starting at s: a side step on [s, m), its weights saved, then undone from
+        an in-memory snapshot of this rank's state (only the milestone's weights reach the disk)."""
+        snap = snapshot(self.engine)
         part = self.step(s, m)
         side = dict(state, loss_sum=state["loss_sum"] + part["loss_sum"],
                     loss_tokens=state["loss_tokens"] + part["loss_tokens"], tokens=state["tokens"] + part["tokens"],
                     step_losses=state["step_losses"] + [part["loss"]])
         state["milestones"][self.milestone_name[m]] = _milestone_summary(side, m)
         self.save_weights(self.milestone_name[m])
-        self.load_resume(fork_dir, "fork")
-        if self.rank == 0:
-            shutil.rmtree(fork_dir, ignore_errors=True)
+        restore(self.engine, snap)
 
     def _stop_requested(self) -> int:
         import torch
         import torch.distributed as dist
-        flag = torch.tensor([_STOP["signal"]], dtype=torch.long)
+        flag = torch.tensor([_STOP["signal"]], dtype=torch.long, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
 
@@ -367,6 +399,97 @@ class Trainer:
                           name=cell, id=cell[-10:], dir=str(self.out), mode=mode,
                           resume="allow", config={"recipe": jsonable(self.job.recipe), "seed": self.job.seed},
                           settings=wandb.Settings(silent=True, console="off"))
+
+
+def token_logps(model, ids, mask, labels, device):
+    """Per-token log-probabilities of the labels (0 where not counted) and the mask of counted tokens."""
+    import torch
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    logits = out.logits[:, :-1].float()
+    tgt = labels[:, 1:].to(device)
+    keep = tgt != -100
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * keep, keep
+
+
+ENGINE_COUNTERS = ("global_steps", "global_samples", "micro_steps", "skipped_steps", "_unmanaged_backward_count",
+                   "_step_applied")
+
+
+def _state_tensors(engine) -> list:
+    """The live tensors that hold this rank's training state: the module's parameters (under ZeRO-3 each one's
+    partition, `ds_tensor`, and the full tensor of the small ones it keeps gathered) and the torch optimizer's
+    parameters (fp32 master weights, flat partitions under ZeRO); moments are in the optimizer's state."""
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)   # ZeRO / bf16 wrappers hold it as .optimizer
+    out = []
+    for p in engine.module.parameters():
+        out.append(p.data)
+        if hasattr(p, "ds_tensor"):
+            out.append(p.ds_tensor.data)
+    out += [p.data for g in base.param_groups for p in g["params"]]
+    return out
+
+
+def snapshot(engine) -> dict:
+    """This rank's whole training state, copied into host memory: weights, master weights, optimizer moments and
+    hyperparameters, the scheduler, the engine's counters and the RNG. `restore` puts it back in place."""
+    import copy
+    import torch
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    host = lambda v: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v)
+    return {"tensors": [host(t) for t in _state_tensors(engine)],
+            "state": {p: {k: (host(v), v.device if torch.is_tensor(v) else None) for k, v in st.items()}
+                      for p, st in base.state.items()},
+            "groups": [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in base.param_groups],
+            "scheduler": copy.deepcopy(engine.lr_scheduler.state_dict()) if engine.lr_scheduler else None,
+            "counters": {k: getattr(engine, k) for k in ENGINE_COUNTERS if hasattr(engine, k)},
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def restore(engine, snap: dict) -> None:
+    """Undo everything since `snapshot(engine)`, in place (the engine's buffers keep their identity)."""
+    import torch
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    with torch.no_grad():
+        for live, saved in zip(_state_tensors(engine), snap["tensors"], strict=True):
+            live.copy_(saved)
+        for p in list(base.state):
+            if p not in snap["state"]:
+                del base.state[p]   # created by the undone step (Adam makes its moments lazily)
+        for p, saved in snap["state"].items():
+            st = base.state[p]
+            for k in list(st):
+                if k not in saved:
+                    del st[k]
+            for k, (v, device) in saved.items():
+                if device is None:
+                    st[k] = v
+                elif torch.is_tensor(st.get(k)) and st[k].shape == v.shape and st[k].device == device:
+                    st[k].copy_(v)
+                else:
+                    st[k] = v.to(device, copy=True)
+    for g, saved in zip(base.param_groups, snap["groups"], strict=True):
+        for k in [k for k in g if k != "params" and k not in saved]:
+            del g[k]   # e.g. a 'step' a fused optimizer adds to its groups on the first step
+        g.update(saved)
+    if snap["scheduler"] is not None:
+        engine.lr_scheduler.load_state_dict(snap["scheduler"])
+    for k, v in snap["counters"].items():
+        setattr(engine, k, v)
+    torch.set_rng_state(snap["rng"])
+    if snap["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(snap["cuda_rng"])
+
+
+def update_record(cell_dir: Path, **info) -> None:
+    """Merge runtime facts into the cell's record.json (written by the worker when the cell starts)."""
+    path = Path(cell_dir) / "record.json"
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        rec = {}
+    rec.setdefault("runtime", {}).update(info)
+    atomic_write_json(path, rec)
 
 
 def _schedule(opt, recipe, total_steps: int, warmup: int):

@@ -1,0 +1,251 @@
+"""The GPU path, checked on CPU by emulating each constraint a GPU imposes (the real checks: `make gpu-check`).
+
+- NCCL serves CUDA tensors only: a torch-function mode marks every tensor that code of this repo makes without a
+  `device=`, and the collectives refuse a marked tensor (on a GPU it would sit on the host).
+- Gradient checkpointing must really recompute: each decoder layer runs twice per micro-batch when it is on.
+- Host memory at load: under ZeRO-3 the model is partitioned as it is built, in the training dtype, with the
+  checkpoint's values.
+- DPO: one forward on the concatenated pair equals two forwards.
+- Micro-batches: every rank the same count, never more than fixed micro-batching, each example once.
+- The in-memory milestone fork is exact under ZeRO-2 and ZeRO-3 (2 ranks).
+
+    .venv/bin/python -m pytest -q tests/test_gpu_path.py
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_cell_procs, write_cell
+from launch.jobs import ModelRef, TrainJob
+from launch.spec import Data, Recipe
+from train import data as D
+
+EMULATE_NCCL = textwrap.dedent('''
+    import sys, torch, torch.distributed as dist
+    from torch.overrides import TorchFunctionMode
+    ROOT = sys.argv[1]
+    FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.tensor, torch.arange, torch.as_tensor}
+    COLLECTIVES = ("all_reduce", "broadcast", "all_gather_into_tensor", "reduce_scatter_tensor", "reduce",
+                   "all_gather")
+    seen = {"checked": 0}
+
+    def ours(depth=2):
+        f = sys._getframe(depth)
+        return f.f_code.co_filename.startswith(ROOT) and "/tests/" not in f.f_code.co_filename
+
+    class HostTensors(TorchFunctionMode):
+        """Marks tensors made by this repo's code without an explicit device: on a GPU they live on the host."""
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if func in FACTORIES and "device" not in kwargs and ours():
+                out._host_only = True
+            return out
+
+    def checked(name):
+        real = getattr(dist, name)
+        def wrapper(tensor, *a, **k):
+            if ours() and getattr(tensor, "_host_only", False):
+                raise RuntimeError(f"No backend type associated with device type cpu ({name} of a tensor made "
+                                   f"without device= at {sys._getframe(1).f_code.co_filename}:"
+                                   f"{sys._getframe(1).f_lineno})")
+            seen["checked"] += ours()
+            return real(tensor, *a, **k)
+        return wrapper
+
+    for name in COLLECTIVES:
+        setattr(dist, name, checked(name))
+''')
+
+
+def run_script(code: str, *args, timeout=600) -> str:
+    p = subprocess.run([sys.executable, "-c", code, str(ROOT), *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    return p.stdout
+
+
+def tjob(exp, arch="llama", milestones=(40,), data="positive", **recipe):
+    r = dict(algorithm="sft", lr=1e-3, global_batch=16, micro_batch=4, max_length=64, zero_stage=0,
+             precision="fp32", save_every_steps=1000)
+    r.update(recipe)
+    return TrainJob(model=ModelRef(path=str(exp / "models" / arch)), data=Data(path=f"@world/data/{data}.jsonl"),
+                    recipe=Recipe(**r), seed=5, template="plain", milestones=tuple(milestones))
+
+
+def test_collectives_take_device_tensors(exp_dir, tmp_path):
+    """Fails on a trainer that all-reduces a host tensor (its step metrics, its stop flag): on NCCL that is
+    'No backend type associated with device type cpu' after the first step."""
+    from launch.plan import jsonable
+    jobs = [tjob(exp_dir, milestones=(40, 64)), tjob(exp_dir, milestones=(24,), data="pairs", algorithm="dpo")]
+    (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j) for j in jobs]))
+    code = EMULATE_NCCL + textwrap.dedent('''
+        import json
+        from pathlib import Path
+        from launch.jobs import TrainJob
+        from launch.spec import build
+        from train.trainer import Trainer
+        tmp = Path(sys.argv[2])
+        with HostTensors():
+            for i, j in enumerate(json.loads((tmp / "jobs.json").read_text())):
+                out = Trainer(build(TrainJob, j), tmp / f"cell{i}", Path(sys.argv[3])).run()
+                print("ran", out)
+        print("checked", seen["checked"])
+    ''')
+    out = run_script(code, tmp_path, exp_dir)
+    assert "ran ['n40', 'n64']" in out and "ran ['n24']" in out
+    assert int(out.split("checked")[-1]) >= 6, "the trainer's own collectives went through the check"
+
+
+def test_the_emulation_refuses_a_host_tensor(tmp_path):
+    """The check above can fail: a collective of a tensor made without device= is refused."""
+    code = EMULATE_NCCL + textwrap.dedent('''
+        import os
+        os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+        dist.init_process_group("gloo")
+        with HostTensors():
+            exec(compile("ok = torch.zeros(2, device='cpu'); dist.all_reduce(ok)", ROOT + "/train/x.py", "exec"))
+            try:
+                exec(compile("bad = torch.zeros(2); dist.all_reduce(bad)", ROOT + "/train/x.py", "exec"))
+            except RuntimeError as e:
+                print("refused:", e)
+        dist.destroy_process_group()
+    ''')
+    from conftest import free_port
+    assert "refused: No backend type associated with device type cpu" in run_script(code, free_port())
+
+
+def test_gradient_checkpointing_recomputes_each_layer(exp_dir, tmp_path):
+    """from_pretrained returns a model in eval mode, where HF skips checkpointing: the trainer must train()."""
+    from launch.plan import jsonable
+    jobs = [tjob(exp_dir, milestones=(16,), gradient_checkpointing=gc) for gc in (False, True)]
+    (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j) for j in jobs]))
+    code = textwrap.dedent('''
+        import json, sys
+        from pathlib import Path
+        from launch.jobs import TrainJob
+        from launch.spec import build
+        from train.trainer import Trainer
+        tmp = Path(sys.argv[2])
+        for i, j in enumerate(json.loads((tmp / "jobs.json").read_text())):
+            t = Trainer(build(TrainJob, j), tmp / f"cell{i}", Path(sys.argv[3]))
+            calls = []
+            for layer in t.engine.module.model.layers:   # inside the checkpointed forward: recomputed if it is on
+                layer.mlp.register_forward_pre_hook(lambda m, a: calls.append(1))
+            t.step(0, 16)
+            print("training", t.engine.module.training, "forwards", len(calls))
+    ''')
+    out = run_script(code, tmp_path, exp_dir).splitlines()
+    off, on = [l for l in out if l.startswith("training")]
+    assert off.startswith("training True") and on.startswith("training True")
+    n_off, n_on = int(off.split()[-1]), int(on.split()[-1])
+    assert n_off > 0 and n_on == 2 * n_off, (n_off, n_on)
+
+
+def test_zero3_loads_partitioned_in_the_training_dtype(exp_dir, tmp_path):
+    """Under ZeRO-3 no rank builds the whole model: every parameter is a partition from construction on, in bf16,
+    and gathered it holds the checkpoint's values (not a fresh init)."""
+    code = textwrap.dedent('''
+        import sys, torch, deepspeed
+        from pathlib import Path
+        from launch.jobs import ModelRef, TrainJob
+        from launch.spec import Data, Recipe
+        from train.trainer import ds_config, load_model, load_tokenizer, setup_distributed
+        from safetensors.torch import load_file
+        setup_distributed()
+        path = Path(sys.argv[2])
+        job = TrainJob(model=ModelRef(path=str(path)), data=Data(path="x"), seed=0, template="plain",
+                       milestones=(1,), recipe=Recipe(zero_stage=3, precision="bf16"))
+        ref = ModelRef(path=str(path))
+        model = load_model(ref, path, load_tokenizer(ref, path), 0, dtype=torch.bfloat16,
+                           zero3_config=ds_config(job, 1, False))
+        params = list(model.named_parameters())
+        print("partitioned", all(hasattr(p, "ds_id") and p.numel() == 0 for _, p in params))
+        print("dtype", {str(p.ds_tensor.dtype) for _, p in params})
+        saved = load_file(str(path / "model.safetensors"))
+        worst = 0.0
+        for name, p in params:
+            with deepspeed.zero.GatheredParameters([p]):
+                worst = max(worst, (p.data.float() - saved[name].to(torch.bfloat16).float()).abs().max().item())
+        print("worst", worst)
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+        print("zero3 left on", is_deepspeed_zero3_enabled())
+    ''')
+    out = run_script(code, exp_dir / "models" / "llama")
+    assert "partitioned True" in out and "dtype {'torch.bfloat16'}" in out
+    assert "worst 0.0" in out and "zero3 left on False" in out
+
+
+def test_dpo_one_forward_equals_two(exp_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from train.trainer import token_logps
+    tok = AutoTokenizer.from_pretrained(exp_dir / "models" / "llama")
+    model = AutoModelForCausalLM.from_pretrained(exp_dir / "models" / "llama").eval()
+    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pairs.jsonl").read_text().splitlines()[:6]]
+    ex = D.tokenize(rows, tok, "chat", 64, "dpo")
+    mb = [0, 3, 5, -2]   # a zero-weight repeat too
+    with torch.no_grad():
+        ids, mask, labels, w = D.collate_pair(ex, mb, tok.pad_token_id)
+        both = token_logps(model, ids, mask, labels, "cpu")[0].sum(-1)
+        c = token_logps(model, *D.collate(ex, mb, tok.pad_token_id)[:3], "cpu")[0].sum(-1)
+        r = token_logps(model, *D.collate(ex, mb, tok.pad_token_id, True)[:3], "cpu")[0].sum(-1)
+    assert ids.shape[0] == 2 * len(mb) and w.tolist() == [1, 1, 1, 0]
+    assert torch.allclose(both[:len(mb)], c, atol=1e-4) and torch.allclose(both[len(mb):], r, atol=1e-4)
+    assert not torch.allclose(c, r)
+
+
+def safety_like(n: int, seed: int) -> list[D.Example]:
+    """Chat answers: median about 200 tokens, a long tail cut at 2048."""
+    rng = random.Random(seed)
+    lens = [max(8, min(2048, int(rng.lognormvariate(math.log(200), 0.8)))) for _ in range(n)]
+    return [D.Example(list(range(k)), list(range(k))) for k in lens]
+
+
+@pytest.mark.parametrize("world,batch,micro", [(1, 256, 4), (8, 256, 4), (16, 256, 4), (16, 64, 1), (4, 3, 2),
+                                                (3, 10, 1)])
+def test_micro_batches_are_balanced_and_never_more_than_fixed(world, batch, micro):
+    ex = safety_like(4 * batch, seed=world * 1000 + batch)
+    for s, e in D.global_batches(len(ex), batch):
+        pos = list(range(s, e))
+        cuts = [D.micro_batches(pos, ex, r, world, micro) for r in range(world)]
+        steps = {len(c) for c in cuts}
+        assert len(steps) == 1, "every rank takes the same number of micro-steps"
+        assert steps.pop() <= math.ceil(len(pos) / (world * micro)), "never more than fixed micro-batching"
+        real = sorted(i for c in cuts for mb in c for i in mb if i >= 0)
+        assert real == pos, "each example exactly once"
+        longest = max(ex[i].length for i in pos)
+        for c in cuts:
+            for mb in c:
+                assert len(mb) * max(ex[abs(i) - 1 if i < 0 else i].length for i in mb) <= micro * longest
+                assert all(i < 0 for i in mb) or all(i >= 0 for i in mb)
+        dummies = sum(i < 0 for c in cuts for mb in c for i in mb)
+        assert dummies == (max(0, world - len(pos)) if len(pos) < world else 0)
+
+
+@pytest.mark.parametrize("zero,ranks", [(2, 1), (3, 2)])
+def test_in_memory_fork_is_exact_under_zero(exp_dir, zero, ranks):
+    """A milestone inside a global batch (40 of 16-example batches) equals a separate run on 40 examples, bit for
+    bit, with the fork undone from host memory: the ZeRO-2 flat partitions and the ZeRO-3 parameter partitions
+    (and the small parameters ZeRO-3 keeps whole) all come back."""
+    def run(name, milestones):
+        j = tjob(exp_dir, milestones=milestones, zero_stage=zero)
+        d = write_cell(exp_dir / "positive" / f"fork-z{zero}-{name}", j, outputs=[f"n{m}" for m in milestones])
+        for rc, out in run_cell_procs(d, ranks=ranks):
+            assert rc == 0, out[-3000:]
+        return d
+    nested, alone = run("nested", (40, 64)), run("alone", (40,))
+    a = load_file(str(nested / "checkpoints" / "n40" / "model.safetensors"))
+    b = load_file(str(alone / "checkpoints" / "n40" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+    assert not (nested / "fork").exists()
+    rec = json.loads((nested / "record.json").read_text())
+    assert rec["runtime"]["precision"]["load_dtype"] == "float32" and rec["runtime"]["precision"]["tf32"] is False
