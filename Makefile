@@ -77,7 +77,6 @@ collect: setup
 	$(PY) -m eval.collect $(RUN)
 
 bench: setup
-	$(PY) -m pip install -q -e '.[bench]'   # accelerate, for the HF Trainer baseline (P1b); torch stays pinned
 	$(PY) bench/run_all.py
 
 clean:

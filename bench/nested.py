@@ -22,9 +22,12 @@ from launch.spec import load_profile, load_spec
 def main():
     s = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml")).summary("/nonexistent")
     report(id="P3a", measure="examples processed, paper Setting II grid (4 positive x 5 negative volumes)",
-           value=s["total_examples"], baseline=f"every cell from the base: {s['naive_examples']}",
-           ratio=round(s["naive_examples"] / s["total_examples"], 2), target="18,000 vs 105,200",
-           met=(s["total_examples"], s["naive_examples"]) == (18000, 105200), runs="exact (planner)")
+           value=s["total_examples"], baseline=f"the seed's code, each positive checkpoint trained once and reused: "
+           f"{s['reuse_examples']}; every cell from the base: {s['naive_examples']}",
+           ratio=round(s["reuse_examples"] / s["total_examples"], 2), target="18,000 vs 33,200 (and 105,200)",
+           met=(s["total_examples"], s["reuse_examples"], s["naive_examples"]) == (18000, 33200, 105200),
+           runs=f"exact (planner); ratio against every cell from the base: "
+                f"{s['naive_examples'] / s['total_examples']:.2f}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-nested-"))
     profile = load_profile(ROOT / "configs/profiles/local-cpu.yaml")
     base = yaml.safe_load((ROOT / "configs/toy/setting2.yaml").read_text())

@@ -13,7 +13,7 @@ import time
 
 from common import ROOT, machine
 
-BENCHES = ["trainer", "nested", "submit_10k", "collector", "generation", "demo_time", "gpu_mfu"]
+BENCHES = ["trainer", "padding", "load_memory", "fork", "nested", "submit_10k", "collector", "generation", "demo_time", "gpu_mfu"]
 
 
 def main():

@@ -1,7 +1,6 @@
-"""P1, P1b and P2: the trainer's tokens/s against a bare PyTorch loop (same model, batches, optimizer, loss; CPU
-fp32) and against the HF Trainer with the same DeepSpeed config (needs `accelerate`: `pip install -e '.[bench]'`,
-which `make bench` does), and the padding share of its length-sorted micro-batches against naive padding on an
-IMDb-like length mix. All three trainers run alternately in one process, three times each.
+"""P1 and P1b: the trainer's tokens/s against a bare PyTorch loop (same model, batches, optimizer, loss; CPU fp32)
+and against the HF Trainer with the same DeepSpeed config. All three trainers run alternately in one process,
+three times each. (P2, the micro-batch cut, is bench/padding.py.)
 
     .venv/bin/python bench/trainer.py
 """
@@ -164,7 +163,7 @@ def main():
     if hf is None:
         report(id="P1b", measure="trainer tokens/s vs the HF Trainer with the same DeepSpeed config", value=None,
                baseline="HF Trainer", ratio=None, target=">= 1.0", met=None,
-               runs="not run: accelerate not installed (pip install -e '.[bench]')")
+               runs="not run: accelerate not installed (make setup)")
     else:
         ratio = statistics.median(ours) / statistics.median(hf)
         group = statistics.median(ours) / statistics.median(hf_group)
@@ -173,22 +172,6 @@ def main():
                baseline=f"HF Trainer {round(statistics.median(hf))} tok/s", ratio=round(ratio, 3), target=">= 1.0",
                met=ratio >= 1.0, runs=f"ours {spread(ours)}; HF {spread(hf)}; HF with group_by_length (other "
                f"batches) {spread(hf_group)}, ratio {group:.3f}")
-
-    lengths = imdb_like_lengths(4096, seed=3)
-    ex = [D.Example(list(range(n)), list(range(n))) for n in lengths]
-    ours_pad = naive_pad = real = 0
-    for s, e in D.global_batches(len(ex), 64):
-        pos = list(range(s, e))
-        for mb in D.micro_batches(pos, ex, 0, 1, 8):
-            ours_pad += len(mb) * max(lengths[i] for i in mb) - sum(lengths[i] for i in mb)
-        for k in range(s, e, 8):
-            mb = pos[k - s:k - s + 8]
-            naive_pad += len(mb) * max(lengths[i] for i in mb) - sum(lengths[i] for i in mb)
-        real += sum(lengths[s:e])
-    share, naive = ours_pad / (real + ours_pad), naive_pad / (real + naive_pad)
-    report(id="P2", measure="padding share of processed tokens (IMDb-like lengths, global batch 64, micro 8)",
-           value=round(share, 4), baseline=f"naive padding to the longest in each micro-batch: {naive:.4f}",
-           ratio=round(share / naive, 3), target="<= 0.05", met=share <= 0.05, runs="deterministic")
 
 
 if __name__ == "__main__":

@@ -108,22 +108,32 @@ def remember(args, plan, runs) -> None:
 
 def cmd_plan(args) -> int:
     plan, profile, runs = load(args)
-    summary = plan.summary(runs)
+    summary = plan.summary(runs, profile)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{summary['experiment']} ({summary['setting']}, {summary['task']}) on profile {profile.name}")
-    for col in ("stage", "cells", "done", "to run", "checkpoints", "examples", "outputs"):
+    for col in ("stage", "cells", "done", "to run", "checkpoints", "examples", "GPU-h to run", "outputs"):
         t.add_column(col, justify="left" if col in ("stage", "outputs") else "right")
     for s in summary["stages"]:
+        gh = s["gpu_hours_to_run"]
         t.add_row(s["name"], str(s["cells"]), str(s["done"]), str(s["to_run"]), str(s["checkpoints"] or ""),
-                  f"{s['examples']:,}", s["dir"])
+                  f"{s['examples']:,}", "" if gh is None else f"{gh:,.1f}", s["dir"])
     con = Console()
     con.print(t)
-    con.print(f"training examples: {summary['total_examples']:,} (every final cell from its base: "
-              f"{summary['naive_examples']:,})")
+    con.print(f"training examples: {summary['total_examples']:,} nested; {summary['reuse_examples']:,} with each "
+              f"positive checkpoint trained once and reused (the seed's code); {summary['naive_examples']:,} with "
+              "every final cell trained from its base")
+    hours = [s["gpu_hours_to_run"] for s in summary["stages"] if s["gpu_hours_to_run"] is not None]
+    if hours:
+        con.print(f"estimated GPU-hours to run: {sum(hours):,.1f} (rates from profile {profile.name}: "
+                  f"{profile.train_examples_per_gpu_hour:g} training examples per GPU-hour, "
+                  f"{profile.eval_minutes_per_cell:g} min per eval cell)")
+    else:
+        con.print("no GPU-hour estimate: set train_examples_per_gpu_hour and eval_minutes_per_cell in the profile "
+                  "(measured on your cluster)")
     if summary["trust_remote_code"]:
         con.print(f"trust_remote_code is ON for: {', '.join(summary['trust_remote_code'])}")
     return 0

@@ -100,7 +100,8 @@ class Cell:
 class Plan:
     spec: Spec
     stages: dict[str, list[Cell]]               # in run order
-    naive_examples: int    # every final cell trained from its base model (the paper's way)
+    naive_examples: int    # every final cell trained from its base model
+    reuse_examples: int = 0   # the seed's code: each positive (slice) checkpoint trained once and reused
 
     @property
     def cells(self) -> list[Cell]:
@@ -125,18 +126,30 @@ class Plan:
                 out.add(c.key)
         return out
 
-    def summary(self, runs_root: str | Path) -> dict:
+    def summary(self, runs_root: str | Path, profile=None) -> dict:
+        """Stages with their cells, done / to run, examples; with a profile that has cost rates, the estimated
+        GPU-hours of the cells still to run (training: examples / rate; eval and responses: cells x minutes)."""
         stages = []
         todo = self.todo(runs_root)
         for name, cells in self.stages.items():
             done = sum(c.key not in todo for c in cells)
+            left = [c for c in cells if c.key in todo]
+            gpu_h = None
+            if profile is not None and name not in ("world", "collect"):
+                if left and left[0].kind == "train" and profile.train_examples_per_gpu_hour:
+                    gpu_h = sum(c.examples for c in left) / profile.train_examples_per_gpu_hour
+                elif left and left[0].kind != "train" and profile.eval_minutes_per_cell:
+                    gpu_h = len(left) * profile.eval_minutes_per_cell / 60 * max(1, profile.eval.gpus_per_node)
+                elif not left:
+                    gpu_h = 0.0
             stages.append({"name": name, "cells": len(cells), "done": done, "to_run": len(cells) - done,
                            "checkpoints": sum(len(c.outputs) for c in cells if c.kind == "train"),
-                           "examples": sum(c.examples for c in cells),
+                           "examples": sum(c.examples for c in cells), "gpu_hours_to_run": gpu_h,
                            "dir": str(self.exp_dir(runs_root) / name)})
         return {"experiment": self.spec.experiment, "setting": self.spec.setting, "task": self.spec.task,
                 "runs_dir": str(self.exp_dir(runs_root)), "stages": stages,
                 "total_examples": sum(s["examples"] for s in stages), "naive_examples": self.naive_examples,
+                "reuse_examples": self.reuse_examples,
                 "trust_remote_code": sorted(m.name for m in self.spec.models if m.trust_remote_code)}
 
 
@@ -152,6 +165,7 @@ class _Builder:
         self.stages: dict[str, list[Cell]] = {}
         self.ids: dict[str, set[str]] = {}     # stage -> cell ids already added
         self.naive = 0
+        self.reuse = 0
         self.world: Cell | None = None
 
     def add(self, cell: Cell) -> Cell:
@@ -237,7 +251,9 @@ class _Builder:
                 for m in models:
                     if m.pretrain_examples == v:
                         self.pretrain_cells[m.name] = cell
-        self.naive += sum(m.pretrain_examples * spec.recipe_for("pretrain").epochs for m in spec.models if m.init)
+        pre = sum(m.pretrain_examples * spec.recipe_for("pretrain").epochs for m in spec.models if m.init)
+        self.naive += pre
+        self.reuse += pre
 
     def _rebound(self):
         spec, vol = self.spec, self.spec.volumes
@@ -261,9 +277,9 @@ class _Builder:
                             self.evaluate(f"{m.name}.s{seed}.{tag}{p}.neg{n}",
                                           ModelRef(path=ncell.ref(f"checkpoints/{mname(n)}")), base, (ncell.key,),
                                           seed, {**pc, "negative": n})
-                        ep = spec.recipe_for("negative").epochs
-                        self.naive += sum((p * spec.recipe_for(stage).epochs + n * ep)
-                                          for n in vol.negative if n > 0)
+                        ep, ep_start = spec.recipe_for("negative").epochs, spec.recipe_for(stage).epochs
+                        self.naive += sum((p * ep_start + n * ep) for n in vol.negative if n > 0)
+                        self.reuse += p * ep_start + sum(n * ep for n in vol.negative if n > 0)
 
     def _resistance(self):
         spec, sl = self.spec, self.spec.slices
@@ -281,6 +297,7 @@ class _Builder:
                     gen = self.add(Cell("responses", "generate", f"{m.name}.s{seed}.theta{i}", job, (cell.key,),
                                         {**co, "slice": i}))
                     answers.append((i, ref, gen, cell, n * cell.job.recipe.epochs))
+                    self.reuse += n * cell.job.recipe.epochs
                 for i, ref_i, gen_i, cell_i, cost_i in answers:
                     for j, ref_j, gen_j, cell_j, cost_j in answers:
                         if i == j:
@@ -303,6 +320,7 @@ class _Builder:
                                      max_length=recipe.max_length, attribute_tokens=spec.world is not None)
                         self.add(Cell("eval", "eval", f"{m.name}.s{seed}.theta{i}-on-D{j}", ev, (cross.key,), pair))
                         self.naive += cost_i + sl.responses * recipe.epochs
+                        self.reuse += sl.responses * recipe.epochs
 
 
 STAGE_ORDER = ("world", "pretrain", "slices", "responses", "positive", "control", "negative", "cross", "eval",
@@ -313,4 +331,4 @@ def make_plan(spec: Spec) -> Plan:
     b = _Builder(spec)
     b.build()
     stages = {name: b.stages[name] for name in STAGE_ORDER if name in b.stages}
-    return Plan(spec=spec, stages=stages, naive_examples=b.naive)
+    return Plan(spec=spec, stages=stages, naive_examples=b.naive, reuse_examples=b.reuse)

@@ -424,10 +424,21 @@ class Profile:
     signal_delay_s: int = 120
     max_num_timeout: int = 10
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    # Cost estimate for `plan` (GPU-hours per stage), measured on your cluster, never part of a result:
+    # training examples one GPU processes per hour (a finished training cell's summary.json: examples / wall_s *
+    # 3600 / its GPUs), and the minutes one eval cell takes on its GPU (record.json timings, loading included).
+    train_examples_per_gpu_hour: float = 0.0
+    eval_minutes_per_cell: float = 0.0
 
     def __post_init__(self):
         check(bool(SAFE_NAME.match(self.name)), "name", f"{self.name!r} is not a safe name",
               "use letters, digits, '.', '_' and '-'")
+        check(self.eval.nodes == 1 and self.eval.gpus_per_node <= 1, "eval.gpus_per_node",
+              f"an eval cell runs on one GPU ({self.eval.nodes} node(s) x {self.eval.gpus_per_node} GPUs asked): "
+              "generation is not sharded across ranks, so more would only duplicate it",
+              "use eval: {nodes: 1, gpus_per_node: 1}; eval cells run in parallel as array tasks")
+        check(self.train_examples_per_gpu_hour >= 0 and self.eval_minutes_per_cell >= 0,
+              "train_examples_per_gpu_hour", "cost rates must be >= 0", "use 0 (no estimate) or a measured rate")
         for key in ("partition", "account", "qos"):
             val = getattr(self, key)
             check(bool(PARTITION.match(val)), key, f"{val!r} has characters Slurm names never have",

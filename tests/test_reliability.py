@@ -181,6 +181,9 @@ BAD_PROFILES = [
     ("signal-at-start", "name: p\nsignal_delay_s: 30\ntrain: {time_min: 1}\n", "signal_delay_s"),
     ("typo", "name: p\npartiton: gpu\n", "partiton"),
     ("wandb-mode", "name: p\nwandb_mode: loud\n", "wandb_mode"),
+    ("eval-multi-gpu", "name: p\nexecutor: slurm\neval: {gpus_per_node: 4}\n", "eval.gpus_per_node"),
+    ("eval-multi-node", "name: p\nexecutor: slurm\neval: {nodes: 2, gpus_per_node: 1}\n", "eval.gpus_per_node"),
+    ("negative-rate", "name: p\ntrain_examples_per_gpu_hour: -5\n", "train_examples_per_gpu_hour"),
 ]
 
 

@@ -5,6 +5,7 @@
 import copy
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,21 @@ def test_setting2_paper_counts(capsys, tmp_path):
     cells = {st["name"]: st["cells"] for st in s["stages"]}
     assert cells == {"positive": 1, "negative": 4, "eval": 25, "collect": 1}
     assert {st["name"]: st["checkpoints"] for st in s["stages"]}["negative"] == 20
-    assert s["total_examples"] == 18000 and s["naive_examples"] == 105200
+    assert s["total_examples"] == 18000 and s["naive_examples"] == 105200 and s["reuse_examples"] == 33200
+    assert all(st["gpu_hours_to_run"] is None for st in s["stages"]), "no rates in the profile: no estimate"
+
+
+def test_plan_estimates_gpu_hours_from_the_profile(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("name: p\nexecutor: slurm\ntrain: {nodes: 2, gpus_per_node: 8}\neval: {gpus_per_node: 1}\n"
+                 "train_examples_per_gpu_hour: 400\neval_minutes_per_cell: 6\n")
+    s = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml")).summary(tmp_path, load_profile(p))
+    hours = {st["name"]: st["gpu_hours_to_run"] for st in s["stages"]}
+    assert hours == {"positive": 10000 / 400, "negative": 8000 / 400, "eval": 25 * 6 / 60, "collect": None}
+    r = subprocess.run([sys.executable, "-m", "launch", "plan", "configs/setting2/imdb.yaml", "--profile", str(p),
+                        "--runs", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, env={**os.environ,
+                        "COLUMNS": "200"})
+    assert r.returncode == 0 and "estimated GPU-hours to run: 47.5" in r.stdout, r.stdout + r.stderr
 
 
 def test_independent_schedule_counts(tmp_path):
