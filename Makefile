@@ -9,6 +9,7 @@
 #   make prefetch CONFIG=...  login node: fill the HF cache, check that every volume fits
 #   make collect RUN=runs/<experiment>   tables and plots
 #   make bench                           every benchmark under bench/ -> docs/benchmarks.md
+#   make gpu-check [GPU_CHECK_ARGS=--smoke]  prove the GPU path on one GPU (docs/gpu-check.md)
 #   make container [STACK=cpu]           build the Apptainer image (cluster build node; apptainer needed)
 #   make sandbox / make shell            a writable sandbox to iterate on / a shell in the image
 #   make debug-cell RUN=... CELL=stage/cell-id [IMAGE=...]   rerun one cell in-process (pdb works)
@@ -31,7 +32,7 @@ BUILD_ARGS := --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg CPU_BASE_IMAGE=$(
 IMAGE ?=
 
 .PHONY: help setup test demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
-	prefetch collect clean container sandbox shell debug-cell bench
+	prefetch collect clean container sandbox shell debug-cell bench gpu-check
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -78,6 +79,10 @@ collect: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# on a GPU machine without this venv (torch from the machine, the rest from wheels): make gpu-check PY=python3
+gpu-check:
+	$(PY) tests/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

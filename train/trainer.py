@@ -136,6 +136,15 @@ def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None, zero3_config: dic
             unset_hf_deepspeed_config()
 
 
+def fused_adam_available(cuda: bool) -> bool:
+    """DeepSpeed's FusedAdam where it is prebuilt (the image) or can be JIT-built (nvcc); torch's AdamW otherwise
+    (same update up to float rounding; runtime, not identity)."""
+    if not cuda:
+        return False
+    from deepspeed.git_version_info import installed_ops
+    return bool(installed_ops.get("fused_adam")) or shutil.which("nvcc") is not None
+
+
 def ds_config(job: TrainJob, world: int, cuda: bool) -> dict:
     r = job.recipe
     nominal_gas = max(1, math.ceil(r.global_batch / (r.micro_batch * world)))
@@ -145,7 +154,8 @@ def ds_config(job: TrainJob, world: int, cuda: bool) -> dict:
         "managed_gradient_accumulation": False,
         "gradient_clipping": r.grad_clip,
         "optimizer": {"type": "AdamW", "params": {"lr": r.lr, "betas": list(r.betas), "eps": 1e-8,
-                                                  "weight_decay": r.weight_decay, "torch_adam": not cuda}},
+                                                  "weight_decay": r.weight_decay,
+                                                  "torch_adam": not fused_adam_available(cuda)}},
         "zero_optimization": {"stage": r.zero_stage},
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
