@@ -16,6 +16,12 @@ from common import ROOT, machine
 BENCHES = ["trainer", "padding", "load_memory", "fork", "nested", "submit_10k", "collector", "generation", "demo_time", "gpu_mfu"]
 
 
+def order(row_id: str) -> tuple:
+    """P2 < P2-r8 < P2-r16 < P3a < P10: by the number, then the rest read naturally."""
+    import re
+    return tuple(int(t) if t.isdigit() else t for t in re.findall(r"\d+|\D+", row_id))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
@@ -38,7 +44,7 @@ def main():
              "Written by `make bench` (bench/run_all.py); every ratio is measured side by side in one run.",
              f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.", "",
              "| id | measure | value | baseline | ratio | target | met | runs |", "|---|---|---|---|---|---|---|---|"]
-    for g in sorted(rows, key=lambda g: g["id"]):
+    for g in sorted(rows, key=lambda g: order(g["id"])):
         met = {True: "yes", False: "**no**", None: "not run"}[g.get("met")]
         lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | {g.get('baseline', '')} | "
                      f"{'-' if g.get('ratio') is None else g['ratio']} | {g.get('target', '')} | {met} | {g.get('runs', '')} |")
@@ -56,7 +62,7 @@ def main():
         head = lines.index("|---|---|---|---|---|---|---|---|") + 1
         lines[head:head] = keep
         body = lines[head:head + len(keep) + len(rows)]
-        lines[head:head + len(body)] = sorted(body, key=lambda l: l.split("|")[1].strip())
+        lines[head:head + len(body)] = sorted(body, key=lambda l: order(l.split("|")[1].strip()))
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
 

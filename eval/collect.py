@@ -206,7 +206,8 @@ def resistance_table(records):
             ce[k].append(m["value"])
             if a := metric_of(r, "bits_per_attribute_token/target"):
                 ce_attr[k].append(a["value"])
-    t = Table("Setting I: mean training loss, inverse vs forward (lower = easier)",
+    weights = sorted({r["data"].get("loss_weighting", "token") for r in records if r["stage"] == "cross"}) or ["token"]
+    t = Table(f"Setting I: mean training loss ({'/'.join(weights)}-weighted), inverse vs forward (lower = easier)",
               ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "gap (fwd − inv)", "inverse < forward",
                "held-out bits inv", "held-out bits fwd", "attribute bits inv", "attribute bits fwd"])
     avg = lambda v: f"{sum(v) / len(v):.4f}" if v else ""
@@ -340,7 +341,7 @@ def collect(exp: Path) -> dict:
     if headline:
         tabs, curves = rebound_tables(records, headline)
         extra = {n: rebound_tables(records, n) for n in sorted(metric_names)
-                 if n != headline and n in ("positive_logit", "kl_to_base", "score")}
+                 if n != headline and n in ("positive_logit", "positive_prob", "kl_to_base", "score")}
         tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + [slope_table(curves, headline)] + \
             [slope_table(c, n) for n, (_, c) in extra.items() if n == "positive_logit"]   # the log-odds slopes
         files += plot_rebound(curves, headline, report / "rebound")

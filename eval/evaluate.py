@@ -76,10 +76,14 @@ def generate(model, tok, prompts: list[str], template: str, max_new_tokens: int,
     return out
 
 
-def metric(name: str, values: list[float], higher_is_better: bool, **info) -> dict:
+def metric(name: str, values: list[float], higher_is_better: bool, share: bool = False, **info) -> dict:
+    """Mean and its standard error; for a share of 0/1 outcomes the binomial one, sqrt(p (1 - p) / n)."""
     n = len(values)
     mean = sum(values) / n if n else float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    if share and n:
+        var = mean * (1 - mean)
+    else:
+        var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
     return {"name": name, "value": mean, "stderr": math.sqrt(var / n) if n else float("nan"), "n": n,
             "higher_is_better": higher_is_better, **info}
 
@@ -109,6 +113,8 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path) -> list[str]:
         if ev.scorer.kind != "none":
             t = time.time()
             scorer = S.make_scorer(ev.scorer, dev)
+            # a classifier reads the answer; a score model the conversation as it was trained on (its scorer
+            # appends EOS, where the score is read)
             texts = gens if ev.scorer.kind in ("rule", "classifier") else \
                 [D.prompt_text(p, job.template) + D.response_text(g, job.template) for p, g in zip(prompts, gens)]
             scores = scorer(texts)
@@ -116,9 +122,11 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path) -> list[str]:
             info = {"scorer": ev.scorer.kind, "scorer_model": ev.scorer.model, "space": "probability"}
             if ev.scorer.kind == "score_model":
                 metrics.append(metric("score", scores, True, **{**info, "space": "score"}))
-            else:
-                m = metric("positive_rate", scores, True, **info)
+            else:   # the paper's number: the share of generations classified positive (binomial error)
+                m = metric("positive_rate", [float(x > 0.5) for x in scores], True, share=True, **info,
+                           statistic="share classified positive")
                 metrics += [m] + ([logit_metric(m)] if ev.logit_space else [])
+                metrics.append(metric("positive_prob", scores, True, **info, statistic="mean P(positive)"))
         if ev.kl_to_base:
             _, base = load(job.base, exp_dir)
             ex = D.tokenize([{"prompt": p, "response": g} for p, g in zip(prompts, gens)], tok, job.template,

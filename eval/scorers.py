@@ -77,7 +77,10 @@ class ScoreModelScorer:
 
     @torch.no_grad()
     def __call__(self, texts: list[str], batch: int = 8) -> list[float]:
+        """Scores of prompt + answer texts: EOS is appended and the score is read at the last token, as safe-rlhf's
+        score models were trained (prompt + answer + eos, truncated at max_length)."""
         out = []
+        texts = [t + (self.tok.eos_token or "") for t in texts]
         for i in range(0, len(texts), batch):
             enc = self.tok(texts[i:i + batch], return_tensors="pt", padding=True, truncation=True,
                            max_length=self.spec.max_length).to(self.device)

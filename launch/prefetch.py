@@ -11,26 +11,6 @@ from pathlib import Path
 from launch.spec import ConfigError, Spec, source_kind
 
 
-def needs(spec: Spec) -> dict[str, int]:
-    """Rows each data role must have (after its filter)."""
-    v, need = spec.volumes, {}
-    if spec.setting == "resistance":
-        need["sft"] = spec.slices.examples
-        need["prompts"] = spec.slices.responses + spec.eval.prompts
-    else:
-        need["positive"] = max(v.positive)
-        need["negative"] = max(v.negative)
-        need["prompts"] = spec.eval.prompts
-        if spec.controls.matched_start:
-            need["control"] = max(v.positive)
-    for m in spec.models:
-        if m.init:
-            need["pretrain"] = max(need.get("pretrain", 0), m.pretrain_examples)
-    for role in spec.eval.compression:
-        need.setdefault(role, 1)
-    return need
-
-
 def prefetch(spec: Spec, log=print) -> list[dict]:
     from train.data import load_rows
     rows = []
@@ -44,7 +24,7 @@ def prefetch(spec: Spec, log=print) -> list[dict]:
         from huggingface_hub import snapshot_download
         rows.append({"what": "scorer", "source": s.model,
                      "status": f"cached at {snapshot_download(s.model, revision=s.revision)}"})
-    for role, need in needs(spec).items():
+    for role, need in spec.rows_needed().items():
         d = spec.data[role]
         if source_kind(d.path) == "world":
             rows.append({"what": f"data.{role}", "source": d.path, "status": "made by the world stage"})

@@ -112,7 +112,9 @@ class Data:
     path: str                              # hub id, local file/folder (json, jsonl, parquet, save_to_disk) or world:<set>
     split: str = "train"
     subset: str = ""                       # hub configuration name, if any
-    fields: dict[str, str] = field(default_factory=dict)   # suite field -> column: prompt, response, chosen, rejected, text
+    # suite field -> column (prompt, response, chosen, rejected, text); a list of columns is joined with one space,
+    # skipping empty values (safe-rlhf's Alpaca prompt: instruction + ' ' + input when there is an input)
+    fields: dict[str, typing.Union[str, tuple[str, ...]]] = field(default_factory=dict)
     filter: dict[str, typing.Union[str, int, float, bool]] = field(default_factory=dict)  # keep rows where column == value
     revision: str = "main"
     prefix_words: int = 0                  # >0: prompt = first k words of `text`, response = the rest (IMDb prompts)
@@ -127,6 +129,48 @@ class Data:
 
 FIELD_NAMES = {"prompt", "response", "chosen", "rejected", "text"}
 ROLES = {"pretrain", "positive", "negative", "prompts", "sft", "control"}
+
+
+# Rows of hub datasets the paper's studies use (dataset cards, checked 2026-11-28): (repo, subset) -> split -> rows;
+# a filter (column, value) -> split -> rows where the card gives the count. `plan` refuses a study they cannot serve.
+KNOWN_ROWS: dict = {
+    ("stanfordnlp/imdb", ""): {"train": 25000, "test": 25000, "unsupervised": 50000},
+    ("stanfordnlp/imdb", "", ("label", 1)): {"train": 12500, "test": 12500},
+    ("stanfordnlp/imdb", "", ("label", 0)): {"train": 12500, "test": 12500},
+    ("truthfulqa/truthful_qa", "generation"): {"validation": 817},
+    ("tatsu-lab/alpaca", ""): {"train": 52002},
+    ("PKU-Alignment/BeaverTails", ""): {"30k_train": 27186, "30k_test": 3021},
+}
+
+
+def split_range(split: str, total: int) -> range:
+    """Row indices a datasets split expression selects from `total` rows: 'train', 'train[:500]',
+    'validation[500:]', 'train[10%:20%]' (percent bounds round as datasets' default 'closest')."""
+    m = re.fullmatch(r"[\w.-]+(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?", split)
+    if not m or m.group(1) is None:
+        return range(total)
+
+    def bound(num: str, pct: str) -> int | None:
+        if num == "":
+            return None
+        return int(round(int(num) * total / 100)) if pct else int(num)
+    return range(total)[bound(m.group(1), m.group(2)):bound(m.group(3), m.group(4))]
+
+
+def split_rows(split: str, total: int) -> int:
+    return len(split_range(split, total))
+
+
+def known_rows(d: "Data") -> int | None:
+    """Rows this data role can give at most, where the dataset's card says (None where unknown)."""
+    base = d.split.split("[")[0]
+    keys = [(d.path, d.subset, *d.filter.items())] if d.filter else [(d.path, d.subset)]
+    if len(d.filter) > 1:
+        return None
+    sizes = KNOWN_ROWS.get(keys[0]) or (KNOWN_ROWS.get((d.path, d.subset)) if d.filter else None)
+    if not sizes or base not in sizes:
+        return None
+    return split_rows(d.split, sizes[base])
 
 
 @dataclass(frozen=True)
@@ -147,6 +191,9 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     dpo_beta: float = 0.02                # DPO only (safe-rlhf's default)
+    # the step loss: "token" = token mean over the global batch (long answers weigh more); "example" = mean over the
+    # batch's examples of each example's token mean (safe-rlhf with micro-batch 1). Both independent of the split.
+    loss_weighting: Literal["token", "example"] = "token"
     seeds: tuple[int, ...] = (42,)        # one chain of cells per seed
     volume_schedule: Literal["auto", "nested", "independent"] = "auto"  # auto: nested where exact
     save_every_steps: int = 100           # rolling resumable checkpoint period
@@ -348,20 +395,20 @@ class Spec:
         if any(d.path.startswith("world:") for d in self.data.values()):
             check(self.world is not None, "world", "a data path uses world:<set> but no world is defined",
                   "add a world: section (toy world parameters)")
-        if self.world is not None:   # toy-world set sizes are known here: volumes must fit them
-            w, v = self.world, self.volumes
-            need = {"positive": max(v.positive, default=0), "negative": max(v.negative, default=0),
-                    "control": max(v.positive, default=0) if self.controls.matched_start else 0,
-                    "pretrain": max((m.pretrain_examples for m in self.models), default=0),
-                    "prompts": self.eval.prompts + (self.slices.responses if self.slices else 0),
-                    "sft": self.slices.examples if self.slices else 0}
-            size = {"positive": w.alignment, "negative": w.alignment, "pairs": w.alignment, "control": w.control,
-                    "pretrain": w.pretrain, "prompts": w.prompts, "sft": w.sft}
-            for role, n in need.items():
-                d = self.data.get(role)
-                if d is not None and d.path.startswith("world:"):
-                    check(n <= size[d.path[6:]], f"data.{role}", f"needs {n} examples, {d.path} has "
-                          f"{size[d.path[6:]]}", "lower the volume, or raise the world's size of that set")
+        for role, n in self.rows_needed().items():   # where a dataset's size is known here, volumes must fit it
+            d = self.data.get(role)
+            if d is None:
+                continue
+            if d.path.startswith("world:") and self.world is not None:
+                w = self.world
+                have = {"positive": w.alignment, "negative": w.alignment, "pairs": w.alignment, "control": w.control,
+                        "pretrain": w.pretrain, "prompts": w.prompts, "sft": w.sft}[d.path[6:]]
+                check(n <= have, f"data.{role}", f"needs {n} examples, {d.path} has {have}",
+                      "lower the volume, or raise the world's size of that set")
+            elif (have := known_rows(d)) is not None:
+                check(n <= have, f"data.{role}", f"needs {n} rows, {d.path} ({d.subset or 'default'}, split "
+                      f"{d.split}{', filtered' if d.filter else ''}) has {have}",
+                      "lower the volumes / prompts / responses, or choose a larger split")
         if self.eval.scorer.kind == "rule":
             check(self.world is not None, "eval.scorer.kind", "the rule scorer only reads toy-world text",
                   "use classifier or score_model for real data")
@@ -369,6 +416,25 @@ class Spec:
             check(stage in TRAIN_STAGES, f"recipe_overrides.{stage}", f"unknown training stage {stage!r}",
                   f"use one of {sorted(TRAIN_STAGES)}")
             self.recipe_for(stage)  # validates the merged recipe
+
+    def rows_needed(self) -> dict[str, int]:
+        """Rows each data role must hold (after its filter) for this study's volumes."""
+        v, need = self.volumes, {}
+        if self.setting == "resistance":
+            need["sft"] = self.slices.examples
+            need["prompts"] = self.slices.responses + self.eval.prompts
+        else:
+            need["positive"] = max(v.positive, default=0)
+            need["negative"] = max(v.negative, default=0)
+            need["prompts"] = self.eval.prompts
+            if self.controls.matched_start:
+                need["control"] = max(v.positive, default=0)
+        for m in self.models:
+            if m.init:
+                need["pretrain"] = max(need.get("pretrain", 0), m.pretrain_examples)
+        for role in self.eval.compression:
+            need.setdefault(role, 1)
+        return need
 
     def recipe_for(self, stage: str) -> Recipe:
         over = self.recipe_overrides.get(stage, {})

@@ -83,6 +83,20 @@ def test_plan_estimates_gpu_hours_from_the_profile(tmp_path):
     assert r.returncode == 0 and "estimated GPU-hours to run: 47.5" in r.stdout, r.stdout + r.stderr
 
 
+def test_known_dataset_sizes_refuse_what_cannot_be_served(tmp_path, capsys):
+    """TruthfulQA's generation split has 817 rows: 500 for the slices leaves 317 prompts for 200 answers + 200 held
+    out; plan says so in one line, naming the role and the split."""
+    from launch.spec import split_rows
+    assert [split_rows(s, 817) for s in ("validation", "validation[:500]", "validation[500:]", "validation[10%:20%]",
+                                         "validation[-17:]")] == [817, 500, 317, 81, 17]
+    cfg = yaml.safe_load((ROOT / "configs/setting1/truthfulqa.yaml").read_text())
+    cfg["data"]["sft"]["split"], cfg["data"]["prompts"]["split"] = "validation[:500]", "validation[500:]"
+    rc = cli(["plan", str(write(tmp_path, cfg)), "--runs", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "data.prompts: needs 400 rows" in err and "has 317" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_independent_schedule_counts(tmp_path):
     cfg = copy.deepcopy(BASE)
     cfg["recipe"]["volume_schedule"] = "independent"
@@ -136,6 +150,8 @@ BAD = [  # (id, config or raw text, field that the error must name)
     ("missing-required", mut(lambda c: c.pop("template")), "template"),
     ("top-p", mut(lambda c: c["eval"].update(top_p=0)), "eval.top_p"),
     ("compression-role", mut(lambda c: c["eval"].update(compression=["pretrain"])), "eval.compression"),
+    ("imdb-positive-beyond-card", mut(lambda c: c["volumes"].update(positive=[1000, 20000])), "data.positive"),
+    ("imdb-prompts-beyond-split", mut(lambda c: c["eval"].update(prompts=30000)), "data.prompts"),
     ("empty-file", "", "<top>"),
     ("not-a-mapping", "- a\n- b\n", "<top>"),
     ("bad-yaml", "experiment: [unclosed\n", "line"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.layout import resolve
-from launch.spec import ConfigError, Data, source_kind
+from launch.spec import ConfigError, Data, source_kind, split_range
 
 CHAT = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"   # the paper's template (safe-rlhf)
 
@@ -31,9 +31,15 @@ def _load_dataset(data: Data, exp_dir: Path):
         p = Path(path)
         if not p.exists():
             raise ConfigError("data.path", f"{path} does not exist", "run the stage that makes it, or fix the path")
-        if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
-            ds = datasets.load_from_disk(str(p))
-            return ds[data.split.split("[")[0]] if isinstance(ds, datasets.DatasetDict) else ds
+        if p.is_dir() and any((p / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            ds = datasets.load_from_disk(str(p))   # a save_to_disk folder: a DatasetDict (splits) or one Dataset
+            if isinstance(ds, datasets.DatasetDict):
+                name = data.split.split("[")[0]
+                if name not in ds:
+                    raise ConfigError("data.split", f"{p} has no split {name!r} (splits: {sorted(ds)})",
+                                      "use one of them")
+                ds = ds[name]
+            return ds.select(split_range(data.split, len(ds)))
         if p.is_dir():
             return datasets.load_dataset(str(p), split=data.split)
         ext = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(p.suffix)
@@ -54,7 +60,8 @@ def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
     """Rows with the suite's field names, after the filter."""
     ds = _load_dataset(data, Path(exp_dir))
     cols = set(ds.column_names)
-    for col in list(data.filter) + list(data.fields.values()):
+    mapped = [c for v in data.fields.values() for c in ((v,) if isinstance(v, str) else v)]
+    for col in list(data.filter) + mapped:
         if col not in cols:
             raise ConfigError("data.fields", f"column {col!r} is not in {data.path} (columns: {sorted(cols)})",
                               "map the suite's fields to existing columns")
@@ -63,8 +70,13 @@ def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
         ds = ds.filter(lambda r: all(r[k] == v for k, v in flt.items()))
     fields = dict(data.fields) or {c: c for c in ("prompt", "response", "chosen", "rejected", "text") if c in cols}
     rows = []
+    def value(r, c) -> str:
+        if isinstance(c, str):
+            return "" if r[c] is None else str(r[c])
+        return " ".join(v for v in (value(r, x) for x in c) if v.strip())
+
     for r in ds:
-        row = {k: ("" if r[c] is None else str(r[c])) for k, c in fields.items()}
+        row = {k: value(r, c) for k, c in fields.items()}
         if "text" in row:
             text = row.pop("text")
             if data.prefix_words:
@@ -95,7 +107,9 @@ def prompt_text(prompt: str, template: str) -> str:
 
 
 def response_text(response: str, template: str) -> str:
-    return (" " + response.lstrip()) if template == "chat" else response
+    """The answer as it follows the prompt: as the data has it (safe-rlhf appends the answer right after
+    'ASSISTANT:', no space added; IMDb's continuation keeps its own leading space)."""
+    return response
 
 
 @dataclass
@@ -115,12 +129,15 @@ class Example:
 
 
 def _encode(tok, prompt: str, response: str, template: str, max_length: int, all_tokens: bool):
-    p = tok(prompt_text(prompt, template), add_special_tokens=True)["input_ids"] if prompt or template == "chat" else []
-    if not p and tok.bos_token_id is not None:
-        p = [tok.bos_token_id]
-    r = tok(response_text(response, template), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = (p + r)[:max_length]
-    labels = list(ids) if all_tokens else ([-100] * len(p) + r)[:max_length]
+    """Token ids and labels of prompt + response + EOS, tokenized as one text (as safe-rlhf does); the prompt's
+    tokens are those of the prompt tokenized alone, and carry no loss (every token does with all_tokens)."""
+    head = prompt_text(prompt, template)
+    ids = tok(head + response_text(response, template), add_special_tokens=True)["input_ids"]
+    n_prompt = len(tok(head, add_special_tokens=True)["input_ids"]) if head else 0
+    if tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id) and not n_prompt:
+        ids, n_prompt = [tok.bos_token_id] + ids, 1   # a text with no prompt still starts from BOS
+    ids = (ids + [tok.eos_token_id])[:max_length]
+    labels = list(ids) if all_tokens else ([-100] * n_prompt + ids[n_prompt:])[:max_length]
     return ids, labels
 
 

@@ -241,7 +241,8 @@ class Trainer:
         r = self.job.recipe
         t0 = time.time()
         dpo = r.algorithm == "dpo"
-        denom = (e - s) if dpo else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
+        per_example = dpo or r.loss_weighting == "example"
+        denom = (e - s) if per_example else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
         denom = max(denom, 1)
         # loss sum, loss tokens, real tokens, padded tokens, chosen margin: on the engine's device, since the
         # all_reduce below runs on the training process group (NCCL serves CUDA tensors only)
@@ -260,8 +261,12 @@ class Trainer:
                 ids, mask, labels, w = D.collate(self.examples, mb, self.tok.pad_token_id)
                 w = w.to(self.device)
                 lp, keep = self._logps(ids, mask, labels)
-                loss_sum = -(lp.sum(-1) * w).sum()
-                acc[1] += (keep.sum(-1) * w).sum()
+                if per_example:   # each example's token mean, summed; the step divides by the batch's examples
+                    loss_sum = -(lp.sum(-1) / keep.sum(-1).clamp(min=1) * w).sum()
+                    acc[1] += w.sum()
+                else:
+                    loss_sum = -(lp.sum(-1) * w).sum()
+                    acc[1] += (keep.sum(-1) * w).sum()
             acc[2] += int(mask.sum())
             acc[3] += int(mask.numel() - mask.sum())
             self.engine.backward(loss_sum * self.world / denom, scale_wrt_gas=False)
@@ -372,6 +377,8 @@ class Trainer:
                 wandb_run.finish()
         if self.rank == 0:
             summary = {**_milestone_summary(state, self.batches[-1][1]), "wall_s": state["wall"],
+                       "loss_weighting": "example" if self.job.recipe.algorithm == "dpo" else
+                       self.job.recipe.loss_weighting,
                        "milestones": state["milestones"], "world_size": self.world,
                        "resumed_at_steps": state["resumed_at_steps"],
                        "padding_share": _mean_padding(metrics_path)}
@@ -519,7 +526,8 @@ def _milestone_summary(state: dict, examples: int) -> dict:
     return {"examples": examples, "steps": len(losses), "tokens": state["tokens"],
             "final_loss": losses[-1] if losses else None,
             "mean_loss": sum(losses) / len(losses) if losses else None,
-            "token_mean_loss": state["loss_sum"] / max(state["loss_tokens"], 1)}
+            # the loss pooled over every example so far, weighted as the recipe weighs a step (tokens or examples)
+            "pooled_loss": state["loss_sum"] / max(state["loss_tokens"], 1)}
 
 
 def _mean_padding(path: Path) -> float:
