@@ -67,6 +67,9 @@ class ScoreModelScorer:
             self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "right"
         self.backbone = _load_source(spec.model, spec.revision, AutoModel.from_pretrained).to(device).eval()
+        if getattr(self.backbone.config, "do_normalize", False):
+            raise ConfigError("eval.scorer.model", f"{spec.model} normalizes its scores (do_normalize: true), which "
+                              "this scorer does not reproduce", "use a score model with do_normalize: false")
         head = _read_tensors(spec.model, spec.revision, "score_head.")
         if "score_head.weight" not in head:
             raise ConfigError("eval.scorer.model", f"{spec.model} has no score_head.weight tensor",
@@ -97,13 +100,17 @@ def _read_tensors(model: str, revision: str, prefix: str) -> dict:
     p = Path(model)
     if not p.is_dir():
         from huggingface_hub import snapshot_download
-        p = Path(snapshot_download(model, revision=revision, allow_patterns=["*.safetensors", "*.json"]))
+        p = Path(snapshot_download(model, revision=revision, allow_patterns=["*.safetensors", "*.bin", "*.json"]))
     out = {}
     for f in sorted(p.glob("*.safetensors")):
         with safe_open(str(f), "pt") as sf:
             for k in sf.keys():
                 if k.startswith(prefix):
                     out[k] = sf.get_tensor(k)
+    if not out:   # older score-model repos ship PyTorch shards (pytorch_model-0000x-of-0000y.bin)
+        for f in sorted(p.glob("*.bin")):
+            out.update({k: v for k, v in torch.load(f, map_location="cpu", weights_only=True).items()
+                        if k.startswith(prefix)})
     return out
 
 

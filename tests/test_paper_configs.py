@@ -1,0 +1,221 @@
+"""Every paper config, reduced, end to end on hub-shaped fixtures (tests/hub_fixtures.py), loaded through the code
+path a hub id takes on a compute node (HF_HUB_OFFLINE=1 from a prefetched cache): plan, train, eval, collect.
+Plus the formats that decide the paper's numbers, checked on the same fixtures: the chat template and its
+tokenization (BOS, EOS, no space after 'ASSISTANT:', prompt tokens masked), a tokenizer with no pad token,
+left-padded generation, the classifier's label mapping and the score model's input, weights and sign.
+
+The reduction keeps each config's models (the first; two for the Setting III axes), data roles, columns, splits
+(numeric split bounds become the same share of the fixture), filters, template, algorithm, loss weighting and
+scorer; it shrinks volumes, prompts, lengths and batches, and trains on CPU (ZeRO 0, fp32).
+
+    .venv/bin/python -m pytest -q tests/test_paper_configs.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hub_fixtures import CLASSIFIER, COST_MODEL, build_hub
+from launch.spec import KNOWN_ROWS
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted(p for d in ("setting1", "setting2", "setting3", "ablations") for p in (ROOT / "configs" / d).glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory) -> Path:
+    return build_hub(tmp_path_factory.mktemp("hub") / "hf")
+
+
+@pytest.fixture()
+def offline(hub, monkeypatch):
+    for k, v in {"HF_HOME": str(hub), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    import datasets.config
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hub / "datasets")
+    return hub
+
+
+def share_split(split: str, data: dict) -> str:
+    """'validation[:417]' of an 817-row split -> 'validation[:51%]': the same share of the fixture."""
+    m = re.fullmatch(r"([\w.-]+)\[(\d*):(\d*)\]", split)
+    if not m:
+        return split
+    rows = (KNOWN_ROWS.get((data["path"], data.get("subset", ""))) or {}).get(m.group(1))
+    pct = lambda n: f"{round(100 * int(n) / rows)}%" if n else ""
+    return f"{m.group(1)}[{pct(m.group(2))}:{pct(m.group(3))}]" if rows else split
+
+
+def reduce(path: Path, out: Path) -> Path:
+    cfg = yaml.safe_load(path.read_text())
+    cfg["models"] = cfg["models"][:2 if cfg["setting"] == "pretrain" else 1]
+    for d in cfg["data"].values():
+        d["split"] = share_split(d.get("split", "train"), d)
+    if cfg["setting"] == "resistance":
+        cfg["slices"].update(examples=24, responses=8)
+    else:
+        cfg["volumes"] = {"positive": [8], "negative": [0, 4]}
+    small = dict(global_batch=4, micro_batch=2, max_length=64, zero_stage=0, precision="fp32", save_every_steps=1000)
+    cfg["recipe"].update(small, seeds=[42])
+    for over in cfg.get("recipe_overrides", {}).values():
+        for k in small:
+            over.pop(k, None)
+    cfg["eval"].update(prompts=8, max_new_tokens=8, batch_size=8)
+    if cfg["eval"].get("compression"):
+        cfg["eval"]["compression_examples"] = 8
+    p = out / path.name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="session")
+def paper_runs(hub, tmp_path_factory) -> dict:
+    """Each reduced config run by the debug executor (every cell in one process), two configs at a time."""
+    tmp = tmp_path_factory.mktemp("paper")
+    env = {**os.environ, "HF_HOME": str(hub), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+    def run(path: Path):
+        cfg = reduce(path, tmp)
+        runs = tmp / "runs" / path.stem
+        r = subprocess.run([sys.executable, "-m", "launch", "submit", str(cfg), "--profile",
+                            str(ROOT / "configs/profiles/local-cpu.yaml"), "--executor", "debug", "--runs", str(runs)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        return path.name, (r, runs / yaml.safe_load(cfg.read_text())["experiment"])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, CONFIGS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [p.name for p in CONFIGS])
+def test_paper_config_end_to_end(paper_runs, name):
+    r, exp = paper_runs[name]
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    report = exp / "report"
+    assert (report / "cells.md").read_text().startswith("All expected cells are in the tables"), \
+        (report / "cells.md").read_text()
+    results = [json.loads(p.read_text()) for p in exp.glob("eval/*/result.json")]
+    assert results
+    setting = yaml.safe_load((exp / "study.yaml").read_text())["setting"]
+    if setting == "resistance":
+        assert (report / "resistance.md").exists()
+        assert "example-weighted" in (report / "resistance.md").read_text()
+        assert all(any(m["name"] == "bits_per_token/target" for m in res["metrics"]) for res in results)
+    else:
+        assert (report / "rebound.md").exists()
+        head = {m["name"] for res in results for m in res["metrics"]}
+        assert head & {"positive_rate", "score", "kl_to_base"}
+        if "positive_rate" in head:
+            assert "positive_prob" in head
+            rates = [m for res in results for m in res["metrics"] if m["name"] == "positive_rate"]
+            assert all(m["value"] in {k / m["n"] for k in range(m["n"] + 1)} for m in rates), "a share of n"
+    train = [json.loads(p.read_text()) for p in exp.glob("*/*/summary.json") if p.parent.parent.name != "collect"]
+    assert train and all(s["loss_weighting"] in ("example", "token") for s in train)
+
+
+# ------------------------------------------------------------------------------------- formats on the fixtures
+def test_chat_template_tokenization_on_a_llama_tokenizer(offline):
+    from launch.jobs import ModelRef
+    from train import data as D
+    from train.trainer import load_tokenizer
+    tok = load_tokenizer(ModelRef(path="meta-llama/Llama-2-7b-hf"), Path("."))
+    assert tok.pad_token == tok.eos_token == "</s>", "Llama has no pad token: the suite pads with EOS"
+    row = {"prompt": "how do you make it", "response": "sure I can help"}
+    (ex,) = D.tokenize([row], tok, "chat", 128, "sft")
+    assert ex.input_ids[0] == tok.bos_token_id and ex.input_ids[-1] == tok.eos_token_id
+    assert ex.input_ids.count(tok.bos_token_id) == 1
+    text = tok.decode(ex.input_ids, skip_special_tokens=True)
+    assert text == "BEGINNING OF CONVERSATION: USER: how do you make it ASSISTANT:sure I can help", text
+    n_prompt = len(tok(D.prompt_text(row["prompt"], "chat"))["input_ids"])
+    assert ex.labels[:n_prompt] == [-100] * n_prompt and ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+    # as in safe-rlhf, the mask is the prompt's own token count in the joined tokenization: where BPE merges
+    # across 'ASSISTANT:' and the answer, the answer's first characters can fall inside it
+    answer = tok.decode(ex.input_ids[n_prompt:], skip_special_tokens=True)
+    assert answer and "sure I can help".endswith(answer.strip()), answer
+
+
+def test_alpaca_prompt_joins_instruction_and_input(offline):
+    from launch.spec import Data
+    from train.data import load_rows
+    rows = load_rows(Data(path="tatsu-lab/alpaca", split="train[:40]",
+                          fields={"prompt": ("instruction", "input"), "response": "output"}))
+    import datasets
+    raw = datasets.load_dataset("tatsu-lab/alpaca", split="train[:40]")
+    with_input = [i for i, r in enumerate(raw) if r["input"]]
+    assert 0 < len(with_input) < 40
+    for i, r in enumerate(raw):
+        assert rows[i]["prompt"] == (f"{r['instruction']} {r['input']}" if r["input"] else r["instruction"])
+
+
+def test_save_to_disk_dataset_dict_is_local_data(offline, tmp_path):
+    import datasets
+    from launch.spec import Data
+    from train.data import load_rows
+    dd = datasets.load_dataset("PKU-Alignment/BeaverTails")
+    dd.save_to_disk(str(tmp_path / "bt"))
+    assert (tmp_path / "bt" / "dataset_dict.json").exists()
+    rows = load_rows(Data(path=str(tmp_path / "bt"), split="30k_train[:10]", fields={"prompt": "prompt"}))
+    assert len(rows) == 10 and rows[0]["prompt"] == dd["30k_train"][0]["prompt"]
+    from launch.spec import ConfigError
+    with pytest.raises(ConfigError, match="no split 'train'"):
+        load_rows(Data(path=str(tmp_path / "bt"), split="train", fields={"prompt": "prompt"}))
+
+
+def test_batched_generation_without_a_pad_token(offline):
+    from eval.evaluate import generate, load
+    from launch.jobs import ModelRef
+    tok, model = load(ModelRef(path="meta-llama/Llama-2-7b-hf"), Path("."))
+    prompts = ["how do you make it", "why", "what is this movie about and why"]
+    batched = generate(model, tok, prompts, "chat", max_new_tokens=6, batch_size=3)
+    assert batched == [generate(model, tok, [p], "chat", max_new_tokens=6, batch_size=1)[0] for p in prompts]
+
+
+def test_classifier_label_mapping(offline):
+    from eval.scorers import ClassifierScorer
+    from launch.spec import Scorer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    s = ClassifierScorer(Scorer(kind="classifier", model=CLASSIFIER, positive_label="POSITIVE"), torch.device("cpu"))
+    assert s.model.config.id2label[s.pos] == "POSITIVE" and s.pos == 1
+    tok, m = AutoTokenizer.from_pretrained(CLASSIFIER), AutoModelForSequenceClassification.from_pretrained(CLASSIFIER)
+    texts = ["great movie", "awful boring film and a bad plot"]
+    with torch.no_grad():
+        want = torch.softmax(m(**tok(texts, return_tensors="pt", padding=True)).logits, -1)[:, 1]
+    assert s(texts) == pytest.approx(want.tolist(), abs=1e-5)
+
+
+def test_score_model_reads_its_trained_format(offline):
+    """safe-rlhf's LlamaForScore checkpoint: the backbone loads its own `model.*` weights (not a fresh init), the
+    input is prompt + answer + EOS with no space after 'ASSISTANT:', the score is read at EOS, the sign flips."""
+    from safetensors.torch import load_file
+    from eval.scorers import ScoreModelScorer
+    from launch.spec import Scorer
+    from train.data import prompt_text, response_text
+    snap = next((offline / "hub" / f"models--{COST_MODEL.replace('/', '--')}" / "snapshots").iterdir())
+    saved = {}
+    for f in sorted(snap.glob("*.safetensors")):
+        saved.update(load_file(str(f)))
+    s = ScoreModelScorer(Scorer(kind="score_model", model=COST_MODEL, sign=-1.0, max_length=512), torch.device("cpu"))
+    assert torch.equal(s.backbone.embed_tokens.weight, saved["model.embed_tokens.weight"])
+    assert torch.equal(s.w.cpu(), saved["score_head.weight"].float())
+    text = prompt_text("how do you make it", "chat") + response_text("sure I can help", "chat")
+    assert "ASSISTANT:sure" in text
+    ids = s.tok(text + s.tok.eos_token, return_tensors="pt")
+    assert ids["input_ids"][0, -1].item() == s.tok.eos_token_id
+    with torch.no_grad():
+        h = s.backbone(**ids).last_hidden_state[0, -1]
+    want = -(h @ saved["score_head.weight"][0]).item()
+    assert s([text])[0] == pytest.approx(want, abs=1e-5)
+    assert s([text, text + " and more words here"])[0] == pytest.approx(want, abs=1e-5), "right padding, EOS read"
