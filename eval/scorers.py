@@ -95,12 +95,13 @@ class ScoreModelScorer:
 
 
 def _read_tensors(model: str, revision: str, prefix: str) -> dict:
-    """Tensors whose names start with `prefix`, from a local folder or the hub cache (safetensors)."""
+    """Tensors whose names start with `prefix`, from a local folder or the hub cache (safetensors, else PyTorch
+    shards); the backbone's from_pretrained has already put the weights in the cache, so nothing is downloaded."""
     from safetensors import safe_open
     p = Path(model)
     if not p.is_dir():
         from huggingface_hub import snapshot_download
-        p = Path(snapshot_download(model, revision=revision, allow_patterns=["*.safetensors", "*.bin", "*.json"]))
+        p = Path(snapshot_download(model, revision=revision, local_files_only=True))
     out = {}
     for f in sorted(p.glob("*.safetensors")):
         with safe_open(str(f), "pt") as sf:

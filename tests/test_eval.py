@@ -96,7 +96,8 @@ def test_score_model_known_weights(tmp_path, exp_dir):
     tensors["score_head.weight"] = w
     save_file(tensors, str(f), metadata={"format": "pt"})
     scorer = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), sign=1.0), torch.device("cpu"))
-    enc = tok(["dull- ."], return_tensors="pt")
+    enc = tok(["dull- ." + tok.eos_token], return_tensors="pt")   # read at the EOS it is trained to end with
+    assert enc["input_ids"][0, -1].item() == tok.eos_token_id
     h = scorer.backbone(**enc).last_hidden_state[0, -1]
     assert scorer(["dull- ."])[0] == pytest.approx(float(h @ w[0] + 0.7), abs=1e-5)
 
@@ -116,10 +117,43 @@ def test_kl_self_zero_and_uniform_bits(exp_dir, tiny):
 
 
 def test_metric_and_logit_space():
-    m = metric("positive_rate", [1, 0, 1, 1], True, scorer="rule")
+    m = metric("positive_prob", [1, 0, 1, 1], True, scorer="rule")
     assert m["value"] == 0.75 and m["n"] == 4 and m["stderr"] == pytest.approx(0.25)
+    m = metric("positive_rate", [1, 0, 1, 1], True, share=True, scorer="rule")   # binomial: sqrt(p (1 - p) / n)
+    assert m["value"] == 0.75 and m["stderr"] == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
     lm = logit_metric(m)
     assert lm["name"] == "positive_logit" and lm["value"] == pytest.approx(math.log(3))
+
+
+def test_headline_is_the_share_classified_positive(exp_dir, tmp_path):
+    """The paper's IMDb number is the share of generations a classifier calls positive: with P(positive) = 0.8 for
+    every text that share is 1.0 (binomial error 0), while the mean probability, kept beside it, is 0.8."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from eval.evaluate import main as eval_main
+    from launch.jobs import EvalJob, ModelRef
+    from launch.spec import Data, Eval
+    tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, num_labels=2, pad_token_id=tok.pad_token_id,
+                     id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    for bias, share, prob in ((math.log(4), 1.0, 0.8), (-math.log(4), 0.0, 0.2)):
+        m = BertForSequenceClassification(cfg)
+        with torch.no_grad():
+            m.classifier.weight.zero_()
+            m.classifier.bias.copy_(torch.tensor([0.0, bias]))
+        m.save_pretrained(tmp_path / "clf")
+        tok.save_pretrained(tmp_path / "clf")
+        ref = ModelRef(path=str(exp_dir / "models" / "gpt2"))
+        job = EvalJob(model=ref, base=ref, prompts=Data(path="@world/data/prompts.jsonl"), template="plain",
+                      eval=Eval(prompts=12, max_new_tokens=4, scorer=Scorer(kind="classifier",
+                                                                            model=str(tmp_path / "clf"))))
+        out = tmp_path / f"cell{bias > 0}"
+        out.mkdir()
+        eval_main(job, out, exp_dir)
+        got = {m["name"]: m for m in json.loads((out / "result.json").read_text())["metrics"]}
+        assert got["positive_rate"]["value"] == share and got["positive_rate"]["stderr"] == 0.0
+        assert got["positive_prob"]["value"] == pytest.approx(prob, abs=1e-6)
+        assert got["positive_rate"]["statistic"] == "share classified positive"
 
 
 # --------------------------------------------------------------------------------------------- collector

@@ -176,3 +176,37 @@ def test_bad_training_input_is_one_line(exp_dir):
         assert len(err) == 1 and expect in err[0], out[-2000:]
         assert "Traceback" not in out
         assert not (d / "DONE").exists() and not (d / "checkpoints").exists()
+
+
+def test_example_weighting_is_the_mean_of_each_examples_token_mean(exp_dir):
+    """loss_weighting: example (safe-rlhf with micro-batch 1): a step's loss is the mean over its examples of each
+    example's token mean, whatever the micro-batch split; token weighting lets long answers weigh more."""
+    import random
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from train import data as D
+    from train.trainer import token_logps
+    rng = random.Random(0)
+    words = ["great+", "bad-", "plot", "was", "very", "the", "cast", "and"]
+    path = exp_dir / "world" / "data" / "varlen.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "the plot of the cast", "response": " " + " ".join(
+        rng.choice(words) for _ in range(rng.choice([1, 2, 3, 20, 40])))}) + "\n" for _ in range(64)))
+    jobs = {name: job(exp_dir, milestones=(16,), role="varlen", global_batch=16, **kw) for name, kw in
+            (("ex4", dict(micro_batch=4, loss_weighting="example")), ("ex2", dict(micro_batch=2, loss_weighting="example")),
+             ("tok4", dict(micro_batch=4, loss_weighting="token")))}
+    first = {}
+    for name, j in jobs.items():
+        d = train(exp_dir, f"weighting-{name}", j)
+        first[name] = json.loads((d / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+        assert json.loads((d / "summary.json").read_text())["loss_weighting"] == j.recipe.loss_weighting
+    tok = AutoTokenizer.from_pretrained(exp_dir / "models" / "gpt2")
+    model = AutoModelForCausalLM.from_pretrained(exp_dir / "models" / "gpt2")
+    rows = D.load_rows(Data(path="@world/data/varlen.jsonl"), exp_dir)
+    ex = D.tokenize([rows[i] for i in D.seeded_order(len(rows), 7)[:16]], tok, "plain", 64, "sft")
+    per = []
+    with torch.no_grad():
+        for i in range(16):
+            lp, keep = token_logps(model, *D.collate(ex, [i], tok.pad_token_id)[:3], "cpu")
+            per.append(-(lp.sum() / keep.sum()).item())
+    assert first["ex4"] == pytest.approx(sum(per) / 16, rel=1e-5)
+    assert first["ex2"] == pytest.approx(first["ex4"], rel=1e-6), "independent of the micro-batch split"
+    assert abs(first["tok4"] - first["ex4"]) > 1e-3, "token weighting is another statistic on mixed lengths"
