@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -254,6 +255,59 @@ def compression_table(records, pretrain_sizes: dict):
     return t
 
 
+# --------------------------------------------------------------------------------------------- results
+RESULT_COLUMNS = ["study", "setting", "task", "model", "size", "arm", "start_volume", "negative_volume", "slice_from",
+                  "slice_to", "direction", "metric", "space", "row", "seed", "value", "stderr", "n", "ci_low",
+                  "ci_high", "ci_kind", "n_seeds"]
+
+
+def ci_kind(n_seeds: int) -> str:
+    return (f"t 95% over {n_seeds} seeds" if n_seeds > 1 else
+            "normal 95% from the cell's standard error (1 seed)")
+
+
+def results_rows(records, study: dict) -> list[dict]:
+    """The long, tidy form of every number in the tables: one 'seed' row per (cell, metric) with value, stderr and
+    n, and one 'mean' row per (coordinates, metric) with the mean over seeds and its CI, computed exactly as the
+    Markdown tables compute theirs (mean_ci)."""
+    seeds: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        c = r["coords"]
+        base = {"study": study.get("experiment", ""), "setting": study.get("setting", ""),
+                "task": study.get("task", ""), "model": c.get("model", ""), "size": c.get("size", ""),
+                "arm": c.get("arm", ""), "start_volume": c.get("positive", ""), "negative_volume": c.get("negative", ""),
+                "slice_from": c.get("from", ""), "slice_to": c.get("to", ""), "direction": c.get("direction", "")}
+        if r["stage"] == "cross":
+            ms = [{"name": k, "value": r["data"][k], "space": "loss"} for k in ("mean_loss", "final_loss")
+                  if isinstance(r["data"].get(k), (int, float))]
+        else:
+            ms = [m for m in r["data"].get("metrics", []) if isinstance(m.get("value"), (int, float))]
+        for m in ms:
+            row = {**base, "metric": m["name"], "space": m.get("space", m.get("unit", "")), "row": "seed",
+                   "seed": c.get("seed", ""), "value": m["value"], "stderr": m.get("stderr", ""), "n": m.get("n", "")}
+            seeds[tuple(base.values()) + (m["name"],)].append(row)
+    out = []
+    for group in seeds.values():
+        group.sort(key=lambda r: str(r["seed"]))
+        out += group
+        one = group[0]
+        mean, half, n = mean_ci([r["value"] for r in group], one["stderr"] if one["stderr"] != "" else None)
+        out.append({**one, "row": "mean", "seed": "", "value": mean, "stderr": "", "n": "", "ci_low": mean - half,
+                    "ci_high": mean + half, "ci_kind": ci_kind(n), "n_seeds": n})
+    return [{k: r.get(k, "") for k in RESULT_COLUMNS} for r in out]
+
+
+def write_results(rows: list[dict], report: Path) -> list[Path]:
+    """report/results.csv (numbers as numbers, one header line, nothing else) and results.jsonl."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    atomic_write_text(report / "results.csv", buf.getvalue())
+    atomic_write_text(report / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return [report / "results.csv", report / "results.jsonl"]
+
+
 # --------------------------------------------------------------------------------------------- plots
 def _save(fig, out: Path, tight: bool = True) -> list[Path]:
     """PNG and PDF, each written to a temp name and renamed. tight=False keeps the figure's own margins
@@ -272,41 +326,50 @@ def _save(fig, out: Path, tight: bool = True) -> list[Path]:
     return paths
 
 
-def plot_rebound(curves: dict, metric_name: str, out: Path) -> list[Path]:
+def plot_rebound(panels: dict[str, dict], out: Path) -> list[Path]:
+    """One figure: a row per model, a column per metric of `panels` (the probability and, beside it, the log-odds
+    of the same rate). x is symmetric-log so that the aligned start sits at 0 negative examples; bands are the
+    tables' 95 % CIs, labelled with their kind and number of seeds; the base model's level is a labelled line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    models = list(dict.fromkeys(k[0] for k in curves))   # the tables' order: by size label, then name
+    import matplotlib.ticker
+    names = list(panels)
+    first = panels[names[0]]
+    models = list(dict.fromkeys(k[0] for k in first))   # the tables' order: by size label, then name
     if not models:
         return []
-    width = 5 * len(models)   # inches; fixed margins fit the labels below (no tight_layout pass)
-    fig, axes = plt.subplots(1, len(models), figsize=(width, 4), squeeze=False)
-    fig.subplots_adjust(left=0.85 / width, right=1 - 0.15 / width, bottom=0.55 / 4, top=1 - 0.35 / 4,
-                        wspace=1.0 / (5 - 1.0))
-    shown = None   # one legend per distinct set of curves: identical legends on every panel cost a draw each
-    for ax, model in zip(axes[0], models):
-        vols = sorted({k[2] for k in curves if k[0] == model and k[1] != "base"})
-        cmap = plt.get_cmap("viridis")
-        for (mm, arm, p), pts in curves.items():   # arms and start volumes in the tables' order
-            if mm != model or arm == "base":
-                continue
-            x = [max(q[0], 1) for q in pts]
-            y = [q[1] for q in pts]
-            ci = [q[2] for q in pts]
-            color = cmap(vols.index(p) / max(1, len(vols) - 1))
-            style = "-" if arm == "positive" else ":"
-            ax.plot(x, y, style, marker="o", color=color, label=f"{arm} {p}")
-            ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)], color=color, alpha=0.15)
-        if (model, "base", 0) in curves:
-            ax.axhline(curves[(model, "base", 0)][0][1], ls="--", color="gray", label="base model")
-        ax.set_xscale("log")
-        ax.set_xlabel("negative examples (0 plotted at 1)")
-        ax.set_ylabel(metric_name)
-        ax.set_title(model)
-        labels = ax.get_legend_handles_labels()[1]
-        if labels != shown:
-            ax.legend(fontsize=7)
-            shown = labels
+    width, height = 5.0 * len(names), 3.6 * len(models)
+    fig, axes = plt.subplots(len(models), len(names), figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.35 / height,
+                        wspace=1.0 / (5 - 1.0), hspace=0.9 / 3.6)
+    cmap = plt.get_cmap("viridis")
+    for i, model in enumerate(models):
+        for j, name in enumerate(names):
+            ax, curves = axes[i][j], panels[name]
+            vols = sorted({k[2] for k in curves if k[0] == model and k[1] != "base"})
+            negs = sorted({q[0] for k, pts in curves.items() if k[0] == model for q in pts})
+            seeds = max((len(q[3]) for k, pts in curves.items() if k[0] == model for q in pts), default=0)
+            for (mm, arm, p), pts in curves.items():   # arms and start volumes in the tables' order
+                if mm != model or arm == "base":
+                    continue
+                x, y, ci = [q[0] for q in pts], [q[1] for q in pts], [q[2] for q in pts]
+                color = cmap(vols.index(p) / max(1, len(vols) - 1))
+                ax.plot(x, y, "-" if arm == "positive" else ":", marker="o", color=color, label=f"{arm} {p}")
+                ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)], color=color,
+                                alpha=0.15)
+            if (model, "base", 0) in curves:
+                ax.axhline(curves[(model, "base", 0)][0][1], ls="--", color="gray", label="base model")
+            small = min((n for n in negs if n > 0), default=1)
+            ax.set_xscale("symlog", linthresh=small, linscale=0.5)
+            ax.set_xlim(left=0)
+            ax.set_xticks(negs, [str(n) for n in negs], fontsize=7)   # the volumes measured, 0 included
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.set_xlabel("negative examples")
+            ax.set_ylabel(name)
+            ax.set_title(f"{model}: {name}", fontsize=9)
+            if i == 0:
+                ax.legend(fontsize=6, title=f"bands: {ci_kind(seeds)}", title_fontsize=6)
     return _save(fig, out, tight=False)
 
 
@@ -344,7 +407,9 @@ def collect(exp: Path) -> dict:
                  if n != headline and n in ("positive_logit", "positive_prob", "kl_to_base", "score")}
         tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + [slope_table(curves, headline)] + \
             [slope_table(c, n) for n, (_, c) in extra.items() if n == "positive_logit"]   # the log-odds slopes
-        files += plot_rebound(curves, headline, report / "rebound")
+        panels = {headline: curves, **({"positive_logit": extra["positive_logit"][1]} if "positive_logit" in extra
+                                       else {})}
+        files += plot_rebound(panels, report / "rebound")
     res = resistance_table(records)
     if res.rows:
         tables["resistance"] = [res]
@@ -354,14 +419,60 @@ def collect(exp: Path) -> dict:
         tables["compression"] = [compression_table(records, sizes)]
     for name, ts in tables.items():
         atomic_write_text(report / f"{name}.md", "\n".join(t.markdown() for t in ts))
-        atomic_write_text(report / f"{name}.csv", "\n".join(f"# {t.title}\n{t.csv()}" for t in ts))
         atomic_write_text(report / f"{name}.tex", "\n".join(t.latex() for t in ts))
-        files += [report / f"{name}.{ext}" for ext in ("md", "csv", "tex")]
+        files += [report / f"{name}.{ext}" for ext in ("md", "tex")]
+    study = study_info(exp)
+    files += write_results(results_rows(records, study), report)
     status = Table("Cells not in the tables", ["cell", "status", "detail"])
     status.rows = [list(p) for p in problems]
     atomic_write_text(report / "cells.md", status.markdown() if problems else "All expected cells are in the tables.\n")
+    index = write_index(exp, study, tables, [f for f in files if f.suffix == ".png"], status if problems else None)
     return {"report": str(report), "records": len(records), "problems": problems, "tables": tables,
-            "files": [str(f) for f in files], "headline": headline}
+            "files": [str(f) for f in files], "headline": headline, "index": str(index)}
+
+
+def study_info(exp: Path) -> dict:
+    """experiment / setting / task of the study (its saved study.yaml; the folder's name where there is none)."""
+    import yaml
+    try:
+        spec = yaml.safe_load((exp / "study.yaml").read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        spec = {}
+    spec = spec if isinstance(spec, dict) else {}
+    return {"experiment": spec.get("experiment", exp.name), "setting": spec.get("setting", ""),
+            "task": spec.get("task", "")}
+
+
+def write_index(exp: Path, study: dict, tables: dict, plots: list[Path], problems: Table | None) -> Path:
+    """report/index.md: one page per study that renders on any Git host: what it is, the code it ran, its config,
+    every table and plot inline, and the cells that are not in them."""
+    from launch.layout import git_commit
+    report = exp / "report"
+    commits = set()
+    for rec in exp.glob("*/*/record.json"):   # a regex, not a JSON parse: 10,000 cells stay cheap (bench P5)
+        try:
+            commits.update(re.findall(r'"git_commit": "([^"]+)"', rec.read_text()))
+        except OSError:
+            pass
+    commits = sorted(commits)
+    lines = [f"# {study['experiment']}", "",
+             f"Setting: {study['setting'] or 'unknown'}; task: {study['task'] or 'unknown'}. Collected "
+             f"{time.strftime('%Y-%m-%d %H:%M')} by commit {git_commit()}; cells ran at "
+             f"{', '.join(commits[:5]) + (' and others' if len(commits) > 5 else '') or 'an unrecorded commit'}.",
+             "",
+             "Tidy numbers for programs: [results.csv](results.csv) and [results.jsonl](results.jsonl) (columns in "
+             "the README). Tables for reading below, as [Markdown](.) and LaTeX (`*.tex`).", ""]
+    for p in plots:
+        lines += [f"![{p.stem}]({p.name})", ""]
+    for ts in tables.values():
+        lines += [t.markdown() for t in ts]
+    lines += ["## Cells not in the tables", "", problems.markdown() if problems else "None: every expected cell is in "
+              "the tables.", ""]
+    if (exp / "study.yaml").exists():
+        lines += ["## Config", "", "<details><summary>study.yaml</summary>", "", "```yaml",
+                  (exp / "study.yaml").read_text().rstrip(), "```", "", "</details>", ""]
+    atomic_write_text(report / "index.md", "\n".join(lines))
+    return report / "index.md"
 
 
 def _pretrain_sizes(records) -> dict:
@@ -374,32 +485,47 @@ def _pretrain_sizes(records) -> dict:
     return sizes
 
 
-def print_summary(summary: dict) -> None:
+def compact(t: Table) -> list[Table]:
+    """A table of 'mean ± CI' cells as two tables, means and CI half-widths, for narrow terminals and pipes."""
+    if not any(" ± " in str(c) for r in t.rows for c in r):
+        return [t]
+    means, cis = Table(f"{t.title}: mean", t.header), Table("  ± 95% CI half-width", t.header)
+    for r in t.rows:
+        means.rows.append([str(c).split(" ± ")[0] for c in r])
+        cis.rows.append([str(c).split(" ± ")[1] if " ± " in str(c) else ("" if k else c) for k, c in enumerate(r)])
+    return [means, cis]
+
+
+def print_summary(summary: dict, console=None) -> None:
+    """The headline tables on the terminal; at 100 columns or fewer, or piped, each 'mean ± CI' table is printed
+    as two (means, then CI half-widths) so that no cell wraps."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table as RTable
-    con = Console()
+    con = console or Console()
+    narrow = con.width <= 100 or not con.is_terminal
     headline = summary["headline"] or ""
     for name, ts in summary["tables"].items():
         if name == "compression":   # wide; it is in the report files
             continue
         for t in [t for t in ts if name != "rebound" or t.title.startswith(headline)]:
-            rt = RTable(title=t.title)
-            for h in t.header:
-                rt.add_column(str(h))
-            for r in t.rows:
-                rt.add_row(*[str(c) for c in r])
-            con.print(rt)
+            for part in (compact(t) if narrow else [t]):
+                rt = RTable(title=part.title, box=box.SIMPLE if narrow else box.HEAVY_HEAD, pad_edge=False)
+                for h in part.header:
+                    rt.add_column(str(h), overflow="fold")
+                for r in part.rows:
+                    rt.add_row(*[str(c) for c in r])
+                con.print(rt)
     for key, status, detail in summary["problems"]:
         con.print(f"[yellow]{status}[/]: {key} ({detail})")
-    files = [f for f in summary["files"] if f.endswith((".md", ".png"))]
-    con.print(f"report: {summary['report']} ({summary['records']} cells in tables, "
-              f"{len(summary['problems'])} not)\n  " + "\n  ".join(files))
+    con.print(f"report: {summary.get('index') or summary['report']} ({summary['records']} cells in tables, "
+              f"{len(summary['problems'])} not)", soft_wrap=True)   # a path is copied whole, never wrapped
 
 
 def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:
     summary = collect(exp_dir)
     atomic_write_text(Path(out_dir) / "summary.json", json.dumps(
-        {k: summary[k] for k in ("report", "records", "problems", "files", "headline")}, indent=2))
+        {k: summary[k] for k in ("report", "index", "records", "problems", "files", "headline")}, indent=2))
     return ["summary.json"]
 
 

@@ -207,13 +207,78 @@ def test_collector_tables_cis_and_problems(tmp_path):
     # initial slope per 100 negative examples: per seed (paired), then mean ± CI over seeds
     sm, sci, _ = mean_ci([100 * (0.6 - 0.8) / 50, 100 * (0.64 - 0.82) / 50, 100 * (0.62 - 0.78) / 50])
     assert f"| m | positive | 100 | {0.8:.3f} | {sm:+.3f} ± {sci:.3f} | {0.62 - 0.8:+.3f} |" in md
-    rows = list(csv.reader(io.StringIO((exp / "report" / "rebound.csv").read_text().split("\n", 1)[1])))
-    assert rows[0] == ["positive \\ negative", "0", "50"] and rows[2][0] == "100"
     tex = (exp / "report" / "rebound.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "0.620" in tex
     for ext in ("png", "pdf"):
         assert (exp / "report" / f"rebound.{ext}").stat().st_size > 1000
     assert "corrupt" in (exp / "report" / "cells.md").read_text()
+
+
+def test_results_csv_is_tidy_and_equals_the_markdown(tmp_path):
+    """results.csv reads as numbers with the csv module (and pandas where present): one row per seed and cell and
+    metric, one 'mean' row per cell and metric whose mean and CI are the Markdown table's."""
+    exp = tmp_path / "toy"
+    vals = {1: {(0, 0): 0.5, (100, 0): 0.8, (100, 50): 0.6}, 2: {(0, 0): 0.52, (100, 0): 0.82, (100, 50): 0.64},
+            3: {(0, 0): 0.54, (100, 0): 0.78, (100, 50): 0.62}}
+    for seed, cells in vals.items():
+        for (p, n), v in cells.items():
+            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}", {"model": "m", "seed": seed, "arm": "base" if p == 0 else
+                                                            "positive", "positive": p, "negative": n}, rate(v))
+    (exp / "study.yaml").write_text("experiment: toy\nsetting: rebound\ntask: toy-reviews\n")
+    collect(exp)
+    report = exp / "report"
+    with open(report / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == __import__("eval.collect", fromlist=["RESULT_COLUMNS"]).RESULT_COLUMNS
+    seed_rows = [r for r in rows if r["row"] == "seed"]
+    means = {(int(r["start_volume"]), int(r["negative_volume"])): r for r in rows if r["row"] == "mean"}
+    assert len(seed_rows) == 9 and len(means) == 3 and {r["study"] for r in rows} == {"toy"}
+    assert {r["setting"] for r in rows} == {"rebound"}
+    md = (report / "rebound.md").read_text()
+    for (p, n), r in means.items():
+        value, low, high = float(r["value"]), float(r["ci_low"]), float(r["ci_high"])
+        assert int(r["n_seeds"]) == 3 and r["ci_kind"] == "t 95% over 3 seeds"
+        assert f"{value:.3f} ± {(high - value):.3f}" in md
+        per_seed = [float(x["value"]) for x in seed_rows if (int(x["start_volume"]), int(x["negative_volume"])) ==
+                    (p, n)]
+        assert value == pytest.approx(sum(per_seed) / 3)
+    assert all(float(r["stderr"]) == 0.02 and int(r["n"]) == 400 for r in seed_rows)
+    lines = (report / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows) and json.loads(lines[0])["value"] == float(rows[0]["value"])
+    try:
+        import pandas as pd
+    except ImportError:
+        return
+    df = pd.read_csv(report / "results.csv")
+    assert df["value"].dtype.kind == "f" and df["negative_volume"].dtype.kind in "if"
+
+
+def test_report_index_and_compact_terminal_tables(tmp_path):
+    """index.md shows every table and plot inline; at 80 columns, or piped, the tables print without wrapping."""
+    import subprocess
+    import sys
+    exp = tmp_path / "toy"
+    for seed in (1, 2):
+        for p, n, v in ((0, 0, 0.5), (100, 0, 0.8), (100, 25, 0.7), (100, 50, 0.6), (100, 100, 0.55), (100, 200, 0.4),
+                        (100, 400, 0.1), (200, 0, 0.9), (200, 400, 0.12)):
+            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}", {"model": "m", "seed": seed, "arm": "base" if p == 0 else
+                                                            "positive", "positive": p, "negative": n},
+                      {"metrics": [{"name": "positive_rate", "value": v + seed / 100, "stderr": 0.02, "n": 400},
+                                   {"name": "positive_logit", "value": math.log(v / (1 - v)), "stderr": 0.1, "n": 400}]})
+    (exp / "study.yaml").write_text("experiment: toy\nsetting: rebound\ntask: toy-reviews\n")
+    s = collect(exp)
+    index = (exp / "report" / "index.md").read_text()
+    for t in s["tables"]["rebound"]:
+        assert f"### {t.title}" in index
+    assert "![rebound](rebound.png)" in index and "study.yaml" in index and "setting: rebound" in index
+    r = subprocess.run([sys.executable, "-m", "eval.collect", str(exp)], capture_output=True, text=True,
+                       env={**__import__("os").environ, "COLUMNS": "80"}, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert max(len(l) for l in out[:-1]) <= 80, max(out[:-1], key=len)   # (the last line is the report's path)
+    assert not any(__import__("re").search(r"\d ± \d", l) for l in out), "mean and CI print as two tables"
+    assert "0.815" in r.stdout and out[-1].startswith("report: ") and out[-1].rstrip().endswith("index.md (18 cells "
+                                                                                                  "in tables, 0 not)")
 
 
 def test_collector_setting1_table(tmp_path):

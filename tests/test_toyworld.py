@@ -52,6 +52,14 @@ def test_reduced_demo_through_local_executor(reduced_run):
     assert all(c for r in table.rows[1:] for c in r), "every cell of the grid has a value"
     assert (report / "rebound.png").stat().st_size > 1000 and (report / "compression.md").exists()
     assert (report / "cells.md").read_text().startswith("All expected cells")
+    index = (report / "index.md").read_text()   # the demo's one page: every table and plot inline
+    for ts in collect(exp)["tables"].values():
+        assert all(f"### {t.title}" in index for t in ts)
+    assert all(f"]({p.name})" in index for p in report.glob("*.png")) and "## Config" in index
+    import csv
+    with open(report / "results.csv", newline="") as f:
+        means = [r for r in csv.DictReader(f) if r["row"] == "mean" and r["metric"] == "positive_rate"]
+    assert means and all(0 <= float(r["value"]) <= 1 for r in means)
     # the pre-trained base learned the world: its positive rate is near the corpus prior 0.5
     base = next(json.loads(p.read_text()) for p in (exp / "eval").glob("*.base-*/result.json"))
     rate = next(m for m in base["metrics"] if m["name"] == "positive_rate")
