@@ -6,13 +6,13 @@
 #   make submit CONFIG=... PROFILE=...   submit a study to Slurm (ARGS="--dry-run" / "--wait")
 #   make submit-setting1|2|3 PROFILE=... the paper's studies
 #   make status RUN=runs/<experiment>    cells by stage and state; make cancel RUN=...
-#   make prefetch CONFIG=...  login node: fill the HF cache, check that every volume fits
+#   make prefetch CONFIG=... PROFILE=...  login node: fill the profile's HF cache, check that every volume fits
 #   make collect RUN=runs/<experiment>   tables and plots
 #   make bench                           every benchmark under bench/ -> docs/benchmarks.md
 #   make gpu-check [GPU_CHECK_ARGS=--smoke]  prove the GPU path on one GPU (docs/gpu-check.md)
 #   make container [STACK=cpu]           build the Apptainer image (cluster build node; apptainer needed)
-#   make sandbox / make shell            a writable sandbox to iterate on / a shell in the image
-#   make debug-cell RUN=... CELL=stage/cell-id [IMAGE=...]   rerun one cell in-process (pdb works)
+#   make sandbox / make shell [PROFILE=...] [RUN=...]   a writable sandbox / a shell in the image, binds as jobs
+#   make debug-cell RUN=... CELL=stage/cell-id [IMAGE=...] [INVALIDATE=1]   rerun one cell as its job does
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -72,7 +72,7 @@ cancel: setup
 	$(PY) -m launch cancel $(RUN)
 
 prefetch: setup
-	$(PY) -m launch prefetch $(CONFIG)
+	$(PY) -m launch prefetch $(CONFIG) $(if $(filter-out configs/profiles/local-cpu.yaml,$(PROFILE)),--profile $(PROFILE))
 
 collect: setup
 	$(PY) -m eval.collect $(RUN)
@@ -96,12 +96,10 @@ sandbox:
 	@command -v apptainer >/dev/null || { echo "error: apptainer binary not found"; exit 2; }
 	apptainer build --fakeroot --sandbox $(BUILD_ARGS) containers/sandbox-$(STACK) $(DEF)
 
-shell:
+shell: setup
 	@command -v apptainer >/dev/null || { echo "error: apptainer binary not found"; exit 2; }
-	apptainer shell --nv --bind $(CURDIR) $(or $(IMAGE),containers/sandbox-$(STACK))
+	$(PY) -m launch shell --image $(or $(IMAGE),containers/sandbox-$(STACK)) $(if $(filter-out configs/profiles/local-cpu.yaml,$(PROFILE)),--profile $(PROFILE)) $(if $(RUN),--run $(RUN))
 
 debug-cell: setup
 	@test -n "$(RUN)" -a -n "$(CELL)" || { echo "error: RUN and CELL: give RUN=runs/<experiment> CELL=<stage>/<cell id> (see make status RUN=...)"; exit 2; }
-	@test -f "$(RUN)/$(CELL)/job.json" -o -f "$(RUN)/study.json" || { echo "error: RUN: $(RUN) is not a run folder (no study.json): run or submit the study first"; exit 2; }
-	rm -f "$(RUN)/$(CELL)/DONE"
-	$(if $(IMAGE),apptainer exec --nv --bind $(CURDIR) --env PYTHONPATH=$(CURDIR) $(IMAGE) python,$(PY)) -m launch run-cell "$(RUN)/$(CELL)"
+	$(PY) -m launch debug-cell "$(RUN)" "$(CELL)" $(if $(IMAGE),--image $(IMAGE)) $(if $(INVALIDATE),--invalidate)

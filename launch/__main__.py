@@ -43,10 +43,24 @@ def parse(argv):
                            help="default: the profile's executor")
             s.add_argument("--dry-run", action="store_true", help="print the arrays and job scripts, submit nothing")
             s.add_argument("--wait", action="store_true", help="block until the run ends; non-zero if a cell failed")
-    s = sub.add_parser("prefetch")
+            s.add_argument("--allow-dirty", action="store_true",
+                           help="submit although the checkout has uncommitted changes (jobs run the working tree)")
+    s = sub.add_parser("prefetch", help="login node: fill the profile's HF cache, check that every volume fits")
     s.add_argument("config")
+    s.add_argument("--profile", default="", help="its hf_home is the cache to fill (default: $HF_HOME)")
     s = sub.add_parser("run-cell")
     s.add_argument("cell_dir")
+    s.add_argument("--rerun", action="store_true", help="run a done cell again; its dependents stay valid")
+    s.add_argument("--invalidate", action="store_true", help="with --rerun: the cells made from it run again too")
+    s = sub.add_parser("debug-cell", help="rerun one cell in this process, or in the image, as a job would")
+    s.add_argument("run_dir")
+    s.add_argument("cell", help="<stage>/<cell id> (see python -m launch status RUN_DIR)")
+    s.add_argument("--image", default="", help="run it in this Apptainer image, with the job's binds and variables")
+    s.add_argument("--invalidate", action="store_true", help="the cells made from it run again at the next submit")
+    s = sub.add_parser("shell", help="a shell in the image with a job's binds and variables")
+    s.add_argument("--image", required=True)
+    s.add_argument("--profile", default="", help="its binds, hf_home and env")
+    s.add_argument("--run", default="", help="a run folder to bind too")
     return p.parse_args(argv)
 
 
@@ -155,6 +169,21 @@ def cmd_submit(args) -> int:
     if executor == "slurm" and not args.dry_run:
         from launch import slurm
         slurm.require_slurm(profile)
+    if executor == "slurm" and profile.hf_home:   # jobs run offline: every file must be in the cache already
+        from launch.prefetch import cache_gaps
+        if gaps := cache_gaps(plan.spec, profile.hf_home):
+            raise ConfigError("hf_home", f"{profile.hf_home} lacks {', '.join(gaps)}",
+                              f"on the login node: make prefetch CONFIG={args.config} PROFILE={args.profile}",
+                              file=args.profile)
+    if args.dry_run and executor != "slurm":   # a dry run never runs or writes anything, whatever the executor
+        todo = plan.todo(runs)
+        for stage, cells in plan.stages.items():
+            left = [c for c in cells if c.key in todo]
+            print(f"== stage {stage}: {len(left)} of {len(cells)} cells to run ({executor} executor)")
+            for c in left:
+                print(f"   {c.key}")
+        print(f"dry run: nothing run, nothing written (runs root {runs})")
+        return 0
     if not args.dry_run:
         check_writable(plan, runs)
         remember(args, plan, runs)
@@ -165,7 +194,7 @@ def cmd_submit(args) -> int:
         from launch.local import run_inprocess
         return run_inprocess(plan, runs, only=args.only)
     from launch import slurm
-    slurm.submit(plan, runs, profile, dry_run=args.dry_run, only=args.only)
+    slurm.submit(plan, runs, profile, dry_run=args.dry_run, only=args.only, allow_dirty=args.allow_dirty)
     if args.wait and not args.dry_run:
         return slurm.wait(plan, runs)
     return 0
@@ -193,7 +222,10 @@ def cmd_status(args) -> int:
     con.print(t)
     for r in rows:
         if r["state"] in ("failed", "timed out", "corrupt") or r["state"] == "cancelled" and r["log"]:
-            con.print(f"[red]{r['state']}[/] {r['stage']}/{r['cell']} (job {r['job']}) log: {r['log']}")
+            con.print(f"[red]{r['state']}[/] {r['stage']}/{r['cell']} (job {r['job']}) log: {r['log']}",
+                      soft_wrap=True, markup=True)
+            if tail := slurm.error_tail(r):
+                con.print(tail, soft_wrap=True, markup=False, highlight=False)
     if any(r["state"] == "unknown" for r in rows):
         con.print(f"unknown: {sum(r['state'] == 'unknown' for r in rows)} {slurm.NO_RECORD}")
     if any(r["state"] != "done" for r in rows):
@@ -212,8 +244,13 @@ def cmd_cancel(args) -> int:
 
 def cmd_prefetch(args) -> int:
     from launch.prefetch import prefetch
-    from launch.spec import load_spec
-    prefetch(load_spec(args.config))
+    from launch.spec import load_profile, load_spec
+    spec, profile = load_spec(args.config), load_profile(args.profile) if args.profile else None
+    try:
+        prefetch(spec, profile)
+    except ConfigError as e:   # a source of the study failed: name the study's file
+        e.file = e.file or args.config
+        raise
     return 0
 
 
@@ -231,13 +268,61 @@ def cmd_run_cell(args) -> int:
             raise ConfigError("CELL_DIR", f"{d} is not a cell of the study saved in {exp}",
                               f"pick one from: python -m launch status {exp}")
         write_job(d, job_meta(cell))
-    return run_cell_dir(d)
+    return run_cell_dir(d, rerun=args.rerun, invalidate=args.invalidate)
+
+
+def image_call(image: str, profile, run, argv: list[str], env: dict) -> int:
+    """Run argv in the image as a job would: the checkout, the run folder, the HF cache and the profile's binds
+    bound, the job's variables set (apptainer passes the environment in)."""
+    import subprocess
+    from launch import layout
+    binds = [str(layout.CODE_ROOT)] + ([str(run)] if run else []) + \
+        ([profile.hf_home] if profile and profile.hf_home else []) + list(profile.binds if profile else ())
+    cmd = ["apptainer", argv[0], "--nv", "--bind", ",".join(dict.fromkeys(binds)), image, *argv[1:]]
+    print(" ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd, env={**env, "ELASTICA_IMAGE": image})
+
+
+def job_environment(profile) -> dict:
+    from launch import layout
+    from launch.slurm import job_env
+    return {**os.environ, **(job_env(profile) if profile else {}), "PYTHONPATH": str(layout.CODE_ROOT)}
+
+
+def cmd_debug_cell(args) -> int:
+    """Rerun one cell as its job runs it: the run's profile decides the environment (offline HF cache, W&B mode,
+    profile env); with --image, in the image with the job's binds. Its dependents stay valid unless --invalidate."""
+    from pathlib import Path
+    from launch.spec import load_profile
+    run = Path(args.run_dir).resolve()
+    cell = run / args.cell
+    if not (run / "study.json").exists() and not (cell / "job.json").exists():
+        raise ConfigError("RUN", f"{args.run_dir} is not a run folder (no study.json)", "run or submit the study first")
+    if cell.parent.parent != run:
+        raise ConfigError("CELL", f"{args.cell} is not <stage>/<cell id>", f"pick one: python -m launch status {run}")
+    profile = load_profile(run / "profile.yaml") if (run / "profile.yaml").exists() else None
+    env = job_environment(profile)
+    argv = ["run-cell", str(cell), "--rerun"] + (["--invalidate"] if args.invalidate else [])
+    if args.image:
+        return image_call(args.image, profile, run, ["exec", "python", "-m", "launch", *argv], env)
+    os.environ.update(env)
+    return cmd_run_cell(parse(argv))
+
+
+def cmd_shell(args) -> int:
+    """A shell in the image with a job's binds and variables (the profile's, and the run folder's if given)."""
+    from pathlib import Path
+    from launch.spec import load_profile
+    profile = load_profile(args.profile) if args.profile else None
+    return image_call(args.image, profile, Path(args.run).resolve() if args.run else None, ["shell"],
+                      job_environment(profile))
 
 
 def main(argv=None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
-        return {"plan": cmd_plan, "run": cmd_run, "run-cell": cmd_run_cell, "submit": cmd_submit,
+        return {"plan": cmd_plan, "run": cmd_run, "run-cell": cmd_run_cell, "debug-cell": cmd_debug_cell, "shell": cmd_shell,
+                "submit": cmd_submit,
                 "status": cmd_status, "cancel": cmd_cancel, "prefetch": cmd_prefetch}[args.cmd](args)
     except ConfigError as e:
         print(e.line(), file=sys.stderr)

@@ -113,9 +113,15 @@ def write_done(cell_dir: Path, **info) -> None:
                                               "nonce": uuid.uuid4().hex, **info})
 
 
+CODE_ROOT = Path(__file__).resolve().parent.parent
+
+
 def git_commit() -> str:
+    """The commit of the code that runs: a code snapshot's COMMIT file (what Slurm jobs run), else git."""
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = CODE_ROOT
+        if (root / "COMMIT").is_file():
+            return (root / "COMMIT").read_text().strip()
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
@@ -136,3 +142,47 @@ def runtime_info() -> dict:
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def code_snapshot(exp_dir: Path, allow_dirty: bool = False, write: bool = True) -> Path:
+    """The code a study's Slurm jobs run: this checkout's committed tree, copied once into
+    `<run>/code/<commit>` (`git archive`; content-addressed, so resubmitting the same commit reuses it), with a COMMIT
+    file that record.json reads. Editing the checkout while a grid is queued then changes nothing that runs.
+    A checkout with uncommitted changes is refused unless allow_dirty; then the working tree of the tracked files is
+    copied, addressed by the commit and a hash of the changes ('<commit>-dirty-<hash>')."""
+    import hashlib
+    from launch.spec import ConfigError
+    git = lambda *a: subprocess.run(["git", "-C", str(CODE_ROOT), *a], capture_output=True, timeout=60)
+    head = git("rev-parse", "HEAD").stdout.decode().strip()
+    if not head:
+        raise ConfigError("code", f"{CODE_ROOT} is not a git checkout: jobs could not record which code they ran",
+                          "submit from a clone of the repository")
+    diff = git("diff", "HEAD", "--binary").stdout
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", "launch", "train", "eval").stdout
+    dirty = bool(diff.strip() or untracked.strip())
+    if dirty and not allow_dirty:
+        raise ConfigError("--allow-dirty", "the checkout has uncommitted changes, which no commit would record",
+                          "commit them, or pass --allow-dirty to run the working tree as it is")
+    name = head[:12] + (f"-dirty-{hashlib.sha256(diff + untracked).hexdigest()[:8]}" if dirty else "")
+    dest = Path(exp_dir) / "code" / name
+    if not write or dest.exists():
+        return dest
+    tmp = dest.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if dirty:
+        files = git("ls-files", "-z", "--cached", "--others", "--exclude-standard").stdout.decode().split("\0")
+        for f in filter(None, files):
+            src = CODE_ROOT / f
+            if src.is_file():
+                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, tmp / f)
+    else:
+        archive = git("archive", "--format=tar", "HEAD").stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    (tmp / "COMMIT").write_text(head + ("+dirty" if dirty else "") + "\n")
+    try:
+        os.replace(tmp, dest)
+    except OSError:   # another submission made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

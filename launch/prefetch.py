@@ -1,29 +1,57 @@
-"""Prefetch: on the login node, download every model and dataset a study names into the HF cache, and check that
-every volume fits its dataset (after the filter) before any job is queued.
+"""Prefetch: on the login node, fill the profile's HF cache (`hf_home`) with every model, tokenizer, dataset and
+scorer a study names, downloading only what the suite loads, and check that every volume fits its dataset (after
+its filter); and `cache_gaps`, which `submit` runs before the first sbatch so that no job starts without its files.
 
-    make prefetch CONFIG=configs/setting2/imdb.yaml          # HF_HOME decides the cache (set it to hf_home)
-Toy-world sets are made by the world stage and are not fetched; local files are read and counted.
+    make prefetch CONFIG=configs/setting2/imdb.yaml PROFILE=configs/profiles/mysite.yaml
+Toy-world sets are made by the world stage and are not fetched; local files are read and counted. A hub failure
+is one `error:` line naming the source.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from launch.spec import ConfigError, Spec, source_kind
+from launch.spec import ConfigError, Profile, Spec, source_kind
+
+# what from_pretrained reads: configs, tokenizer files, and one weight format (safetensors where the repo has them;
+# never .gguf, .pth, original/ or a second copy of the weights: Llama-2-7b's repo is 27 GB with both, 13.5 without)
+META = ["*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "vocab.json"]
 
 
-def prefetch(spec: Spec, log=print) -> list[dict]:
-    from train.data import load_rows
-    rows = []
-    for m in spec.models:
-        if m.path and source_kind(m.path) == "hub":
-            from huggingface_hub import snapshot_download
-            where = snapshot_download(m.path, revision=m.revision)
-            rows.append({"what": f"model {m.name}", "source": m.path, "status": f"cached at {where}"})
+def hub_sources(spec: Spec) -> list[tuple[str, str, str]]:
+    """(field, repo, revision) of every hub model and scorer of the study."""
+    out = [(f"models[{i}].path", m.path, m.revision) for i, m in enumerate(spec.models)
+           if m.path and source_kind(m.path) == "hub"]
     s = spec.eval.scorer
     if s.kind in ("classifier", "score_model") and source_kind(s.model) == "hub":
-        from huggingface_hub import snapshot_download
-        rows.append({"what": "scorer", "source": s.model,
-                     "status": f"cached at {snapshot_download(s.model, revision=s.revision)}"})
+        out.append(("eval.scorer.model", s.model, s.revision))
+    return out
+
+
+def weight_patterns(files: list[str]) -> list[str]:
+    top = [f for f in files if "/" not in f]
+    if any(f.endswith(".safetensors") for f in top):
+        return ["*.safetensors", "*.safetensors.index.json"]
+    return ["pytorch_model*.bin", "pytorch_model*.bin.index.json"]
+
+
+def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict]:
+    if profile is not None and profile.hf_home:   # before huggingface_hub or datasets read it
+        os.environ["HF_HOME"] = profile.hf_home
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import logging as hf_logging
+    from train.data import load_rows
+    hf_logging.set_verbosity_error()   # its retry warnings would come before our one error line
+    rows = []
+    for field, repo, rev in hub_sources(spec):
+        try:
+            files = HfApi().list_repo_files(repo, revision=rev)
+            where = snapshot_download(repo, revision=rev, allow_patterns=META + weight_patterns(files))
+        except Exception as e:  # noqa: BLE001 - network, auth, missing repo: the user needs the source and why
+            raise ConfigError(field, f"cannot download {repo}@{rev}: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}",
+                              "check the id, HF_TOKEN for gated repos, and this node's network") from None
+        rows.append({"what": field, "source": repo, "status": f"cached at {where}"})
     for role, need in spec.rows_needed().items():
         d = spec.data[role]
         if source_kind(d.path) == "world":
@@ -37,3 +65,21 @@ def prefetch(spec: Spec, log=print) -> list[dict]:
     for r in rows:
         log(f"{r['what']:<16} {r['source']:<50} {r['status']}")
     return rows
+
+
+def cache_gaps(spec: Spec, hf_home: str) -> list[str]:
+    """What the HF cache at `hf_home` lacks for this study: '<repo> (model)' / '<repo> (dataset)'. Jobs run offline
+    from it; submit refuses to start a grid whose files are not there."""
+    from datasets.naming import camelcase_to_snakecase
+    from huggingface_hub import try_to_load_from_cache
+    hub = Path(hf_home) / "hub"
+    gaps = []
+    for _, repo, rev in hub_sources(spec):
+        if not isinstance(try_to_load_from_cache(repo, "config.json", cache_dir=hub, revision=rev), str):
+            gaps.append(f"{repo} (model)")
+    for path, subset in sorted({(d.path, d.subset) for d in spec.data.values() if source_kind(d.path) == "hub"}):
+        ns, _, name = path.rpartition("/")   # where load_dataset leaves a hub dataset: <ns>___<name>/<config>/...
+        root = Path(hf_home) / "datasets" / ((f"{ns}___" if ns else "") + camelcase_to_snakecase(name))
+        if not any(root.glob(f"{subset or '*'}/*/*/dataset_info.json")):
+            gaps.append(f"{path} (dataset)")
+    return gaps

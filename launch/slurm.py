@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -34,10 +33,12 @@ LIGHT = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, time_min=60)   # wo
 
 
 class CellTask(submitit.helpers.Checkpointable):
-    """What every Slurm task runs: export rank variables, run the cell; after a saved preemption, requeue."""
+    """What every Slurm task runs: export rank variables, run the cell. After a time-limit or preemption signal the
+    cell saves (training cells at the next step boundary) and every rank exits 75; the job script's teardown, on the
+    host, requeues the job (`requeue_lines`): inside an image there is no scontrol, so nothing in the task requeues."""
 
     def __call__(self, cell_dir: str, meta: dict | None = None) -> list[str]:
-        from launch.worker import close_distributed, run_cell
+        from launch.worker import EXIT_PREEMPTED, close_distributed, run_cell
         from train.trainer import Preempted
         if meta is not None:   # every rank writes the same job.json atomically before reading it
             write_job(cell_dir, meta)
@@ -50,13 +51,36 @@ class CellTask(submitit.helpers.Checkpointable):
             outputs = run_cell(cell_dir)
             close_distributed()
             return outputs
-        except Preempted:
-            # The trainer saved its state and restored submitit's handlers: hand the signal back to submitit,
-            # which calls checkpoint() (no state: the cell resumes from disk), requeues the job and exits.
-            if env.global_rank == 0:
-                os.kill(os.getpid(), signal.SIGUSR2)
-            time.sleep(300)   # other ranks (and rank 0 while requeueing) wait to be stopped by Slurm
-            raise
+        except Preempted as e:
+            print(f"preempted: {e}; exit {EXIT_PREEMPTED}, the job script requeues", flush=True)
+            close_distributed()
+            _exit_preempted()
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls this on USR2 outside a training step loop (a cell still loading, an eval cell): nothing to
+        save (the cell starts again from its files), so exit 75 and let the job script requeue."""
+        _exit_preempted()
+
+
+def _exit_preempted():
+    from launch.worker import EXIT_PREEMPTED
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PREEMPTED)
+
+
+def requeue_lines(max_requeues: int) -> list[str]:
+    """Job-script teardown, run by the batch shell on the host after srun: a step that exited 75 saved its state
+    after a time-limit or preemption signal, so requeue the job (at most `max_requeues` times; Slurm counts them in
+    SLURM_RESTART_COUNT). This is where scontrol is, also when the tasks run in an image."""
+    return ["rc=$?",
+            "if [ \"$rc\" -eq 75 ]; then   # a cell saved after USR2 / SIGTERM: requeue it here, on the host",
+            "  jid=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}; jid=${jid:-$SLURM_JOB_ID}",
+            f"  if [ \"${{SLURM_RESTART_COUNT:-0}}\" -lt {max_requeues} ]; then",
+            "    echo \"elastica: requeueing $jid (restart ${SLURM_RESTART_COUNT:-0})\"; scontrol requeue \"$jid\"",
+            "  else echo \"elastica: $jid saved but was requeued too often (max_num_timeout)\" >&2; fi",
+            "fi",
+            "exit $rc"]
 
 
 def resources_for(profile: Profile, cell: Cell) -> Resources:
@@ -75,16 +99,25 @@ def python_command(profile: Profile) -> str:
                     + [shlex.quote(profile.image), "python"])
 
 
-def setup_lines(profile: Profile) -> list[str]:
-    """Environment set in the job script before Python starts (no secrets: profiles refuse them)."""
+def job_env(profile: Profile, code: Path | None = None) -> dict[str, str]:
+    """The environment a cell's Python starts in on Slurm and in `debug-cell` (no secrets: profiles refuse them):
+    offline HF cache, W&B mode, the code snapshot first on the path, the image's identity."""
     env = {"PYTHONNOUSERSITE": "1", "WANDB_MODE": profile.wandb_mode, "TOKENIZERS_PARALLELISM": "false"}
     if profile.hf_home:
         env.update(HF_HOME=profile.hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    if profile.image:   # the image brings the dependencies; the code is this checkout (bind it: see README)
-        env.update(PYTHONPATH=str(Path(__file__).resolve().parent.parent), ELASTICA_IMAGE=profile.image,
-                   ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
+    if code is not None:   # the code snapshot of this submission, before the image's or the venv's copy
+        env["PYTHONPATH"] = str(code)
+    elif profile.image:    # no snapshot (tests, debug): this checkout (bind it: see README)
+        env["PYTHONPATH"] = str(layout.CODE_ROOT)
+    if profile.image:
+        env.update(ELASTICA_IMAGE=profile.image, ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
     env.update(profile.env)   # apptainer passes the job's environment into the container
-    return [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
+    return env
+
+
+def setup_lines(profile: Profile, code: Path | None = None) -> list[str]:
+    """The job script's exports, before Python starts."""
+    return [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(job_env(profile, code).items())]
 
 
 def image_digest(image: str) -> str:
@@ -134,18 +167,37 @@ def check_image_python(profile: Profile) -> None:
                           f"run the launcher with Python {want} (make setup with python{want}), or clear image")
 
 
-def sbatch_params(profile: Profile, res: Resources, name: str) -> dict:
+def sbatch_params(profile: Profile, res: Resources, name: str, code: Path | None = None) -> dict:
+    """submitit's parameters for one array: the profile's resources and site options, never the spec's."""
     tasks = max(1, res.gpus_per_node)
+    light = res is LIGHT   # world and collect cells: no GPU, the CPU partition when the site has one
+    # srun does not pass --cpus-per-task on to its tasks in Slurm 22.05-23.02; one dead rank ends the step, so
+    # that the others do not wait in a collective until the time limit
+    srun = [f"--cpus-per-task={res.cpus_per_task}", "--kill-on-bad-exit=1", *profile.srun_args]
     p = {"job_name": name, "time": res.time_min, "nodes": res.nodes, "ntasks_per_node": tasks,
          "cpus_per_task": res.cpus_per_task, "array_parallelism": profile.array_parallelism,
-         "signal_delay_s": profile.signal_delay_s, "setup": setup_lines(profile), "stderr_to_stdout": True}
+         "signal_delay_s": profile.signal_delay_s, "setup": setup_lines(profile, code), "stderr_to_stdout": True,
+         "teardown": requeue_lines(profile.max_num_timeout), "srun_args": srun}
     if res.gpus_per_node:
-        p["gpus_per_node"] = res.gpus_per_node
+        if profile.gpu_request == "gres":
+            p["gres"] = f"gpu:{profile.gpu_type + ':' if profile.gpu_type else ''}{res.gpus_per_node}"
+        else:
+            p["gpus_per_node"] = res.gpus_per_node
     if res.mem_gb:
         p["mem"] = f"{res.mem_gb}GB"
-    for key in ("partition", "account", "qos"):
+    partition = profile.cpu_partition if light and profile.cpu_partition else profile.partition
+    if partition:
+        p["partition"] = partition
+    for key in ("account", "qos", "comment", "mail_user", "mail_type"):
         if getattr(profile, key):
             p[key] = getattr(profile, key)
+    if profile.constraint and not light:
+        p["constraint"] = profile.constraint
+    if profile.exclusive and not light:
+        p["exclusive"] = True
+    extra = {**({"reservation": profile.reservation} if profile.reservation else {}), **profile.sbatch_extra}
+    if extra:
+        p["additional_parameters"] = extra
     return p
 
 
@@ -168,30 +220,36 @@ class Array:
     params: dict
     job_id: str = ""
     script: str = ""
-    deps: list[str] = field(default_factory=list)   # "afterok:<name>" before ids are known
+    deps: list = field(default_factory=list)   # (kind, index of an earlier array | job id of a live task)
 
 
-def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = None, chunk: int = 1001) -> list[Array]:
-    """The arrays to submit, in stage order, with their dependency kind on earlier arrays."""
+def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = None, chunk: int = 1001,
+                 live: dict[str, str] | None = None, code: Path | None = None) -> list[Array]:
+    """The arrays to submit, in stage order, with their dependency kind on earlier arrays. Cells with a live job
+    (`live`: cell key -> its queued or running task's job id) are not submitted again; a new cell made from one
+    waits on that job (afterok on the task)."""
     arrays: list[Array] = []
     where: dict[str, tuple[int, int]] = {}      # cell key -> (array index in `arrays`, task index)
     pending = plan.todo(runs_root)
+    live = live or {}
     for stage, cells in plan.stages.items():
         if only and stage != only:
             continue
-        todo = [c for c in cells if c.key in pending]
+        todo = [c for c in cells if c.key in pending and c.key not in live]
         by_res: dict = {}
         for c in todo:                              # one array per resource shape (a stage has one in practice)
             by_res.setdefault(resources_for(profile, c), []).append(c)
         for res, group in by_res.items():
             for k in range(0, len(group), chunk):
                 part = group[k:k + chunk]
-                a = Array(stage, k // chunk, part, sbatch_params(profile, res, f"{plan.spec.experiment}:{stage}"))
+                a = Array(stage, k // chunk, part, sbatch_params(profile, res, f"{plan.spec.experiment}:{stage}",
+                                                                 code))
                 ups = [[u for u in c.upstream if u in where] for c in part]
                 arrs = sorted({where[u][0] for us in ups for u in us})
                 corr = (len(arrs) == 1 and all(len(us) == 1 and where[us[0]][1] == i for i, us in enumerate(ups))
                         and len(arrays[arrs[0]].cells) == len(part))
                 a.deps = [("aftercorr" if corr else "afterok", i) for i in arrs]
+                a.deps += [("afterok", j) for j in sorted({live[u] for c in part for u in c.upstream if u in live})]
                 for i, c in enumerate(part):
                     where[c.key] = (len(arrays), i)
                 arrays.append(a)
@@ -202,9 +260,9 @@ def array_params(a: Array, ids: list[str]) -> dict:
     """The sbatch parameters of one array, as submitted and as --dry-run prints them. Both dependency keys are
     always set: submitit's executor keeps parameters between update_parameters calls, so an array without
     upstream must say None, not inherit the previous array's dependency."""
-    deps = ",".join(f"{kind}:{ids[i]}" for kind, i in a.deps)
-    return {**a.params, "dependency": deps or None,
-            "additional_parameters": {"kill-on-invalid-dep": "yes"} if deps else None}
+    deps = ",".join(f"{kind}:{ids[i] if isinstance(i, int) else i}" for kind, i in a.deps)
+    extra = {**(a.params.get("additional_parameters") or {}), **({"kill-on-invalid-dep": "yes"} if deps else {})}
+    return {**a.params, "dependency": deps or None, "additional_parameters": extra or None}
 
 
 def render_script(a: Array, folder: Path, profile: Profile, ids: list[str]) -> str:
@@ -216,17 +274,25 @@ def render_script(a: Array, folder: Path, profile: Profile, ids: list[str]) -> s
 
 
 def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only: str | None = None,
-           out=sys.stdout) -> list[Array]:
-    """Submit every stage that has work; returns the arrays (with job ids unless dry_run)."""
+           out=sys.stdout, allow_dirty: bool = False) -> list[Array]:
+    """Submit every stage that has work; returns the arrays (with job ids unless dry_run). Jobs run the code
+    snapshot of this submission (layout.code_snapshot), not the live checkout."""
     exp = plan.exp_dir(runs_root)
     folder = exp / "submitit" / "%j"
-    arrays = build_arrays(plan, runs_root, profile, only, chunk=max_array_size() if not dry_run else 1001)
+    code = layout.code_snapshot(exp, allow_dirty=allow_dirty or dry_run, write=not dry_run)
+    live = live_cells(exp)
+    arrays = build_arrays(plan, runs_root, profile, only, chunk=max_array_size() if not dry_run else 1001, live=live,
+                          code=code)
+    if live:
+        print(f"{len(live)} cells already have a queued or running job: not submitted again "
+              f"(jobs {', '.join(sorted({j.split('_')[0] for j in live.values()}))})", file=out)
     ids: list[str] = []
     if dry_run:
         for i, a in enumerate(arrays):
             ids.append(f"<{a.stage}#{a.chunk}>")
             a.script = render_script(a, folder, profile, ids)
-            deps = ", ".join(f"{k} {arrays[j].stage}#{arrays[j].chunk}" for k, j in a.deps) or "none"
+            deps = ", ".join(f"{k} {arrays[j].stage}#{arrays[j].chunk}" if isinstance(j, int) else f"{k} job {j}"
+                             for k, j in a.deps) or "none"
             print(f"== array {a.stage}#{a.chunk}: {len(a.cells)} cells, depends on: {deps}", file=out)
             print(a.script, file=out)
         return arrays
@@ -245,7 +311,8 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": a.stage, "chunk": a.chunk,
                  "job_id": a.job_id, "array": len(jobs) > 1, "dependency": params["dependency"] or "",
                  "cells": [{"key": c.key, "task": i, "job": j.job_id} for i, (c, j) in enumerate(zip(a.cells, jobs))],
-                 "image": profile.image or "host", "profile": profile.name, "git_commit": layout.git_commit()}
+                 "image": profile.image or "host", "profile": profile.name, "code": str(code),
+                 "git_commit": (code / "COMMIT").read_text().strip()}
         with manifest.open("a") as f:
             f.write(json.dumps(entry) + "\n")
         print(f"submitted {a.stage}#{a.chunk}: job {a.job_id}, {len(a.cells)} cells"
@@ -261,7 +328,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 
 
 def read_manifest(exp: Path) -> dict[str, dict]:
-    """cell key -> its latest submission entry (job id of its task, stage, time)."""
+    """cell key -> its latest submission entry (job id of its task, stage, time) and `jobs`, every task id it was
+    ever submitted as (oldest first)."""
     latest = {}
     path = Path(exp) / "manifest.jsonl"
     if path.exists():
@@ -271,8 +339,30 @@ def read_manifest(exp: Path) -> dict[str, dict]:
             except ValueError:
                 continue
             for c in e.get("cells", []):
-                latest[c["key"]] = {"job": c["job"], "stage": e["stage"], "time": e["time"]}
+                jobs = latest.get(c["key"], {}).get("jobs", []) + [c["job"]]
+                latest[c["key"]] = {"job": c["job"], "stage": e["stage"], "time": e["time"], "jobs": jobs}
     return latest
+
+
+def live_tasks(job_ids: list[str]) -> set[str]:
+    """Task ids ('45_3', '46') of these jobs that are queued or running now (squeue: no accounting needed)."""
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    if not arrays:
+        return set()
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(arrays)], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def live_cells(exp: Path) -> dict[str, str]:
+    """cell key -> the task id of a queued or running job of that cell, from every submission in the manifest."""
+    man = read_manifest(exp)
+    live = live_tasks([j for m in man.values() for j in m["jobs"]])
+    return {key: next(j for j in reversed(m["jobs"]) if j in live) for key, m in man.items()
+            if any(j in live for j in m["jobs"])}
 
 
 def sacct_states(job_ids: list[str], since: str) -> dict[str, str]:
@@ -313,7 +403,8 @@ def task_ids(jid: str) -> list[str]:
 def cell_states(plan: Plan, runs_root) -> list[dict]:
     exp = plan.exp_dir(runs_root)
     man = read_manifest(exp)
-    states = sacct_states([m["job"] for m in man.values()], min((m["time"] for m in man.values()), default=""))
+    states = sacct_states([j for m in man.values() for j in m["jobs"]],
+                          min((m["time"] for m in man.values()), default=""))
     todo = plan.todo(runs_root)
     rows = []
     for c in plan.cells:
@@ -329,19 +420,36 @@ def cell_states(plan: Plan, runs_root) -> list[dict]:
             state = "running"      # claimed by a local run
         elif m is None:
             state = "not submitted"
-        else:
+        else:   # a live job of any submission of the cell speaks for it, else the latest submission's
+            m = {**m, "job": next((j for j in reversed(m["jobs"]) if states.get(j) in ("PENDING", "RUNNING",
+                                                                                        "REQUEUED")), m["job"])}
             st = states.get(m["job"], "UNKNOWN")
             state = {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "pending", "COMPLETED": "failed",
                      "TIMEOUT": "timed out", "CANCELLED": "cancelled"}.get(st, "failed" if st in TERMINAL
                                                                              else st.lower())
         log = ""
         if m and state in ("failed", "timed out", "cancelled"):
-            jid = m["job"]
-            log = exp / "submitit" / jid.split("_")[0] / f"{jid}_0_log.out"
+            log = log_path(exp, m["job"])
             log = str(log) if state != "cancelled" or log.exists() else ""   # cancelled before it started
         rows.append({"stage": c.stage, "cell": c.id, "state": state, "job": (m or {}).get("job", ""), "log": log,
                      "dir": str(d)})
     return rows
+
+
+def log_path(exp: Path, job_id: str) -> Path:
+    """The log of a task's rank 0: submitit's folder is the job id, array tasks included ('45_3/45_3_0_log.out')."""
+    return Path(exp) / "submitit" / job_id / f"{job_id}_0_log.out"
+
+
+def error_tail(row: dict, lines: int = 4) -> str:
+    """The last lines of a failed cell's error: its FAILED record if the worker wrote one, else its Slurm log."""
+    failed = Path(row["dir"]) / "FAILED"
+    try:
+        text = json.loads(failed.read_text()).get("error", "") if failed.exists() else \
+            "\n".join(Path(row["log"]).read_text(errors="replace").strip().splitlines()[-lines:]) if row["log"] else ""
+    except (OSError, ValueError, AttributeError):
+        text = ""
+    return "\n".join("    " + l[:300] for l in text.splitlines()[-lines:])
 
 
 def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = None, out=sys.stderr) -> int:
@@ -365,6 +473,8 @@ def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = N
             for r in bad:
                 if r["state"] != "cancelled" or r["log"]:
                     print(f"{r['state']}: {r['stage']}/{r['cell']}  log: {r['log'] or '-'}", file=out)
+                    if tail := error_tail(r):
+                        print(tail, file=out)
             unstarted = sum(r["state"] == "cancelled" and not r["log"] for r in bad)
             if unstarted:
                 print(f"{unstarted} cells cancelled before they started: a cell upstream failed or was "
@@ -377,7 +487,8 @@ def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = N
 
 
 def cancel(exp: Path) -> list[str]:
-    ids = sorted({m["job"].split("_")[0] for m in read_manifest(exp).values()})
+    """scancel every job the study ever submitted (every submission in the manifest, not only the latest)."""
+    ids = sorted({j.split("_")[0] for m in read_manifest(exp).values() for j in m["jobs"]})
     if ids:
         subprocess.run(["scancel", *ids], check=False)
     return ids

@@ -467,6 +467,10 @@ class Resources:
         check(self.time_min >= 1, "time_min", f"must be >= 1, got {self.time_min}", "use minutes, e.g. 240")
 
 
+SBATCH_OWNED = {"job-name", "time", "nodes", "ntasks-per-node", "cpus-per-task", "gpus-per-node", "gres", "mem",
+                "partition", "account", "qos", "array", "dependency", "output", "error", "signal", "open-mode",
+                "wckey", "kill-on-invalid-dep", "constraint", "exclusive", "reservation", "mail-user", "mail-type",
+                "comment"}
 SLURM_SIGNAL_SLACK_S = 30   # slurmctld signals at its first 30-s check after (limit - delay - 30 s): measured
 STARTUP_S = 5               # a task's Python installs its USR2 handler well within this after the job starts
 
@@ -490,6 +494,18 @@ class Profile:
     signal_delay_s: int = 120
     max_num_timeout: int = 10
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    # What sites ask of a job script. GPUs as --gpus-per-node=N or --gres=gpu:N (or gpu:<type>:N with gpu_type).
+    gpu_request: Literal["gpus_per_node", "gres"] = "gpus_per_node"
+    gpu_type: str = ""                    # e.g. a100 (only with gpu_request: gres)
+    constraint: str = ""                  # --constraint (node features, e.g. "a100&ib")
+    exclusive: bool = False               # --exclusive: whole nodes for training jobs
+    reservation: str = ""
+    mail_user: str = ""
+    mail_type: str = ""                   # e.g. END,FAIL
+    comment: str = ""
+    cpu_partition: str = ""               # the CPU-only stages (world, collect); default: partition
+    sbatch_extra: dict[str, str] = field(default_factory=dict)   # any other sbatch option: {begin: now+1hour}
+    srun_args: tuple[str, ...] = ()       # extra srun arguments (e.g. --mpi=pmix)
     # Cost estimate for `plan` (GPU-hours per stage), measured on your cluster, never part of a result:
     # training examples one GPU processes per hour (a finished training cell's summary.json: examples / wall_s *
     # 3600 / its GPUs), and the minutes one eval cell takes on its GPU (record.json timings, loading included).
@@ -505,10 +521,26 @@ class Profile:
               "use eval: {nodes: 1, gpus_per_node: 1}; eval cells run in parallel as array tasks")
         check(self.train_examples_per_gpu_hour >= 0 and self.eval_minutes_per_cell >= 0,
               "train_examples_per_gpu_hour", "cost rates must be >= 0", "use 0 (no estimate) or a measured rate")
-        for key in ("partition", "account", "qos"):
+        for key in ("partition", "account", "qos", "reservation", "cpu_partition", "gpu_type"):
             val = getattr(self, key)
             check(bool(PARTITION.match(val)), key, f"{val!r} has characters Slurm names never have",
                   "use letters, digits, '_', '-', '.' and ','")
+        check(not self.gpu_type or self.gpu_request == "gres", "gpu_type", "a GPU type needs gpu_request: gres",
+              "set gpu_request: gres, or remove gpu_type")
+        check(not self.mail_user or bool(re.fullmatch(r"[\w.+-]+@[\w.-]+", self.mail_user)), "mail_user",
+              f"{self.mail_user!r} is not an e-mail address", "write name@example.org")
+        check(bool(re.fullmatch(r"[A-Z_,]*", self.mail_type)), "mail_type", f"{self.mail_type!r} is not a mail type "
+              "list", "use e.g. END,FAIL")
+        for key, val in (("constraint", self.constraint), ("comment", self.comment),
+                         *((f"sbatch_extra.{k}", v) for k, v in self.sbatch_extra.items()),
+                         *((f"srun_args[{i}]", a) for i, a in enumerate(self.srun_args))):
+            check(val.isprintable() and "#" not in val and len(val) <= 256, key, f"{val!r} would break the job "
+                  "script (control characters, '#' or over 256 characters)", "write the value on one plain line")
+        for k in self.sbatch_extra:
+            check(bool(re.fullmatch(r"[a-z][a-z0-9-]*", k)), f"sbatch_extra.{k}", "is not an sbatch option name",
+                  "write the long option without dashes, e.g. begin or exclude")
+            check(k not in SBATCH_OWNED, f"sbatch_extra.{k}", "is set by the launcher or by a profile field",
+                  "use the profile's own field (partition, train.time_min, ...)")
         check(self.array_parallelism >= 1, "array_parallelism", "must be >= 1", "use e.g. 64")
         check(self.signal_delay_s >= 0, "signal_delay_s", "must be >= 0", "use e.g. 120")
         for stage, res in (("train", self.train), ("eval", self.eval)):

@@ -51,11 +51,18 @@ def read_job(cell_dir: Path):
     return meta, build(JOBS[kind], meta["job"], "job")
 
 
-def run_cell(cell_dir: str | Path) -> list[str]:
-    """Run the cell in this process; returns its outputs. Raises ConfigError / Preempted."""
+def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False) -> list[str]:
+    """Run the cell in this process; returns its outputs. Raises ConfigError / Preempted.
+
+    rerun: run a done cell again (debugging). Its new done marker keeps the old nonce, so the cells made from it
+    stay valid; with invalidate it gets a new one, and they run again at the next run or submit."""
     cell_dir = Path(cell_dir).resolve()
     meta, job = read_job(cell_dir)
     done = lambda: layout.is_done(cell_dir, meta.get("outputs", []), meta["kind"], meta.get("upstream", []))
+    old = layout.read_done(cell_dir) if rerun else None
+    nonce = old.get("nonce") if old and not invalidate else None
+    if rerun:
+        done = lambda: False
     if done():
         return meta.get("outputs", [])
     exp_dir = cell_dir.parent.parent
@@ -63,10 +70,10 @@ def run_cell(cell_dir: str | Path) -> list[str]:
     with Claim(cell_dir, rank, done) as claim:
         if not claim.held or done():   # finished elsewhere while we waited
             return meta.get("outputs", [])
-        return _run(cell_dir, meta, job, exp_dir, rank)
+        return _run(cell_dir, meta, job, exp_dir, rank, nonce)
 
 
-def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int) -> list[str]:
+def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int, nonce: str | None = None) -> list[str]:
     if rank == 0:
         (cell_dir / "FAILED").unlink(missing_ok=True)
         runtime = layout.runtime_info()
@@ -90,7 +97,8 @@ def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int) -> list[str]
     outputs = main(job, cell_dir, exp_dir) or []
     if rank == 0:
         made_from = {u: layout.upstream_nonce(exp_dir, u) for u in meta.get("upstream", [])}
-        layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], upstream=made_from)
+        layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], upstream=made_from,
+                          **({"nonce": nonce} if nonce else {}))
     return list(outputs)
 
 
@@ -192,11 +200,11 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def run_cell_dir(cell_dir: str | Path) -> int:
+def run_cell_dir(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False) -> int:
     """CLI wrapper: exit codes as in the module docstring."""
     from train.trainer import Preempted
     try:
-        run_cell(cell_dir)
+        run_cell(cell_dir, rerun, invalidate)
         close_distributed()
         return 0
     except ConfigError as e:

@@ -112,3 +112,28 @@ def reduced_run(tmp_path_factory):
     runs = tmp / "runs"
     assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
     return plan, runs
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The real one-machine Slurm cluster (tests/slurm/up.sh, idempotent): every test that needs Slurm takes this
+    fixture, so that `make test` alone works on a machine where nothing was installed before."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root (tests/slurm/up.sh)")
+    r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")], env=dict(os.environ, WITH_DBD="1", CPUS="8",
+                       NODES="2"), capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.fail(f"tests/slurm/up.sh failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return True
+
+
+def slurm_profile(tmp_path: Path, **over) -> Path:
+    """The local-slurm profile with the runs root under tmp_path; mapping values merge into the profile's."""
+    import yaml
+    prof = yaml.safe_load((ROOT / "configs/profiles/local-slurm.yaml").read_text())
+    prof["runs_root"] = str(tmp_path / "runs")
+    for k, v in over.items():
+        prof[k] = {**prof.get(k, {}), **v} if isinstance(v, dict) and isinstance(prof.get(k), dict) else v
+    p = tmp_path / "profile.yaml"
+    p.write_text(yaml.safe_dump(prof))
+    return p

@@ -92,21 +92,28 @@ def test_job_script_runs_in_the_image_with_this_checkout(tmp_path):
 
 
 def test_apptainer_stand_in_sees_the_exact_command(tmp_path):
-    """A logging stand-in for apptainer (not the real binary) checks the command line make debug-cell builds."""
+    """A logging stand-in for apptainer (not the real binary) checks what make debug-cell runs in the image: the
+    checkout, the run folder, the HF cache and the profile's binds bound, the job's variables set."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
-    (bin_dir / "apptainer").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    (bin_dir / "apptainer").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n"
+                                       f"echo \"HF_HOME=$HF_HOME HF_HUB_OFFLINE=$HF_HUB_OFFLINE WANDB_MODE=$WANDB_MODE "
+                                       f"PYTHONPATH=$PYTHONPATH\" >> {log}\n")
     (bin_dir / "apptainer").chmod(0o755)
     run = tmp_path / "runs" / "exp"
     (run / "eval" / "c1").mkdir(parents=True)
     (run / "eval" / "c1" / "job.json").write_text("{}")
+    (run / "profile.yaml").write_text("name: site\nexecutor: slurm\nhf_home: /shared/hf\nbinds: [/scratch]\n"
+                                      "wandb_mode: disabled\n")
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
     r = subprocess.run(["make", "-s", "debug-cell", f"RUN={run}", "CELL=eval/c1", "IMAGE=/img/e.sif"], cwd=ROOT,
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert log.read_text().strip() == (f"exec --nv --bind {ROOT} --env PYTHONPATH={ROOT} /img/e.sif python -m launch "
-                                       f"run-cell {run}/eval/c1")
+    cmd, envline = log.read_text().strip().splitlines()
+    assert cmd == (f"exec --nv --bind {ROOT},{run},/shared/hf,/scratch /img/e.sif python -m launch run-cell "
+                   f"{run}/eval/c1 --rerun")
+    assert envline == f"HF_HOME=/shared/hf HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONPATH={ROOT}"
 
 
 def test_debug_cell_on_the_host_reproduces_the_result(tmp_path, exp_dir):
@@ -130,6 +137,14 @@ def test_debug_cell_on_the_host_reproduces_the_result(tmp_path, exp_dir):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert json.loads((d / "result.json").read_text())["metrics"] == first
     assert (d / "DONE").exists() and len((d / "attempts.jsonl").read_text().splitlines()) == 2
+    # the rerun keeps its done marker's nonce: the cells made from it stay valid; INVALIDATE=1 gives a new one
+    nonce = json.loads((d / "DONE").read_text())["nonce"]
+    r = subprocess.run(["make", "-s", "debug-cell", f"RUN={run}", "CELL=eval/c1"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and json.loads((d / "DONE").read_text())["nonce"] == nonce
+    r = subprocess.run(["make", "-s", "debug-cell", f"RUN={run}", "CELL=eval/c1", "INVALIDATE=1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and json.loads((d / "DONE").read_text())["nonce"] != nonce
 
 
 @pytest.mark.skipif(shutil.which("apptainer") is None, reason="apptainer binary not found")

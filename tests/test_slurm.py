@@ -22,6 +22,8 @@ from launch.slurm import build_arrays, cell_states, submit, wait
 from launch.spec import Profile, build, load_profile, load_spec
 from launch.worker import job_meta
 
+from conftest import slurm_profile  # noqa: E402  (the cluster fixture comes from conftest too)
+
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 
@@ -41,6 +43,8 @@ def test_golden_job_scripts():
     arrays = submit(plan, profile.runs_root, profile, dry_run=True, out=out)
     assert [a.stage for a in arrays] == ["positive", "negative", "eval", "collect"]
     text = out.getvalue().replace(str(ROOT), "<repo>")   # the checkout's path differs per machine
+    import re
+    text = re.sub(r"/code/[0-9a-f]{12}(-dirty-[0-9a-f]{8})?", "/code/<commit>", text)   # and the commit
     golden = GOLDEN / "setting2-imdb-2x8gpu.txt"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)
@@ -74,27 +78,6 @@ def test_arrays_split_at_max_array_size_and_correlate():
 
 
 # ------------------------------------------------------------------------------------------ real cluster
-@pytest.fixture(scope="module")
-def cluster():
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (tests/slurm/up.sh)")
-    r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")], env=dict(os.environ, WITH_DBD="1", CPUS="8",
-                       NODES="2"), capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        pytest.fail(f"tests/slurm/up.sh failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return True
-
-
-def slurm_profile(tmp_path: Path, **over) -> Path:
-    prof = yaml.safe_load((ROOT / "configs/profiles/local-slurm.yaml").read_text())
-    prof["runs_root"] = str(tmp_path / "runs")
-    for k, v in over.items():
-        prof[k] = {**prof.get(k, {}), **v} if isinstance(v, dict) else v
-    p = tmp_path / "profile.yaml"
-    p.write_text(yaml.safe_dump(prof))
-    return p
-
-
 def tiny_grid(tmp_path: Path) -> Path:
     from conftest import reduced_config
     cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
@@ -117,7 +100,7 @@ def launch(*args, env=None, timeout=900):
 SECRET = "wandb-secret-9f8e7d6c5b4a"
 
 
-def test_an_array_without_upstream_does_not_inherit_a_dependency(tmp_path):
+def test_an_array_without_upstream_does_not_inherit_a_dependency(cluster, tmp_path):
     """submitit's executor keeps parameters between arrays: each array states its own dependency, or none."""
     import submitit
     from launch.slurm import Array, array_params

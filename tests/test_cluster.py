@@ -1,0 +1,225 @@
+"""The cluster path as a Slurm user meets it: code snapshots, prefetch and the cache check, dry runs, site options
+in the job script, and on the real local cluster (tests/slurm/up.sh): no duplicate jobs on a resubmit while queued,
+cancel and status over every submission, and requeue when the cells run in an image without Slurm commands.
+
+    .venv/bin/python -m pytest -q tests/test_cluster.py
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import slurm_profile
+from launch.spec import ConfigError, Profile, build
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch(*args, env=None, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+# ----------------------------------------------------------------------------------------------- code snapshot
+def test_code_snapshot_is_the_commit_and_refuses_a_dirty_tree(tmp_path, monkeypatch):
+    from launch import layout
+    repo = tmp_path / "repo"
+    (repo / "launch").mkdir(parents=True)
+    (repo / "launch" / "a.py").write_text("x = 1\n")
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(layout, "CODE_ROOT", repo)
+    snap = layout.code_snapshot(tmp_path / "run")
+    assert snap == tmp_path / "run" / "code" / head[:12]
+    assert (snap / "launch" / "a.py").read_text() == "x = 1\n" and (snap / "COMMIT").read_text().strip() == head
+    (repo / "launch" / "a.py").write_text("x = 2\n")   # an edit while the grid is queued changes nothing that runs
+    assert (snap / "launch" / "a.py").read_text() == "x = 1\n"
+    with pytest.raises(ConfigError, match="--allow-dirty: the checkout has uncommitted changes"):
+        layout.code_snapshot(tmp_path / "run")
+    dirty = layout.code_snapshot(tmp_path / "run", allow_dirty=True)
+    assert dirty.name.startswith(head[:12] + "-dirty-") and (dirty / "launch" / "a.py").read_text() == "x = 2\n"
+    assert (dirty / "COMMIT").read_text().strip() == head + "+dirty"
+    monkeypatch.setattr(layout, "CODE_ROOT", snap)    # the code in a snapshot reads its commit from COMMIT
+    assert layout.git_commit() == head
+
+
+# ------------------------------------------------------------------------------------------ prefetch and cache
+def test_prefetch_downloads_one_weight_format_and_fails_in_one_line(tmp_path):
+    from launch.prefetch import META, weight_patterns
+    both = ["config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+            "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "original/consolidated.00.pth"]
+    assert weight_patterns(both) == ["*.safetensors", "*.safetensors.index.json"]
+    assert weight_patterns(both[3:]) == ["pytorch_model*.bin", "pytorch_model*.bin.index.json"]
+    assert not any(p.endswith((".bin", ".gguf", ".pth")) for p in META)
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"name: p\nexecutor: slurm\nhf_home: {tmp_path / 'hf'}\n")
+    r = launch("prefetch", "configs/setting2/imdb.yaml", "--profile", prof,   # the hub unreachable: refused port
+               env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "3", "HF_HUB_DOWNLOAD_TIMEOUT": "3"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+        f"error: configs/setting2/imdb.yaml: models[0].path: cannot download meta-llama/Llama-2-7b-hf@main")
+
+
+def test_submit_refuses_a_cache_that_lacks_a_file(tmp_path):
+    from hub_fixtures import build_hub
+    hub = build_hub(tmp_path / "hf")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"name: p\nexecutor: slurm\nhf_home: {hub}\nruns_root: {tmp_path / 'runs'}\n")
+    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--dry-run")
+    assert r.returncode == 0 and "#SBATCH" in r.stdout, r.stderr[-2000:]
+    import shutil
+    shutil.rmtree(hub / "hub" / "models--siebert--sentiment-roberta-large-english")
+    shutil.rmtree(hub / "datasets" / "stanfordnlp___imdb")
+    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--dry-run")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {prof}: hf_home: {hub} lacks siebert/sentiment-roberta-large-english "
+                               "(model), stanfordnlp/imdb (dataset) (on the login node: make prefetch")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_with_a_local_executor_runs_and_writes_nothing(tmp_path):
+    for executor in ("local", "debug"):
+        r = launch("submit", "configs/toy/setting2.yaml", "--executor", executor, "--dry-run", "--runs", tmp_path / "runs")
+        assert r.returncode == 0 and "dry run: nothing run, nothing written" in r.stdout, r.stderr[-2000:]
+        assert "== stage world: 1 of 1 cells to run" in r.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------------------------- job scripts
+def test_site_options_reach_the_job_script():
+    from launch.plan import make_plan
+    from launch.slurm import submit
+    from launch.spec import load_spec
+    prof = build(Profile, {"name": "site", "executor": "slurm", "partition": "gpu", "cpu_partition": "cpu",
+                           "train": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6},
+                           "eval": {"gpus_per_node": 1, "cpus_per_task": 3}, "gpu_request": "gres",
+                           "gpu_type": "a100", "constraint": "a100&ib", "exclusive": True, "reservation": "paper",
+                           "mail_user": "me@example.org", "mail_type": "END,FAIL", "comment": "elastica",
+                           "sbatch_extra": {"begin": "now+1hour"}, "srun_args": ["--mpi=pmix"],
+                           "runs_root": "/scratch/runs"})
+    out = io.StringIO()
+    arrays = submit(make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml")), prof.runs_root, prof, dry_run=True,
+                    out=out)
+    train, ev, coll = arrays[0].script, arrays[2].script, arrays[3].script
+    for line in ("#SBATCH --gres=gpu:a100:4", "#SBATCH --constraint='a100&ib'", "#SBATCH --exclusive",
+                 "#SBATCH --reservation=paper", "#SBATCH --mail-user=me@example.org", "#SBATCH --mail-type=END,FAIL",
+                 "#SBATCH --comment=elastica", "#SBATCH --begin=now+1hour", "#SBATCH --partition=gpu"):
+        assert line in train, line
+    assert "srun --unbuffered" in train and "--cpus-per-task=6 --kill-on-bad-exit=1 --mpi=pmix" in train
+    assert "#SBATCH --gres=gpu:a100:1" in ev and "--cpus-per-task=3" in ev
+    assert "#SBATCH --partition=cpu" in coll and "gres" not in coll and "--exclusive" not in coll
+    assert "--kill-on-invalid-dep=yes" in coll and "scontrol requeue" in coll
+
+
+@pytest.mark.parametrize("over,field", [({"gpu_type": "a100"}, "gpu_type"), ({"mail_user": "me"}, "mail_user"),
+                                        ({"constraint": "a\n#SBATCH --x"}, "constraint"),
+                                        ({"sbatch_extra": {"time": "10"}}, "sbatch_extra.time"),
+                                        ({"sbatch_extra": {"Bad Key": "1"}}, "sbatch_extra.Bad Key"),
+                                        ({"srun_args": ["--x\ny"]}, "srun_args[0]")])
+def test_bad_site_options_are_refused(over, field):
+    with pytest.raises(ConfigError) as e:
+        build(Profile, {"name": "p", "executor": "slurm", **over})
+    assert e.value.field == field
+
+
+def test_log_paths_of_array_tasks():
+    from launch.slurm import log_path
+    assert log_path(Path("/r"), "45_3") == Path("/r/submitit/45_3/45_3_0_log.out")
+    assert log_path(Path("/r"), "46") == Path("/r/submitit/46/46_0_log.out")
+
+
+# ----------------------------------------------------------------------------------------- real local Slurm
+def test_resubmit_while_queued_submits_nothing_and_cancel_ends_every_job(cluster, tmp_path):
+    from conftest import reduced_config
+    cfg = reduced_config(tmp_path)
+    prof = slurm_profile(tmp_path, sbatch_extra={"begin": "now+1hour"})   # everything stays queued
+    r = launch("submit", cfg, "--profile", prof)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp = tmp_path / "runs" / "toy-reduced"
+    first = (exp / "manifest.jsonl").read_text()
+    r = launch("submit", cfg, "--profile", prof)
+    assert r.returncode == 0 and "cells already have a queued or running job: not submitted again" in r.stdout
+    assert "nothing to submit" in r.stdout and (exp / "manifest.jsonl").read_text() == first
+    r = launch("status", exp, "--json")
+    states = {row["state"] for row in json.loads(r.stdout)}
+    assert states <= {"pending", "unknown"}, states
+    r = launch("cancel", exp)
+    assert r.returncode == 0
+    ids = {e["job_id"] for e in map(json.loads, first.splitlines())}
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        left = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True).stdout
+        if not left.strip():
+            break
+        time.sleep(1)
+    assert not left.strip(), left
+
+
+def test_requeue_inside_an_image_without_slurm_commands(cluster, tmp_path, exp_dir, monkeypatch):
+    """The cells run through a stand-in `apptainer` whose PATH has no Slurm commands (as in the image): after a
+    preemption signal the cell saves and exits 75, the job script's teardown requeues on the host, and the cell
+    resumes to the weights of an uninterrupted run."""
+    import submitit
+    from conftest import run_cell_procs, write_cell
+    from launch.jobs import ModelRef, TrainJob
+    from launch.slurm import CellTask, python_command, sbatch_params
+    from launch.spec import Data, Recipe, load_profile
+    from safetensors.torch import load_file
+    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
+                   data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
+                   recipe=Recipe(lr=1e-3, global_batch=2, micro_batch=2, max_length=64, zero_stage=0,
+                                 precision="fp32", save_every_steps=1000), seed=3, template="plain", milestones=(400,))
+    ref = write_cell(tmp_path / "ref" / "positive" / "c", job, outputs=["n400"])
+    (rc, out), = run_cell_procs(ref, env={"OMP_NUM_THREADS": "1"})
+    assert rc == 0, out[-2000:]
+    # the stand-in: a PATH of /usr/bin without Slurm's commands, then the command after the image
+    hidden = tmp_path / "no-slurm-bin"
+    hidden.mkdir()
+    for f in Path("/usr/bin").iterdir():
+        if f.name not in ("scontrol", "sbatch", "srun", "squeue", "scancel", "sacct", "sinfo", "salloc"):
+            (hidden / f.name).symlink_to(f)
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir()
+    (stand_in / "apptainer").write_text(
+        "#!/bin/bash\n# stand-in for apptainer exec: skip the options and the image, hide Slurm, run the rest\n"
+        "shift; while [[ $1 == --* ]]; do [[ $1 == --bind || $1 == --env ]] && shift; shift; done\n"
+        f"export APPTAINER_CONTAINER=$1; shift\nexport PATH={Path(sys.executable).parent}:{hidden}\n"
+        "command -v scontrol >/dev/null && { echo 'stand-in: scontrol visible' >&2; exit 3; }\n"
+        'exec "$@"\n')
+    (stand_in / "apptainer").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in}:{os.environ['PATH']}")
+    image = tmp_path / "e.sif"
+    image.write_bytes(b"stand-in image")
+    profile = load_profile(slurm_profile(tmp_path, image=str(image), train={"time_min": 20}))
+    d = write_cell(tmp_path / "slurm" / "positive" / "c", job, outputs=["n400"])
+    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", python=python_command(profile))
+    ex.update_parameters(**sbatch_params(profile, profile.train, "image-requeue"))
+    j = ex.submit(CellTask(), str(d))
+    metrics = d / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 40):
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR2", j.job_id], check=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (d / "DONE").exists():
+        time.sleep(2)
+    log = Path(j.paths.stdout).read_text() if Path(j.paths.stdout).exists() else ""
+    assert (d / "DONE").exists(), log[-3000:]
+    assert "FileNotFoundError" not in log and "elastica: requeueing" in log, log[-3000:]
+    attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 2 and json.loads((d / "summary.json").read_text())["resumed_at_steps"]
+    rec = json.loads((d / "record.json").read_text())
+    assert rec["runtime"]["image"] == str(image)
+    a, b = load_file(str(ref / "checkpoints/n400/model.safetensors")), load_file(str(d / "checkpoints/n400/model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
