@@ -114,6 +114,7 @@ def write_done(cell_dir: Path, **info) -> None:
 
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_DIRS = ("launch", "train", "eval")   # what a job imports: a code snapshot holds these
 
 
 def git_commit() -> str:
@@ -145,20 +146,21 @@ def runtime_info() -> dict:
 
 
 def code_snapshot(exp_dir: Path, allow_dirty: bool = False, write: bool = True) -> Path:
-    """The code a study's Slurm jobs run: this checkout's committed tree, copied once into
+    """The code a study's Slurm jobs run: this checkout's committed packages (CODE_DIRS), copied once into
     `<run>/code/<commit>` (`git archive`; content-addressed, so resubmitting the same commit reuses it), with a COMMIT
     file that record.json reads. Editing the checkout while a grid is queued then changes nothing that runs.
-    A checkout with uncommitted changes is refused unless allow_dirty; then the working tree of the tracked files is
-    copied, addressed by the commit and a hash of the changes ('<commit>-dirty-<hash>')."""
+    A checkout with uncommitted changes in them is refused unless allow_dirty; then their working tree is copied,
+    addressed by the commit and a hash of the changes ('<commit>-dirty-<hash>')."""
     import hashlib
     from launch.spec import ConfigError
     git = lambda *a: subprocess.run(["git", "-C", str(CODE_ROOT), *a], capture_output=True, timeout=60)
+    dirs = [d for d in CODE_DIRS if (CODE_ROOT / d).is_dir()]
     head = git("rev-parse", "HEAD").stdout.decode().strip()
     if not head:
         raise ConfigError("code", f"{CODE_ROOT} is not a git checkout: jobs could not record which code they ran",
                           "submit from a clone of the repository")
-    diff = git("diff", "HEAD", "--binary").stdout
-    untracked = git("ls-files", "--others", "--exclude-standard", "--", "launch", "train", "eval").stdout
+    diff = git("diff", "HEAD", "--binary", "--", *dirs).stdout
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", *dirs).stdout
     dirty = bool(diff.strip() or untracked.strip())
     if dirty and not allow_dirty:
         raise ConfigError("--allow-dirty", "the checkout has uncommitted changes, which no commit would record",
@@ -171,14 +173,15 @@ def code_snapshot(exp_dir: Path, allow_dirty: bool = False, write: bool = True) 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if dirty:
-        files = git("ls-files", "-z", "--cached", "--others", "--exclude-standard").stdout.decode().split("\0")
+        files = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                    *dirs).stdout.decode().split("\0")
         for f in filter(None, files):
             src = CODE_ROOT / f
             if src.is_file():
                 (tmp / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, tmp / f)
     else:
-        archive = git("archive", "--format=tar", "HEAD").stdout
+        archive = git("archive", "--format=tar", "HEAD", "--", *dirs).stdout
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
     (tmp / "COMMIT").write_text(head + ("+dirty" if dirty else "") + "\n")
     try:
