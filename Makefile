@@ -8,6 +8,7 @@
 #   make status RUN=runs/<experiment>    cells by stage and state; make cancel RUN=...
 #   make prefetch CONFIG=... PROFILE=...  login node: fill the profile's HF cache, check that every volume fits
 #   make collect RUN=runs/<experiment>   tables and plots
+#   make wandb-sync RUN=runs/<experiment>  upload the study's offline W&B runs (grouped by study and stage)
 #   make bench                           every benchmark under bench/ -> docs/benchmarks.md
 #   make gpu-check [GPU_CHECK_ARGS=--smoke]  prove the GPU path on one GPU (docs/gpu-check.md)
 #   make container [STACK=cpu]           build the Apptainer image (cluster build node; apptainer needed)
@@ -32,7 +33,7 @@ BUILD_ARGS := --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg CPU_BASE_IMAGE=$(
 IMAGE ?=
 
 .PHONY: help setup test demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
-	prefetch collect clean container sandbox shell debug-cell bench gpu-check
+	prefetch collect clean container sandbox shell debug-cell bench gpu-check wandb-sync
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -76,6 +77,10 @@ prefetch: setup
 
 collect: setup
 	$(PY) -m eval.collect $(RUN)
+
+wandb-sync: setup   # from the login node: upload every offline W&B run of a study (WANDB_API_KEY in your shell)
+	@test -d "$(RUN)" || { echo "error: RUN: give RUN=runs/<experiment> (a run folder)"; exit 2; }
+	$(VENV)/bin/wandb sync $$(find "$(RUN)" -type d -name 'offline-run-*' | sort)
 
 bench: setup
 	$(PY) bench/run_all.py

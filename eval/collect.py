@@ -524,6 +524,18 @@ def print_summary(summary: dict, console=None) -> None:
 
 def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:
     summary = collect(exp_dir)
+    from launch.tracking import wandb_run
+    run = wandb_run(out_dir, exp_dir, {"setting": job.setting, "task": job.task})
+    if run is not None:   # every eval metric with its coordinates, and the tables, in the study's collect run
+        import wandb
+        rows = [json.loads(l) for l in (Path(summary["report"]) / "results.jsonl").read_text().splitlines()]
+        run.log({"results": wandb.Table(columns=RESULT_COLUMNS, data=[[r[c] for c in RESULT_COLUMNS] for r in rows])})
+        for name, ts in summary["tables"].items():
+            for i, t in enumerate(ts):
+                run.log({f"tables/{name}/{i}": wandb.Table(columns=[str(h) for h in t.header],
+                                                           data=[[str(c) for c in r] for r in t.rows])})
+        run.summary.update({"cells_in_tables": summary["records"], "cells_not": len(summary["problems"])})
+        run.finish()
     atomic_write_text(Path(out_dir) / "summary.json", json.dumps(
         {k: summary[k] for k in ("report", "index", "records", "problems", "files", "headline")}, indent=2))
     return ["summary.json"]

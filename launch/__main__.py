@@ -172,9 +172,12 @@ def cmd_submit(args) -> int:
     if executor == "slurm" and profile.hf_home:   # jobs run offline: every file must be in the cache already
         from launch.prefetch import cache_gaps
         if gaps := cache_gaps(plan.spec, profile.hf_home):
-            raise ConfigError("hf_home", f"{profile.hf_home} lacks {', '.join(gaps)}",
+            err = ConfigError("hf_home", f"{profile.hf_home} lacks {', '.join(gaps)}",
                               f"on the login node: make prefetch CONFIG={args.config} PROFILE={args.profile}",
                               file=args.profile)
+            if not args.dry_run:
+                raise err
+            print(f"note: a real submit would stop here: {err.line()}")
     if args.dry_run and executor != "slurm":   # a dry run never runs or writes anything, whatever the executor
         todo = plan.todo(runs)
         for stage, cells in plan.stages.items():

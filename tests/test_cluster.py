@@ -81,11 +81,23 @@ def test_submit_refuses_a_cache_that_lacks_a_file(tmp_path):
     import shutil
     shutil.rmtree(hub / "hub" / "models--siebert--sentiment-roberta-large-english")
     shutil.rmtree(hub / "datasets" / "stanfordnlp___imdb")
-    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--dry-run")
+    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--executor", "slurm")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"error: {prof}: hf_home: {hub} lacks siebert/sentiment-roberta-large-english "
                                "(model), stanfordnlp/imdb (dataset) (on the login node: make prefetch")
     assert not (tmp_path / "runs").exists()
+    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--dry-run")   # a dry run says so too
+    assert r.returncode == 0 and "note: a real submit would stop here: error:" in r.stdout and "#SBATCH" in r.stdout
+
+
+def test_make_submit_setting2_dry_run_shows_the_final_job_scripts(tmp_path):
+    r = subprocess.run(["make", "-s", "submit-setting2", "PROFILE=configs/profiles/example-gpu.yaml",
+                        "ARGS=--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for cfg in sorted((ROOT / "configs/setting2").glob("*.yaml")):
+        assert f"== configs/setting2/{cfg.name}" in r.stdout
+    assert r.stdout.count("#!/bin/bash") == 4 * 4   # positive, negative, eval, collect arrays per study
+    assert "scontrol requeue" in r.stdout and "/code/" in r.stdout and "--kill-on-bad-exit=1" in r.stdout
 
 
 def test_dry_run_with_a_local_executor_runs_and_writes_nothing(tmp_path):

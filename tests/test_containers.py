@@ -46,21 +46,48 @@ def test_def_file_sections_and_single_version_source(path):
     used = set(re.findall(r"\{\{ (\w+) \}\}", path.read_text()))
     defaults = {l.split("=")[0].strip() for l in s["arguments"].splitlines() if "=" in l}
     assert used <= set(versions()) | defaults and defaults == {"GIT_COMMIT"}
-    # the dependencies come from pyproject.toml (pip installs the project): no version list in the def file
-    assert "pyproject.toml /opt/elastica/pyproject.toml" in s["files"]
-    assert "pip install --no-cache-dir /opt/elastica" in s["post"]
-    assert not re.search(r"(transformers|deepspeed|datasets|submitit|wandb)==", path.read_text())
-    assert "{{ PYTHON_VERSION }}" in s["post"]        # the build fails if the base's Python differs
+    # the steps are containers/build.sh's, the pins pyproject.toml's: no version list in the def file
+    for f in ("pyproject.toml", "LICENSE", "containers/build.sh", "containers/versions.env"):
+        assert f"{f} /opt/elastica/{f}" in s["files"], f
+    assert "bash /opt/elastica/containers/build.sh /opt/elastica" in s["post"]
+    assert not re.search(r"(torch|transformers|deepspeed|datasets|submitit|wandb)==", path.read_text())
     assert "PYTHONNOUSERSITE=1" in s["environment"] and "PYTHONPATH" not in s["environment"]
-    assert "import torch, deepspeed, transformers, datasets, submitit" in s["test"] and "ds_report" in s["test"]
+    assert "bash /opt/elastica/containers/build.sh --check" in s["test"]   # fails when an op is missing
     assert "org.elastica.git_commit {{ GIT_COMMIT }}" in s["labels"]
 
 
-def test_cuda_def_prebuilds_deepspeed_ops():
+def test_build_script_builds_the_ops_for_the_named_accelerator():
     post = sections(DEFS[0].read_text())["post"]
-    assert "DS_BUILD_FUSED_ADAM=1" in post and "DS_BUILD_CPU_ADAM=1" in post
-    assert 'TORCH_CUDA_ARCH_LIST="{{ TORCH_CUDA_ARCH_LIST }}"' in post
+    assert 'STACK=cuda TORCH_CUDA_ARCH_LIST="{{ TORCH_CUDA_ARCH_LIST }}"' in post
     assert versions()["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0"   # A100, H100
+    script = (ROOT / "containers" / "build.sh").read_text()
+    assert "export DS_ACCELERATOR=cuda DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 DS_BUILD_UTILS=1" in script
+    assert "--no-build-isolation" in script and "PYTHON_VERSION=" in script   # the base's Python is checked
+    assert '"cuda": ["fused_adam", "cpu_adam"]' in script
+
+
+@pytest.mark.slow
+def test_build_script_installs_the_cpu_stack_in_a_fresh_venv(tmp_path):
+    """The images' %post steps, run for the CPU stack in a new venv: the pins, DeepSpeed built against the
+    installed torch, the project; then the %test check, which also fails where an op the CUDA stack needs is
+    missing (ds_report alone would exit 0)."""
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    env = {**os.environ, "PATH": f"{tmp_path / 'venv' / 'bin'}:{os.environ['PATH']}", "STACK": "cpu",
+           "ALLOW_PYTHON_MISMATCH": "1"}   # this machine's Python need not be the images'
+    env.pop("VIRTUAL_ENV", None)
+    proj = tmp_path / "opt-elastica"   # what the def's %files copies into the image
+    proj.mkdir()
+    for f in ("pyproject.toml", "LICENSE", "containers", "launch", "train", "eval"):
+        (shutil.copytree if (ROOT / f).is_dir() else shutil.copy)(ROOT / f, proj / f)
+    r = subprocess.run(["bash", str(proj / "containers" / "build.sh"), str(proj)], env=env, capture_output=True,
+                       text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "imports ok: torch 2.13.0" in r.stdout and "deepspeed 0.19.8" in r.stdout
+    stack = (proj / "STACK").read_text()
+    assert stack.startswith("stack cpu\ntorch 2.13.0") and "ops (JIT)" in stack
+    r = subprocess.run(["bash", str(ROOT / "containers" / "build.sh"), "--check"], env={**env, "STACK": "cuda"},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "error: DeepSpeed ops ['fused_adam', 'cpu_adam'] are not installed" in r.stderr
 
 
 def test_python_version_is_stated_once_and_checked():

@@ -4,6 +4,7 @@ demo (world -> pretrain -> positive/control -> negative -> eval -> collect) thro
     .venv/bin/python -m pytest -q tests/test_toyworld.py
 """
 import json
+import subprocess
 from pathlib import Path
 
 from launch.spec import World, load_profile
@@ -60,6 +61,15 @@ def test_reduced_demo_through_local_executor(reduced_run):
     with open(report / "results.csv", newline="") as f:
         means = [r for r in csv.DictReader(f) if r["row"] == "mean" and r["metric"] == "positive_rate"]
     assert means and all(0 <= float(r["value"]) <= 1 for r in means)
+    # W&B (offline): training runs grouped by study and stage with the cell's coordinates as tags; the collect
+    # run holds every eval metric with its coordinates (the results table)
+    neg = next(p for p in exp.glob("negative/*/wandb/offline-run-*/run-*.wandb"))
+    data = neg.read_bytes()
+    assert b"toy-reduced/negative" in data and b"arm=positive" in data and b"positive=32" in data
+    col = next(p for p in exp.glob("collect/*/wandb/offline-run-*/run-*.wandb")).read_bytes()
+    assert b"toy-reduced/collect" in col and b"results" in col
+    r = subprocess.run(["make", "-n", "wandb-sync", f"RUN={exp}"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "wandb sync $(find" in r.stdout
     # the pre-trained base learned the world: its positive rate is near the corpus prior 0.5
     base = next(json.loads(p.read_text()) for p in (exp / "eval").glob("*.base-*/result.json"))
     rate = next(m for m in base["metrics"] if m["name"] == "positive_rate")

@@ -407,15 +407,9 @@ class Trainer:
         return int(flag.item())
 
     def _wandb(self):
-        mode = os.environ.get("WANDB_MODE", "offline")
-        if mode == "disabled":
-            return None
-        import wandb
-        cell = self.out.name
-        return wandb.init(project=os.environ.get("WANDB_PROJECT", "elastica"), group=cell, job_type=self.job.stage,
-                          name=cell, id=cell[-10:], dir=str(self.out), mode=mode,
-                          resume="allow", config={"recipe": jsonable(self.job.recipe), "seed": self.job.seed},
-                          settings=wandb.Settings(silent=True, console="off"))
+        from launch.tracking import wandb_run
+        return wandb_run(self.out, self.exp, {"recipe": jsonable(self.job.recipe), "seed": self.job.seed,
+                                              "milestones": list(self.job.milestones), "world_size": self.world})
 
 
 def token_logps(model, ids, mask, labels, device):

@@ -1,0 +1,33 @@
+"""W&B for cells: one run per training cell and one per collect cell, grouped by study and stage, with the cell's
+coordinates in the config and the tags. Offline by default (WANDB_MODE from the profile), under the cell folder;
+sync later from the login node: `make wandb-sync RUN=runs/<experiment>`. Rank 0 only; never needed by the collector;
+keys stay in the environment.
+
+    run = wandb_run(cell_dir, exp_dir, {"recipe": ...})   # None when WANDB_MODE=disabled
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+def wandb_run(cell_dir: Path, exp_dir: Path, config: dict):
+    mode = os.environ.get("WANDB_MODE", "offline")
+    if mode == "disabled":
+        return None
+    import wandb
+    cell_dir, study = Path(cell_dir), Path(exp_dir).name
+    try:
+        meta = json.loads((cell_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    stage, coords = meta.get("stage", cell_dir.parent.name), meta.get("coords", {})
+    tags = [study, stage] + [f"{k}={v}" for k, v in sorted(coords.items()) if v not in ("", None)]
+    run_id = hashlib.sha256(f"{study}/{stage}/{cell_dir.name}".encode()).hexdigest()[:16]   # one run per cell
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "elastica"), group=f"{study}/{stage}", job_type=stage,
+                      name=cell_dir.name, id=run_id, dir=str(cell_dir), mode=mode, resume="allow",
+                      tags=[t[:64] for t in tags],
+                      config={"study": study, "stage": stage, "cell": cell_dir.name, "coords": coords, **config},
+                      settings=wandb.Settings(silent=True, console="off"))
