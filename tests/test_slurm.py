@@ -141,6 +141,11 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     for c in plan.cells:
         got = json.loads((plan.cell_dir(tmp_path / "runs", c) / "job.json").read_text())
         assert got == json.loads(json.dumps(job_meta(c))), c.key
+    # the jobs ran the code snapshot of this submission and record its commit
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert (exp / "code" / head[:12] / "launch" / "worker.py").is_file()
+    recs = [json.loads(p.read_text()) for p in exp.glob("*/*/record.json")]
+    assert recs and {r["git_commit"] for r in recs} == {head}
     # no secret in any file the run wrote (run folder, submitit folder, logs)
     for f in exp.rglob("*"):
         if f.is_file():
@@ -273,6 +278,10 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     rows = [r for r in states if r["stage"] not in ("world", "pretrain")]
     (killed,) = [r for r in states if r["stage"] == "pretrain"]
     assert killed["state"] != "done" and killed["log"], "the killed cell (CANCELLED after scancel) has its log"
+    assert Path(killed["log"]).is_file(), killed["log"]   # the real path of an array task's log
+    text = log.getvalue()
+    after = text.split(f"pretrain/{cell.name}  log: ", 1)[1].splitlines()
+    assert after[1].startswith("    "), text   # the last lines of its error, under the cell's line
     assert len(rows) == 20 and {r["state"] for r in rows} == {"cancelled"} and not any(r["log"] for r in rows)
     assert "cells cancelled before they started" in log.getvalue() and f"pretrain/{cell.name}  log: " in log.getvalue()
     assert not (cell / "DONE").exists()
