@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from launch.jobs import CollectJob
-from launch.layout import atomic_write_text, read_done
+from launch.layout import atomic_write_text, is_done, json_problem, read_done
 
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        15: 2.131, 20: 2.086, 30: 2.042}
@@ -82,8 +82,12 @@ def read_cells(exp: Path):
                              (failed or {}).get("error", "no done marker")))
             continue
         meta, data = _json(d / "job.json"), _json(d / want)
-        if meta is None or data is None or (stage == "eval" and not isinstance(data.get("metrics"), list)):
-            problems.append((key, "corrupt", f"{want} or job.json unreadable"))
+        problem = "job.json unreadable" if meta is None else f"{want} unreadable" if data is None else \
+            json_problem(data, want, "eval" if stage == "eval" else "summary")
+        if problem is None and not is_done(d, (), meta.get("kind", ""), meta.get("upstream", [])):
+            problem = "made from an upstream cell that is gone, corrupt or redone"
+        if problem:   # never tabled; the next run redoes it
+            problems.append((key, "corrupt", problem))
             continue
         base = ((meta.get("job") or {}).get("base") or {}).get("path", "")
         records.append({"key": key, "stage": stage, "coords": meta.get("coords", {}), "data": data, "base": base})

@@ -153,22 +153,25 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def check_only(args, plan) -> None:
+    if args.only and args.only not in plan.stages:
+        raise ConfigError("--only", f"no stage {args.only!r} in this plan", f"use one of {', '.join(plan.stages)}")
+
+
 def cmd_run(args) -> int:
     from launch.local import run_plan
     plan, profile, runs = load(args)
+    check_only(args, plan)
     check_writable(plan, runs)
     remember(args, plan, runs)
     return run_plan(plan, runs, profile, only=args.only)
 
 
 def cmd_submit(args) -> int:
+    from pathlib import Path
     plan, profile, runs = load(args)
-    if args.only and args.only not in plan.stages:
-        raise ConfigError("--only", f"no stage {args.only!r} in this plan", f"use one of {', '.join(plan.stages)}")
+    check_only(args, plan)
     executor = args.executor or profile.executor
-    if executor == "slurm" and not args.dry_run:
-        from launch import slurm
-        slurm.require_slurm(profile)
     if executor == "slurm" and profile.hf_home:   # jobs run offline: every file must be in the cache already
         from launch.prefetch import cache_gaps
         if gaps := cache_gaps(plan.spec, profile.hf_home):
@@ -178,6 +181,15 @@ def cmd_submit(args) -> int:
             if not args.dry_run:
                 raise err
             print(f"note: a real submit would stop here: {err.line()}")
+    if executor == "slurm" and profile.image and not Path(profile.image).is_file():
+        err = ConfigError("image", f"{profile.image} does not exist", "build it (make container) or fix the path",
+                          file=args.profile)
+        if not args.dry_run:
+            raise err
+        print(f"note: a real submit would stop here: {err.line()}")
+    if executor == "slurm" and not args.dry_run:
+        from launch import slurm
+        slurm.require_slurm(profile)
     if args.dry_run and executor != "slurm":   # a dry run never runs or writes anything, whatever the executor
         todo = plan.todo(runs)
         for stage, cells in plan.stages.items():
@@ -189,7 +201,8 @@ def cmd_submit(args) -> int:
         return 0
     if not args.dry_run:
         check_writable(plan, runs)
-        remember(args, plan, runs)
+        if executor != "slurm":   # on Slurm, once every array passed sbatch --test-only (slurm.submit)
+            remember(args, plan, runs)
     if executor == "local":
         from launch.local import run_plan
         return run_plan(plan, runs, profile, only=args.only)
@@ -197,7 +210,12 @@ def cmd_submit(args) -> int:
         from launch.local import run_inprocess
         return run_inprocess(plan, runs, only=args.only)
     from launch import slurm
-    slurm.submit(plan, runs, profile, dry_run=args.dry_run, only=args.only, allow_dirty=args.allow_dirty)
+    try:
+        slurm.submit(plan, runs, profile, dry_run=args.dry_run, only=args.only, allow_dirty=args.allow_dirty,
+                     before_first=lambda: remember(args, plan, runs))
+    except ConfigError as e:   # the cluster refused the profile's resources: the profile is the file to fix
+        e.file = e.file or (args.profile if e.field.endswith(" array") else "")
+        raise
     if args.wait and not args.dry_run:
         return slurm.wait(plan, runs)
     return 0

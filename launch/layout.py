@@ -8,6 +8,7 @@ resolved against the experiment folder at run time, so moving the runs root neve
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -90,22 +91,81 @@ def is_done(cell_dir: Path, outputs: list[str] | tuple[str, ...] = (), kind: str
 
 
 def upstream_nonce(exp_dir: Path, key: str) -> str | None:
-    done = read_done(Path(exp_dir) / key)
-    return done.get("nonce") if done else None
+    """The nonce of an upstream cell that is done and whose outputs are valid (a cell made from a corrupt upstream
+    is not done either: both run again)."""
+    cell_dir = Path(exp_dir) / key
+    done = read_done(cell_dir)
+    if not done:
+        return None
+    kind = done.get("kind")
+    if kind is None:   # markers written before they named their kind
+        try:
+            kind = json.loads((cell_dir / "job.json").read_text()).get("kind", "")
+        except (OSError, ValueError, AttributeError):
+            kind = ""
+    if any(output_problem(cell_dir, m, kind) for m in done.get("milestones", [])):
+        return None
+    return done.get("nonce")
 
 
 def valid_output(cell_dir: Path, name: str, kind: str) -> bool:
-    """A checkpoint folder holds weights and a config; a JSON file parses; other outputs exist."""
+    return output_problem(cell_dir, name, kind) is None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def metric_problem(m) -> str | None:
+    """What is wrong with one metric record of a result.json (None when it has the schema)."""
+    if not isinstance(m, dict):
+        return f"a metric is a {type(m).__name__}, not a record"
+    if not isinstance(m.get("name"), str) or not m["name"]:
+        return "a metric has no name"
+    if not _finite(m.get("value")):
+        return f"metric {m['name']}: value {m.get('value')!r} is not a finite number"
+    if not _finite(m.get("stderr")) or m["stderr"] < 0:
+        return f"metric {m['name']}: stderr {m.get('stderr')!r} is not a number >= 0"
+    if not isinstance(m.get("n"), int) or isinstance(m.get("n"), bool) or m["n"] < 0:
+        return f"metric {m['name']}: n {m.get('n')!r} is not a count"
+    return None
+
+
+def output_problem(cell_dir: Path, name: str, kind: str) -> str | None:
+    """The one check of every cell output (the worker's done test, status, the collector): None when valid, else
+    what is wrong. A training checkpoint holds a config and weights; result.json has the result schema (a non-empty
+    list of metrics with name, finite value, stderr and n); a training summary has its losses; a JSON Lines output
+    holds records; other outputs exist."""
+    cell_dir = Path(cell_dir)
     if kind == "train":
         ckpt = cell_dir / "checkpoints" / name
-        return (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors"))
+        ok = (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors"))
+        return None if ok else f"checkpoint {name} lacks its config or weights"
     p = cell_dir / name
-    if p.suffix == ".json":
+    if p.suffix in (".json", ".jsonl"):
         try:
-            return isinstance(json.loads(p.read_text()), dict)
+            text = p.read_text()
+            data = json.loads(text) if p.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
         except (OSError, ValueError):
-            return False
-    return p.exists()
+            return f"{name} is missing or not valid JSON"
+        if p.suffix == ".jsonl":
+            return None if data and all(isinstance(r, dict) for r in data) else f"{name} holds no records"
+        return json_problem(data, name, kind)
+    return None if p.exists() else f"{name} is missing"
+
+
+def json_problem(data, name: str, kind: str) -> str | None:
+    """The schema part of output_problem, on a JSON output already parsed (the collector reads each file once)."""
+    if not isinstance(data, dict):
+        return f"{name} is not a JSON object"
+    if name == "result.json":
+        ms = data.get("metrics")
+        if not isinstance(ms, list) or not ms:
+            return "result.json has no metrics"
+        return next((f"result.json: {w}" for w in map(metric_problem, ms) if w), None)
+    if name == "summary.json" and kind == "summary":   # a training cell's losses (Setting I's cross cells)
+        return None if _finite(data.get("mean_loss")) else "summary.json has no finite mean_loss"
+    return None
 
 
 def write_done(cell_dir: Path, **info) -> None:

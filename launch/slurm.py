@@ -274,12 +274,13 @@ def render_script(a: Array, folder: Path, profile: Profile, ids: list[str]) -> s
 
 
 def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only: str | None = None,
-           out=sys.stdout, allow_dirty: bool = False) -> list[Array]:
+           out=sys.stdout, allow_dirty: bool = False, before_first=None) -> list[Array]:
     """Submit every stage that has work; returns the arrays (with job ids unless dry_run). Jobs run the code
-    snapshot of this submission (layout.code_snapshot), not the live checkout."""
+    snapshot of this submission (layout.code_snapshot), not the live checkout. Nothing is written before every
+    array has passed `preflight`; then `before_first()` (the CLI saves the study into the run folder) and sbatch."""
     exp = plan.exp_dir(runs_root)
     folder = exp / "submitit" / "%j"
-    code = layout.code_snapshot(exp, allow_dirty=allow_dirty or dry_run, write=not dry_run)
+    code = layout.code_snapshot(exp, allow_dirty=allow_dirty or dry_run, write=False)
     live = live_cells(exp)
     arrays = build_arrays(plan, runs_root, profile, only, chunk=max_array_size() if not dry_run else 1001, live=live,
                           code=code)
@@ -296,6 +297,10 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
             print(f"== array {a.stage}#{a.chunk}: {len(a.cells)} cells, depends on: {deps}", file=out)
             print(a.script, file=out)
         return arrays
+    preflight(arrays, folder, profile)   # a refused array stops the submission before anything is queued
+    layout.code_snapshot(exp, allow_dirty=allow_dirty)
+    if before_first is not None:
+        before_first()
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_num_timeout,
                                 python=python_command(profile))
     manifest = exp / "manifest.jsonl"
@@ -320,6 +325,25 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
     if not arrays:
         print("nothing to submit: every cell is done", file=out)
     return arrays
+
+
+def preflight(arrays: list[Array], folder: Path, profile: Profile) -> None:
+    """`sbatch --test-only` every array's script (without its dependency, whose job ids do not exist yet) before
+    the first real sbatch: resources the cluster cannot give (more GPUs per node than its nodes have, an unknown
+    partition or constraint) refuse the whole submission in one line, instead of failing after earlier arrays
+    were queued."""
+    import dataclasses
+    import tempfile
+    for a in arrays:
+        text = render_script(dataclasses.replace(a, deps=[]), folder, profile, [])
+        with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
+            f.write(text)
+            f.flush()
+            r = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            why = next((l for l in reversed(r.stderr.strip().splitlines()) if l.strip()), f"exit {r.returncode}")
+            raise ConfigError(f"{a.stage} array", f"Slurm refuses its job: {why.strip()[:240]}",
+                              "fix the profile's resources for this cluster (nothing was submitted)")
 
 
 # ------------------------------------------------------------------------------------------- status

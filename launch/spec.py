@@ -41,8 +41,13 @@ def check(ok: bool, field_path: str, problem: str, fix: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the spec
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# patterns match whole strings (fullmatch: '$' would let a trailing newline through) of bounded length
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # in folder names and cell ids
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# profile env keys that are secrets (or look like one): they reach jobs through the shell's environment only
+SECRET_NAME = re.compile(r".*(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY).*", re.I)
+SEED_MAX = 2**32 - 1   # numpy's and CUDA's seed range
 
 
 def source_kind(path: str) -> str:
@@ -62,7 +67,7 @@ def _check_source(path: str, where: str, base_dir: Path) -> None:
         check(p.exists(), where, f"local path {path!r} does not exist",
               "create it, fix the path, or use a hub id such as org/name")
     elif kind == "hub":
-        check(bool(HUB_ID.match(path)), where, f"{path!r} is neither a hub id nor a local path",
+        check(bool(HUB_ID.fullmatch(path)), where, f"{path!r} is neither a hub id nor a local path",
               "write org/name for the hub, or start a local path with / or ./")
 
 
@@ -94,8 +99,8 @@ class Model:
     size_label: str = ""               # e.g. "0.5B" or "2.0T": the axis value shown in Setting III tables
 
     def __post_init__(self):
-        check(bool(SAFE_NAME.match(self.name)), "name", f"{self.name!r} is not a safe name",
-              "use letters, digits, '.', '_' and '-'")
+        check(bool(SAFE_NAME.fullmatch(self.name)), "name", f"{self.name!r} is not a safe name",
+              "use up to 64 letters, digits, '.', '_' and '-'")
         check(bool(self.path) != (self.init is not None), "path",
               "give exactly one of path and init", "set path to a hub id or local dir, or set init for a toy model")
         if self.init is not None:
@@ -217,6 +222,8 @@ class Recipe:
         check(len(self.seeds) >= 1, "seeds", "is empty", "give at least one seed, e.g. [42]")
         check(len(set(self.seeds)) == len(self.seeds), "seeds", f"has duplicates: {list(self.seeds)}",
               "list each seed once")
+        check(all(0 <= x <= SEED_MAX for x in self.seeds), "seeds", f"must be in [0, 2**32 - 1], got "
+              f"{list(self.seeds)}", "use seeds such as 42")
         check(self.save_every_steps >= 1, "save_every_steps", f"must be >= 1, got {self.save_every_steps}",
               "use e.g. 100")
         if self.volume_schedule == "nested":
@@ -339,6 +346,7 @@ class World:
     control: int = 4000              # control corpus size
 
     def __post_init__(self):
+        check(0 <= self.seed <= SEED_MAX, "seed", f"must be in [0, 2**32 - 1], got {self.seed}", "use e.g. 0")
         check(0 <= self.prior <= 1, "prior", f"must be in [0, 1], got {self.prior}", "use e.g. 0.5")
         check(0 <= self.control_prior <= 1, "control_prior", f"must be in [0, 1]", "use e.g. 0.9")
         check(0 <= self.noise < 0.5, "noise", f"must be in [0, 0.5), got {self.noise}", "use e.g. 0.1")
@@ -365,8 +373,8 @@ class Spec:
     notes: str = ""
 
     def __post_init__(self):
-        check(bool(SAFE_NAME.match(self.experiment)), "experiment", f"{self.experiment!r} is not a safe name",
-              "use letters, digits, '.', '_' and '-'")
+        check(bool(SAFE_NAME.fullmatch(self.experiment)), "experiment", f"{self.experiment!r} is not a safe name",
+              "use up to 64 letters, digits, '.', '_' and '-'")
         check(len(self.models) >= 1, "models", "is empty", "list at least one model")
         names = [m.name for m in self.models]
         check(len(set(names)) == len(names), "models", f"duplicate model names {names}", "give each model its own name")
@@ -402,7 +410,9 @@ class Spec:
             if d.path.startswith("world:") and self.world is not None:
                 w = self.world
                 have = {"positive": w.alignment, "negative": w.alignment, "pairs": w.alignment, "control": w.control,
-                        "pretrain": w.pretrain, "prompts": w.prompts, "sft": w.sft}[d.path[6:]]
+                        "pretrain": w.pretrain, "prompts": w.prompts, "sft": w.sft}.get(d.path[6:])
+                check(have is not None, f"data.{role}.path", f"unknown toy-world set {d.path!r}",
+                      f"use one of {', '.join('world:' + s for s in sorted(WORLD_SETS))}")
                 check(n <= have, f"data.{role}", f"needs {n} examples, {d.path} has {have}",
                       "lower the volume, or raise the world's size of that set")
             elif (have := known_rows(d)) is not None:
@@ -447,7 +457,7 @@ TRAIN_STAGES = {"pretrain", "positive", "negative", "control", "slices", "cross"
 
 
 # ---------------------------------------------------------------------------------------------- the profile
-PARTITION = re.compile(r"^[A-Za-z0-9_.,-]*$")
+PARTITION = re.compile(r"[A-Za-z0-9_.,-]{0,128}")
 
 
 @dataclass(frozen=True)
@@ -513,8 +523,8 @@ class Profile:
     eval_minutes_per_cell: float = 0.0
 
     def __post_init__(self):
-        check(bool(SAFE_NAME.match(self.name)), "name", f"{self.name!r} is not a safe name",
-              "use letters, digits, '.', '_' and '-'")
+        check(bool(SAFE_NAME.fullmatch(self.name)), "name", f"{self.name!r} is not a safe name",
+              "use up to 64 letters, digits, '.', '_' and '-'")
         check(self.eval.nodes == 1 and self.eval.gpus_per_node <= 1, "eval.gpus_per_node",
               f"an eval cell runs on one GPU ({self.eval.nodes} node(s) x {self.eval.gpus_per_node} GPUs asked): "
               "generation is not sharded across ranks, so more would only duplicate it",
@@ -523,7 +533,7 @@ class Profile:
               "train_examples_per_gpu_hour", "cost rates must be >= 0", "use 0 (no estimate) or a measured rate")
         for key in ("partition", "account", "qos", "reservation", "cpu_partition", "gpu_type"):
             val = getattr(self, key)
-            check(bool(PARTITION.match(val)), key, f"{val!r} has characters Slurm names never have",
+            check(bool(PARTITION.fullmatch(val)), key, f"{val!r} has characters Slurm names never have",
                   "use letters, digits, '_', '-', '.' and ','")
         check(not self.gpu_type or self.gpu_request == "gres", "gpu_type", "a GPU type needs gpu_request: gres",
               "set gpu_request: gres, or remove gpu_type")
@@ -551,10 +561,11 @@ class Profile:
                   f"use signal_delay_s <= {max(latest, 0)} or a longer {stage}.time_min")
         check(self.max_num_timeout >= 0, "max_num_timeout", "must be >= 0", "use e.g. 10")
         for k in self.env:
-            check(bool(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)), f"env.{k}", "is not a valid variable name",
-                  "use letters, digits and _")
-            check(k not in ("WANDB_API_KEY", "HF_TOKEN"), f"env.{k}", "secrets never go into a profile file",
-                  "export it in your shell; jobs inherit it")
+            check(bool(ENV_NAME.fullmatch(k)), f"env.{k}", "is not a valid variable name", "use letters, digits and _")
+            check(not SECRET_NAME.fullmatch(k), f"env.{k}", "looks like a secret, and secrets never go into a profile "
+                  "(they would be written into job scripts)", "export it in your shell; jobs inherit it")
+            check(self.env[k].isprintable(), f"env.{k}", "has a newline or control character",
+                  "write the value on one line")
         if self.executor == "local":
             check(self.train.nodes == 1 and self.eval.nodes == 1, "train.nodes", "the local executor has one node",
                   "use nodes: 1, or executor: slurm")
@@ -570,6 +581,21 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise ConfigError(f"line {ev.start_mark.line + 1}", "YAML aliases (*name) are not allowed",
                               "write the value out in full")
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        """A key given twice is refused (YAML would keep the last silently)."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:   # an unhashable key: yaml's own error says so
+                break
+            if dup:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}", f"key {key!r} is given twice",
+                                  "keep one of them")
+        return super().construct_mapping(node, deep)
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -591,6 +617,9 @@ def read_yaml(path: str | Path) -> dict:
     except ConfigError as e:
         e.file = str(path)
         raise
+    except RecursionError:
+        raise ConfigError("", "the YAML nests too deeply", "configs are a few levels deep: flatten it",
+                          file=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
@@ -728,6 +757,11 @@ def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
             s = spec.eval.scorer
             if s.kind in ("classifier", "score_model"):
                 _check_source(s.model, f"eval.scorer.{key}", base)
+        for role, n in spec.rows_needed().items():   # a local file's size is known here too
+            d = spec.data.get(role)
+            if d is not None and source_kind(d.path) == "local" and (have := local_rows(d, base)) is not None:
+                check(n <= have, f"data.{role}", f"needs {n} rows, {d.path} (split {d.split}) has {have}"
+                      f"{' before its filter' if d.filter else ''}", "lower the volumes / prompts, or use more data")
     except ConfigError as e:
         e.file = str(path)
         raise
@@ -737,6 +771,46 @@ def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
 WORLD_SETS = {"pretrain", "positive", "negative", "prompts", "sft", "control", "pairs"}
 
 
+def local_rows(d: Data, base: Path) -> int | None:
+    """Rows of a local JSON Lines / JSON / Parquet file in its split, counted cheaply (None where unknown)."""
+    p = Path(d.path).expanduser()
+    p = p if p.is_absolute() else base / p
+    try:
+        if p.suffix == ".jsonl":
+            with p.open("rb") as f:
+                total = sum(1 for line in f if line.strip())
+        elif p.suffix == ".json":
+            import json
+            data = json.loads(p.read_text())
+            total = len(data) if isinstance(data, list) else None
+        elif p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+            total = pq.ParquetFile(p).metadata.num_rows
+        else:
+            return None
+    except (OSError, ValueError):
+        return None   # unreadable: the loader says why when it runs
+    return None if total is None else len(split_range(d.split, total))
+
+
+SITE_VARS = ("USER", "HOME", "SCRATCH", "WORK", "TMPDIR", "PROJECT")   # the only variables a profile path expands
+
+
+def expand_site_vars(value: str, where: str) -> str:
+    """Expand $USER / ${HOME}-style site variables of SITE_VARS; any other variable is refused (a profile path must
+    never pull $HF_TOKEN or $WANDB_API_KEY into a job script)."""
+    def sub(m):
+        name = m.group(1) or m.group(2)
+        check(name in SITE_VARS, where, f"${name} is not a variable a profile may expand",
+              f"use {', '.join('$' + v for v in SITE_VARS)}, or write the path out")
+        if name not in os.environ and name in ("USER", "HOME"):   # unset in some batch and container shells
+            import getpass
+            return getpass.getuser() if name == "USER" else str(Path.home())
+        check(name in os.environ, where, f"${name} is not set in this shell", "set it, or write the path out")
+        return os.environ[name]
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", sub, value)
+
+
 def load_profile(path: str | Path) -> Profile:
     data = read_yaml(path)
     try:
@@ -744,10 +818,13 @@ def load_profile(path: str | Path) -> Profile:
             data = {"name": Path(path).stem, **data}
         for key in ("runs_root", "image", "hf_home"):  # $USER, $SCRATCH... are site facts, expanded here
             if isinstance(data.get(key), str):
-                data[key] = os.path.expandvars(data[key])
+                data[key] = expand_site_vars(data[key], key)
         if isinstance(data.get("binds"), list):
-            data["binds"] = [os.path.expandvars(b) if isinstance(b, str) else b for b in data["binds"]]
+            data["binds"] = [expand_site_vars(b, f"binds[{i}]") if isinstance(b, str) else b
+                             for i, b in enumerate(data["binds"])]
         return build(Profile, data)
     except ConfigError as e:
         e.file = str(path)
         raise
+    except RecursionError:
+        raise ConfigError("", "the profile nests too deeply", "flatten it", file=str(path)) from None

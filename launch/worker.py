@@ -45,9 +45,21 @@ def read_job(cell_dir: Path):
         raise ConfigError("cell_dir", f"{cell_dir} has no job.json", "plan and submit the study first") from None
     except ValueError:
         raise ConfigError("cell_dir", f"{path} is not valid JSON", "delete the cell folder and resubmit") from None
+    if not isinstance(meta, dict):
+        raise ConfigError("job.json", f"{path} holds a {type(meta).__name__}, not a cell's job",
+                          "delete the cell folder and resubmit")
+    missing = [k for k in ("stage", "kind", "id", "job") if k not in meta]
+    if missing:
+        raise ConfigError("job.json", f"{path} lacks {', '.join(missing)}", "delete the cell folder and resubmit")
     kind = meta.get("kind")
     if kind not in JOBS:
         raise ConfigError("job.kind", f"unknown cell kind {kind!r} in {path}", "delete the cell folder and resubmit")
+    if not isinstance(meta["job"], dict):
+        raise ConfigError("job.job", f"{path}: the job is a {type(meta['job']).__name__}, not a mapping",
+                          "delete the cell folder and resubmit")
+    meta.setdefault("outputs", [])
+    meta.setdefault("upstream", [])
+    meta.setdefault("coords", {})
     return meta, build(JOBS[kind], meta["job"], "job")
 
 
@@ -97,7 +109,7 @@ def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int, nonce: str |
     outputs = main(job, cell_dir, exp_dir) or []
     if rank == 0:
         made_from = {u: layout.upstream_nonce(exp_dir, u) for u in meta.get("upstream", [])}
-        layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], upstream=made_from,
+        layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], kind=meta["kind"], upstream=made_from,
                           **({"nonce": nonce} if nonce else {}))
     return list(outputs)
 

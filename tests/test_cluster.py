@@ -178,6 +178,23 @@ def test_resubmit_while_queued_submits_nothing_and_cancel_ends_every_job(cluster
     assert not left.strip(), left
 
 
+def test_a_job_the_cluster_refuses_stops_the_whole_submission(cluster, tmp_path):
+    """More GPUs per node than the cluster's nodes have: sbatch --test-only refuses the training arrays before any
+    array is queued (the world array would have been queued first, and waited forever): one line, nothing written."""
+    from conftest import reduced_config
+    cfg = reduced_config(tmp_path)
+    prof = slurm_profile(tmp_path, train={"gpus_per_node": 8})
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    r = launch("submit", cfg, "--profile", prof)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {prof}: pretrain array: Slurm refuses its job:"), r.stderr
+    assert not (tmp_path / "runs").exists()
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
+    image = tmp_path / "missing.sif"
+    r = launch("submit", cfg, "--profile", slurm_profile(tmp_path, image=str(image)))
+    assert r.returncode == 2 and f"image: {image} does not exist" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_requeue_inside_an_image_without_slurm_commands(cluster, tmp_path, exp_dir, monkeypatch):
     """The cells run through a stand-in `apptainer` whose PATH has no Slurm commands (as in the image): after a
     preemption signal the cell saves and exits 75, the job script's teardown requeues on the host, and the cell

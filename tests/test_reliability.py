@@ -296,3 +296,27 @@ def test_status_shows_disk_per_stage(reduced_run):
     assert r.returncode == 0, r.stderr
     row = next(l for l in r.stdout.splitlines() if "pretrain" in l)
     assert "disk" in r.stdout and row.rstrip("│ ").endswith("MiB") and float(row.split("│")[-2].split()[0]) > 0
+
+
+def test_a_killed_op_build_leaves_no_lock_that_blocks_every_cell(exp_dir, tmp_path):
+    """A DeepSpeed op build killed midway leaves torch's `lock` file; later cells used to wait on it forever. A lock
+    older than ELASTICA_BUILD_LOCK_STALE_S is removed with a note, and the cell runs."""
+    import shutil
+    from conftest import run_cell_procs, write_cell
+    from launch.jobs import ModelRef, TrainJob
+    from launch.spec import Data, Recipe
+    ext = tmp_path / "ext"
+    built = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    if built.is_dir():   # the op built by earlier cells (else it builds here), plus a dead lock
+        shutil.copytree(built, ext)
+    (ext / "deepspeed_shm_comm").mkdir(parents=True, exist_ok=True)
+    lock = ext / "deepspeed_shm_comm" / "lock"
+    lock.write_text("")
+    os.utime(lock, (time.time() - 120, time.time() - 120))
+    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), data=Data(path="@world/data/positive.jsonl"),
+                   recipe=Recipe(lr=1e-3, global_batch=8, micro_batch=4, max_length=64, zero_stage=0, precision="fp32"),
+                   seed=1, template="plain", milestones=(8,))
+    d = write_cell(exp_dir / "positive" / "lock", job, outputs=["n8"])
+    (rc, out), = run_cell_procs(d, env={"TORCH_EXTENSIONS_DIR": str(ext), "ELASTICA_BUILD_LOCK_STALE_S": "60"})
+    assert rc == 0, out[-2000:]
+    assert "removing the stale op-build lock" in out and not lock.exists() and (d / "DONE").exists()

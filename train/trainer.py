@@ -56,6 +56,7 @@ def setup_distributed():
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "elastica" / "torch_extensions"))
+    clear_stale_build_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
     if "WORLD_SIZE" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -71,6 +72,25 @@ def setup_distributed():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return dist.get_rank(), dist.get_world_size()
+
+
+def clear_stale_build_locks(ext_dir: Path) -> None:
+    """DeepSpeed JIT-builds its ops under a `lock` file (torch's FileBaton); a build killed midway leaves it, and
+    every later cell then waits on it forever without a word. A lock is waited on while a build could still be
+    running (ELASTICA_BUILD_LOCK_STALE_S, default 600 s, since it was made) and then removed as stale."""
+    stale_s = float(os.environ.get("ELASTICA_BUILD_LOCK_STALE_S", "600"))
+    for lock in [*ext_dir.glob("*/lock"), *ext_dir.glob("*/*/lock")] if ext_dir.is_dir() else []:
+        while lock.exists():
+            try:
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:
+                break
+            if age > stale_s:
+                print(f"elastica: removing the stale op-build lock {lock} ({age:.0f} s old: a killed build left it)",
+                      flush=True)
+                lock.unlink(missing_ok=True)
+                break
+            time.sleep(min(5.0, stale_s - age + 0.1))
 
 
 def precision_info(dtype) -> dict:
