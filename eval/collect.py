@@ -443,6 +443,9 @@ def study_info(exp: Path) -> dict:
     except (OSError, ValueError, yaml.YAMLError):
         spec = {}
     spec = spec if isinstance(spec, dict) else {}
+    if not spec:   # a run made without the CLI: its collect cell's job names the study
+        jobs = sorted((exp / "collect").glob("*/job.json"), key=lambda p: p.stat().st_mtime)
+        spec = ((_json(jobs[-1]) or {}).get("job") or {}) if jobs else {}
     return {"experiment": spec.get("experiment", exp.name), "setting": spec.get("setting", ""),
             "task": spec.get("task", "")}
 
@@ -526,20 +529,29 @@ def print_summary(summary: dict, console=None) -> None:
               f"{len(summary['problems'])} not)", soft_wrap=True)   # a path is copied whole, never wrapped
 
 
-def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:
-    summary = collect(exp_dir)
+def log_to_wandb(summary: dict, out_dir: Path, exp_dir: Path, job: CollectJob) -> None:
     from launch.tracking import wandb_run
     run = wandb_run(out_dir, exp_dir, {"setting": job.setting, "task": job.task})
-    if run is not None:   # every eval metric with its coordinates, and the tables, in the study's collect run
-        import wandb
-        rows = [json.loads(l) for l in (Path(summary["report"]) / "results.jsonl").read_text().splitlines()]
-        run.log({"results": wandb.Table(columns=RESULT_COLUMNS, data=[[r[c] for c in RESULT_COLUMNS] for r in rows])})
-        for name, ts in summary["tables"].items():
-            for i, t in enumerate(ts):
-                run.log({f"tables/{name}/{i}": wandb.Table(columns=[str(h) for h in t.header],
-                                                           data=[[str(c) for c in r] for r in t.rows])})
-        run.summary.update({"cells_in_tables": summary["records"], "cells_not": len(summary["problems"])})
-        run.finish()
+    if run is None:
+        return
+    import wandb
+    rows = [json.loads(l) for l in (Path(summary["report"]) / "results.jsonl").read_text().splitlines()]
+    run.log({"results": wandb.Table(columns=RESULT_COLUMNS, data=[[None if r[c] == "" else r[c] for c in
+                                                                   RESULT_COLUMNS] for r in rows])})
+    for name, ts in summary["tables"].items():
+        for i, t in enumerate(ts):
+            run.log({f"tables/{name}/{i}": wandb.Table(columns=[str(h) for h in t.header],
+                                                       data=[[str(c) for c in r] for r in t.rows])})
+    run.summary.update({"cells_in_tables": summary["records"], "cells_not": len(summary["problems"])})
+    run.finish()
+
+
+def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:
+    summary = collect(exp_dir)
+    try:   # every eval metric with its coordinates, and the tables, in the study's collect run; W&B is a mirror:
+        log_to_wandb(summary, out_dir, exp_dir, job)   # the report on disk is the result, so W&B never fails the cell
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: W&B logging of the collect cell failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     atomic_write_text(Path(out_dir) / "summary.json", json.dumps(
         {k: summary[k] for k in ("report", "index", "records", "problems", "files", "headline")}, indent=2))
     return ["summary.json"]

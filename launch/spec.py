@@ -31,8 +31,10 @@ class ConfigError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
+        """One line, whatever the input held: control characters (a newline in a key or name) are escaped."""
         where = f"{self.file}: " if self.file else ""
-        return f"error: {where}{self.field or '<top>'}: {self.problem} ({self.fix})"
+        text = f"error: {where}{self.field or '<top>'}: {self.problem} ({self.fix})"
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def check(ok: bool, field_path: str, problem: str, fix: str) -> None:

@@ -286,7 +286,7 @@ def test_prefetch_checks_every_volume_fits(exp_dir, tmp_path):
     with pytest.raises(ConfigError, match=rf"data.positive: .* has {n_pos} rows after the filter, the study needs"):
         prefetch(load_spec(p), log=lines.append)
     r = launch("prefetch", p)
-    assert r.returncode == 2 and r.stderr.startswith(f"error: data.positive:")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {p}: data.positive:")
 
 
 def test_status_shows_disk_per_stage(reduced_run):

@@ -56,14 +56,14 @@ def test_reduced_demo_through_local_executor(reduced_run):
     index = (report / "index.md").read_text()   # the demo's one page: every table and plot inline
     for ts in collect(exp)["tables"].values():
         assert all(f"### {t.title}" in index for t in ts)
-    assert all(f"]({p.name})" in index for p in report.glob("*.png")) and "## Config" in index
+    assert all(f"]({p.name})" in index for p in report.glob("*.png")) and "Setting: rebound; task: toy-reviews" in index
     import csv
     with open(report / "results.csv", newline="") as f:
         means = [r for r in csv.DictReader(f) if r["row"] == "mean" and r["metric"] == "positive_rate"]
     assert means and all(0 <= float(r["value"]) <= 1 for r in means)
     # W&B (offline): training runs grouped by study and stage with the cell's coordinates as tags; the collect
     # run holds every eval metric with its coordinates (the results table)
-    neg = next(p for p in exp.glob("negative/*/wandb/offline-run-*/run-*.wandb"))
+    neg = next(p for p in exp.glob("negative/*.pos32-*/wandb/offline-run-*/run-*.wandb"))
     data = neg.read_bytes()
     assert b"toy-reduced/negative" in data and b"arm=positive" in data and b"positive=32" in data
     col = next(p for p in exp.glob("collect/*/wandb/offline-run-*/run-*.wandb")).read_bytes()

@@ -1,0 +1,212 @@
+"""Bad input, written as a new user and a hostile one would: every case is refused before anything runs, with exit
+2, one `error:` line that names the field (and the fix, in parentheses), nothing written under the runs root and
+nothing submitted. Cases here: studies, profiles, the command line, paths and job files; with the corpora in
+test_spec_plan.py, test_reliability.py and test_cluster.py, over 120 in all.
+
+    .venv/bin/python -m pytest -q tests/test_bad_input.py
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.__main__ import main as cli
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = yaml.safe_load((ROOT / "configs/toy/setting2.yaml").read_text())
+IMDB = yaml.safe_load((ROOT / "configs/setting2/imdb.yaml").read_text())
+
+
+def mut(base: dict, fn) -> dict:
+    cfg = copy.deepcopy(base)
+    fn(cfg)
+    return cfg
+
+
+def deep(n: int) -> str:
+    return "a: " + "[" * n + "]" * n + "\n"
+
+
+STUDIES = [   # (id, config dict or raw YAML text, the field the error names)
+    ("duplicate-top-key", "experiment: a\nexperiment: b\n", "line 2"),
+    ("duplicate-nested-key", yaml.safe_dump(TOY).replace("  lr: 0.0003\n", "  lr: 0.0003\n  lr: 0.1\n", 1),
+     "line"),
+    ("deep-nesting", deep(5000), "<top>"),
+    ("experiment-trailing-newline", mut(TOY, lambda c: c.update(experiment="toy\n")), "experiment"),
+    ("experiment-too-long", mut(TOY, lambda c: c.update(experiment="x" * 300)), "experiment"),
+    ("experiment-slash", mut(TOY, lambda c: c.update(experiment="../etc")), "experiment"),
+    ("model-name-newline", mut(TOY, lambda c: c["models"][0].update(name="gpt\n")), "models[0].name"),
+    ("model-name-too-long", mut(TOY, lambda c: c["models"][0].update(name="m" * 65)), "models[0].name"),
+    ("hub-id-newline", mut(IMDB, lambda c: c["models"][0].update(path="meta-llama/Llama-2-7b-hf\n")),
+     "models[0].path"),
+    ("hub-id-three-parts", mut(IMDB, lambda c: c["models"][0].update(path="a/b/c")), "models[0].path"),
+    ("seed-too-large", mut(TOY, lambda c: c["recipe"].update(seeds=[2 ** 40])), "recipe.seeds"),
+    ("seed-negative", mut(TOY, lambda c: c["recipe"].update(seeds=[-1])), "recipe.seeds"),
+    ("world-seed-too-large", mut(TOY, lambda c: c["world"].update(seed=2 ** 33)), "world.seed"),
+    ("unknown-world-set", mut(TOY, lambda c: c["data"]["positive"].update(path="world:positives")),
+     "data.positive.path"),
+    ("world-volume-too-large", mut(TOY, lambda c: c["volumes"].update(positive=[100, 50000])), "data.positive"),
+    ("imdb-volume-beyond-split", mut(IMDB, lambda c: c["volumes"].update(negative=[0, 13000])), "data.negative"),
+    ("truthfulqa-split-too-small", mut(yaml.safe_load((ROOT / "configs/setting1/truthfulqa.yaml").read_text()),
+                                       lambda c: c["slices"].update(responses=300)), "data.prompts"),
+    ("loss-weighting", mut(TOY, lambda c: c["recipe"].update(loss_weighting="sentence")), "recipe.loss_weighting"),
+    ("fields-unknown-suite-field", mut(TOY, lambda c: c["data"]["positive"].update(fields={"answer": "x"})),
+     "data.positive.fields.answer"),
+    ("fields-list-of-numbers", mut(IMDB, lambda c: c["data"]["positive"].update(fields={"prompt": [1, 2]})),
+     "data.positive.fields.prompt"),
+    ("filter-list-value", mut(IMDB, lambda c: c["data"]["positive"].update(filter={"label": [1]})),
+     "data.positive.filter.label"),
+    ("temperature-negative", mut(TOY, lambda c: c["eval"].update(temperature=-0.1)), "eval.temperature"),
+    ("prompts-zero", mut(TOY, lambda c: c["eval"].update(prompts=0)), "eval.prompts"),
+    ("scorer-sign", mut(IMDB, lambda c: c["eval"]["scorer"].update(sign=2)), "eval.scorer.sign"),
+    ("scorer-without-model", mut(IMDB, lambda c: c["eval"]["scorer"].update(model="")), "eval.scorer.model"),
+    ("rule-scorer-on-real-data", mut(IMDB, lambda c: c["eval"].update(scorer={"kind": "rule"})),
+     "eval.scorer.kind"),
+    ("matched-start-without-control", mut(TOY, lambda c: c["data"].pop("control")), "data.control"),
+    ("init-without-pretraining", mut(TOY, lambda c: c["models"][0].update(pretrain_examples=0)),
+     "models[0].pretrain_examples"),
+    ("init-width-heads", mut(TOY, lambda c: c["models"][0]["init"].update(width=100, heads=3)),
+     "models[0].init.width"),
+    ("override-unknown-field", mut(TOY, lambda c: c["recipe_overrides"].update(negative={"lrr": 1e-4})),
+     "recipe_overrides.negative.lrr"),
+    ("warmup-negative", mut(TOY, lambda c: c["recipe"].update(warmup_steps=-1)), "recipe.warmup_steps"),
+    ("max-length-tiny", mut(TOY, lambda c: c["recipe"].update(max_length=4)), "recipe.max_length"),
+    ("grad-clip-negative", mut(TOY, lambda c: c["recipe"].update(grad_clip=-1.0)), "recipe.grad_clip"),
+    ("lr-nan", "experiment: x\nsetting: rebound\ntask: t\ntemplate: plain\nmodels: [{name: m, path: a/b}]\n"
+               "data: {}\nrecipe: {lr: .nan}\n", "recipe.lr"),
+    ("models-not-a-list", mut(TOY, lambda c: c.update(models={"name": "m"})), "models"),
+    ("data-not-a-mapping", mut(TOY, lambda c: c.update(data=["a"])), "data"),
+    ("volumes-strings", mut(TOY, lambda c: c["volumes"].update(positive=["100"])), "volumes.positive[0]"),
+]
+
+
+@pytest.mark.parametrize("case,cfg,field", STUDIES, ids=[c[0] for c in STUDIES])
+def test_bad_study(case, cfg, field, tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    assert cli(["plan", str(path), "--runs", str(tmp_path / "runs")]) == 2
+    assert cli(["submit", str(path), "--executor", "local", "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0] == err[1], err
+    assert err[0].startswith(f"error: {path}: {field}") and err[0].endswith(")"), err[0]
+    assert "Traceback" not in err[0] and not (tmp_path / "runs").exists()
+
+
+PROFILES = [   # (id, profile YAML, the field the error names)
+    ("secret-legacy-hub-token", "env: {HUGGING_FACE_HUB_TOKEN: hf_abc}\n", "env.HUGGING_FACE_HUB_TOKEN"),
+    ("secret-openai-key", "env: {OPENAI_API_KEY: sk}\n", "env.OPENAI_API_KEY"),
+    ("secret-lowercase", "env: {hf_token: x}\n", "env.hf_token"),
+    ("secret-password", "env: {DB_PASSWORD: x}\n", "env.DB_PASSWORD"),
+    ("secret-aws", "env: {AWS_SECRET_ACCESS_KEY: x}\n", "env.AWS_SECRET_ACCESS_KEY"),
+    ("env-key-trailing-newline", 'env: {"WANDB_API_KEY\\n": x}\n', "env.WANDB_API_KEY"),
+    ("env-value-newline", 'env: {NCCL_DEBUG: "WARN\\nexport X=1"}\n', "env.NCCL_DEBUG"),
+    ("runs-root-token-var", "runs_root: /scratch/$HF_TOKEN\n", "runs_root"),
+    ("hf-home-braced-secret", "hf_home: /shared/${WANDB_API_KEY}\n", "hf_home"),
+    ("image-secret-var", "image: /img/$GITHUB_TOKEN.sif\n", "image"),
+    ("bind-secret-var", "binds: [/scratch, $AWS_SECRET_ACCESS_KEY]\n", "binds[1]"),
+    ("partition-trailing-newline", 'partition: "gpu\\n"\n', "partition"),
+    ("account-space", "account: a b\n", "account"),
+    ("name-trailing-newline", 'name: "p\\n"\n', "name"),
+    ("name-too-long", f"name: {'p' * 70}\n", "name"),
+    ("duplicate-key", "partition: a\npartition: b\n", "line 3"),   # (after the name line)
+    ("deep-nesting", deep(5000), "<top>"),
+    ("reservation-shell", "reservation: 'r;rm'\n", "reservation"),
+    ("sbatch-extra-owned", "sbatch_extra: {partition: x}\n", "sbatch_extra.partition"),
+    ("srun-arg-newline", 'srun_args: ["--x\\n"]\n', "srun_args[0]"),
+    ("mail-type-lower", "mail_type: end\n", "mail_type"),
+    ("gpu-request", "gpu_request: gpu\n", "gpu_request"),
+]
+
+
+@pytest.mark.parametrize("case,text,field", PROFILES, ids=[c[0] for c in PROFILES])
+def test_bad_profile(case, text, field, tmp_path, capsys):
+    prof = tmp_path / "p.yaml"
+    prof.write_text(text if text.startswith("name") or case == "deep-nesting" else "name: p\n" + text)
+    assert cli(["submit", str(ROOT / "configs/toy/setting2.yaml"), "--profile", str(prof),
+                "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {prof}: {field}"), err
+    assert "hf_abc" not in err[0] and not (tmp_path / "runs").exists()
+
+
+CLI = [   # (id, argv with {cfg} / {tmp}, the field the error names)
+    ("run-only-unknown-stage", ["run", "{cfg}", "--only", "negativ"], "--only"),
+    ("plan-unknown-flag", ["plan", "{cfg}", "--jsn"], "command line"),
+    ("submit-unknown-executor", ["submit", "{cfg}", "--executor", "pbs"], "command line"),
+    ("status-of-a-file", ["status", "{tmp}/nope"], ""),
+    ("cancel-of-an-empty-folder", ["cancel", "{tmp}"], "RUN_DIR"),
+    ("run-cell-missing", ["run-cell", "{tmp}/a/b"], "cell_dir"),
+    ("debug-cell-not-a-run", ["debug-cell", "{tmp}", "eval/x"], "RUN"),
+    ("profile-missing", ["plan", "{cfg}", "--profile", "{tmp}/none.yaml"], ""),
+    ("config-is-a-folder", ["plan", "{tmp}"], "RUN_DIR"),
+    ("prefetch-missing-config", ["prefetch", "{tmp}/none.yaml"], ""),
+]
+
+
+@pytest.mark.parametrize("case,argv,field", CLI, ids=[c[0] for c in CLI])
+def test_bad_command_line(case, argv, field, tmp_path, capsys):
+    argv = [a.replace("{cfg}", str(ROOT / "configs/toy/setting2.yaml")).replace("{tmp}", str(tmp_path))
+            for a in argv]
+    runs = ["--runs", str(tmp_path / "runs")] if argv[0] in ("run", "plan", "submit") else []
+    assert cli(argv + runs) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and field in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+JOB_FILES = [   # (id, job.json text, the field the error names): run-cell, as a Slurm task or make debug-cell runs it
+    ("not-json", "{trunc", "cell_dir"),
+    ("a-list", "[1, 2]", "job.json"),
+    ("a-string", '"train"', "job.json"),
+    ("no-kind", '{"stage": "x", "id": "c", "job": {}}', "job.json"),
+    ("no-job", '{"stage": "x", "id": "c", "kind": "train"}', "job.json"),
+    ("unknown-kind", '{"stage": "x", "id": "c", "kind": "bake", "job": {}}', "job.kind"),
+    ("job-not-a-mapping", '{"stage": "x", "id": "c", "kind": "train", "job": [1]}', "job.job"),
+    ("job-wrong-field", '{"stage": "x", "id": "c", "kind": "world", "job": {"wrld": {}}}', "job.wrld"),
+    ("job-bad-value", '{"stage": "x", "id": "c", "kind": "world", "job": {"world": {"noise": 0.9}, '
+                      '"template": "plain"}}', "job.world.noise"),
+]
+
+
+@pytest.mark.parametrize("case,text,field", JOB_FILES, ids=[c[0] for c in JOB_FILES])
+def test_bad_job_file(case, text, field, tmp_path, capsys):
+    cell = tmp_path / "exp" / "eval" / "c"
+    cell.mkdir(parents=True)
+    (cell / "job.json").write_text(text)
+    assert cli(["run-cell", str(cell)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {field}"), err
+    assert sorted(p.name for p in cell.iterdir()) == ["job.json"], "nothing written"
+
+
+def test_the_corpus_is_large():
+    """The issue asks for at least 120 bad-input cases across study, profile, CLI, paths and job files."""
+    import test_cluster
+    import test_reliability
+    import test_spec_plan
+    n = len(STUDIES) + len(PROFILES) + len(CLI) + len(JOB_FILES) + len(test_spec_plan.BAD) + \
+        len(test_reliability.BAD_PROFILES) + len(test_reliability.BAD_CLI)
+    n += len(test_cluster.test_bad_site_options_are_refused.pytestmark[0].args[1])
+    assert n >= 120, n
+
+
+def test_json_schema_check_names_what_is_wrong(tmp_path):
+    """One check of every output: what status, a rerun and the collector all use."""
+    from launch.layout import output_problem
+    d = tmp_path
+    cases = {'{}': "no metrics", '{"metrics": []}': "no metrics", '{"metrics": ["x"]}': "not a record",
+             '{"metrics": [{"value": 1, "stderr": 0, "n": 1}]}': "no name",
+             '{"metrics": [{"name": "a", "stderr": 0, "n": 1}]}': "value None",
+             '{"metrics": [{"name": "a", "value": "0.5", "stderr": 0, "n": 1}]}': "not a finite number",
+             '{"metrics": [{"name": "a", "value": 0.5, "n": 1}]}': "stderr None",
+             '{"metrics": [{"name": "a", "value": 0.5, "stderr": 0.1}]}': "n None",
+             '[1]': "not a JSON object", '{"metrics": [{"name": "a", "value': "not valid JSON"}
+    for text, want in cases.items():
+        (d / "result.json").write_text(text)
+        assert want in (output_problem(d, "result.json", "eval") or ""), text
+    (d / "result.json").write_text(json.dumps({"metrics": [{"name": "a", "value": 0.5, "stderr": 0.1, "n": 4}]}))
+    assert output_problem(d, "result.json", "eval") is None
