@@ -120,6 +120,8 @@ def cluster():
     fixture, so that `make test` alone works on a machine where nothing was installed before."""
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (tests/slurm/up.sh)")
+    if os.environ.get("ELASTICA_NO_SLURM"):   # to check that no other test needs Slurm (README, "make test")
+        pytest.skip("ELASTICA_NO_SLURM is set")
     r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")], env=dict(os.environ, WITH_DBD="1", CPUS="8",
                        NODES="2"), capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
