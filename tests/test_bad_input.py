@@ -210,3 +210,39 @@ def test_json_schema_check_names_what_is_wrong(tmp_path):
         assert want in (output_problem(d, "result.json", "eval") or ""), text
     (d / "result.json").write_text(json.dumps({"metrics": [{"name": "a", "value": 0.5, "stderr": 0.1, "n": 4}]}))
     assert output_problem(d, "result.json", "eval") is None
+
+
+def test_volumes_beyond_a_local_file_are_refused_at_plan(tmp_path, capsys):
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": f"review {i}"}) + "\n" for i in range(50)))
+    cfg = mut(IMDB, lambda c: c["data"].update(positive={"path": str(data), "fields": {"text": "text"}}))
+    cfg["volumes"]["positive"] = [10, 60]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli(["plan", str(path), "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: data.positive: needs 60 rows, {data}"), err
+    cfg["data"]["positive"]["split"] = "train[:8]"   # a split of the file counts too
+    cfg["volumes"]["positive"] = [10]
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli(["plan", str(path), "--runs", str(tmp_path / "runs")]) == 2
+    assert "has 8" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_a_cell_made_from_a_corrupt_upstream_is_not_done(tmp_path):
+    """Done markers name their upstream cells' nonces; an upstream whose outputs are gone or corrupt gives no
+    nonce, so the cells made from it run again with it (and are never tabled meanwhile)."""
+    from launch.layout import is_done, upstream_nonce, write_done
+    exp = tmp_path / "exp"
+    up, down = exp / "positive" / "u", exp / "eval" / "d"
+    (up / "checkpoints" / "n8").mkdir(parents=True)
+    (up / "checkpoints" / "n8" / "config.json").write_text("{}")
+    (up / "checkpoints" / "n8" / "model.safetensors").write_bytes(b"x")
+    write_done(up, milestones=["n8"], kind="train")
+    down.mkdir(parents=True)
+    (down / "result.json").write_text(json.dumps({"metrics": [{"name": "a", "value": 1.0, "stderr": 0.0, "n": 1}]}))
+    write_done(down, milestones=["result.json"], kind="eval", upstream={"positive/u": upstream_nonce(exp, "positive/u")})
+    assert is_done(down, ["result.json"], "eval", ["positive/u"])
+    (up / "checkpoints" / "n8" / "model.safetensors").unlink()   # the upstream's weights are gone
+    assert upstream_nonce(exp, "positive/u") is None
+    assert not is_done(down, ["result.json"], "eval", ["positive/u"])
