@@ -54,3 +54,17 @@ def tiny_world(out: Path, pretrain: int = 3000):
     if not (out / "world" / "tokenizer").exists():
         write_world(World(pretrain=pretrain, alignment=2000, prompts=500), out / "world")
     return out / "world"
+
+
+def word_tokenizer(out: Path, words: int = 32000) -> Path:
+    """A word-level tokenizer over 'w0'..'w<words-1>' (+ PAD, EOS, BOS, UNK), saved like a hub repo's: synthetic
+    text of any length without a download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {f"w{i}": i for i in range(words)}
+    vocab.update({"[PAD]": words, "</s>": words + 1, "<s>": words + 2, "[UNK]": words + 3})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
+                            unk_token="[UNK]").save_pretrained(out)
+    return out

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report, spread
+from common import report, spread, word_tokenizer
 
 from launch.jobs import ModelRef, TrainJob
 from launch.spec import Data, Init, Recipe
@@ -30,16 +30,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
     from train.trainer import Trainer, restore, snapshot
     tmp = Path(tempfile.mkdtemp(prefix="bench-fork-"))
-    vocab = {f"w{i}": i for i in range(32000)}
-    vocab.update({"[PAD]": 32000, "</s>": 32001, "<s>": 32002, "[UNK]": 32003})
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
-                            unk_token="[UNK]").save_pretrained(tmp / "tok")
+    word_tokenizer(tmp / "tok")
     with open(tmp / "data.jsonl", "w") as f:
         for i in range(16):
             f.write(json.dumps({"text": " ".join(f"w{(i * 7 + k) % 32000}" for k in range(30))}) + "\n")

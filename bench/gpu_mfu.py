@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
@@ -35,20 +36,14 @@ def main():
         print(json.dumps({"id": "P8", "measure": "GPU MFU", "value": None, "met": None,
                           "runs": "not run: no CUDA device"}))
         return
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from common import word_tokenizer
     from launch.jobs import ModelRef, TrainJob
     from launch.spec import Data, Init, Recipe
     from launch.worker import close_distributed
     from train.trainer import Trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="mfu-"))
-    vocab = {f"w{i}": i for i in range(32000)}
-    vocab.update({"[PAD]": 32000, "</s>": 32001, "<s>": 32002, "[UNK]": 32003})
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
-                            unk_token="[UNK]").save_pretrained(tmp / "tok")
+    word_tokenizer(tmp / "tok")
     g = torch.Generator().manual_seed(0)
     n = args.micro * (args.steps + 3)
     with open(tmp / "data.jsonl", "w") as f:   # every example exactly seq tokens: no padding in the measure

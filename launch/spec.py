@@ -350,7 +350,7 @@ class World:
     def __post_init__(self):
         check(0 <= self.seed <= SEED_MAX, "seed", f"must be in [0, 2**32 - 1], got {self.seed}", "use e.g. 0")
         check(0 <= self.prior <= 1, "prior", f"must be in [0, 1], got {self.prior}", "use e.g. 0.5")
-        check(0 <= self.control_prior <= 1, "control_prior", f"must be in [0, 1]", "use e.g. 0.9")
+        check(0 <= self.control_prior <= 1, "control_prior", f"must be in [0, 1], got {self.control_prior}", "use e.g. 0.9")
         check(0 <= self.noise < 0.5, "noise", f"must be in [0, 0.5), got {self.noise}", "use e.g. 0.1")
         for n in ("vocab_nouns", "lexicon", "pretrain", "alignment", "prompts", "sft", "control"):
             check(getattr(self, n) >= 1, n, f"must be >= 1, got {getattr(self, n)}", "use a positive count")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import slurm_profile
 from launch.spec import ConfigError, Profile, build
@@ -68,7 +67,7 @@ def test_prefetch_downloads_one_weight_format_and_fails_in_one_line(tmp_path):
                env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "3", "HF_HUB_DOWNLOAD_TIMEOUT": "3"})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.count("\n") == 1 and r.stderr.startswith(
-        f"error: configs/setting2/imdb.yaml: models[0].path: cannot download meta-llama/Llama-2-7b-hf@main")
+        "error: configs/setting2/imdb.yaml: models[0].path: cannot download meta-llama/Llama-2-7b-hf@main")
 
 
 def test_submit_refuses_a_cache_that_lacks_a_file(tmp_path):

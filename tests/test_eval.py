@@ -3,7 +3,6 @@
     .venv/bin/python -m pytest -q tests/test_eval.py
 """
 import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -236,7 +235,7 @@ def test_results_csv_is_tidy_and_equals_the_markdown(tmp_path):
     assert {r["setting"] for r in rows} == {"rebound"}
     md = (report / "rebound.md").read_text()
     for (p, n), r in means.items():
-        value, low, high = float(r["value"]), float(r["ci_low"]), float(r["ci_high"])
+        value, high = float(r["value"]), float(r["ci_high"])
         assert int(r["n_seeds"]) == 3 and r["ci_kind"] == "t 95% over 3 seeds"
         assert f"{value:.3f} ± {(high - value):.3f}" in md
         per_seed = [float(x["value"]) for x in seed_rows if (int(x["start_volume"]), int(x["negative_volume"])) ==

@@ -25,8 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, run_cell_procs, write_cell
-from launch.jobs import ModelRef, TrainJob
-from launch.spec import Data, Recipe
+from test_trainer import job
 from train import data as D
 
 EMULATE_NCCL = textwrap.dedent('''
@@ -74,19 +73,11 @@ def run_script(code: str, *args, timeout=600) -> str:
     return p.stdout
 
 
-def tjob(exp, arch="llama", milestones=(40,), data="positive", **recipe):
-    r = dict(algorithm="sft", lr=1e-3, global_batch=16, micro_batch=4, max_length=64, zero_stage=0,
-             precision="fp32", save_every_steps=1000)
-    r.update(recipe)
-    return TrainJob(model=ModelRef(path=str(exp / "models" / arch)), data=Data(path=f"@world/data/{data}.jsonl"),
-                    recipe=Recipe(**r), seed=5, template="plain", milestones=tuple(milestones))
-
-
 def test_collectives_take_device_tensors(exp_dir, tmp_path):
     """Fails on a trainer that all-reduces a host tensor (its step metrics, its stop flag): on NCCL that is
     'No backend type associated with device type cpu' after the first step."""
     from launch.plan import jsonable
-    jobs = [tjob(exp_dir, milestones=(40, 64)), tjob(exp_dir, milestones=(24,), data="pairs", algorithm="dpo")]
+    jobs = [job(exp_dir, "llama", (40, 64)), job(exp_dir, "llama", (24,), "pairs", algorithm="dpo")]
     (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j) for j in jobs]))
     code = EMULATE_NCCL + textwrap.dedent('''
         import json
@@ -127,7 +118,7 @@ def test_the_emulation_refuses_a_host_tensor(tmp_path):
 def test_gradient_checkpointing_recomputes_each_layer(exp_dir, tmp_path):
     """from_pretrained returns a model in eval mode, where HF skips checkpointing: the trainer must train()."""
     from launch.plan import jsonable
-    jobs = [tjob(exp_dir, milestones=(16,), gradient_checkpointing=gc) for gc in (False, True)]
+    jobs = [job(exp_dir, "llama", (16,), gradient_checkpointing=gc) for gc in (False, True)]
     (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j) for j in jobs]))
     code = textwrap.dedent('''
         import json, sys
@@ -237,7 +228,7 @@ def test_in_memory_fork_is_exact_under_zero(exp_dir, zero, ranks):
     bit, with the fork undone from host memory: the ZeRO-2 flat partitions and the ZeRO-3 parameter partitions
     (and the small parameters ZeRO-3 keeps whole) all come back."""
     def run(name, milestones):
-        j = tjob(exp_dir, milestones=milestones, zero_stage=zero)
+        j = job(exp_dir, "llama", milestones, zero_stage=zero)
         d = write_cell(exp_dir / "positive" / f"fork-z{zero}-{name}", j, outputs=[f"n{m}" for m in milestones])
         for rc, out in run_cell_procs(d, ranks=ranks):
             assert rc == 0, out[-3000:]

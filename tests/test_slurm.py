@@ -8,7 +8,6 @@ a 2-node DeepSpeed cell, and no secret on disk.
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
