@@ -194,10 +194,11 @@ def test_a_job_the_cluster_refuses_stops_the_whole_submission(cluster, tmp_path)
     assert r.returncode == 2 and f"image: {image} does not exist" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_requeue_inside_an_image_without_slurm_commands(cluster, tmp_path, exp_dir, monkeypatch):
-    """The cells run through a stand-in `apptainer` whose PATH has no Slurm commands (as in the image): after a
-    preemption signal the cell saves and exits 75, the job script's teardown requeues on the host, and the cell
-    resumes to the weights of an uninterrupted run."""
+def test_preempted_three_times_inside_an_image_without_slurm_commands(cluster, tmp_path, exp_dir, monkeypatch):
+    """The cells run through a stand-in `apptainer` whose PATH has no Slurm commands (as in the image). Three
+    preemption signals (USR2 to the job's steps, as a preempting scheduler sends): each time the cell saves and exits
+    75, the job script's teardown requeues on the host, and the cell resumes; its weights equal an uninterrupted
+    run's. (The time-limit path, on the host: test_slurm.)"""
     import submitit
     from conftest import run_cell_procs, write_cell
     from launch.jobs import ModelRef, TrainJob
@@ -235,10 +236,17 @@ def test_requeue_inside_an_image_without_slurm_commands(cluster, tmp_path, exp_d
     ex.update_parameters(**sbatch_params(profile, profile.train, "image-requeue"))
     j = ex.submit(CellTask(), str(d))
     metrics = d / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 40):
-        time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR2", j.job_id], check=True)
+    for k in range(3):
+        deadline = time.time() + 300
+        start = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        while time.time() < deadline:   # running again, and some steps past where it resumed
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= start + 30:
+                break
+            time.sleep(0.2)
+        subprocess.run(["scancel", "--signal=USR2", j.job_id], check=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and len((d / "attempts.jsonl").read_text().splitlines()) < k + 2:
+            time.sleep(0.5)
     deadline = time.time() + 600
     while time.time() < deadline and not (d / "DONE").exists():
         time.sleep(2)
@@ -246,7 +254,9 @@ def test_requeue_inside_an_image_without_slurm_commands(cluster, tmp_path, exp_d
     assert (d / "DONE").exists(), log[-3000:]
     assert "FileNotFoundError" not in log and "elastica: requeueing" in log, log[-3000:]
     attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
-    assert len(attempts) == 2 and json.loads((d / "summary.json").read_text())["resumed_at_steps"]
+    summary = json.loads((d / "summary.json").read_text())
+    assert len(attempts) == 4 and len(summary["resumed_at_steps"]) == 3, (attempts, summary["resumed_at_steps"])
+    assert log.count("elastica: requeueing") == 3
     rec = json.loads((d / "record.json").read_text())
     assert rec["runtime"]["image"] == str(image)
     a, b = load_file(str(ref / "checkpoints/n400/model.safetensors")), load_file(str(d / "checkpoints/n400/model.safetensors"))

@@ -25,6 +25,11 @@ def test_gpu_check_smoke_passes_every_check(tmp_path):
     assert [l.split()[:2] for l in lines] == [["PASS", c] for c in ("train", "resume", "eval", "mfu")]
     summary = json.loads(out.read_text())
     assert summary["passed"] == 4 and summary["failed"] == 0 and summary["mode"].startswith("smoke")
+    # the MFU script's smoke (bench P8): embeddings and an untied head over the word tokenizer's 32,004 words (4.1 M)
+    # plus two 64-wide layers; under ZeRO-3 the parameters are partitioned (numel 0): counted from ds_numel
+    row = next(c["detail"] for c in summary["checks"] if c["check"] == "mfu")
+    assert row["id"] == "P8-smoke" and row["value"] > 0 and 4_000_000 < row["params"] < 4_400_000
+    assert row["flops_per_token"] == 6 * row["params"] + 12 * 2 * 64 * 64
     assert "4 passed, 0 failed" in r.stdout
 
 

@@ -225,30 +225,6 @@ def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir, lon
     assert same_weights(long_ref, d)
 
 
-def test_preempted_three_times_is_bit_identical(cluster, tmp_path, exp_dir, long_ref):
-    """Three preemption signals (USR2 to the job's steps, as a preempting scheduler sends): save, requeue, resume."""
-    from conftest import write_cell
-    d = write_cell(tmp_path / "slurm" / "positive" / "preempted", long_job(exp_dir), outputs=["n600"])
-    job = submit_one(tmp_path, d, time_min=20)
-    metrics = d / "metrics.jsonl"
-    for k in range(3):
-        deadline = time.time() + 300
-        start = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-        while time.time() < deadline:   # running again, and a few steps past where it resumed
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= start + 300:
-                break
-            time.sleep(0.5)
-        subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
-        deadline = time.time() + 300
-        while time.time() < deadline and len((d / "attempts.jsonl").read_text().splitlines()) < k + 2:
-            time.sleep(0.5)
-    wait_done(d, job)
-    attempts = (d / "attempts.jsonl").read_text().splitlines()
-    summary = json.loads((d / "summary.json").read_text())
-    assert len(attempts) == 4 and len(summary["resumed_at_steps"]) == 3, (attempts, summary["resumed_at_steps"])
-    assert same_weights(long_ref, d)
-
-
 def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     """A cell's processes die with SIGKILL (no signal to save on, like a node failure): its dependents are
     cancelled; a resubmission resumes it from its rolling checkpoint and reproduces the undisturbed tables."""
