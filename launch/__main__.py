@@ -167,6 +167,13 @@ def cmd_run(args) -> int:
     return run_plan(plan, runs, profile, only=args.only)
 
 
+def refuse(err: ConfigError, dry_run: bool) -> None:
+    """A submission stops here; a dry run says that it would, and goes on showing the job scripts."""
+    if not dry_run:
+        raise err
+    print(f"note: a real submit would stop here: {err.line()}")
+
+
 def cmd_submit(args) -> int:
     from pathlib import Path
     plan, profile, runs = load(args)
@@ -175,18 +182,12 @@ def cmd_submit(args) -> int:
     if executor == "slurm" and profile.hf_home:   # jobs run offline: every file must be in the cache already
         from launch.prefetch import cache_gaps
         if gaps := cache_gaps(plan.spec, profile.hf_home):
-            err = ConfigError("hf_home", f"{profile.hf_home} lacks {', '.join(gaps)}",
-                              f"on the login node: make prefetch CONFIG={args.config} PROFILE={args.profile}",
-                              file=args.profile)
-            if not args.dry_run:
-                raise err
-            print(f"note: a real submit would stop here: {err.line()}")
+            refuse(ConfigError("hf_home", f"{profile.hf_home} lacks {', '.join(gaps)}",
+                               f"on the login node: make prefetch CONFIG={args.config} PROFILE={args.profile}",
+                               file=args.profile), args.dry_run)
     if executor == "slurm" and profile.image and not Path(profile.image).is_file():
-        err = ConfigError("image", f"{profile.image} does not exist", "build it (make container) or fix the path",
-                          file=args.profile)
-        if not args.dry_run:
-            raise err
-        print(f"note: a real submit would stop here: {err.line()}")
+        refuse(ConfigError("image", f"{profile.image} does not exist", "build it (make container) or fix the path",
+                           file=args.profile), args.dry_run)
     if executor == "slurm" and not args.dry_run:
         from launch import slurm
         slurm.require_slurm(profile)
