@@ -1,6 +1,8 @@
 # elastica: every command a researcher types. `make help` lists them.
 #   make demo                 the toy-world study end to end on this machine (first command of the README)
-#   make test                 the test suite (second command)
+#   make test                 the test suite (second command): lint, then every test (about 22 minutes)
+#   make test-fast            lint and the unit tests (spec, plan, collector, CLI; under a minute)
+#   make lint                 ruff: pyflakes, bugbear, pycodestyle layout (pyproject.toml)
 #   make plan CONFIG=...      what a study will run, before anything runs
 #   make local CONFIG=...     run a study on this machine, stage by stage
 #   make submit CONFIG=... PROFILE=...   submit a study to Slurm (ARGS="--dry-run" / "--wait")
@@ -32,7 +34,7 @@ BUILD_ARGS := --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg CPU_BASE_IMAGE=$(
 	--build-arg GIT_COMMIT=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 IMAGE ?=
 
-.PHONY: help setup test demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
+.PHONY: help setup lint test test-fast demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
 	prefetch collect clean container sandbox shell debug-cell bench gpu-check wandb-sync
 
 help:
@@ -47,8 +49,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q --durations=15 tests
+
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" --durations=5 tests
 
 plan: setup
 	$(PY) -m launch plan $(CONFIG) --profile $(PROFILE) --runs $(RUNS)

@@ -21,7 +21,7 @@ from pathlib import Path
 from common import report, spread, word_tokenizer
 
 from launch.jobs import ModelRef, TrainJob
-from launch.spec import Data, Init, Recipe
+from launch.spec import Data, Init, Recipe, Runtime
 from launch.worker import close_distributed
 
 
@@ -39,9 +39,9 @@ def main():
     job = TrainJob(model=ModelRef(path="", init=Init(arch="llama", layers=8, width=512, heads=8, context=64),
                                   tokenizer=str(tmp / "tok")),
                    data=Data(path=str(tmp / "data.jsonl")), seed=0, template="plain", milestones=(16,),
-                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=8, micro_batch=4, max_length=64, zero_stage=3,
-                                 precision="fp32", save_every_steps=10 ** 6))
-    t = Trainer(job, tmp / "cell", tmp)
+                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=8, max_length=64, zero_stage=3,
+                                 precision="fp32"))
+    t = Trainer(job, tmp / "cell", tmp, Runtime(micro_batch=4, save_every_steps=10 ** 6))
     params = sum(getattr(p, "ds_numel", p.numel()) for p in t.engine.module.parameters())
     t.step(0, 8)   # Adam moments exist from here on, as at any real milestone
 

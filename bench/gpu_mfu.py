@@ -38,7 +38,7 @@ def main():
         return
     from common import word_tokenizer
     from launch.jobs import ModelRef, TrainJob
-    from launch.spec import Data, Init, Recipe
+    from launch.spec import Data, Init, Recipe, Runtime
     from launch.worker import close_distributed
     from train.trainer import Trainer
 
@@ -52,12 +52,12 @@ def main():
             f.write(json.dumps({"text": " ".join(f"w{i}" for i in ids)}) + "\n")
     init = Init(arch="llama", layers=2, width=64, heads=4, context=args.seq) if args.smoke else \
         Init(arch="llama", layers=24, width=1024, heads=16, context=args.seq)
-    job = TrainJob(model=ModelRef(path="", init=init, tokenizer=str(tmp / "tok")), data=Data(path=str(tmp / "data.jsonl")),
-                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=args.micro, micro_batch=args.micro,
-                                 max_length=args.seq, zero_stage=args.zero, precision="fp32" if args.smoke else "bf16",
-                                 save_every_steps=10 ** 6),
+    job = TrainJob(model=ModelRef(path="", init=init, tokenizer=str(tmp / "tok")),
+                   data=Data(path=str(tmp / "data.jsonl")),
+                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=args.micro, max_length=args.seq,
+                                 zero_stage=args.zero, precision="fp32" if args.smoke else "bf16"),
                    seed=0, template="plain", milestones=(n,))
-    t = Trainer(job, tmp / "cell", tmp)
+    t = Trainer(job, tmp / "cell", tmp, Runtime(micro_batch=args.micro, save_every_steps=10 ** 6))
     params = sum(p.numel() for p in t.engine.module.parameters()) or sum(
         getattr(p, "ds_numel", 0) for p in t.engine.module.parameters())
     t.run()

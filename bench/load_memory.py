@@ -28,7 +28,8 @@ import json, resource, sys, torch
 from pathlib import Path
 from launch.jobs import ModelRef, TrainJob
 from launch.spec import Data, Recipe
-from train.trainer import ds_config, load_model, load_tokenizer, setup_distributed
+from train.models import load_model, load_tokenizer
+from train.trainer import ds_config, setup_distributed
 import deepspeed
 mode, path = sys.argv[1], Path(sys.argv[2])
 rank, world = setup_distributed()
@@ -104,6 +105,7 @@ def main():
            runs=f"max over ranks and {args.repeats} runs; the fp32 model alone is {params * 4 / 2**20:.0f} MiB; "
                 f"peak with the engine built {round(oe)} vs {round(be)} MiB (on CPU the engine's partitions, master "
                 "weights and gradient buffers are host memory; on a GPU they are device memory)")
+
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,8 @@ import time
 
 from common import ROOT, machine
 
-BENCHES = ["trainer", "padding", "load_memory", "fork", "nested", "submit_10k", "collector", "generation", "demo_time", "gpu_mfu"]
+BENCHES = ["trainer", "padding", "load_memory", "fork", "nested", "submit_10k", "collector", "generation", "demo_time",
+           "gpu_mfu"]
 
 
 def order(row_id: str) -> tuple:
@@ -47,7 +48,8 @@ def main():
     for g in sorted(rows, key=lambda g: order(g["id"])):
         met = {True: "yes", False: "**no**", None: "not run"}[g.get("met")]
         lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | {g.get('baseline', '')} | "
-                     f"{'-' if g.get('ratio') is None else g['ratio']} | {g.get('target', '')} | {met} | {g.get('runs', '')} |")
+                     f"{'-' if g.get('ratio') is None else g['ratio']} | {g.get('target', '')} | {met} | "
+                     f"{g.get('runs', '')} |")
     lines += ["", "Commands: `make bench` (all), or `.venv/bin/python bench/<name>.py` for one "
               f"({', '.join(BENCHES)}). P4 needs the local Slurm cluster (`tests/slurm/up.sh`); P8 needs a GPU.", ""]
     notes = ROOT / "bench" / "notes.md"   # hand-written: what was profiled and changed, what was not measured

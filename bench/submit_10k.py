@@ -1,7 +1,8 @@
 """P4: plan + submit of a ~10,000-cell grid to the local Slurm cluster: wall time and the number of sbatch calls
 (one per stage chunk). Jobs are submitted held and cancelled at once;
 the median of three runs is reported, with the time spent inside sbatch (the controller's share). Each run
-leaves ~10,000 cancelled job records in the controller for MinJobAge: start from a fresh cluster. Needs the cluster of tests/slurm/up.sh.
+leaves ~10,000 cancelled job records in the controller for MinJobAge: start from a fresh cluster. Needs the cluster
+of tests/slurm/up.sh.
 
     WITH_DBD=1 CPUS=8 NODES=2 bash tests/slurm/up.sh && .venv/bin/python bench/submit_10k.py
 """

@@ -19,12 +19,13 @@ from common import ROOT, report, spread, tiny_world  # noqa: F401  (sys.path set
 import torch
 
 from launch.jobs import ModelRef, TrainJob
-from launch.spec import Data, Init, Recipe
+from launch.spec import Data, Init, Recipe, Runtime
 from launch.worker import close_distributed
 from train import data as D
 
 STEPS = 12
 GLOBAL, MICRO, MAXLEN = 32, 8, 256
+RUNTIME = Runtime(micro_batch=MICRO, save_every_steps=10 ** 6)
 
 
 def imdb_like_lengths(n: int, seed: int = 0, cap: int = 512) -> list[int]:
@@ -45,7 +46,7 @@ def make_data(world: Path, out: Path, n: int) -> Path:
 
 def setup(job: TrainJob, exp: Path):
     """What every side starts from: the tokenizer, the job's examples in its seeded order, the seeded model."""
-    from train.trainer import load_model, load_tokenizer
+    from train.models import load_model, load_tokenizer
     tok = load_tokenizer(job.model, exp)
     rows = D.load_rows(job.data, exp)
     order = D.seeded_order(len(rows), job.seed)[:max(job.milestones)]
@@ -61,7 +62,7 @@ def bare_loop(job: TrainJob, exp: Path) -> float:
     tokens, t0 = 0, time.perf_counter()
     for s, e in D.global_batches(len(ex), r.global_batch):
         denom = sum(ex[i].loss_tokens for i in range(s, e))
-        for mb in D.micro_batches(list(range(s, e)), ex, 0, 1, r.micro_batch):
+        for mb in D.micro_batches(list(range(s, e)), ex, 0, 1, RUNTIME.micro_batch):
             ids, mask, labels, w = D.collate(ex, mb, tok.pad_token_id)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             tgt = labels[:, 1:]
@@ -78,7 +79,7 @@ def bare_loop(job: TrainJob, exp: Path) -> float:
 def trainer_run(job: TrainJob, exp: Path) -> float:
     from train.trainer import Trainer
     with tempfile.TemporaryDirectory() as out:
-        t = Trainer(job, Path(out), exp)
+        t = Trainer(job, Path(out), exp, RUNTIME)
         t0 = time.perf_counter()
         t.run()
         wall = time.perf_counter() - t0
@@ -97,7 +98,7 @@ def hf_trainer_run(job: TrainJob, exp: Path, sampling: str) -> float:
     from train.trainer import ds_config
     tok, ex, model = setup(job, exp)
     r = job.recipe
-    cfg = ds_config(job, 1, False)
+    cfg = ds_config(job, 1, False, RUNTIME)
     cfg.pop("managed_gradient_accumulation")
     pad = tok.pad_token_id
 
@@ -118,8 +119,8 @@ def hf_trainer_run(job: TrainJob, exp: Path, sampling: str) -> float:
     timer = Timer()
     with tempfile.TemporaryDirectory() as out:
         args = transformers.TrainingArguments(
-            output_dir=out, per_device_train_batch_size=r.micro_batch,
-            gradient_accumulation_steps=r.global_batch // r.micro_batch, num_train_epochs=1, learning_rate=r.lr,
+            output_dir=out, per_device_train_batch_size=RUNTIME.micro_batch,
+            gradient_accumulation_steps=r.global_batch // RUNTIME.micro_batch, num_train_epochs=1, learning_rate=r.lr,
             lr_scheduler_type="constant", max_grad_norm=r.grad_clip, weight_decay=r.weight_decay,
             adam_beta1=r.betas[0], adam_beta2=r.betas[1], adam_epsilon=1e-8, train_sampling_strategy=sampling,
             deepspeed=cfg, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
@@ -138,8 +139,8 @@ def main():
     job = TrainJob(model=ModelRef(path="", init=Init(arch="gpt2", layers=4, width=256, heads=4, context=MAXLEN),
                                   tokenizer=str(world / "tokenizer")),
                    data=Data(path=str(exp / "reviews.jsonl")),
-                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=GLOBAL, micro_batch=MICRO, max_length=MAXLEN,
-                                 zero_stage=0, precision="fp32", save_every_steps=10 ** 6),
+                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=GLOBAL, max_length=MAXLEN,
+                                 zero_stage=0, precision="fp32"),
                    seed=0, template="plain", milestones=(GLOBAL * STEPS,))
     trainer_run(job, exp)   # warm-up: DeepSpeed's JIT op, caches
     try:

@@ -13,24 +13,39 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from launch.jobs import CollectJob
-from launch.layout import atomic_write_text, is_done, json_problem, read_done
-
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       15: 2.131, 20: 2.086, 30: 2.042}
+from launch import layout
+from launch.jobs import KINDS, CollectJob, json_problem
+from launch.layout import atomic_write_text
 
 
-def t95(df: int) -> float:
-    """Student-t 97.5 % quantile (no scipy): exact at the tabulated df, conservative between them."""
-    if df > 30:
-        return 1.96
-    return T95.get(df) or T95[max(k for k in T95 if k <= df)]
+def t_quantile(p: float, df: int) -> float:
+    """The Student-t quantile t with P(|T| < t) = p (two-sided: p = 0.95 gives the 97.5 % point) for integer df,
+    exact: the t distribution's closed form for integer df, inverted by bisection (no scipy)."""
+    def inside(t):
+        th = math.atan(t / math.sqrt(df))
+        c2, term, total = math.cos(th) ** 2, 1.0, 1.0
+        for k in range(1 + df % 2, df - 1, 2):   # odd df: 1 + 2/3 c2 + 2*4/(3*5) c2^2 ...; even: 1 + 1/2 c2 ...
+            term *= c2 * k / (k + 1)
+            total += term
+        if df % 2:
+            return 2 / math.pi * (th + (math.sin(th) * math.cos(th) * total if df > 1 else 0.0))
+        return math.sin(th) * total
+    lo, hi = 0.0, 1e7
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if inside(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+Z95 = 1.959963984540054   # the normal 97.5 % point
 
 
 def natural(name) -> list:
@@ -39,13 +54,13 @@ def natural(name) -> list:
 
 
 def mean_ci(values: list[float], stderr_one: float | None = None) -> tuple[float, float, int]:
-    """Mean and 95 % half-width over seeds; with one seed, 1.96 x the cell's own standard error."""
+    """Mean and 95 % half-width over seeds; with one seed, the normal 97.5 % point x the cell's own standard error."""
     n = len(values)
     m = sum(values) / n
     if n == 1:
-        return m, 1.96 * (stderr_one or 0.0), 1
+        return m, Z95 * (stderr_one or 0.0), 1
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, t95(n - 1) * sd / math.sqrt(n), n
+    return m, t_quantile(0.95, n - 1) * sd / math.sqrt(n), n
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -67,30 +82,32 @@ def expected_cells(exp: Path) -> list[str]:
 
 
 def read_cells(exp: Path):
-    """(records, problems): records are dicts with coords and metrics; problems are (key, status, detail)."""
+    """(records, problems): records are dicts with coords and metrics; problems are (key, state, detail) of the
+    expected cells that are not done (layout.cell_state) or whose output fails its check; they never enter a table."""
     records, problems = [], []
     for key in expected_cells(exp):
         d = exp / key
-        stage = key.split("/")[0]
-        want = "result.json" if stage == "eval" else "summary.json"
-        if read_done(d) is None:   # (the common case, a done cell, costs three reads and no stat)
-            if not d.exists():
-                problems.append((key, "missing", "never started"))
-                continue
-            failed = _json(d / "FAILED")
-            problems.append((key, "failed" if failed else "unfinished",
-                             (failed or {}).get("error", "no done marker")))
-            continue
-        meta, data = _json(d / "job.json"), _json(d / want)
-        problem = "job.json unreadable" if meta is None else f"{want} unreadable" if data is None else \
-            json_problem(data, want, "eval" if stage == "eval" else "summary")
-        if problem is None and not is_done(d, (), meta.get("kind", ""), meta.get("upstream", [])):
-            problem = "made from an upstream cell that is gone, corrupt or redone"
-        if problem:   # never tabled; the next run redoes it
-            problems.append((key, "corrupt", problem))
+        meta = _json(d / "job.json") or {}
+        kind = meta.get("kind", "eval" if key.startswith("eval/") else "train")
+        want = KINDS[kind].outputs[0] if KINDS[kind].outputs else "summary.json"
+        # (outputs are checked below on the data read once: a done cell costs three reads and no stat)
+        state = layout.cell_state(d, kind, (), meta.get("upstream", []))
+        data = _json(d / want) if state in ("done", "stale") else None
+        if state in ("done", "stale"):   # its own output first: a corrupt cell is corrupt, whatever its upstream
+            problem = "job.json unreadable" if not meta else f"{want} unreadable" if data is None else \
+                json_problem(data, want, kind)
+            state, detail = ("corrupt", problem) if problem else \
+                (state, "made from an upstream cell that is gone, corrupt or redone")
+        else:
+            detail = {"todo": "never started" if not d.exists() else "no done marker",
+                      "corrupt": "its done marker is unreadable"}.get(state) or \
+                (_json(d / "FAILED") or {}).get("error", state)
+        if state != "done":   # never tabled; the next run redoes it
+            problems.append((key, state, detail))
             continue
         base = ((meta.get("job") or {}).get("base") or {}).get("path", "")
-        records.append({"key": key, "stage": stage, "coords": meta.get("coords", {}), "data": data, "base": base})
+        records.append({"key": key, "stage": key.split("/")[0], "coords": meta.get("coords", {}), "data": data,
+                        "base": base})
     return records, problems
 
 
@@ -118,8 +135,7 @@ class Table:
         return buf.getvalue()
 
     def latex(self) -> str:
-        esc = lambda s: str(s).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%") \
-            .replace("&", r"\&").replace("#", r"\#").replace("±", r"$\pm$")
+        esc = latex_escape
         lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * 1 + "r" * (len(self.header) - 1)
                  + "}", r"\toprule", " & ".join(esc(h) for h in self.header) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(c) for c in r) + r" \\" for r in self.rows]
@@ -127,12 +143,51 @@ class Table:
         return "\n".join(lines) + "\n"
 
 
+LATEX = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "%": r"\%",
+         "_": r"\_", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "<": r"\textless{}", ">": r"\textgreater{}",
+         "|": r"\textbar{}", "±": r"$\pm$", "θ": r"$\theta$", "→": r"$\rightarrow$", "↔": r"$\leftrightarrow$",
+         "−": r"$-$", "·": r"$\cdot$", "Δ": r"$\Delta$"}
+
+
+def latex_escape(text) -> str:
+    """Text as LaTeX typesets it: every character special to LaTeX escaped, the tables' symbols as math."""
+    return "".join(LATEX.get(c, c) for c in str(text))
+
+
 def fmt(m: float, ci: float) -> str:
     return f"{m:.3f} ± {ci:.3f}"
 
 
-def rebound_tables(records, metric_name: str):
-    """Per model and arm: positive volume x negative volume matrix of mean ± CI over seeds (+ the base row)."""
+@dataclass(frozen=True)
+class Point:
+    """One point of a rebound curve: a negative volume, the mean over seeds and its 95 % CI half-width."""
+    negative: int
+    mean: float
+    half: float
+    n: int                                # seeds in the mean
+    seeds: dict                           # seed -> that seed's value (paired statistics)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One start model under negative fine-tuning: its points by negative volume (the base model: one point)."""
+    model: str
+    arm: str                              # positive | control | base
+    start: int                            # the start's positive volume (0 for the base model)
+    points: list
+
+
+def ci_label(ns) -> str:
+    """The interval every 'mean ± half-width' of a table is, with its n (seeds)."""
+    ns = sorted(set(ns))
+    if len(ns) == 1:
+        return ci_kind(ns[0])
+    return f"95% CI over {ns[0]}-{ns[-1]} seeds (t; normal from the cell's error where 1)"
+
+
+def rebound_tables(records, metric_name: str) -> tuple[list[Table], list[Curve]]:
+    """Per model and arm: positive volume x negative volume matrix of mean ± CI over seeds (+ the base row), and
+    the same numbers as curves."""
     groups = defaultdict(lambda: defaultdict(list))      # (model, arm) -> (pos, neg) -> [(value, stderr, seed)]
     sizes = {}
     for r in records:
@@ -142,57 +197,66 @@ def rebound_tables(records, metric_name: str):
         sizes[c["model"]] = c.get("size", "")
         groups[(c["model"], c.get("arm", ""))][(c.get("positive", 0), c.get("negative", 0))].append(
             (m["value"], m["stderr"], c.get("seed")))
-    # (model, arm, start volume) -> [(negative volume, mean, ci, {seed: value})], in the tables' order
-    tables, curves = [], {}
+
+    def point(n, vals) -> Point:
+        mean, half, k = mean_ci([v for v, _, _ in vals], vals[0][1])
+        return Point(n, mean, half, k, {s: v for v, _, s in vals})
+    tables, curves = [], []
     negs = sorted({k[1] for g in groups.values() for k in g})
     for model in sorted({k[0] for k in groups}, key=lambda m: (natural(sizes.get(m) or ""), natural(m))):
         base = groups.get((model, "base"), {}).get((0, 0), [])
         for arm in sorted(a for (mm, a) in groups if mm == model and a != "base"):
             cells = groups[(model, arm)]
             label = f"{model}" + (f" ({sizes[model]})" if sizes.get(model) else "") + f", arm {arm}"
-            t = Table(f"{metric_name}: {label} (rows: {arm} volume; columns: negative volume)",
-                      [f"{arm} \\ negative"] + [str(n) for n in negs])
+            t = Table("", [f"{arm} \\ negative"] + [str(n) for n in negs])
+            ns = []
             if base:
-                bm, bci, _ = mean_ci([v for v, _, _ in base], base[0][1])
-                t.rows.append(["base model"] + [fmt(bm, bci) if n == 0 else "" for n in negs])
+                b = point(0, base)
+                ns.append(b.n)
+                t.rows.append(["base model"] + [fmt(b.mean, b.half) if n == 0 else "" for n in negs])
             for p in sorted({k[0] for k in cells}):
-                row = [str(p)]
-                for n in negs:
-                    vals = cells.get((p, n), [])
-                    if vals:
-                        mm, ci, _ = mean_ci([v for v, _, _ in vals], vals[0][1])
-                        row.append(fmt(mm, ci))
-                        curves.setdefault((model, arm, p), []).append((n, mm, ci, {s: v for v, _, s in vals}))
-                    else:
-                        row.append("")
-                t.rows.append(row)
+                pts = [point(n, cells[(p, n)]) for n in negs if cells.get((p, n))]
+                curves.append(Curve(model, arm, p, pts))
+                ns += [q.n for q in pts]
+                at = {q.negative: q for q in pts}
+                t.rows.append([str(p)] + [fmt(at[n].mean, at[n].half) if n in at else "" for n in negs])
+            t.title = (f"{metric_name}: {label} (rows: {arm} volume; columns: negative volume); "
+                       f"mean ± {ci_label(ns)}")
             tables.append(t)
         if base:
-            curves[(model, "base", 0)] = [(0, *mean_ci([v for v, _, _ in base], base[0][1])[:2],
-                                           {s: v for v, _, s in base})]
+            curves.append(Curve(model, "base", 0, [point(0, base)]))
     return tables, curves
 
 
-def slope_table(curves: dict, metric_name: str) -> Table:
+def base_level(curves: list[Curve], model: str) -> float | None:
+    return next((c.points[0].mean for c in curves if c.model == model and c.arm == "base"), None)
+
+
+def slope_table(curves: list[Curve], metric_name: str) -> Table:
     """Per start model: the initial fall (change per 100 negative examples over the first negative volume, mean ±
     95 % CI over the seeds present at both ends), the total fall, and the first negative volume at which the mean
     curve is below the base model's level."""
     t = Table(f"{metric_name}: initial slope and fall under negative fine-tuning",
-              ["model", "arm", "start volume", "start", "slope per 100 (first step)", "fall to last",
+              ["model", "arm", "start volume", "start", "slope/100 (1st step)", "fall to last",
                "below base from"])
-    for (model, arm, p), pts in curves.items():   # the tables' order; points by negative volume
-        if arm == "base" or len(pts) < 2:
+    ns = []
+    for c in curves:   # the tables' order; points by negative volume
+        if c.arm == "base" or len(c.points) < 2:
             continue
-        (n0, v0, _, s0), (n1, v1, _, s1) = pts[0], pts[1]
-        per_seed = [100 * (s1[s] - s0[s]) / max(n1 - n0, 1) for s in s0 if s in s1 and s is not None]
-        slope = f"{100 * (v1 - v0) / max(n1 - n0, 1):+.3f}"
+        p0, p1 = c.points[0], c.points[1]
+        width = max(p1.negative - p0.negative, 1)
+        per_seed = [100 * (p1.seeds[s] - p0.seeds[s]) / width for s in p0.seeds if s in p1.seeds and s is not None]
+        slope = f"{100 * (p1.mean - p0.mean) / width:+.3f}"
         if len(per_seed) > 1:
-            m, ci, _ = mean_ci(per_seed)
+            m, ci, n = mean_ci(per_seed)
             slope = f"{m:+.3f} ± {ci:.3f}"
-        base = curves.get((model, "base", 0), [(0, None)])[0][1]
-        below = next((q[0] for q in pts if base is not None and q[1] < base), None)
-        t.rows.append([model, arm, p, f"{v0:.3f}", slope, f"{pts[-1][1] - v0:+.3f}",
+            ns.append(n)
+        base = base_level(curves, c.model)
+        below = next((q.negative for q in c.points if base is not None and q.mean < base), None)
+        t.rows.append([c.model, c.arm, c.start, f"{p0.mean:.3f}", slope, f"{c.points[-1].mean - p0.mean:+.3f}",
                        "" if below is None else str(below)])
+    if ns:
+        t.title += f"; slope: mean ± {ci_label(ns)} of the paired per-seed slopes"
     return t
 
 
@@ -216,16 +280,20 @@ def resistance_table(records):
               ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "gap (fwd − inv)", "inverse < forward",
                "held-out bits inv", "held-out bits fwd", "attribute bits inv", "attribute bits fwd"])
     avg = lambda v: f"{sum(v) / len(v):.4f}" if v else ""
+    ns = []
     for model in sorted({k[0] for k in loss}, key=natural):
         for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
             inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
             if not inv or not fwd:
                 continue
-            mi, ci_i, _ = mean_ci(inv)
-            mf, ci_f, _ = mean_ci(fwd)
+            mi, ci_i, n_i = mean_ci(inv)
+            mf, ci_f, n_f = mean_ci(fwd)
+            ns += [n_i, n_f]
             t.rows.append([model, f"θ{i}↔θ{j}", fmt(mi, ci_i), fmt(mf, ci_f), f"{mf - mi:+.4f}",
                            "yes" if mi < mf else "no", avg(ce.get((model, j, i))), avg(ce.get((model, i, j))),
                            avg(ce_attr.get((model, j, i))), avg(ce_attr.get((model, i, j)))])
+    if ns:
+        t.title += f"; losses: mean ± {ci_label(ns)}"
     return t
 
 
@@ -239,10 +307,12 @@ def compression_table(records, pretrain_sizes: dict):
             continue
         for m in r["data"].get("metrics", []):
             if m["name"].startswith("bits_per_"):
-                by[(c["model"], c.get("arm"), c.get("positive"), c.get("negative"), c.get("seed"))][m["name"]] = m["value"]
+                key = (c["model"], c.get("arm"), c.get("positive"), c.get("negative"), c.get("seed"))
+                by[key][m["name"]] = m["value"]
                 roles.add(m["name"])
     roles = sorted(roles)
-    t = Table("Compression rates (bits/token) and the Hooke products |D|·Δ under negative fine-tuning",
+    t = Table("Compression rates (bits/token) and the Hooke products |D|·Δ under negative fine-tuning "
+              "(one row per seed and cell: point values, no interval)",
               ["model", "arm", "positive", "negative"] + roles + ["|D_pre|·Δpre", "|D_pos|·Δpos", "ratio"])
     for key in sorted(by, key=lambda k: tuple(str(x) for x in k)):
         model, arm, p, n, seed = key
@@ -279,7 +349,8 @@ def results_rows(records, study: dict) -> list[dict]:
         c = r["coords"]
         base = {"study": study.get("experiment", ""), "setting": study.get("setting", ""),
                 "task": study.get("task", ""), "model": c.get("model", ""), "size": c.get("size", ""),
-                "arm": c.get("arm", ""), "start_volume": c.get("positive", ""), "negative_volume": c.get("negative", ""),
+                "arm": c.get("arm", ""), "start_volume": c.get("positive", ""),
+                "negative_volume": c.get("negative", ""),
                 "slice_from": c.get("from", ""), "slice_to": c.get("to", ""), "direction": c.get("direction", "")}
         if r["stage"] == "cross":
             ms = [{"name": k, "value": r["data"][k], "space": "loss"} for k in ("mean_loss", "final_loss")
@@ -330,7 +401,7 @@ def _save(fig, out: Path, tight: bool = True) -> list[Path]:
     return paths
 
 
-def plot_rebound(panels: dict[str, dict], out: Path) -> list[Path]:
+def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
     """One figure: a row per model, a column per metric of `panels` (the probability and, beside it, the log-odds
     of the same rate). x is symmetric-log so that the aligned start sits at 0 negative examples; bands are the
     tables' 95 % CIs, labelled with their kind and number of seeds; the base model's level is a labelled line."""
@@ -340,7 +411,7 @@ def plot_rebound(panels: dict[str, dict], out: Path) -> list[Path]:
     import matplotlib.ticker
     names = list(panels)
     first = panels[names[0]]
-    models = list(dict.fromkeys(k[0] for k in first))   # the tables' order: by size label, then name
+    models = list(dict.fromkeys(c.model for c in first))   # the tables' order: by size label, then name
     if not models:
         return []
     width, height = 5.0 * len(names), 3.6 * len(models)
@@ -351,19 +422,21 @@ def plot_rebound(panels: dict[str, dict], out: Path) -> list[Path]:
     for i, model in enumerate(models):
         for j, name in enumerate(names):
             ax, curves = axes[i][j], panels[name]
-            vols = sorted({k[2] for k in curves if k[0] == model and k[1] != "base"})
-            negs = sorted({q[0] for k, pts in curves.items() if k[0] == model for q in pts})
-            seeds = max((len(q[3]) for k, pts in curves.items() if k[0] == model for q in pts), default=0)
-            for (mm, arm, p), pts in curves.items():   # arms and start volumes in the tables' order
-                if mm != model or arm == "base":
+            mine = [c for c in curves if c.model == model]
+            vols = sorted({c.start for c in mine if c.arm != "base"})
+            negs = sorted({q.negative for c in mine for q in c.points})
+            seeds = [q.n for c in mine for q in c.points]
+            for c in mine:   # arms and start volumes in the tables' order
+                if c.arm == "base":
                     continue
-                x, y, ci = [q[0] for q in pts], [q[1] for q in pts], [q[2] for q in pts]
-                color = cmap(vols.index(p) / max(1, len(vols) - 1))
-                ax.plot(x, y, "-" if arm == "positive" else ":", marker="o", color=color, label=f"{arm} {p}")
+                x, y, ci = [q.negative for q in c.points], [q.mean for q in c.points], [q.half for q in c.points]
+                color = cmap(vols.index(c.start) / max(1, len(vols) - 1))
+                ax.plot(x, y, "-" if c.arm == "positive" else ":", marker="o", color=color,
+                        label=f"{c.arm} {c.start}")
                 ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)], color=color,
                                 alpha=0.15)
-            if (model, "base", 0) in curves:
-                ax.axhline(curves[(model, "base", 0)][0][1], ls="--", color="gray", label="base model")
+            if (level := base_level(mine, model)) is not None:
+                ax.axhline(level, ls="--", color="gray", label="base model")
             small = min((n for n in negs if n > 0), default=1)
             ax.set_xscale("symlog", linthresh=small, linscale=0.5)
             ax.set_xlim(left=0)
@@ -373,7 +446,7 @@ def plot_rebound(panels: dict[str, dict], out: Path) -> list[Path]:
             ax.set_ylabel(name)
             ax.set_title(f"{model}: {name}", fontsize=9)
             if i == 0:
-                ax.legend(fontsize=6, title=f"bands: {ci_kind(seeds)}", title_fontsize=6)
+                ax.legend(fontsize=6, title=f"bands: {ci_label(seeds or [0])}", title_fontsize=6)
     return _save(fig, out, tight=False)
 
 
@@ -496,7 +569,7 @@ def compact(t: Table) -> list[Table]:
     """A table of 'mean ± CI' cells as two tables, means and CI half-widths, for narrow terminals and pipes."""
     if not any(" ± " in str(c) for r in t.rows for c in r):
         return [t]
-    means, cis = Table(f"{t.title}: mean", t.header), Table("  ± 95% CI half-width", t.header)
+    means, cis = Table(f"{t.title}. Means:", t.header), Table("CI half-widths (±):", t.header)
     for r in t.rows:
         means.rows.append([str(c).split(" ± ")[0] for c in r])
         cis.rows.append([str(c).split(" ± ")[1] if " ± " in str(c) else ("" if k else c) for k, c in enumerate(r)])
@@ -517,7 +590,8 @@ def print_summary(summary: dict, console=None) -> None:
             continue
         for t in [t for t in ts if name != "rebound" or t.title.startswith(headline)]:
             for part in (compact(t) if narrow else [t]):
-                rt = RTable(title=part.title, box=box.SIMPLE if narrow else box.HEAVY_HEAD, pad_edge=False)
+                con.print(part.title, style="bold", highlight=False)
+                rt = RTable(box=box.SIMPLE if narrow else box.HEAVY_HEAD, pad_edge=False)
                 for h in part.header:
                     rt.add_column(str(h), overflow="fold")
                 for r in part.rows:
@@ -546,7 +620,7 @@ def log_to_wandb(summary: dict, out_dir: Path, exp_dir: Path, job: CollectJob) -
     run.finish()
 
 
-def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:
+def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
     summary = collect(exp_dir)
     try:   # every eval metric with its coordinates, and the tables, in the study's collect run; W&B is a mirror:
         log_to_wandb(summary, out_dir, exp_dir, job)   # the report on disk is the result, so W&B never fails the cell
@@ -558,12 +632,26 @@ def cell_main(job: CollectJob, out_dir: Path, exp_dir: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print(f"error: RUN_DIR: {argv[0] if argv else '(none)'} is not a run folder "
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m eval.collect", description="tables and plots of a run folder")
+    p.add_argument("run_dir", nargs="?", help="runs/<experiment>, e.g. runs/toy-setting2")
+    p.add_argument("--json", action="store_true", help="print the tables and the cells not in them as JSON")
+    args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra or not args.run_dir or not Path(args.run_dir).is_dir():
+        print(f"error: RUN_DIR: {args.run_dir or '(none)'} is not a run folder "
               "(give runs/<experiment>, e.g. make collect RUN=runs/toy-setting2)", file=sys.stderr)
         return 2
-    print_summary(collect(Path(argv[0])))
+    try:
+        summary = collect(Path(args.run_dir))
+        if args.json:
+            print(json.dumps({**{k: summary[k] for k in ("report", "index", "records", "problems", "headline")},
+                              "tables": {name: [{"title": t.title, "header": t.header, "rows": t.rows} for t in ts]
+                                         for name, ts in summary["tables"].items()}}, indent=2, default=str))
+        else:
+            print_summary(summary)
+    except BrokenPipeError:   # `| head` closed stdout: no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from eval import scorers as S
-from launch.jobs import EvalJob, GenerateJob
-from launch.layout import atomic_write_json, atomic_write_text
+from launch.jobs import EvalJob, GenerateJob, jsonable
+from launch.layout import atomic_write_json, atomic_write_text, resolve
 from train import data as D
-from train.trainer import load_model, load_tokenizer
+from train.models import load_model, load_tokenizer
 
 PROMPT_SEED = 0   # the held-out prompt order is the same for every cell of every study
 RESULT_SCHEMA = "elastica.result/1"
@@ -29,6 +29,33 @@ RESULT_SCHEMA = "elastica.result/1"
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_SHARED: dict = {}
+
+
+def shared(what: str, key, make):
+    """What consecutive cells of one worker process share (launch.worker.run_cells): the scorer, the base model of
+    the KL, dataset rows. Each is built once and only read, so a cell's result is the same as alone (bench P11
+    checks it bit for bit); one value per `what` is kept, so memory holds one scorer and one base model."""
+    held = _SHARED.get(what)
+    if held is None or held[0] != key:
+        _SHARED.pop(what, None)   # free the old one before loading the new
+        _SHARED[what] = (key, make())
+    return _SHARED[what][1]
+
+
+def version(path: str) -> tuple:
+    """What changes when a local model folder is rewritten (file names, sizes, mtimes): part of a cache key, so a
+    folder redone in place is loaded again. Hub ids are immutable snapshots: ()."""
+    p = Path(path)
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir()) if f.is_file()) \
+        if path and p.is_dir() else ()
+
+
+def rows_of(data, exp_dir: Path) -> list[dict]:
+    key = (json.dumps(jsonable(data), sort_keys=True), str(exp_dir))
+    return shared(f"rows:{key}", key, lambda: D.load_rows(data, exp_dir))
 
 
 def load(ref, exp_dir: Path):
@@ -39,7 +66,7 @@ def load(ref, exp_dir: Path):
 
 
 def held_out_prompts(data, exp_dir: Path, n: int, skip: int = 0) -> list[str]:
-    rows = D.load_rows(data, exp_dir)
+    rows = rows_of(data, exp_dir)
     order = D.seeded_order(len(rows), PROMPT_SEED)
     if skip + n > len(rows):
         from launch.spec import ConfigError
@@ -68,7 +95,8 @@ def generate(model, tok, prompts: list[str], template: str, max_new_tokens: int,
         torch.manual_seed(seed + b)
         sample = temperature > 0
         gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                             max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
+                             max_new_tokens=max_new_tokens, do_sample=sample,
+                             temperature=temperature if sample else None,
                              top_p=top_p if sample else None, top_k=None, pad_token_id=pad,
                              eos_token_id=tok.eos_token_id, use_cache=True)
         for k, i in enumerate(idx):
@@ -95,7 +123,7 @@ def logit_metric(m: dict) -> dict:
             "stderr": m["stderr"] / (p * (1 - p)), "space": "logit"}
 
 
-def main(job: EvalJob, out_dir: Path, exp_dir: Path) -> list[str]:
+def main(job: EvalJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
     t0 = time.time()
     ev, dev = job.eval, device()
     tok, model = load(job.model, exp_dir)
@@ -112,7 +140,8 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path) -> list[str]:
                           "".join(json.dumps({"prompt": p, "response": g}) + "\n" for p, g in zip(prompts, gens)))
         if ev.scorer.kind != "none":
             t = time.time()
-            scorer = S.make_scorer(ev.scorer, dev)
+            scorer = shared("scorer", (ev.scorer, str(dev), version(ev.scorer.model)),
+                            lambda: S.make_scorer(ev.scorer, dev))
             # a classifier reads the answer; a score model the conversation as it was trained on (its scorer
             # appends EOS, where the score is read)
             texts = gens if ev.scorer.kind in ("rule", "classifier") else \
@@ -128,14 +157,15 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path) -> list[str]:
                 metrics += [m] + ([logit_metric(m)] if ev.logit_space else [])
                 metrics.append(metric("positive_prob", scores, True, **info, statistic="mean P(positive)"))
         if ev.kl_to_base:
-            _, base = load(job.base, exp_dir)
+            base = shared("base", (job.base, str(exp_dir), version(resolve(job.base.path, exp_dir))),
+                          lambda: load(job.base, exp_dir)[1])
             ex = D.tokenize([{"prompt": p, "response": g} for p, g in zip(prompts, gens)], tok, job.template,
                             job.max_length, "sft")
             metrics.append(metric("kl_to_base", S.kl_per_token(model, base, ex, tok.pad_token_id), False,
                                   scorer="kl", unit="nats/token"))
     attr = {i for w, i in tok.get_vocab().items() if w.endswith(("+", "-"))} if job.attribute_tokens else None
     for role, data in sorted(job.compression.items()):
-        rows = D.load_rows(data, exp_dir)
+        rows = rows_of(data, exp_dir)
         order = D.seeded_order(len(rows), PROMPT_SEED)[:ev.compression_examples]
         algorithm = "lm" if role == "pretrain" else "sft"
         ex = D.tokenize([rows[i] for i in order], tok, job.template, job.max_length, algorithm)
@@ -153,7 +183,7 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path) -> list[str]:
     return ["result.json"]
 
 
-def generate_main(job: GenerateJob, out_dir: Path, exp_dir: Path) -> list[str]:
+def generate_main(job: GenerateJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
     """Setting I: the slice answers train_count + heldout_count held-out prompts (its dataset D_i)."""
     ev = job.eval
     tok, model = load(job.model, exp_dir)

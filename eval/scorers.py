@@ -30,7 +30,8 @@ def _load_source(path: str, revision: str, loader):
     try:
         return loader(path, revision=revision)
     except Exception as e:  # noqa: BLE001
-        raise ConfigError("eval.scorer.model", f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}",
+        raise ConfigError("eval.scorer.model",
+                          f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}",
                           "check the path or hub id (make prefetch on a cluster)") from None
 
 

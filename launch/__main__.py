@@ -7,6 +7,7 @@
     python -m launch status RUN_DIR|CONFIG [--json]     # cells by stage: done / running / pending / failed ...
     python -m launch cancel RUN_DIR|CONFIG              # scancel every job of the study's manifest
     python -m launch prefetch CONFIG                    # login node: fill the HF cache, check volumes fit
+    python -m launch COMMAND --help                     # what each command and argument does
 
 Bad input prints one `error:` line naming the field and the fix and exits 2; nothing is written.
 """
@@ -26,42 +27,65 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError("command line", message, "see python -m launch --help")
 
 
-def parse(argv):
-    p = _Parser(prog="python -m launch", description="elastica: plan and run alignment-elasticity studies")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+HELP = {
+    "plan": "show the stages and cells a study will run, what is done, and its cost; writes nothing",
+    "run": "run a study on this machine, stage by stage (the local executor)",
+    "submit": "submit a study to Slurm as array jobs chained by dependencies (or run it with another executor)",
+    "status": "cells by stage and state (done, running, pending, failed, ...) with the logs of failed cells",
+    "cancel": "scancel every job the study ever submitted",
+    "prefetch": "login node: fill the profile's HF cache with every model and dataset, check that volumes fit",
+    "run-cell": "run one cell in this process (what every executor runs; a done cell returns at once)",
+    "run-cells": "run several cells of one kind in this process, in order, each with its own log and outcome",
+    "debug-cell": "rerun one cell in this process, or in the image, as its job would",
+    "shell": "a shell in the image with a job's binds and variables",
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m launch", description="elastica: plan and run alignment-elasticity studies. "
+                "Bad input prints one error line and exits 2.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND")
     for name in ("plan", "run", "submit", "status", "cancel"):
-        s = sub.add_parser(name)
-        s.add_argument("config")
-        s.add_argument("--profile", default="configs/profiles/local-cpu.yaml")
+        s = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        s.add_argument("config", metavar="CONFIG|RUN_DIR",
+                       help="a study YAML (configs/...), or a run folder runs/<experiment> made by run or submit")
+        s.add_argument("--profile", default="configs/profiles/local-cpu.yaml",
+                       help="where it runs: a profile YAML (default: %(default)s); ignored with a run folder")
         s.add_argument("--runs", default=None, help="runs root (default: the profile's runs_root)")
         if name in ("plan", "status"):
-            s.add_argument("--json", action="store_true")
+            s.add_argument("--json", action="store_true", help="print JSON instead of the table")
         if name in ("run", "submit"):
-            s.add_argument("--only", default=None, help="run only this stage")
+            s.add_argument("--only", default=None, metavar="STAGE", help="run only this stage")
         if name == "submit":
             s.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
-                           help="default: the profile's executor")
+                           help="default: the profile's executor (debug: every cell in this process)")
             s.add_argument("--dry-run", action="store_true", help="print the arrays and job scripts, submit nothing")
             s.add_argument("--wait", action="store_true", help="block until the run ends; non-zero if a cell failed")
             s.add_argument("--allow-dirty", action="store_true",
                            help="submit although the checkout has uncommitted changes (jobs run the working tree)")
-    s = sub.add_parser("prefetch", help="login node: fill the profile's HF cache, check that every volume fits")
-    s.add_argument("config")
+    s = sub.add_parser("prefetch", help=HELP["prefetch"], description=HELP["prefetch"])
+    s.add_argument("config", help="a study YAML")
     s.add_argument("--profile", default="", help="its hf_home is the cache to fill (default: $HF_HOME)")
-    s = sub.add_parser("run-cell")
-    s.add_argument("cell_dir")
+    s = sub.add_parser("run-cell", help=HELP["run-cell"], description=HELP["run-cell"])
+    s.add_argument("cell_dir", help="runs/<experiment>/<stage>/<cell id>")
     s.add_argument("--rerun", action="store_true", help="run a done cell again; its dependents stay valid")
     s.add_argument("--invalidate", action="store_true", help="with --rerun: the cells made from it run again too")
-    s = sub.add_parser("debug-cell", help="rerun one cell in this process, or in the image, as a job would")
-    s.add_argument("run_dir")
+    s = sub.add_parser("run-cells", help=HELP["run-cells"], description=HELP["run-cells"])
+    s.add_argument("cell_dirs", nargs="+", help="cell folders of one kind, run in this order")
+    s = sub.add_parser("debug-cell", help=HELP["debug-cell"], description=HELP["debug-cell"])
+    s.add_argument("run_dir", help="runs/<experiment>")
     s.add_argument("cell", help="<stage>/<cell id> (see python -m launch status RUN_DIR)")
     s.add_argument("--image", default="", help="run it in this Apptainer image, with the job's binds and variables")
     s.add_argument("--invalidate", action="store_true", help="the cells made from it run again at the next submit")
-    s = sub.add_parser("shell", help="a shell in the image with a job's binds and variables")
-    s.add_argument("--image", required=True)
+    s = sub.add_parser("shell", help=HELP["shell"], description=HELP["shell"])
+    s.add_argument("--image", required=True, help="the Apptainer image (.sif or sandbox folder)")
     s.add_argument("--profile", default="", help="its binds, hf_home and env")
     s.add_argument("--run", default="", help="a run folder to bind too")
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv):
+    return make_parser().parse_args(argv)
 
 
 def load(args):
@@ -209,7 +233,7 @@ def cmd_submit(args) -> int:
         return run_plan(plan, runs, profile, only=args.only)
     if executor == "debug":
         from launch.local import run_inprocess
-        return run_inprocess(plan, runs, only=args.only)
+        return run_inprocess(plan, runs, profile, only=args.only)
     from launch import slurm
     try:
         slurm.submit(plan, runs, profile, dry_run=args.dry_run, only=args.only, allow_dirty=args.allow_dirty,
@@ -222,29 +246,37 @@ def cmd_submit(args) -> int:
     return 0
 
 
+STATE_ORDER = ("done", "running", "pending", "failed", "timed out", "cancelled", "corrupt", "stale", "not submitted",
+               "todo", "unknown")
+
+
 def cmd_status(args) -> int:
+    """Cells by stage and state: one column per state that occurs (readable at 80 columns and when piped)."""
     from launch import slurm
     plan, profile, runs = load(args)
     rows = slurm.cell_states(plan, runs)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    from rich import box
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"{plan.spec.experiment}: {plan.exp_dir(runs)}")
-    states = ("done", "running", "pending", "failed", "timed out", "cancelled", "corrupt", "not submitted", "unknown")
-    for col in ("stage", *states, "disk"):
-        t.add_column(col, justify="left" if col == "stage" else "right")
+    present = [s for s in STATE_ORDER if any(r["state"] == s for r in rows)]
+    t = Table(box=box.SIMPLE, pad_edge=False)
+    for col in ("stage", "cells", *present, "MiB"):
+        t.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
     for stage in plan.stages:
         sr = [r for r in rows if r["stage"] == stage]
-        size = sum(f.stat().st_size for f in (plan.exp_dir(runs) / stage).rglob("*") if f.is_file()) \
-            if (plan.exp_dir(runs) / stage).exists() else 0
-        t.add_row(stage, *[str(sum(r["state"] == s for r in sr) or "") for s in states], f"{size / 2**20:,.1f} MiB")
+        folder = plan.exp_dir(runs) / stage
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+        t.add_row(stage, str(len(sr)), *[str(sum(r["state"] == s for r in sr) or "") for s in present],
+                  f"{size / 2**20:,.1f}")
     con = Console()
+    con.print(f"{plan.spec.experiment}: {len(rows)} cells in {plan.exp_dir(runs)}", soft_wrap=True)
     con.print(t)
     for r in rows:
         if r["state"] in ("failed", "timed out", "corrupt") or r["state"] == "cancelled" and r["log"]:
-            con.print(f"[red]{r['state']}[/] {r['stage']}/{r['cell']} (job {r['job']}) log: {r['log']}",
+            con.print(f"[red]{r['state']}[/] {r['stage']}/{r['cell']} (job {r['job'] or '-'}) log: {r['log'] or '-'}",
                       soft_wrap=True, markup=True)
             if tail := slurm.error_tail(r):
                 con.print(tail, soft_wrap=True, markup=False, highlight=False)
@@ -252,7 +284,7 @@ def cmd_status(args) -> int:
         con.print(f"unknown: {sum(r['state'] == 'unknown' for r in rows)} {slurm.NO_RECORD}")
     if any(r["state"] != "done" for r in rows):
         con.print(f"resubmit what is missing: python -m launch submit {plan.exp_dir(runs) / 'study.yaml'} "
-                  f"--profile {plan.exp_dir(runs) / 'profile.yaml'} --runs {runs}")
+                  f"--profile {plan.exp_dir(runs) / 'profile.yaml'} --runs {runs}", soft_wrap=True)
     return 0
 
 
@@ -278,18 +310,18 @@ def cmd_prefetch(args) -> int:
 
 def cmd_run_cell(args) -> int:
     from pathlib import Path
-    from launch.worker import job_meta, run_cell_dir, write_job
+    from launch.worker import run_cell_dir, write_job
     d = Path(args.cell_dir)
     exp = d.parent.parent
     if not (d / "job.json").exists() and (exp / "study.json").exists():
         # a submitted cell whose task has not started (on Slurm the task writes job.json): plan the study saved in
         # the run folder and take the cell from it
-        plan, _, _ = load(argparse.Namespace(config=str(exp)))
+        plan, profile, _ = load(argparse.Namespace(config=str(exp)))
         cell = next((c for c in plan.cells if c.stage == d.parent.name and c.id == d.name), None)
         if cell is None:
             raise ConfigError("CELL_DIR", f"{d} is not a cell of the study saved in {exp}",
                               f"pick one from: python -m launch status {exp}")
-        write_job(d, job_meta(cell))
+        write_job(d, plan.meta(cell, profile))
     return run_cell_dir(d, rerun=args.rerun, invalidate=args.invalidate)
 
 
@@ -306,9 +338,8 @@ def image_call(image: str, profile, run, argv: list[str], env: dict) -> int:
 
 
 def job_environment(profile) -> dict:
-    from launch import layout
-    from launch.slurm import job_env
-    return {**os.environ, **(job_env(profile) if profile else {}), "PYTHONPATH": str(layout.CODE_ROOT)}
+    from launch.env import job_env
+    return {**os.environ, **job_env(profile)}
 
 
 def cmd_debug_cell(args) -> int:
@@ -340,15 +371,29 @@ def cmd_shell(args) -> int:
                       job_environment(profile))
 
 
+def cmd_run_cells(args) -> int:
+    from launch.worker import run_cells
+    return run_cells(args.cell_dirs)
+
+
+def quiet_broken_pipe() -> int:
+    """`... | head` closed our stdout: no traceback, and nothing more to say (the shell's code for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
 def main(argv=None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
-        return {"plan": cmd_plan, "run": cmd_run, "run-cell": cmd_run_cell, "debug-cell": cmd_debug_cell, "shell": cmd_shell,
-                "submit": cmd_submit,
-                "status": cmd_status, "cancel": cmd_cancel, "prefetch": cmd_prefetch}[args.cmd](args)
+        return {"plan": cmd_plan, "run": cmd_run, "run-cell": cmd_run_cell, "run-cells": cmd_run_cells,
+                "debug-cell": cmd_debug_cell, "shell": cmd_shell, "submit": cmd_submit, "status": cmd_status,
+                "cancel": cmd_cancel, "prefetch": cmd_prefetch}[args.cmd](args)
     except ConfigError as e:
         print(e.line(), file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return quiet_broken_pipe()
 
 
 if __name__ == "__main__":

@@ -1,15 +1,29 @@
-"""Typed job configs of the stage entry points (one per cell kind), built by the planner.
+"""The cell contract: job configs (one per cell kind), the kind registry, output checks, the worker's exit codes.
 
-A job holds everything that defines a cell's result (its identity) and nothing about where it runs. Paths to
-other cells' outputs are `@stage/cell/...` references (see launch.layout.resolve). Jobs travel as JSON
-(`job.json` in the cell folder, and the record) and are rebuilt with `launch.spec.build`, which validates them.
+A job holds everything that defines a cell's result (its identity) and nothing about where or how fast it runs
+(that is `launch.spec.Runtime` and the profile). Paths to other cells' outputs are `@stage/cell/...` references
+(see launch.layout.resolve). Jobs travel as JSON (`job.json` in the cell folder, and the record) and are rebuilt
+with `launch.spec.build`, which validates them. `KINDS` is the one table of what each kind of cell is: its job
+class, the function the worker calls, its outputs, the profile resources it asks for and its output check.
+Everything below `launch` (train, eval) imports this module; nothing here imports them.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from pathlib import Path
+from typing import Callable, Literal, Optional
 
 from launch.spec import Data, Eval, Init, Recipe, World
+
+EXIT_BAD_INPUT = 2     # one `error:` line on stderr
+EXIT_PREEMPTED = 75    # the cell saved after a signal: run it again to resume (the job script requeues)
+
+
+class Preempted(Exception):
+    """The cell saved its resumable state after a signal; rerun it to continue."""
 
 
 @dataclass(frozen=True)
@@ -73,3 +87,111 @@ class CollectJob:
     experiment: str
     setting: str
     task: str
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(obj):
+    """dataclasses.asdict without its deep copies (jobs share frozen sub-configs; nothing is mutated)."""
+    names = _FIELDS.get(type(obj))
+    if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        names = _FIELDS[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+    if names is not None:
+        return {n: _plain(getattr(obj, n)) for n in names}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def jsonable(obj):
+    """A job (or any config dataclass) as plain JSON (tuples become lists)."""
+    return json.loads(json.dumps(_plain(obj), default=list))
+
+
+# ------------------------------------------------------------------------------------------ output checks
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def metric_problem(m) -> str | None:
+    """What is wrong with one metric record of a result.json (None when it has the schema)."""
+    if not isinstance(m, dict):
+        return f"a metric is a {type(m).__name__}, not a record"
+    if not isinstance(m.get("name"), str) or not m["name"]:
+        return "a metric has no name"
+    if not _finite(m.get("value")):
+        return f"metric {m['name']}: value {m.get('value')!r} is not a finite number"
+    if not _finite(m.get("stderr")) or m["stderr"] < 0:
+        return f"metric {m['name']}: stderr {m.get('stderr')!r} is not a number >= 0"
+    if not isinstance(m.get("n"), int) or isinstance(m.get("n"), bool) or m["n"] < 0:
+        return f"metric {m['name']}: n {m.get('n')!r} is not a count"
+    return None
+
+
+def json_problem(data, name: str, kind: str) -> str | None:
+    """The schema part of an output check, on a JSON output already parsed (the collector reads each file once):
+    result.json is a non-empty list of metrics with name, finite value, stderr and n; a training cell's
+    summary.json has a finite mean_loss."""
+    if not isinstance(data, dict):
+        return f"{name} is not a JSON object"
+    if name == "result.json":
+        ms = data.get("metrics")
+        if not isinstance(ms, list) or not ms:
+            return "result.json has no metrics"
+        return next((f"result.json: {w}" for w in map(metric_problem, ms) if w), None)
+    if name == "summary.json" and kind == "train":
+        return None if _finite(data.get("mean_loss")) else "summary.json has no finite mean_loss"
+    return None
+
+
+def _file_problem(cell_dir: Path, name: str, kind: str) -> str | None:
+    """JSON has its schema, JSON Lines holds records, anything else exists."""
+    p = Path(cell_dir) / name
+    if p.suffix not in (".json", ".jsonl"):
+        return None if p.exists() else f"{name} is missing"
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+    except (OSError, ValueError):
+        return f"{name} is missing or not valid JSON"
+    if p.suffix == ".jsonl":
+        return None if data and all(isinstance(r, dict) for r in data) else f"{name} holds no records"
+    return json_problem(data, name, kind)
+
+
+def _checkpoint_problem(cell_dir: Path, name: str, kind: str) -> str | None:
+    ckpt = Path(cell_dir) / "checkpoints" / name
+    ok = (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors"))
+    return None if ok else f"checkpoint {name} lacks its config or weights"
+
+
+# ------------------------------------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class Kind:
+    """What one kind of cell is, for the planner, the worker, both executors, the layout and the collector."""
+    name: str
+    job: type                             # its job dataclass (job.json's "job" is rebuilt into it)
+    entry: str                            # "module:function" the worker calls: f(job, cell_dir, exp_dir, runtime)
+    outputs: tuple[str, ...]              # what its folder holds when done; train cells: their milestones
+    resources: Literal["train", "eval", "light"]   # the profile's section it asks Slurm for (light: CPU only)
+    check: Callable[[Path, str, str], Optional[str]]   # (cell_dir, output, kind) -> None when valid, else why
+    fuse: bool = True                     # cells of a stage may share one process (exact; launch.worker.run_cells)
+
+
+KINDS = {k.name: k for k in (
+    Kind("world", WorldJob, "train.toyworld:main", ("data", "tokenizer"), "light", _file_problem),
+    Kind("train", TrainJob, "train.trainer:main", (), "train", _checkpoint_problem, fuse=False),   # own ranks
+    Kind("generate", GenerateJob, "eval.evaluate:generate_main", ("train.jsonl", "heldout.jsonl"), "eval",
+         _file_problem),
+    Kind("eval", EvalJob, "eval.evaluate:main", ("result.json",), "eval", _file_problem),
+    Kind("collect", CollectJob, "eval.collect:cell_main", ("summary.json",), "light", _file_problem),
+)}
+
+
+def output_problem(cell_dir: Path, name: str, kind: str) -> str | None:
+    """The one check of every cell output (the worker's done test, status, the collector): None when valid."""
+    k = KINDS.get(kind)
+    return (k.check if k else _file_problem)(Path(cell_dir), name, kind)

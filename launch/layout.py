@@ -8,7 +8,6 @@ resolved against the experiment folder at run time, so moving the runs root neve
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -17,6 +16,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from launch.jobs import output_problem
+from launch.spec import ConfigError
 
 DONE = "DONE"
 RECORD = "record.json"
@@ -74,20 +76,40 @@ def read_done(cell_dir: Path) -> dict | None:
         return None
 
 
-def is_done(cell_dir: Path, outputs: list[str] | tuple[str, ...] = (), kind: str = "",
-            upstream: list[str] | tuple[str, ...] = ()) -> bool:
-    """Done when the marker exists, lists every output this plan needs (nested runs may gain milestones), every
-    output is really there (a marker without its outputs is corrupt, not done), and every upstream cell is still
-    the run this cell was made from (each done marker carries a nonce; a redone upstream has a new one)."""
+STATES = ("done", "stale", "corrupt", "running", "failed", "todo")
+
+
+def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
+    """The one answer to "what is this cell?", from its folder, for the planner, status, the worker, the collector
+    and the Slurm wait:
+      done     its marker lists every output this plan needs (nested runs may gain milestones), every one is valid
+               (jobs.output_problem), and every upstream cell is still the run it was made from (each done marker
+               carries a nonce; a redone upstream has a new one)
+      stale    done, but made from an upstream run that is gone, corrupt or redone: it runs again
+      corrupt  a marker that is unreadable or whose outputs are missing or invalid: it runs again
+      running  no marker, and a claim whose holder beat within ELASTICA_CLAIM_STALE_S seconds
+      failed   no marker, and the FAILED record of a failed start
+      todo     none of these: never started, or a nested run that needs more milestones
+    A plan also calls a cell stale when a cell upstream of it will run (Plan.states)."""
     cell_dir = Path(cell_dir)
     done = read_done(cell_dir)
     if done is None:
-        return False
+        if (cell_dir / DONE).exists():
+            return "corrupt"
+        try:
+            stale_s = float(os.environ.get("ELASTICA_CLAIM_STALE_S", 600))
+            if time.time() - (cell_dir / "CLAIM").stat().st_mtime < stale_s:
+                return "running"
+        except OSError:
+            pass
+        return "failed" if (cell_dir / "FAILED").exists() else "todo"
     have = set(done.get("milestones", []))
-    if not all(m in have and valid_output(cell_dir, m, kind) for m in outputs):
-        return False
+    if any(m in have and output_problem(cell_dir, m, kind) for m in outputs):
+        return "corrupt"
+    if not all(m in have for m in outputs):
+        return "todo"
     made_from = done.get("upstream", {})
-    return all(made_from.get(u) == upstream_nonce(cell_dir.parent.parent, u) for u in upstream)
+    return "done" if all(made_from.get(u) == upstream_nonce(cell_dir.parent.parent, u) for u in upstream) else "stale"
 
 
 def upstream_nonce(exp_dir: Path, key: str) -> str | None:
@@ -97,75 +119,9 @@ def upstream_nonce(exp_dir: Path, key: str) -> str | None:
     done = read_done(cell_dir)
     if not done:
         return None
-    kind = done.get("kind")
-    if kind is None:   # markers written before they named their kind
-        try:
-            kind = json.loads((cell_dir / "job.json").read_text()).get("kind", "")
-        except (OSError, ValueError, AttributeError):
-            kind = ""
-    if any(output_problem(cell_dir, m, kind) for m in done.get("milestones", [])):
+    if any(output_problem(cell_dir, m, done.get("kind", "")) for m in done.get("milestones", [])):
         return None
     return done.get("nonce")
-
-
-def valid_output(cell_dir: Path, name: str, kind: str) -> bool:
-    return output_problem(cell_dir, name, kind) is None
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def metric_problem(m) -> str | None:
-    """What is wrong with one metric record of a result.json (None when it has the schema)."""
-    if not isinstance(m, dict):
-        return f"a metric is a {type(m).__name__}, not a record"
-    if not isinstance(m.get("name"), str) or not m["name"]:
-        return "a metric has no name"
-    if not _finite(m.get("value")):
-        return f"metric {m['name']}: value {m.get('value')!r} is not a finite number"
-    if not _finite(m.get("stderr")) or m["stderr"] < 0:
-        return f"metric {m['name']}: stderr {m.get('stderr')!r} is not a number >= 0"
-    if not isinstance(m.get("n"), int) or isinstance(m.get("n"), bool) or m["n"] < 0:
-        return f"metric {m['name']}: n {m.get('n')!r} is not a count"
-    return None
-
-
-def output_problem(cell_dir: Path, name: str, kind: str) -> str | None:
-    """The one check of every cell output (the worker's done test, status, the collector): None when valid, else
-    what is wrong. A training checkpoint holds a config and weights; result.json has the result schema (a non-empty
-    list of metrics with name, finite value, stderr and n); a training summary has its losses; a JSON Lines output
-    holds records; other outputs exist."""
-    cell_dir = Path(cell_dir)
-    if kind == "train":
-        ckpt = cell_dir / "checkpoints" / name
-        ok = (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors"))
-        return None if ok else f"checkpoint {name} lacks its config or weights"
-    p = cell_dir / name
-    if p.suffix in (".json", ".jsonl"):
-        try:
-            text = p.read_text()
-            data = json.loads(text) if p.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
-        except (OSError, ValueError):
-            return f"{name} is missing or not valid JSON"
-        if p.suffix == ".jsonl":
-            return None if data and all(isinstance(r, dict) for r in data) else f"{name} holds no records"
-        return json_problem(data, name, kind)
-    return None if p.exists() else f"{name} is missing"
-
-
-def json_problem(data, name: str, kind: str) -> str | None:
-    """The schema part of output_problem, on a JSON output already parsed (the collector reads each file once)."""
-    if not isinstance(data, dict):
-        return f"{name} is not a JSON object"
-    if name == "result.json":
-        ms = data.get("metrics")
-        if not isinstance(ms, list) or not ms:
-            return "result.json has no metrics"
-        return next((f"result.json: {w}" for w in map(metric_problem, ms) if w), None)
-    if name == "summary.json" and kind == "summary":   # a training cell's losses (Setting I's cross cells)
-        return None if _finite(data.get("mean_loss")) else "summary.json has no finite mean_loss"
-    return None
 
 
 def write_done(cell_dir: Path, **info) -> None:
@@ -212,7 +168,6 @@ def code_snapshot(exp_dir: Path, allow_dirty: bool = False, write: bool = True) 
     A checkout with uncommitted changes in them is refused unless allow_dirty; then their working tree is copied,
     addressed by the commit and a hash of the changes ('<commit>-dirty-<hash>')."""
     import hashlib
-    from launch.spec import ConfigError
     git = lambda *a: subprocess.run(["git", "-C", str(CODE_ROOT), *a], capture_output=True, timeout=60)
     dirs = [d for d in CODE_DIRS if (CODE_ROOT / d).is_dir()]
     head = git("rev-parse", "HEAD").stdout.decode().strip()

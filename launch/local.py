@@ -1,13 +1,18 @@
-"""The local executor: run a plan's stages in order on this machine, each cell as its own process.
+"""The local executor: run a plan's stages in order on this machine.
 
-Same stages, same cells, same worker as on Slurm; a stage starts when the one before it has finished. Cells
-whose done marker exists are skipped, so running again continues where a crash or Ctrl-C left off. Each cell's
-output goes to `<cell dir>/log.txt`.
+Same stages, same cells, same worker as on Slurm; a stage starts when the one before it has finished. The cells
+of a stage whose kind allows it (launch.jobs.KINDS: everything but training) run in one worker process
+(`python -m launch run-cells`), so that Python, torch and the scorer load once per stage instead of once per
+cell; each training cell is its own process (its own DeepSpeed run). Either way every cell keeps its own done
+marker, log (`<cell dir>/log.txt`), FAILED record and resume, and a cell that fails fails alone; the next stage
+does not start after a failure. Cells whose done marker exists are skipped, so running again continues where a
+crash or Ctrl-C left off.
 
     python -m launch run configs/toy/setting2.yaml            # or: make local CONFIG=...
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,27 +21,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from launch.layout import atomic_write_json
+from launch.env import job_env
+from launch.jobs import EXIT_PREEMPTED, KINDS
 from launch.plan import Plan
 from launch.spec import Profile
-from launch.worker import EXIT_PREEMPTED, job_meta, write_job
-
-
-def cell_env(profile: Profile) -> dict:
-    env = dict(os.environ)
-    env.setdefault("WANDB_MODE", profile.wandb_mode)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.update(profile.env)
-    if profile.hf_home:
-        env.update(HF_HOME=profile.hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return env
+from launch.worker import close_distributed, run_cell, write_job
 
 
 def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | None = None,
-             console: Console | None = None) -> int:
+             console: Console | None = None, fuse: bool = True) -> int:
+    """fuse=False runs every cell as its own process (the unfused baseline of bench/demo_time.py)."""
     con = console or Console(stderr=True)
-    env = cell_env(profile)
+    env = {**os.environ, **job_env(profile)}
     stages = {k: v for k, v in plan.stages.items() if only in (None, k)}
     total = sum(len(v) for v in stages.values())
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -45,31 +41,42 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
         pending = plan.todo(runs_root)
         for name, cells in stages.items():
             task = progress.add_task(f"  {name}", total=len(cells))
-            for cell in cells:
-                d = plan.cell_dir(runs_root, cell)
-                if cell.key in pending:
-                    d.mkdir(parents=True, exist_ok=True)
-                    write_job(d, job_meta(cell))
-                    with open(d / "log.txt", "a") as log:
-                        rc = subprocess.call([sys.executable, "-m", "launch", "run-cell", str(d)], env=env,
-                                             stdout=log, stderr=subprocess.STDOUT)
-                    if rc != 0:
-                        progress.stop()
-                        tail = (d / "log.txt").read_text().strip().splitlines()[-1:] or [""]
-                        why = "preempted (run again to resume)" if rc == EXIT_PREEMPTED else f"exit {rc}"
-                        atomic_write_json(d / "FAILED", {"rc": rc, "error": tail[0][:500]})
-                        con.print(f"[red]cell {cell.key} failed: {why}: {tail[0]}\n  log: {d / 'log.txt'}")
-                        return 2 if rc == 2 else 1
-                progress.advance(task)
-                progress.advance(overall)
+            done = len(cells) - sum(c.key in pending for c in cells)
+            progress.advance(task, done)
+            progress.advance(overall, done)
+            todo = [plan.cell_dir(runs_root, c) for c in cells if c.key in pending]
+            for d, c in zip(todo, [c for c in cells if c.key in pending]):
+                d.mkdir(parents=True, exist_ok=True)
+                write_job(d, plan.meta(c, profile))
+            fused = fuse and KINDS[cells[0].kind].fuse
+            failed = []
+            for group in ([todo] if fused and todo else [[d] for d in todo]):
+                proc = subprocess.Popen([sys.executable, "-m", "launch", "run-cells", *map(str, group)], env=env,
+                                        stdout=subprocess.PIPE, text=True)
+                for line in proc.stdout:   # one line per finished cell
+                    r = json.loads(line)
+                    if r["rc"] != 0:
+                        failed.append(r)
+                    progress.advance(task)
+                    progress.advance(overall)
+                if proc.wait() == EXIT_PREEMPTED or any(r["rc"] == EXIT_PREEMPTED for r in failed):
+                    break
+            if failed:
+                progress.stop()
+                for r in failed:
+                    d = Path(r["cell"])
+                    why = "preempted (run again to resume)" if r["rc"] == EXIT_PREEMPTED else f"exit {r['rc']}"
+                    err = json.loads((d / "FAILED").read_text()).get("error", "") if (d / "FAILED").exists() else ""
+                    con.print(f"[red]cell {d.parent.name}/{d.name} failed: {why}: {err}\n  log: {d / 'log.txt'}")
+                return 2 if all(r["rc"] == 2 for r in failed) else 1
     report = plan.exp_dir(runs_root) / "report"
     con.print(f"done: {plan.exp_dir(runs_root)}" + (f"  (report: {report})" if report.exists() else ""))
     return 0
 
 
-def run_inprocess(plan: Plan, runs_root: str | Path, only: str | None = None) -> int:
+def run_inprocess(plan: Plan, runs_root: str | Path, profile: Profile, only: str | None = None) -> int:
     """The debug executor: every cell in this process, in order, so that pdb and breakpoints work."""
-    from launch.worker import close_distributed, run_cell
+    os.environ.update(job_env(profile))
     pending = plan.todo(runs_root)
     for name, cells in plan.stages.items():
         if only not in (None, name):
@@ -79,7 +86,7 @@ def run_inprocess(plan: Plan, runs_root: str | Path, only: str | None = None) ->
                 continue
             d = plan.cell_dir(runs_root, cell)
             d.mkdir(parents=True, exist_ok=True)
-            write_job(d, job_meta(cell))
+            write_job(d, plan.meta(cell, profile))
             print(f"{cell.key}", file=sys.stderr)
             run_cell(d)
     close_distributed()

@@ -19,8 +19,8 @@ from functools import cached_property
 from pathlib import Path
 
 from launch import layout
-from launch.jobs import CollectJob, EvalJob, GenerateJob, ModelRef, TrainJob, WorldJob
-from launch.spec import Data, Model, Spec, source_kind
+from launch.jobs import KINDS, CollectJob, EvalJob, GenerateJob, ModelRef, TrainJob, WorldJob, jsonable
+from launch.spec import Data, Model, Profile, Spec, source_kind
 
 SCHEMA = "elastica/1"
 
@@ -30,47 +30,21 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def _plain(obj):
-    """dataclasses.asdict without its deep copies (jobs share frozen sub-configs; nothing is mutated)."""
-    names = _FIELDS.get(type(obj))
-    if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        names = _FIELDS[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
-    if names is not None:
-        return {n: _plain(getattr(obj, n)) for n in names}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    return obj
-
-
-def jsonable(obj):
-    """A job as plain JSON (tuples become lists)."""
-    return json.loads(json.dumps(_plain(obj), default=list))
-
-
-KIND_OUTPUTS = {"eval": ("result.json",), "generate": ("train.jsonl", "heldout.jsonl"), "world": ("data", "tokenizer"),
-                "collect": ("summary.json",)}   # train cells list their milestones (checkpoints/n<volume>)
-
-
 @dataclass(frozen=True)
 class Cell:
     stage: str
-    kind: str                                   # world | train | generate | eval | collect
+    kind: str                                   # a key of launch.jobs.KINDS
     label: str                                  # readable part of the id
     job: object                                 # a launch.jobs dataclass
     upstream: tuple[str, ...] = ()              # "stage/cell_id" of the cells it reads
     coords: dict = field(default_factory=dict, compare=False)   # table coordinates: model, seed, positive, ...
-    outputs: tuple[str, ...] = ()               # what the done marker lists and the folder must hold (layout.valid_output)
+    outputs: tuple[str, ...] = ()               # what the done marker lists and the folder holds (jobs.output_problem)
     examples: int = 0                           # training examples this cell processes
     extra: dict = field(default_factory=dict, compare=False)     # identity beyond the job (independent volume)
 
     def __post_init__(self):
-        if not self.outputs and self.kind in KIND_OUTPUTS:
-            object.__setattr__(self, "outputs", KIND_OUTPUTS[self.kind])
+        if not self.outputs:
+            object.__setattr__(self, "outputs", KINDS[self.kind].outputs)
 
     @cached_property
     def job_json(self) -> dict:
@@ -113,18 +87,25 @@ class Plan:
     def cell_dir(self, runs_root: str | Path, cell: Cell) -> Path:
         return self.exp_dir(runs_root) / cell.stage / cell.id
 
-    def is_done(self, runs_root: str | Path, cell: Cell) -> bool:
-        """Done on disk and nothing upstream will run again (a rerun upstream invalidates its dependents)."""
-        return cell.key not in self.todo(runs_root)
+    def states(self, runs_root: str | Path) -> dict[str, str]:
+        """Cell key -> layout.cell_state, and "stale" for a done cell when a cell upstream of it will run."""
+        out: dict[str, str] = {}
+        for c in self.cells:   # stage order: upstream cells come first
+            st = layout.cell_state(self.cell_dir(runs_root, c), c.kind, c.outputs, c.upstream)
+            out[c.key] = "stale" if st == "done" and any(out[u] != "done" for u in c.upstream) else st
+        return out
 
     def todo(self, runs_root: str | Path) -> set[str]:
-        """Keys of the cells to run: no valid done marker, or an upstream cell to run."""
-        out: set[str] = set()
-        for c in self.cells:   # stage order: upstream cells come first
-            if any(u in out for u in c.upstream) or \
-                    not layout.is_done(self.cell_dir(runs_root, c), c.outputs, c.kind, c.upstream):
-                out.add(c.key)
-        return out
+        """Keys of the cells to run: every cell that is not done."""
+        return {k for k, st in self.states(runs_root).items() if st != "done"}
+
+    def meta(self, cell: Cell, profile: Profile | None = None) -> dict:
+        """What the cell's job.json holds: its job (identity) and, for training cells, its runtime (not identity:
+        the study's, with the profile's overrides)."""
+        runtime = jsonable(self.spec.runtime_for(cell.stage, profile)) if cell.kind == "train" else {}
+        return {"stage": cell.stage, "kind": cell.kind, "id": cell.id, "job": cell.job_json, "coords": cell.coords,
+                "upstream": list(cell.upstream), "outputs": list(cell.outputs), "identity": cell.identity,
+                "runtime": runtime}
 
     def summary(self, runs_root: str | Path, profile=None) -> dict:
         """Stages with their cells, done / to run, examples; with a profile that has cost rates, the estimated
@@ -257,7 +238,8 @@ class _Builder:
 
     def _rebound(self):
         spec, vol = self.spec, self.spec.volumes
-        arms = [("positive", "positive", "pos")] + ([("control", "control", "ctl")] if spec.controls.matched_start else [])
+        arms = [("positive", "positive", "pos")] + \
+            ([("control", "control", "ctl")] if spec.controls.matched_start else [])
         for m in spec.models:
             base, base_up = self.base_ref(m)
             for seed in spec.recipe.seeds:
@@ -298,8 +280,8 @@ class _Builder:
                                         {**co, "slice": i}))
                     answers.append((i, ref, gen, cell, n * cell.job.recipe.epochs))
                     self.reuse += n * cell.job.recipe.epochs
-                for i, ref_i, gen_i, cell_i, cost_i in answers:
-                    for j, ref_j, gen_j, cell_j, cost_j in answers:
+                for i, ref_i, _gen_i, cell_i, cost_i in answers:
+                    for j, _ref_j, gen_j, _cell_j, _cost_j in answers:
                         if i == j:
                             continue
                         direction = "forward" if i < j else "inverse"

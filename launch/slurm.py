@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,36 +26,52 @@ from pathlib import Path
 import submitit
 
 from launch import layout
+from launch.env import job_env
+from launch.jobs import EXIT_PREEMPTED, KINDS, Preempted
 from launch.plan import Cell, Plan
 from launch.spec import ConfigError, Profile, Resources
-from launch.worker import job_meta, write_job
+from launch.worker import close_distributed, run_cell, write_job
 
 LIGHT = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, time_min=60)   # world and collect cells
 
 
 class CellTask(submitit.helpers.Checkpointable):
-    """What every Slurm task runs: export rank variables, run the cell. After a time-limit or preemption signal the
-    cell saves (training cells at the next step boundary) and every rank exits 75; the job script's teardown, on the
-    host, requeues the job (`requeue_lines`): inside an image there is no scontrol, so nothing in the task requeues."""
+    """What every Slurm task runs: export rank variables, run its cell (or, with the profile's cells_per_task, its
+    cells in turn: a requeued task finds its done cells done and skips them; a cell that fails fails alone and the
+    task fails at its end). After a time-limit or preemption signal the cell saves (training cells at the next step
+    boundary) and every rank exits 75; the job script's teardown, on the host, requeues the job (`requeue_lines`):
+    inside an image there is no scontrol, so nothing in the task requeues."""
 
-    def __call__(self, cell_dir: str, meta: dict | None = None) -> list[str]:
-        from launch.worker import EXIT_PREEMPTED, close_distributed, run_cell
-        from train.trainer import Preempted
-        if meta is not None:   # every rank writes the same job.json atomically before reading it
-            write_job(cell_dir, meta)
+    def __call__(self, cell_dirs: str | list[str], metas: dict | list[dict] | None = None) -> list[str]:
+        one = isinstance(cell_dirs, str)
+        dirs, metas = ([cell_dirs], [metas]) if one else (list(cell_dirs), list(metas or [None] * len(cell_dirs)))
+        for d, meta in zip(dirs, metas):
+            if meta is not None:   # every rank writes the same job.json atomically before reading it
+                write_job(d, meta)
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             if os.environ.get("ELASTICA_MASTER_ADDR"):   # fake or multi-homed nodes
                 os.environ["MASTER_ADDR"] = os.environ["ELASTICA_MASTER_ADDR"]
-        try:
-            outputs = run_cell(cell_dir)
-            close_distributed()
-            return outputs
-        except Preempted as e:
-            print(f"preempted: {e}; exit {EXIT_PREEMPTED}, the job script requeues", flush=True)
-            close_distributed()
-            _exit_preempted()
+        outputs, failed = [], []
+        for d in dirs:
+            try:
+                print(f"elastica: cell {d}", flush=True)
+                outputs += run_cell(d)
+            except Preempted as e:
+                print(f"preempted: {e}; exit {EXIT_PREEMPTED}, the job script requeues", flush=True)
+                close_distributed()
+                _exit_preempted()
+            except Exception as e:  # noqa: BLE001 - a packed cell fails alone
+                if one:
+                    raise
+                traceback.print_exc()
+                layout.atomic_write_json(Path(d) / "FAILED", {"rc": 1, "error": f"{type(e).__name__}: {e}"[:500]})
+                failed.append(Path(d).name)
+        close_distributed()
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(dirs)} cells failed: {', '.join(failed)}")
+        return outputs
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on USR2 outside a training step loop (a cell still loading, an eval cell): nothing to
@@ -63,7 +80,6 @@ class CellTask(submitit.helpers.Checkpointable):
 
 
 def _exit_preempted():
-    from launch.worker import EXIT_PREEMPTED
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_PREEMPTED)
@@ -84,11 +100,7 @@ def requeue_lines(max_requeues: int) -> list[str]:
 
 
 def resources_for(profile: Profile, cell: Cell) -> Resources:
-    if cell.kind == "train":
-        return profile.train
-    if cell.kind in ("eval", "generate"):
-        return profile.eval
-    return LIGHT
+    return {"train": profile.train, "eval": profile.eval, "light": LIGHT}[KINDS[cell.kind].resources]
 
 
 def python_command(profile: Profile) -> str:
@@ -99,53 +111,9 @@ def python_command(profile: Profile) -> str:
                     + [shlex.quote(profile.image), "python"])
 
 
-def job_env(profile: Profile, code: Path | None = None) -> dict[str, str]:
-    """The environment a cell's Python starts in on Slurm and in `debug-cell` (no secrets: profiles refuse them):
-    offline HF cache, W&B mode, the code snapshot first on the path, the image's identity."""
-    env = {"PYTHONNOUSERSITE": "1", "WANDB_MODE": profile.wandb_mode, "TOKENIZERS_PARALLELISM": "false"}
-    if profile.hf_home:
-        env.update(HF_HOME=profile.hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    if code is not None:   # the code snapshot of this submission, before the image's or the venv's copy
-        env["PYTHONPATH"] = str(code)
-    elif profile.image:    # no snapshot (tests, debug): this checkout (bind it: see README)
-        env["PYTHONPATH"] = str(layout.CODE_ROOT)
-    if profile.image:
-        env.update(ELASTICA_IMAGE=profile.image, ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
-    env.update(profile.env)   # apptainer passes the job's environment into the container
-    return env
-
-
 def setup_lines(profile: Profile, code: Path | None = None) -> list[str]:
     """The job script's exports, before Python starts."""
     return [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(job_env(profile, code).items())]
-
-
-def image_digest(image: str) -> str:
-    """sha256 of the image file, cached beside it (keyed by size and mtime); 'unavailable' if unreadable."""
-    import hashlib
-    p = Path(image)
-    try:
-        st = p.stat()
-    except OSError:
-        return "unavailable"
-    side = p.with_name(p.name + ".sha256")
-    key = f"{st.st_size}:{int(st.st_mtime)}"
-    try:
-        cached_key, digest = side.read_text().split()
-        if cached_key == key:
-            return digest
-    except (OSError, ValueError):
-        pass
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    digest = f"sha256:{h.hexdigest()}"
-    try:
-        layout.atomic_write_text(side, f"{key} {digest}\n")
-    except OSError:
-        pass
-    return digest
 
 
 def container_python() -> str:
@@ -221,13 +189,19 @@ class Array:
     job_id: str = ""
     script: str = ""
     deps: list = field(default_factory=list)   # (kind, index of an earlier array | job id of a live task)
+    per_task: int = 1                          # cells each array task runs in turn (Resources.cells_per_task)
+
+    @property
+    def tasks(self) -> list[list[Cell]]:
+        return [self.cells[i:i + self.per_task] for i in range(0, len(self.cells), self.per_task)]
 
 
 def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = None, chunk: int = 1001,
                  live: dict[str, str] | None = None, code: Path | None = None) -> list[Array]:
-    """The arrays to submit, in stage order, with their dependency kind on earlier arrays. Cells with a live job
-    (`live`: cell key -> its queued or running task's job id) are not submitted again; a new cell made from one
-    waits on that job (afterok on the task)."""
+    """The arrays to submit, in stage order, with their dependency kind on earlier arrays: `aftercorr` where each
+    task needs only the task of the same index of one array of as many tasks, `afterok` otherwise. Cells with a
+    live job (`live`: cell key -> its queued or running task's job id) are not submitted again; a new cell made
+    from one waits on that job (afterok on the task). A stage's cells are packed res.cells_per_task to a task."""
     arrays: list[Array] = []
     where: dict[str, tuple[int, int]] = {}      # cell key -> (array index in `arrays`, task index)
     pending = plan.todo(runs_root)
@@ -240,18 +214,20 @@ def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = Non
         for c in todo:                              # one array per resource shape (a stage has one in practice)
             by_res.setdefault(resources_for(profile, c), []).append(c)
         for res, group in by_res.items():
-            for k in range(0, len(group), chunk):
-                part = group[k:k + chunk]
-                a = Array(stage, k // chunk, part, sbatch_params(profile, res, f"{plan.spec.experiment}:{stage}",
-                                                                 code))
-                ups = [[u for u in c.upstream if u in where] for c in part]
-                arrs = sorted({where[u][0] for us in ups for u in us})
-                corr = (len(arrs) == 1 and all(len(us) == 1 and where[us[0]][1] == i for i, us in enumerate(ups))
-                        and len(arrays[arrs[0]].cells) == len(part))
+            size = chunk * res.cells_per_task
+            for k in range(0, len(group), size):
+                part = group[k:k + size]
+                a = Array(stage, k // size, part, sbatch_params(profile, res, f"{plan.spec.experiment}:{stage}",
+                                                                code), per_task=res.cells_per_task)
+                ups = [{where[u] for c in cells for u in c.upstream if u in where} for cells in a.tasks]
+                arrs = sorted({arr for us in ups for arr, _ in us})
+                corr = (len(arrs) == 1 and all(us == {(arrs[0], t)} for t, us in enumerate(ups))
+                        and len(arrays[arrs[0]].tasks) == len(a.tasks))
                 a.deps = [("aftercorr" if corr else "afterok", i) for i in arrs]
                 a.deps += [("afterok", j) for j in sorted({live[u] for c in part for u in c.upstream if u in live})]
-                for i, c in enumerate(part):
-                    where[c.key] = (len(arrays), i)
+                for t, cells in enumerate(a.tasks):
+                    for c in cells:
+                        where[c.key] = (len(arrays), t)
                 arrays.append(a)
     return arrays
 
@@ -269,7 +245,7 @@ def render_script(a: Array, folder: Path, profile: Profile, ids: list[str]) -> s
     from submitit.slurm.slurm import _make_sbatch_string
     params = array_params(a, ids)
     cmd = " ".join([python_command(profile), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=cmd, folder=folder, map_count=len(a.cells) if len(a.cells) > 1 else None,
+    return _make_sbatch_string(command=cmd, folder=folder, map_count=len(a.tasks) if len(a.tasks) > 1 else None,
                                **params)
 
 
@@ -289,12 +265,13 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
               f"(jobs {', '.join(sorted({j.split('_')[0] for j in live.values()}))})", file=out)
     ids: list[str] = []
     if dry_run:
-        for i, a in enumerate(arrays):
+        for _i, a in enumerate(arrays):
             ids.append(f"<{a.stage}#{a.chunk}>")
             a.script = render_script(a, folder, profile, ids)
             deps = ", ".join(f"{k} {arrays[j].stage}#{arrays[j].chunk}" if isinstance(j, int) else f"{k} job {j}"
                              for k, j in a.deps) or "none"
-            print(f"== array {a.stage}#{a.chunk}: {len(a.cells)} cells, depends on: {deps}", file=out)
+            print(f"== array {a.stage}#{a.chunk}: {len(a.cells)} cells in {len(a.tasks)} tasks, depends on: {deps}",
+                  file=out)
             print(a.script, file=out)
         return arrays
     preflight(arrays, folder, profile)   # a refused array stops the submission before anything is queued
@@ -309,18 +286,23 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
         ex.update_parameters(**params)
         # job.json travels in submitit's per-task pickle and the task writes it: the login node creates no cell
         # folders (10,000 mkdirs + writes took seconds on a local disk, more on a shared filesystem; bench P4)
-        jobs = ex.map_array(CellTask(), [str(plan.cell_dir(runs_root, c)) for c in a.cells],
-                            [job_meta(c) for c in a.cells])
+        if a.per_task == 1:
+            jobs = ex.map_array(CellTask(), [str(plan.cell_dir(runs_root, c)) for c in a.cells],
+                                [plan.meta(c, profile) for c in a.cells])
+        else:
+            jobs = ex.map_array(CellTask(), [[str(plan.cell_dir(runs_root, c)) for c in t] for t in a.tasks],
+                                [[plan.meta(c, profile) for c in t] for t in a.tasks])
         a.job_id = jobs[0].job_id.split("_")[0]
         ids.append(a.job_id)
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": a.stage, "chunk": a.chunk,
                  "job_id": a.job_id, "array": len(jobs) > 1, "dependency": params["dependency"] or "",
-                 "cells": [{"key": c.key, "task": i, "job": j.job_id} for i, (c, j) in enumerate(zip(a.cells, jobs))],
+                 "cells": [{"key": c.key, "task": i, "job": j.job_id} for i, (t, j) in enumerate(zip(a.tasks, jobs))
+                           for c in t],
                  "image": profile.image or "host", "profile": profile.name, "code": str(code),
                  "git_commit": (code / "COMMIT").read_text().strip()}
         with manifest.open("a") as f:
             f.write(json.dumps(entry) + "\n")
-        print(f"submitted {a.stage}#{a.chunk}: job {a.job_id}, {len(a.cells)} cells"
+        print(f"submitted {a.stage}#{a.chunk}: job {a.job_id}, {len(a.cells)} cells in {len(jobs)} tasks"
               + (f", {entry['dependency']}" if a.deps else ""), file=out)
     if not arrays:
         print("nothing to submit: every cell is done", file=out)
@@ -425,23 +407,19 @@ def task_ids(jid: str) -> list[str]:
 
 
 def cell_states(plan: Plan, runs_root) -> list[dict]:
+    """Each cell's state for status and wait: its folder's (Plan.states: done, stale, corrupt, running, failed,
+    todo), and for a cell that is not done, what Slurm says of its latest submission (pending, running, failed,
+    timed out, cancelled), or "not submitted"."""
     exp = plan.exp_dir(runs_root)
     man = read_manifest(exp)
     states = sacct_states([j for m in man.values() for j in m["jobs"]],
                           min((m["time"] for m in man.values()), default=""))
-    todo = plan.todo(runs_root)
     rows = []
-    for c in plan.cells:
+    for c, disk in zip(plan.cells, plan.states(runs_root).values()):
         d = plan.cell_dir(runs_root, c)
         m = man.get(c.key)
-        claim = d / "CLAIM"
-        running_here = m is None and claim.exists() and time.time() - claim.stat().st_mtime < 600
-        if c.key not in todo:
-            state = "done"
-        elif layout.read_done(d) is not None and not layout.is_done(d, c.outputs, c.kind):
-            state = "corrupt"      # a done marker without its outputs: resubmitting reruns the cell
-        elif running_here:
-            state = "running"      # claimed by a local run
+        if disk in ("done", "corrupt") or m is None and disk in ("running", "failed"):
+            state = disk           # corrupt: resubmitting reruns it; running / failed: a local run
         elif m is None:
             state = "not submitted"
         else:   # a live job of any submission of the cell speaks for it, else the latest submission's
@@ -451,6 +429,8 @@ def cell_states(plan: Plan, runs_root) -> list[dict]:
             state = {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "pending", "COMPLETED": "failed",
                      "TIMEOUT": "timed out", "CANCELLED": "cancelled"}.get(st, "failed" if st in TERMINAL
                                                                              else st.lower())
+            if state == "failed" and st == "COMPLETED" and disk == "stale":
+                state = "stale"    # its own job finished; a cell upstream was redone since
         log = ""
         if m and state in ("failed", "timed out", "cancelled"):
             log = log_path(exp, m["job"])

@@ -116,13 +116,13 @@ class Model:
 @dataclass(frozen=True)
 class Data:
     """One dataset role: where it comes from and how its columns map onto the suite's fields."""
-    path: str                              # hub id, local file/folder (json, jsonl, parquet, save_to_disk) or world:<set>
+    path: str                              # hub id, local file/folder (json, jsonl, parquet, save_to_disk), world:<set>
     split: str = "train"
     subset: str = ""                       # hub configuration name, if any
     # suite field -> column (prompt, response, chosen, rejected, text); a list of columns is joined with one space,
     # skipping empty values (safe-rlhf's Alpaca prompt: instruction + ' ' + input when there is an input)
     fields: dict[str, typing.Union[str, tuple[str, ...]]] = field(default_factory=dict)
-    filter: dict[str, typing.Union[str, int, float, bool]] = field(default_factory=dict)  # keep rows where column == value
+    filter: dict[str, typing.Union[str, int, float, bool]] = field(default_factory=dict)  # keep rows: column == value
     revision: str = "main"
     prefix_words: int = 0                  # >0: prompt = first k words of `text`, response = the rest (IMDb prompts)
 
@@ -189,11 +189,9 @@ class Recipe:
     warmup_steps: int = 0                 # absolute, so a nested run stays exact
     epochs: int = 1
     global_batch: int = 64                # examples per optimizer step, whatever the number of GPUs
-    micro_batch: int = 1                  # examples per forward pass per rank
     max_length: int = 512                 # tokens; longer examples are truncated
     zero_stage: int = 3
     precision: Literal["bf16", "fp32"] = "bf16"
-    gradient_checkpointing: bool = False
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -203,16 +201,13 @@ class Recipe:
     loss_weighting: Literal["token", "example"] = "token"
     seeds: tuple[int, ...] = (42,)        # one chain of cells per seed
     volume_schedule: Literal["auto", "nested", "independent"] = "auto"  # auto: nested where exact
-    save_every_steps: int = 100           # rolling resumable checkpoint period
+    MOVED: typing.ClassVar[dict] = {"micro_batch": "runtime", "gradient_checkpointing": "runtime",
+                                    "save_every_steps": "runtime"}
 
     def __post_init__(self):
         check(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}", "use e.g. 1e-5")
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}", "use 1")
         check(self.global_batch >= 1, "global_batch", f"must be >= 1, got {self.global_batch}", "use e.g. 64")
-        check(self.micro_batch >= 1, "micro_batch", f"must be >= 1, got {self.micro_batch}", "use e.g. 1")
-        check(self.global_batch % self.micro_batch == 0, "global_batch",
-              f"{self.global_batch} is not a multiple of micro_batch {self.micro_batch}",
-              "make global_batch a multiple of micro_batch")
         check(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}", "use e.g. 512")
         check(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0..3, got {self.zero_stage}", "use 0, 1, 2 or 3")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}", "use 0")
@@ -226,8 +221,6 @@ class Recipe:
               "list each seed once")
         check(all(0 <= x <= SEED_MAX for x in self.seeds), "seeds", f"must be in [0, 2**32 - 1], got "
               f"{list(self.seeds)}", "use seeds such as 42")
-        check(self.save_every_steps >= 1, "save_every_steps", f"must be >= 1, got {self.save_every_steps}",
-              "use e.g. 100")
         if self.volume_schedule == "nested":
             why = self.nested_inexact()
             check(not why, "volume_schedule", f"nested is not exact here: {why}",
@@ -244,6 +237,21 @@ class Recipe:
     @property
     def nested(self) -> bool:
         return self.volume_schedule == "nested" or (self.volume_schedule == "auto" and not self.nested_inexact())
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a training stage runs on its hardware: never part of a cell's identity (a result does not depend on it
+    beyond float summation order: the loss is independent of the micro-batch split, resume is bit-identical), so
+    changing it keeps every cell id and done marker. Recorded in each cell's record.json."""
+    micro_batch: int = 1                  # examples per forward pass per rank (an upper bound: train.data)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
+    save_every_steps: int = 100           # rolling resumable checkpoint period
+
+    def __post_init__(self):
+        check(self.micro_batch >= 1, "micro_batch", f"must be >= 1, got {self.micro_batch}", "use e.g. 1")
+        check(self.save_every_steps >= 1, "save_every_steps", f"must be >= 1, got {self.save_every_steps}",
+              "use e.g. 100")
 
 
 @dataclass(frozen=True)
@@ -294,7 +302,8 @@ class Scorer:
 
     def __post_init__(self):
         if self.kind in ("classifier", "score_model"):
-            check(bool(self.model), "model", f"a {self.kind} scorer needs a model", "set model to a hub id or local dir")
+            check(bool(self.model), "model", f"a {self.kind} scorer needs a model",
+                  "set model to a hub id or local dir")
         check(self.sign in (1.0, -1.0), "sign", f"must be 1 or -1, got {self.sign}", "use 1 or -1")
 
 
@@ -350,7 +359,8 @@ class World:
     def __post_init__(self):
         check(0 <= self.seed <= SEED_MAX, "seed", f"must be in [0, 2**32 - 1], got {self.seed}", "use e.g. 0")
         check(0 <= self.prior <= 1, "prior", f"must be in [0, 1], got {self.prior}", "use e.g. 0.5")
-        check(0 <= self.control_prior <= 1, "control_prior", f"must be in [0, 1], got {self.control_prior}", "use e.g. 0.9")
+        check(0 <= self.control_prior <= 1, "control_prior", f"must be in [0, 1], got {self.control_prior}",
+              "use e.g. 0.9")
         check(0 <= self.noise < 0.5, "noise", f"must be in [0, 0.5), got {self.noise}", "use e.g. 0.1")
         for n in ("vocab_nouns", "lexicon", "pretrain", "alignment", "prompts", "sft", "control"):
             check(getattr(self, n) >= 1, n, f"must be >= 1, got {getattr(self, n)}", "use a positive count")
@@ -367,6 +377,8 @@ class Spec:
     data: dict[str, Data]                # role -> dataset
     recipe: Recipe = field(default_factory=Recipe)
     recipe_overrides: dict[str, dict] = field(default_factory=dict)   # stage -> recipe fields that differ
+    runtime: Runtime = field(default_factory=Runtime)                  # how training runs (never identity)
+    runtime_overrides: dict[str, dict] = field(default_factory=dict)  # stage -> runtime fields that differ
     volumes: Volumes = field(default_factory=Volumes)
     slices: Optional[Slices] = None
     eval: Eval = field(default_factory=Eval)
@@ -388,7 +400,8 @@ class Spec:
             need = ("sft", "prompts")
         else:
             check(len(self.volumes.positive) >= 1, "volumes.positive", "is empty", "list positive volumes, e.g. [1000]")
-            check(len(self.volumes.negative) >= 1, "volumes.negative", "is empty", "list negative volumes, e.g. [0, 100]")
+            check(len(self.volumes.negative) >= 1, "volumes.negative", "is empty",
+                  "list negative volumes, e.g. [0, 100]")
             need = ("positive", "negative", "prompts")
         if any(m.init for m in self.models):
             need += ("pretrain",)
@@ -424,10 +437,14 @@ class Spec:
         if self.eval.scorer.kind == "rule":
             check(self.world is not None, "eval.scorer.kind", "the rule scorer only reads toy-world text",
                   "use classifier or score_model for real data")
-        for stage, over in self.recipe_overrides.items():
-            check(stage in TRAIN_STAGES, f"recipe_overrides.{stage}", f"unknown training stage {stage!r}",
-                  f"use one of {sorted(TRAIN_STAGES)}")
-            self.recipe_for(stage)  # validates the merged recipe
+        for section in ("recipe_overrides", "runtime_overrides"):
+            for stage in getattr(self, section):
+                check(stage in TRAIN_STAGES, f"{section}.{stage}", f"unknown training stage {stage!r}",
+                      f"use one of {sorted(TRAIN_STAGES)}")
+                check("seeds" not in getattr(self, section)[stage], f"{section}.{stage}.seeds",
+                      "seeds are one chain of cells through every stage, not a per-stage setting",
+                      "set recipe.seeds")
+                self.recipe_for(stage) if section == "recipe_overrides" else self.runtime_for(stage)
 
     def rows_needed(self) -> dict[str, int]:
         """Rows each data role must hold (after its filter) for this study's volumes."""
@@ -454,6 +471,13 @@ class Spec:
             return self.recipe
         return build(Recipe, {**_asdict_plain(self.recipe), **over}, f"recipe_overrides.{stage}")
 
+    def runtime_for(self, stage: str, profile: Optional["Profile"] = None) -> Runtime:
+        """The stage's runtime: the study's, its stage override, then the profile's (the profile wins: it is where
+        the hardware is described)."""
+        over = {**self.runtime_overrides.get(stage, {}), **(profile.runtime if profile else {})}
+        return build(Runtime, {**_asdict_plain(self.runtime), **over}, f"runtime_overrides.{stage}") if over \
+            else self.runtime
+
 
 TRAIN_STAGES = {"pretrain", "positive", "negative", "control", "slices", "cross"}
 
@@ -469,7 +493,8 @@ class Resources:
     gpus_per_node: int = 0
     cpus_per_task: int = 4
     mem_gb: int = 0                       # 0: the partition's default
-    time_min: int = 60
+    time_min: int = 60                    # per task: with cells_per_task k, the time of k cells
+    cells_per_task: int = 1               # eval stages: cells one array task runs in turn (the scorer loads once)
 
     def __post_init__(self):
         check(self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}", "use 1 or more")
@@ -477,6 +502,7 @@ class Resources:
         check(self.cpus_per_task >= 1, "cpus_per_task", f"must be >= 1, got {self.cpus_per_task}", "use e.g. 8")
         check(self.mem_gb >= 0, "mem_gb", f"must be >= 0, got {self.mem_gb}", "use 0 for the default")
         check(self.time_min >= 1, "time_min", f"must be >= 1, got {self.time_min}", "use minutes, e.g. 240")
+        check(self.cells_per_task >= 1, "cells_per_task", f"must be >= 1, got {self.cells_per_task}", "use e.g. 8")
 
 
 SBATCH_OWNED = {"job-name", "time", "nodes", "ntasks-per-node", "cpus-per-task", "gpus-per-node", "gres", "mem",
@@ -523,6 +549,9 @@ class Profile:
     # 3600 / its GPUs), and the minutes one eval cell takes on its GPU (record.json timings, loading included).
     train_examples_per_gpu_hour: float = 0.0
     eval_minutes_per_cell: float = 0.0
+    # Runtime fields (micro_batch, gradient_checkpointing, save_every_steps) for this cluster's GPUs: they override
+    # the study's for every training stage and never change a cell id (launch.spec.Runtime)
+    runtime: dict[str, typing.Union[int, bool]] = field(default_factory=dict)
 
     def __post_init__(self):
         check(bool(SAFE_NAME.fullmatch(self.name)), "name", f"{self.name!r} is not a safe name",
@@ -531,6 +560,8 @@ class Profile:
               f"an eval cell runs on one GPU ({self.eval.nodes} node(s) x {self.eval.gpus_per_node} GPUs asked): "
               "generation is not sharded across ranks, so more would only duplicate it",
               "use eval: {nodes: 1, gpus_per_node: 1}; eval cells run in parallel as array tasks")
+        check(self.train.cells_per_task == 1, "train.cells_per_task", "a training cell is a multi-rank DeepSpeed "
+              "run with its own array task", "use eval.cells_per_task to pack eval cells")
         check(self.train_examples_per_gpu_hour >= 0 and self.eval_minutes_per_cell >= 0,
               "train_examples_per_gpu_hour", "cost rates must be >= 0", "use 0 (no estimate) or a measured rate")
         for key in ("partition", "account", "qos", "reservation", "cpu_partition", "gpu_type"):
@@ -568,6 +599,7 @@ class Profile:
                   "(they would be written into job scripts)", "export it in your shell; jobs inherit it")
             check(self.env[k].isprintable(), f"env.{k}", "has a newline or control character",
                   "write the value on one line")
+        build(Runtime, dict(self.runtime), "runtime")
         if self.executor == "local":
             check(self.train.nodes == 1 and self.eval.nodes == 1, "train.nodes", "the local executor has one node",
                   "use nodes: 1, or executor: slurm")
@@ -715,6 +747,9 @@ def build(cls, data: dict, where: str = ""):
         if key not in fields_:
             close = difflib.get_close_matches(str(key), list(fields_), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields_)}"
+            if key in getattr(cls, "MOVED", {}):
+                hint = f"{key} is how a stage runs, not what it computes: move it to {cls.MOVED[key]}: " \
+                       f"(per stage: runtime_overrides)"
             raise ConfigError(f"{prefix}{key}", "unknown key", hint)
     kwargs = {}
     for name, f in fields_.items():

@@ -10,29 +10,23 @@ Exit codes: 0 done, 2 bad input (one `error:` line), 75 preempted after saving (
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
 import threading
 import time
+import traceback
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from launch import layout
-from launch.jobs import CollectJob, EvalJob, GenerateJob, TrainJob, WorldJob
-from launch.spec import ConfigError, build
-
-JOBS = {"train": TrainJob, "eval": EvalJob, "generate": GenerateJob, "world": WorldJob, "collect": CollectJob}
-EXIT_PREEMPTED = 75
-
-
-def job_meta(cell) -> dict:
-    """What job.json holds for a planned cell."""
-    return {"stage": cell.stage, "kind": cell.kind, "id": cell.id, "job": cell.job_json, "coords": cell.coords,
-            "upstream": list(cell.upstream), "outputs": list(cell.outputs), "identity": cell.identity}
+from launch.jobs import EXIT_BAD_INPUT, EXIT_PREEMPTED, KINDS, Preempted
+from launch.spec import ConfigError, Runtime, build
 
 
 def write_job(cell_dir: Path, meta: dict) -> None:
-    """Prepare a cell to run: its job.json (a done marker stays: the worker decides, see layout.is_done).
+    """Prepare a cell to run: its job.json (Plan.meta; a done marker stays: the worker decides, layout.cell_state).
     No fsync and one line: job.json is rewritten from the plan whenever the cell is started (bench P4)."""
     layout.atomic_write_json(Path(cell_dir) / "job.json", meta, durable=False, indent=None)
 
@@ -52,7 +46,7 @@ def read_job(cell_dir: Path):
     if missing:
         raise ConfigError("job.json", f"{path} lacks {', '.join(missing)}", "delete the cell folder and resubmit")
     kind = meta.get("kind")
-    if kind not in JOBS:
+    if kind not in KINDS:
         raise ConfigError("job.kind", f"unknown cell kind {kind!r} in {path}", "delete the cell folder and resubmit")
     if not isinstance(meta["job"], dict):
         raise ConfigError("job.job", f"{path}: the job is a {type(meta['job']).__name__}, not a mapping",
@@ -60,7 +54,9 @@ def read_job(cell_dir: Path):
     meta.setdefault("outputs", [])
     meta.setdefault("upstream", [])
     meta.setdefault("coords", {})
-    return meta, build(JOBS[kind], meta["job"], "job")
+    meta["runtime"] = meta.get("runtime") or {}
+    build(Runtime, meta["runtime"], "runtime")
+    return meta, build(KINDS[kind].job, meta["job"], "job")
 
 
 def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False) -> list[str]:
@@ -70,7 +66,7 @@ def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False
     stay valid; with invalidate it gets a new one, and they run again at the next run or submit."""
     cell_dir = Path(cell_dir).resolve()
     meta, job = read_job(cell_dir)
-    done = lambda: layout.is_done(cell_dir, meta.get("outputs", []), meta["kind"], meta.get("upstream", []))
+    done = lambda: layout.cell_state(cell_dir, meta["kind"], meta["outputs"], meta["upstream"]) == "done"
     old = layout.read_done(cell_dir) if rerun else None
     nonce = old.get("nonce") if old and not invalidate else None
     if rerun:
@@ -88,25 +84,16 @@ def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False
 def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int, nonce: str | None = None) -> list[str]:
     if rank == 0:
         (cell_dir / "FAILED").unlink(missing_ok=True)
-        runtime = layout.runtime_info()
+        runtime = {**layout.runtime_info(), **meta["runtime"]}   # where and how it ran: never identity
         layout.atomic_write_json(cell_dir / layout.RECORD, {
             "id": meta["id"], "stage": meta["stage"], "kind": meta["kind"], "coords": meta["coords"],
             "upstream": meta["upstream"], "fingerprint": meta["id"].rsplit("-", 1)[-1], "identity": meta["identity"],
             "git_commit": layout.git_commit(), "runtime": runtime})
         with open(cell_dir / "attempts.jsonl", "a") as f:   # one line per start: requeues, resumes, reruns
             f.write(json.dumps({k: runtime[k] for k in ("started", "host", "slurm_job_id")}) + "\n")
-    kind = meta["kind"]
-    if kind == "train":
-        from train.trainer import main
-    elif kind == "eval":
-        from eval.evaluate import main
-    elif kind == "generate":
-        from eval.evaluate import generate_main as main
-    elif kind == "world":
-        from train.toyworld import main
-    else:
-        from eval.collect import cell_main as main
-    outputs = main(job, cell_dir, exp_dir) or []
+    module, func = KINDS[meta["kind"]].entry.split(":")
+    entry = getattr(importlib.import_module(module), func)
+    outputs = entry(job, cell_dir, exp_dir, build(Runtime, meta["runtime"], "runtime")) or []
     if rank == 0:
         made_from = {u: layout.upstream_nonce(exp_dir, u) for u in meta.get("upstream", [])}
         layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], kind=meta["kind"], upstream=made_from,
@@ -117,7 +104,8 @@ def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int, nonce: str |
 def owner_id() -> str:
     """Who runs this cell: the Slurm job (all its ranks and incarnations) or this process."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID") and \
-        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" or os.environ.get("SLURM_JOB_ID")
+        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" or \
+        os.environ.get("SLURM_JOB_ID")
     if job:
         return f"slurm:{job}"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # ranks started together (torchrun-like): one owner
@@ -214,14 +202,13 @@ def close_distributed() -> None:
 
 def run_cell_dir(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False) -> int:
     """CLI wrapper: exit codes as in the module docstring."""
-    from train.trainer import Preempted
     try:
         run_cell(cell_dir, rerun, invalidate)
         close_distributed()
         return 0
     except ConfigError as e:
         print(e.line(), file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         close_distributed()
@@ -235,3 +222,52 @@ def run_cell_dir(cell_dir: str | Path, rerun: bool = False, invalidate: bool = F
         print(f"error: {cell_dir}: {what} (free space or fix permissions, then rerun: the cell resumes)",
               file=sys.stderr)
         return 1
+
+
+@contextmanager
+def _output_to(path: Path):
+    """This process's stdout and stderr (file descriptors: libraries and subprocesses too) appended to path."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def run_cells(cell_dirs, logs: bool = True) -> int:
+    """Run cells in this process, in order: what the local executor runs (a stage's eval cells in one process, so
+    that the interpreter, torch and the scorer load once; eval.evaluate caches what cells share) and what a Slurm
+    task that packs several cells runs. Per cell as alone: its done marker, claim, record and resume; its output
+    appended to its own log.txt (logs=True); a failure is that cell's alone (its FAILED record, the next cell
+    runs). A preemption stops the loop (the rest resume at the next run). Prints one JSON line per cell,
+    {"cell", "rc"}, on stdout; returns 0 when every cell is done, else the first of 75 (preempted), 2 (bad input),
+    1 (failure)."""
+    report = os.fdopen(os.dup(1), "w", buffering=1)
+    rcs = []
+    for d in map(Path, cell_dirs):
+        with _output_to(d / "log.txt") if logs else nullcontext():
+            try:
+                rc = run_cell_dir(d)
+            except Exception:  # noqa: BLE001 - the cell fails alone; its traceback is in its log
+                traceback.print_exc()
+                rc = 1
+        if rc not in (0, EXIT_PREEMPTED):
+            why = (d / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] if logs else []
+            layout.atomic_write_json(d / "FAILED", {"rc": rc, "error": (why or [f"exit {rc}"])[0][:500]})
+        print(json.dumps({"cell": str(d), "rc": rc}), file=report)
+        rcs.append(rc)
+        if rc == EXIT_PREEMPTED:
+            break
+    report.close()
+    return next((c for c in (EXIT_PREEMPTED, EXIT_BAD_INPUT, 1) if c in rcs), 0) if any(rcs) else 0

@@ -39,7 +39,7 @@ def save_tiny_model(arch: str, tokenizer_dir: Path, out: Path, seed: int = 0) ->
     from transformers import AutoTokenizer
     from launch.jobs import ModelRef
     from launch.spec import Init
-    from train.trainer import load_model
+    from train.models import load_model
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = load_model(ModelRef(path="", init=Init(arch=arch, layers=2, width=32, heads=4, context=64)), out, tok, seed)
     with torch.no_grad():
@@ -54,12 +54,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_cell(cell_dir: Path, job, kind: str = "train", stage: str = "positive", outputs=()) -> Path:
+TEST_RUNTIME = {"micro_batch": 4, "save_every_steps": 1000}   # what the trainer tests run with unless they say
+
+
+def write_cell(cell_dir: Path, job, kind: str = "train", stage: str = "positive", outputs=(), runtime=None) -> Path:
+    """A cell folder with the job.json the executors write (launch.plan.Plan.meta)."""
     from launch.plan import Cell
-    from launch.worker import job_meta, write_job
+    from launch.worker import write_job
     cell = Cell(stage, kind, cell_dir.name, job, outputs=tuple(outputs))
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_job(cell_dir, job_meta(cell))
+    write_job(cell_dir, {"stage": stage, "kind": kind, "id": cell.id, "job": cell.job_json, "coords": {},
+                         "upstream": [], "outputs": list(cell.outputs), "identity": cell.identity,
+                         "runtime": {**TEST_RUNTIME, **(runtime or {})} if kind == "train" else {}})
     return cell_dir
 
 
@@ -94,7 +100,7 @@ def reduced_config(tmp_path: Path) -> Path:
                             pretrain_examples=4000)
     cfg["volumes"] = {"positive": [32, 64], "negative": [0, 16, 32]}
     cfg["eval"].update(prompts=200, compression_examples=50)
-    cfg["recipe"]["save_every_steps"] = 4     # rolling checkpoints often, so that a kill finds one to resume
+    cfg["runtime"]["save_every_steps"] = 4    # rolling checkpoints often, so that a kill finds one to resume
     cfg["recipe_overrides"]["pretrain"].update(lr=3e-3)
     p = tmp_path / "reduced.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -139,3 +145,14 @@ def slurm_profile(tmp_path: Path, **over) -> Path:
     p = tmp_path / "profile.yaml"
     p.write_text(yaml.safe_dump(prof))
     return p
+
+
+HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}   # tiny models, a whole study, the Slurm cluster
+
+
+def pytest_collection_modifyitems(items):
+    """The test tiers: a test that takes a heavy fixture is `slow` (make test-fast runs the others, under a
+    minute); modules that run training, images or subprocess studies mark themselves (pytestmark)."""
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

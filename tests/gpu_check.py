@@ -83,12 +83,15 @@ def make_fixtures(root: Path, words: int = 200) -> dict:
             "data": root / "text.jsonl"}
 
 
-def cell(exp: Path, stage: str, name: str, kind: str, job, outputs=()) -> Path:
+def cell(exp: Path, stage: str, name: str, kind: str, job, outputs=(), runtime=None) -> Path:
+    """A cell folder with the job.json the executors write (launch.plan.Plan.meta)."""
     from launch.plan import Cell
-    from launch.worker import job_meta, write_job
+    from launch.worker import write_job
     d = exp / stage / name
     d.mkdir(parents=True, exist_ok=True)
-    write_job(d, job_meta(Cell(stage, kind, name, job, outputs=tuple(outputs))))
+    c = Cell(stage, kind, name, job, outputs=tuple(outputs))
+    write_job(d, {"stage": stage, "kind": kind, "id": c.id, "job": c.job_json, "coords": {}, "upstream": [],
+                  "outputs": list(c.outputs), "identity": c.identity, "runtime": runtime or {}})
     return d
 
 
@@ -152,8 +155,7 @@ def main() -> int:
         print(f"{'PASS' if ok else 'FAIL'} {name} ({time.time() - t:.0f} s): {detail}", flush=True)
 
     def train_job(milestones, **kw):
-        r = dict(algorithm="sft", lr=1e-3, global_batch=16, micro_batch=4, max_length=64, zero_stage=3,
-                 precision=precision, gradient_checkpointing=True, save_every_steps=1000)
+        r = dict(algorithm="sft", lr=1e-3, global_batch=16, max_length=64, zero_stage=3, precision=precision)
         r.update(kw)
         return TrainJob(model=ModelRef(path=str(fx["llama"])), data=Data(path=str(fx["data"])), recipe=Recipe(**r),
                         seed=1, template="chat", milestones=tuple(milestones))
@@ -165,8 +167,9 @@ def main() -> int:
         return out
 
     def train():
-        nested = cell(exp, "positive", "nested", "train", train_job((40, 160)), ["n40", "n160"])
-        alone = cell(exp, "positive", "alone", "train", train_job((40,)), ["n40"])
+        rt = {"micro_batch": 4, "gradient_checkpointing": True, "save_every_steps": 1000}
+        nested = cell(exp, "positive", "nested", "train", train_job((40, 160)), ["n40", "n160"], rt)
+        alone = cell(exp, "positive", "alone", "train", train_job((40,)), ["n40"], rt)
         must_run(nested)
         must_run(alone)
         diff = max_diff(weights(nested, 40), weights(alone, 40))
@@ -179,9 +182,9 @@ def main() -> int:
         return f"milestone inside a batch exact; {rec['device']}, load {rec['load_dtype']}, tf32 {rec['tf32']}"
 
     def resume():
-        job = train_job((160,), global_batch=4, micro_batch=2, save_every_steps=10)
-        full = cell(exp, "positive", "full", "train", job, ["n160"])
-        cut = cell(exp, "positive", "cut", "train", job, ["n160"])
+        job, rt = train_job((160,), global_batch=4), {"micro_batch": 2, "save_every_steps": 10}
+        full = cell(exp, "positive", "full", "train", job, ["n160"], rt)
+        cut = cell(exp, "positive", "cut", "train", job, ["n160"], rt)
         must_run(full)
         rc, out = run_cell(cut, env, signal_after_steps=12)
         if rc != 75:

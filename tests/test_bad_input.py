@@ -232,7 +232,7 @@ def test_volumes_beyond_a_local_file_are_refused_at_plan(tmp_path, capsys):
 def test_a_cell_made_from_a_corrupt_upstream_is_not_done(tmp_path):
     """Done markers name their upstream cells' nonces; an upstream whose outputs are gone or corrupt gives no
     nonce, so the cells made from it run again with it (and are never tabled meanwhile)."""
-    from launch.layout import is_done, upstream_nonce, write_done
+    from launch.layout import cell_state, upstream_nonce, write_done
     exp = tmp_path / "exp"
     up, down = exp / "positive" / "u", exp / "eval" / "d"
     (up / "checkpoints" / "n8").mkdir(parents=True)
@@ -241,8 +241,9 @@ def test_a_cell_made_from_a_corrupt_upstream_is_not_done(tmp_path):
     write_done(up, milestones=["n8"], kind="train")
     down.mkdir(parents=True)
     (down / "result.json").write_text(json.dumps({"metrics": [{"name": "a", "value": 1.0, "stderr": 0.0, "n": 1}]}))
-    write_done(down, milestones=["result.json"], kind="eval", upstream={"positive/u": upstream_nonce(exp, "positive/u")})
-    assert is_done(down, ["result.json"], "eval", ["positive/u"])
+    write_done(down, milestones=["result.json"], kind="eval",
+               upstream={"positive/u": upstream_nonce(exp, "positive/u")})
+    assert cell_state(down, "eval", ["result.json"], ["positive/u"]) == "done"
     (up / "checkpoints" / "n8" / "model.safetensors").unlink()   # the upstream's weights are gone
     assert upstream_nonce(exp, "positive/u") is None
-    assert not is_done(down, ["result.json"], "eval", ["positive/u"])
+    assert cell_state(down, "eval", ["result.json"], ["positive/u"]) == "stale"

@@ -54,6 +54,7 @@ def test_code_snapshot_is_the_commit_and_refuses_a_dirty_tree(tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------------------ prefetch and cache
+@pytest.mark.slow
 def test_prefetch_downloads_one_weight_format_and_fails_in_one_line(tmp_path):
     from launch.prefetch import META, weight_patterns
     both = ["config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
@@ -70,6 +71,7 @@ def test_prefetch_downloads_one_weight_format_and_fails_in_one_line(tmp_path):
         "error: configs/setting2/imdb.yaml: models[0].path: cannot download meta-llama/Llama-2-7b-hf@main")
 
 
+@pytest.mark.slow
 def test_submit_refuses_a_cache_that_lacks_a_file(tmp_path):
     from hub_fixtures import build_hub
     hub = build_hub(tmp_path / "hf")
@@ -89,6 +91,7 @@ def test_submit_refuses_a_cache_that_lacks_a_file(tmp_path):
     assert r.returncode == 0 and "note: a real submit would stop here: error:" in r.stdout and "#SBATCH" in r.stdout
 
 
+@pytest.mark.slow
 def test_make_submit_setting2_dry_run_shows_the_final_job_scripts(tmp_path):
     r = subprocess.run(["make", "-s", "submit-setting2", "PROFILE=configs/profiles/example-gpu.yaml",
                         "ARGS=--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -101,7 +104,8 @@ def test_make_submit_setting2_dry_run_shows_the_final_job_scripts(tmp_path):
 
 def test_dry_run_with_a_local_executor_runs_and_writes_nothing(tmp_path):
     for executor in ("local", "debug"):
-        r = launch("submit", "configs/toy/setting2.yaml", "--executor", executor, "--dry-run", "--runs", tmp_path / "runs")
+        r = launch("submit", "configs/toy/setting2.yaml", "--executor", executor, "--dry-run", "--runs",
+                   tmp_path / "runs")
         assert r.returncode == 0 and "dry run: nothing run, nothing written" in r.stdout, r.stderr[-2000:]
         assert "== stage world: 1 of 1 cells to run" in r.stdout
     assert not (tmp_path / "runs").exists()
@@ -207,9 +211,9 @@ def test_preempted_three_times_inside_an_image_without_slurm_commands(cluster, t
     from safetensors.torch import load_file
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                    data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
-                   recipe=Recipe(lr=1e-3, global_batch=2, micro_batch=2, max_length=64, zero_stage=0,
-                                 precision="fp32", save_every_steps=1000), seed=3, template="plain", milestones=(400,))
-    ref = write_cell(tmp_path / "ref" / "positive" / "c", job, outputs=["n400"])
+                   recipe=Recipe(lr=1e-3, global_batch=2, max_length=64, zero_stage=0,
+                                 precision="fp32"), seed=3, template="plain", milestones=(400,))
+    ref = write_cell(tmp_path / "ref" / "positive" / "c", job, outputs=["n400"], runtime={"micro_batch": 2})
     (rc, out), = run_cell_procs(ref, env={"OMP_NUM_THREADS": "1"})
     assert rc == 0, out[-2000:]
     # the stand-in: a PATH of /usr/bin without Slurm's commands, then the command after the image
@@ -231,7 +235,7 @@ def test_preempted_three_times_inside_an_image_without_slurm_commands(cluster, t
     image = tmp_path / "e.sif"
     image.write_bytes(b"stand-in image")
     profile = load_profile(slurm_profile(tmp_path, image=str(image), train={"time_min": 20}))
-    d = write_cell(tmp_path / "slurm" / "positive" / "c", job, outputs=["n400"])
+    d = write_cell(tmp_path / "slurm" / "positive" / "c", job, outputs=["n400"], runtime={"micro_batch": 2})
     ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", python=python_command(profile))
     ex.update_parameters(**sbatch_params(profile, profile.train, "image-requeue"))
     j = ex.submit(CellTask(), str(d))
@@ -259,5 +263,6 @@ def test_preempted_three_times_inside_an_image_without_slurm_commands(cluster, t
     assert log.count("elastica: requeueing") == 3
     rec = json.loads((d / "record.json").read_text())
     assert rec["runtime"]["image"] == str(image)
-    a, b = load_file(str(ref / "checkpoints/n400/model.safetensors")), load_file(str(d / "checkpoints/n400/model.safetensors"))
+    a = load_file(str(ref / "checkpoints/n400/model.safetensors"))
+    b = load_file(str(d / "checkpoints/n400/model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0

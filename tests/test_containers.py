@@ -15,6 +15,8 @@ import pytest
 
 from launch.spec import ConfigError, Profile, build
 
+pytestmark = pytest.mark.slow   # real training, images or subprocess studies: not in make test-fast
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFS = [ROOT / "containers" / "elastica.def", ROOT / "containers" / "elastica-cpu.def"]
 
@@ -148,11 +150,13 @@ def test_debug_cell_on_the_host_reproduces_the_result(tmp_path, exp_dir):
     from conftest import run_cell_procs, write_cell
     from launch.jobs import EvalJob, ModelRef
     from launch.spec import Data, Eval, Scorer
-    job = EvalJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), base=ModelRef(path=str(exp_dir / "models" / "gpt2")),
+    gpt2 = ModelRef(path=str(exp_dir / "models" / "gpt2"))
+    job = EvalJob(model=gpt2, base=gpt2,
                   prompts=Data(path=str(exp_dir / "world" / "data" / "prompts.jsonl")),
                   eval=Eval(prompts=32, max_new_tokens=8, temperature=1.0, scorer=Scorer(kind="rule"),
                             compression=("positive",)),
-                  template="plain", compression={"positive": Data(path=str(exp_dir / "world" / "data" / "positive.jsonl"))},
+                  template="plain",
+                  compression={"positive": Data(path=str(exp_dir / "world" / "data" / "positive.jsonl"))},
                   seed=4, max_length=64, attribute_tokens=True)
     run = tmp_path / "runs" / "exp"
     d = write_cell(run / "eval" / "c1", job, kind="eval", stage="eval", outputs=["result.json"])

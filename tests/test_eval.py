@@ -5,6 +5,7 @@
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -159,7 +160,8 @@ def test_headline_is_the_share_classified_positive(exp_dir, tmp_path):
 def fake_cell(exp: Path, stage: str, cid: str, coords: dict, payload: dict | str | None, done=True):
     d = exp / stage / cid
     d.mkdir(parents=True)
-    atomic_write_json(d / "job.json", {"stage": stage, "kind": "eval", "id": cid, "coords": coords, "job": {},
+    kind = "eval" if stage == "eval" else "train"   # Setting I cross cells are training cells
+    atomic_write_json(d / "job.json", {"stage": stage, "kind": kind, "id": cid, "coords": coords, "job": {},
                                        "upstream": [], "outputs": []})
     name = "result.json" if stage == "eval" else "summary.json"
     if isinstance(payload, str):
@@ -195,12 +197,13 @@ def test_collector_tables_cis_and_problems(tmp_path):
     collect_dir.mkdir(parents=True)
     atomic_write_json(collect_dir / "job.json", {"upstream": keys})
     s = collect(exp)
-    problems = {k: st for k, st, _ in s["problems"]}
-    assert problems == {"eval/m.s4.p100.n0": "corrupt", "eval/m.s4.p200.n0": "unfinished",
-                        "eval/m.s5.p100.n0-never": "missing"}
+    problems = {k: (st, why) for k, st, why in s["problems"]}   # the states of layout.cell_state
+    assert problems == {"eval/m.s4.p100.n0": ("corrupt", "result.json unreadable"),
+                        "eval/m.s4.p200.n0": ("todo", "no done marker"),
+                        "eval/m.s5.p100.n0-never": ("todo", "never started")}
     md = (exp / "report" / "rebound.md").read_text()
     m, ci, n = mean_ci([0.6, 0.64, 0.62])
-    assert n == 3 and m == pytest.approx(0.62) and ci == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert n == 3 and m == pytest.approx(0.62) and ci == pytest.approx(4.302653 * 0.02 / math.sqrt(3))
     assert f"| 100 | {0.8:.3f} ± {mean_ci([0.8, 0.82, 0.78])[1]:.3f} | {m:.3f} ± {ci:.3f} |" in md
     assert f"| base model | {0.52:.3f} ± {mean_ci([0.5, 0.52, 0.54])[1]:.3f} |" in md
     # initial slope per 100 negative examples: per seed (paired), then mean ± CI over seeds
@@ -263,7 +266,8 @@ def test_report_index_and_compact_terminal_tables(tmp_path):
             fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}", {"model": "m", "seed": seed, "arm": "base" if p == 0 else
                                                             "positive", "positive": p, "negative": n},
                       {"metrics": [{"name": "positive_rate", "value": v + seed / 100, "stderr": 0.02, "n": 400},
-                                   {"name": "positive_logit", "value": math.log(v / (1 - v)), "stderr": 0.1, "n": 400}]})
+                                   {"name": "positive_logit", "value": math.log(v / (1 - v)), "stderr": 0.1,
+                                    "n": 400}]})
     (exp / "study.yaml").write_text("experiment: toy\nsetting: rebound\ntask: toy-reviews\n")
     s = collect(exp)
     index = (exp / "report" / "index.md").read_text()
@@ -302,3 +306,41 @@ def test_models_sort_by_their_numbers():
     from eval.collect import natural
     assert sorted(["toy-20k", "toy-5k", "toy-10k"], key=natural) == ["toy-5k", "toy-10k", "toy-20k"]
     assert sorted(["tl-3T", "tl-2.5T", "tl-2T"], key=natural) == ["tl-2T", "tl-2.5T", "tl-3T"]
+
+
+def test_statistics_say_what_they_are(tmp_path):
+    """Exact t quantiles at any df (not 1.96 past 30, which narrows intervals), the interval type and n in every
+    table header, and LaTeX that escapes every special character."""
+    from eval.collect import Curve, Point, Table, latex_escape, rebound_tables, t_quantile
+    table = {1: 12.7062, 2: 4.3027, 5: 2.5706, 30: 2.0423, 40: 2.0211, 100: 1.9840, 1000: 1.9623}
+    assert all(abs(t_quantile(0.95, df) - q) < 1e-4 for df, q in table.items())
+    assert abs(t_quantile(0.99, 5) - 4.0321) < 1e-4
+    vals = [0.5 + 0.01 * (i % 7) for i in range(40)]
+    m, half, n = mean_ci(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / 39)
+    assert n == 40 and half == pytest.approx(2.0227 * sd / math.sqrt(40), rel=1e-3)   # t(0.975, 39)
+    exp = tmp_path / "toy"
+    for seed in (1, 2, 3):
+        for p, neg in ((0, 0), (100, 0), (100, 50)):
+            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{neg}", {"model": "m", "seed": seed, "arm": "base" if p == 0 else
+                                                              "positive", "positive": p, "negative": neg},
+                      rate(0.5 + 0.01 * seed + p / 1000))
+    fake_cell(exp, "eval", "m.s4.p100.n0", {"model": "m", "seed": 4, "arm": "positive", "positive": 100,
+                                            "negative": 0}, rate(0.6))
+    s = collect(exp)
+    for t in s["tables"]["rebound"]:
+        assert "95%" in t.title and "seeds" in t.title, t.title
+    title = s["tables"]["rebound"][0].title
+    assert "3-4 seeds" in title, "a table whose cells rest on different numbers of seeds says so"
+    records = [{"stage": "eval", "coords": {"model": "m", "arm": "positive", "positive": 1, "negative": 0,
+                                            "seed": 1}, "data": rate(0.7)}]
+    _, curves = rebound_tables(records, "positive_rate")
+    assert curves == [Curve("m", "positive", 1, [Point(0, 0.7, curves[0].points[0].half, 1, {1: 0.7})])]
+    special = "a_b 50% #1 & {x} $y ^z ~w \\ <|> θ1↔θ2 → −0.1 · Δ ±"
+    esc = latex_escape(special)
+    assert not re.search(r"(?<!\\)[_%#&{}$^~]", esc.replace(r"\{", "").replace(r"\}", "").replace("{}", "")
+                         .replace(r"\$", "").replace("$", "")), esc
+    assert all(c.isascii() for c in esc), esc
+    t = Table(special, [special])
+    t.rows = [[special]]
+    assert t.latex().count(esc) == 3

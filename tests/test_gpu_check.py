@@ -11,6 +11,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.slow   # real training, images or subprocess studies: not in make test-fast
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -76,19 +76,19 @@ def run_script(code: str, *args, timeout=600) -> str:
 def test_collectives_take_device_tensors(exp_dir, tmp_path):
     """Fails on a trainer that all-reduces a host tensor (its step metrics, its stop flag): on NCCL that is
     'No backend type associated with device type cpu' after the first step."""
-    from launch.plan import jsonable
+    from launch.jobs import jsonable
     jobs = [job(exp_dir, "llama", (40, 64)), job(exp_dir, "llama", (24,), "pairs", algorithm="dpo")]
     (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j) for j in jobs]))
     code = EMULATE_NCCL + textwrap.dedent('''
         import json
         from pathlib import Path
         from launch.jobs import TrainJob
-        from launch.spec import build
+        from launch.spec import Runtime, build
         from train.trainer import Trainer
         tmp = Path(sys.argv[2])
         with HostTensors():
             for i, j in enumerate(json.loads((tmp / "jobs.json").read_text())):
-                out = Trainer(build(TrainJob, j), tmp / f"cell{i}", Path(sys.argv[3])).run()
+                out = Trainer(build(TrainJob, j), tmp / f"cell{i}", Path(sys.argv[3]), Runtime(micro_batch=4)).run()
                 print("ran", out)
         print("checked", seen["checked"])
     ''')
@@ -117,18 +117,19 @@ def test_the_emulation_refuses_a_host_tensor(tmp_path):
 
 def test_gradient_checkpointing_recomputes_each_layer(exp_dir, tmp_path):
     """from_pretrained returns a model in eval mode, where HF skips checkpointing: the trainer must train()."""
-    from launch.plan import jsonable
-    jobs = [job(exp_dir, "llama", (16,), gradient_checkpointing=gc) for gc in (False, True)]
-    (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j) for j in jobs]))
+    from launch.jobs import jsonable
+    j = job(exp_dir, "llama", (16,))
+    (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j)] * 2))
     code = textwrap.dedent('''
         import json, sys
         from pathlib import Path
         from launch.jobs import TrainJob
-        from launch.spec import build
+        from launch.spec import Runtime, build
         from train.trainer import Trainer
         tmp = Path(sys.argv[2])
         for i, j in enumerate(json.loads((tmp / "jobs.json").read_text())):
-            t = Trainer(build(TrainJob, j), tmp / f"cell{i}", Path(sys.argv[3]))
+            rt = Runtime(micro_batch=4, gradient_checkpointing=bool(i))
+            t = Trainer(build(TrainJob, j), tmp / f"cell{i}", Path(sys.argv[3]), rt)
             calls = []
             for layer in t.engine.module.model.layers:   # inside the checkpointed forward: recomputed if it is on
                 layer.mlp.register_forward_pre_hook(lambda m, a: calls.append(1))
@@ -150,7 +151,8 @@ def test_zero3_loads_partitioned_in_the_training_dtype(exp_dir, tmp_path):
         from pathlib import Path
         from launch.jobs import ModelRef, TrainJob
         from launch.spec import Data, Recipe
-        from train.trainer import ds_config, load_model, load_tokenizer, setup_distributed
+        from train.models import load_model, load_tokenizer
+        from train.trainer import ds_config, setup_distributed
         from safetensors.torch import load_file
         setup_distributed()
         path = Path(sys.argv[2])

@@ -27,8 +27,11 @@ import yaml
 from hub_fixtures import CLASSIFIER, COST_MODEL, build_hub
 from launch.spec import KNOWN_ROWS
 
+pytestmark = pytest.mark.slow   # real training, images or subprocess studies: not in make test-fast
+
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted(p for d in ("setting1", "setting2", "setting3", "ablations") for p in (ROOT / "configs" / d).glob("*.yaml"))
+CONFIGS = sorted(p for d in ("setting1", "setting2", "setting3", "ablations")
+                 for p in (ROOT / "configs" / d).glob("*.yaml"))
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +71,10 @@ def reduce(path: Path, out: Path) -> Path:
         cfg["slices"].update(examples=24, responses=8)
     else:
         cfg["volumes"] = {"positive": [8], "negative": [0, 4]}
-    small = dict(global_batch=4, micro_batch=2, max_length=64, zero_stage=0, precision="fp32", save_every_steps=1000)
+    small = dict(global_batch=4, max_length=64, zero_stage=0, precision="fp32")
     cfg["recipe"].update(small, seeds=[42])
+    cfg["runtime"] = {"micro_batch": 2, "save_every_steps": 1000}
+    cfg.pop("runtime_overrides", None)
     for over in cfg.get("recipe_overrides", {}).values():
         for k in small:
             over.pop(k, None)
@@ -130,7 +135,7 @@ def test_paper_config_end_to_end(paper_runs, name):
 def test_chat_template_tokenization_on_a_llama_tokenizer(offline):
     from launch.jobs import ModelRef
     from train import data as D
-    from train.trainer import load_tokenizer
+    from train.models import load_tokenizer
     tok = load_tokenizer(ModelRef(path="meta-llama/Llama-2-7b-hf"), Path("."))
     assert tok.pad_token == tok.eos_token == "</s>", "Llama has no pad token: the suite pads with EOS"
     row = {"prompt": "how do you make it", "response": "sure I can help"}

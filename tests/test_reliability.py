@@ -75,6 +75,7 @@ def test_kill9_then_rerun_resumes_and_reproduces(reduced_run, tmp_path):
             assert SECRET.encode() not in f.read_bytes(), f
 
 
+@pytest.mark.slow
 def test_concurrent_runs_train_each_cell_once(tmp_path):
     cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
     cfg["volumes"] = {"positive": [32], "negative": [0, 16]}
@@ -102,7 +103,7 @@ def test_stale_claims_are_taken_over(exp_dir, tmp_path):
     from launch.spec import Data, Recipe
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                    data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
-                   recipe=Recipe(lr=1e-3, global_batch=8, micro_batch=8, max_length=64, zero_stage=0,
+                   recipe=Recipe(lr=1e-3, global_batch=8, max_length=64, zero_stage=0,
                                  precision="fp32"), seed=1, template="plain", milestones=(16,))
     d = write_cell(tmp_path / "positive" / "a", job, outputs=["n16"])
     (d / "CLAIM").write_text("pid:%s:%d\n" % (os.uname().nodename, 2 ** 22 + 12345))   # a process that is gone
@@ -136,7 +137,7 @@ def test_disk_full_gives_one_error_and_no_done_marker(exp_dir, tmp_path):
     try:
         job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                        data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
-                       recipe=Recipe(lr=1e-3, global_batch=8, micro_batch=8, max_length=64, zero_stage=0,
+                       recipe=Recipe(lr=1e-3, global_batch=8, max_length=64, zero_stage=0,
                                      precision="fp32"), seed=1, template="plain", milestones=(16,))
         d = write_cell(mnt / "runs" / "positive" / "a", job, outputs=["n16"])
         fd = os.open(mnt / "filler", os.O_CREAT | os.O_WRONLY)   # leave a few KiB: the checkpoint does not fit
@@ -289,13 +290,21 @@ def test_prefetch_checks_every_volume_fits(exp_dir, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith(f"error: {p}: data.positive:")
 
 
-def test_status_shows_disk_per_stage(reduced_run):
+def test_status_reads_at_80_columns_and_piped(reduced_run):
+    """One column per state that occurs, disk per stage; nothing cut at 80 columns or in a pipe; --json too."""
     plan, runs = reduced_run
     exp = plan.exp_dir(runs)
-    r = launch("status", reduced_config(exp.parent.parent), "--runs", runs, env={"COLUMNS": "200"})
-    assert r.returncode == 0, r.stderr
-    row = next(l for l in r.stdout.splitlines() if "pretrain" in l)
-    assert "disk" in r.stdout and row.rstrip("│ ").endswith("MiB") and float(row.split("│")[-2].split()[0]) > 0
+    for env in ({"COLUMNS": "80"}, {"COLUMNS": "200"}, {}):   # {}: piped (captured), rich's default width
+        r = launch("status", reduced_config(exp.parent.parent), "--runs", runs, env=env)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert all(len(l) <= 80 for l in lines[1:]) and "…" not in r.stdout, r.stdout
+        head = next(l for l in lines if l.strip().startswith("stage")).split()
+        assert head == ["stage", "cells", "done", "MiB"], head
+        row = next(l for l in lines if l.strip().startswith("pretrain")).split()
+        assert row[:3] == ["pretrain", "1", "1"] and float(row[3]) > 0
+    r = launch("status", reduced_config(exp.parent.parent), "--runs", runs, "--json")
+    assert {x["state"] for x in json.loads(r.stdout)} == {"done"}
 
 
 def test_a_killed_op_build_leaves_no_lock_that_blocks_every_cell(exp_dir, tmp_path):
@@ -314,7 +323,7 @@ def test_a_killed_op_build_leaves_no_lock_that_blocks_every_cell(exp_dir, tmp_pa
     lock.write_text("")
     os.utime(lock, (time.time() - 120, time.time() - 120))
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), data=Data(path="@world/data/positive.jsonl"),
-                   recipe=Recipe(lr=1e-3, global_batch=8, micro_batch=4, max_length=64, zero_stage=0, precision="fp32"),
+                   recipe=Recipe(lr=1e-3, global_batch=8, max_length=64, zero_stage=0, precision="fp32"),
                    seed=1, template="plain", milestones=(8,))
     d = write_cell(exp_dir / "positive" / "lock", job, outputs=["n8"])
     (rc, out), = run_cell_procs(d, env={"TORCH_EXTENSIONS_DIR": str(ext), "ELASTICA_BUILD_LOCK_STALE_S": "60"})

@@ -19,7 +19,6 @@ import yaml
 from launch.plan import make_plan
 from launch.slurm import build_arrays, cell_states, submit, wait
 from launch.spec import Profile, build, load_profile, load_spec
-from launch.worker import job_meta
 
 from conftest import slurm_profile  # noqa: E402  (the cluster fixture comes from conftest too)
 
@@ -64,7 +63,6 @@ def test_arrays_split_at_max_array_size_and_correlate():
     assert [len(a.cells) for a in evals] == [64, 64, 22] and sum(len(a.cells) for a in evals) == 150
     assert all(kind == "afterok" for a in arrays for kind, _ in a.deps)
     # aftercorr: a stage whose task i needs exactly task i of one array
-    from launch.slurm import Array
     from launch.plan import Cell
     from launch.jobs import CollectJob
     a_cells = [Cell("a", "collect", f"a{i}", CollectJob(f"a{i}", "rebound", "t")) for i in range(3)]
@@ -74,6 +72,17 @@ def test_arrays_split_at_max_array_size_and_correlate():
     p = Plan(spec=plan.spec, stages={"a": a_cells, "b": b_cells}, naive_examples=0)
     arr = build_arrays(p, "/nonexistent", profile)
     assert arr[1].deps == [("aftercorr", 0)]
+    # cells packed k to a task (eval.cells_per_task): aftercorr only where task t needs exactly task t
+    from launch.jobs import EvalJob, ModelRef
+    from launch.spec import Data, Eval
+    ev = lambda name: EvalJob(ModelRef(name), ModelRef(name), Data("a/b"), Eval(), "plain")
+    packed = build(Profile, {**GPU_PROFILE, "eval": {**GPU_PROFILE["eval"], "cells_per_task": 2}})
+    a_cells = [Cell("a", "eval", f"a{i}", ev(f"a{i}")) for i in range(4)]
+    for ups, want in (((0, 1, 2, 3), "aftercorr"), ((2, 3, 0, 1), "afterok"), ((0, 0, 1, 1), "afterok")):
+        b_cells = [Cell("b", "eval", f"b{i}", ev(f"b{i}"), upstream=(a_cells[u].key,)) for i, u in enumerate(ups)]
+        arr = build_arrays(Plan(spec=plan.spec, stages={"a": a_cells, "b": b_cells}, naive_examples=0),
+                           "/nonexistent", packed)
+        assert [len(a.tasks) for a in arr] == [2, 2] and arr[1].deps == [(want, 0)], (ups, arr[1].deps)
 
 
 # ------------------------------------------------------------------------------------------ real cluster
@@ -104,7 +113,8 @@ def test_an_array_without_upstream_does_not_inherit_a_dependency(cluster, tmp_pa
     import submitit
     from launch.slurm import Array, array_params
     ex = submitit.SlurmExecutor(folder=tmp_path)
-    with_dep, without = Array("b", 0, [], {"job_name": "b"}, deps=[("afterok", 0)]), Array("c", 0, [], {"job_name": "c"})
+    with_dep = Array("b", 0, [], {"job_name": "b"}, deps=[("afterok", 0)])
+    without = Array("c", 0, [], {"job_name": "c"})
     ex.update_parameters(**array_params(with_dep, ["41"]))
     text = ex._make_submission_file_text("true", "u")
     assert "#SBATCH --dependency=afterok:41" in text and "#SBATCH --kill-on-invalid-dep=yes" in text
@@ -139,7 +149,7 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     plan = make_plan(load_spec(cfg))
     for c in plan.cells:
         got = json.loads((plan.cell_dir(tmp_path / "runs", c) / "job.json").read_text())
-        assert got == json.loads(json.dumps(job_meta(c))), c.key
+        assert got == json.loads(json.dumps(plan.meta(c, load_profile(prof)))), c.key
     # the jobs ran the code snapshot of this submission and record its commit
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert (exp / "code" / head[:12] / "launch" / "worker.py").is_file()
@@ -166,13 +176,16 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     assert r.returncode == 0 and all(row["state"] == "done" for row in json.loads(r.stdout))
 
 
+LONG_RUNTIME = {"micro_batch": 1, "save_every_steps": 200}
+
+
 def long_job(exp_dir):
     from launch.jobs import ModelRef, TrainJob
     from launch.spec import Data, Recipe
     return TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                     data=Data(path=str(exp_dir / "world" / "data" / "pretrain.jsonl")),
-                    recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=1, micro_batch=1, max_length=64, zero_stage=0,
-                                  precision="fp32", save_every_steps=200, epochs=20),   # ~60 s of steps
+                    recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=1, max_length=64, zero_stage=0,
+                                  precision="fp32", epochs=20),   # ~60 s of steps
                     seed=5, template="plain", milestones=(600,))
 
 
@@ -180,7 +193,8 @@ def long_job(exp_dir):
 def long_ref(exp_dir, tmp_path_factory):
     """The long training cell run once, uninterrupted, locally (same threads as the Slurm profile)."""
     from conftest import run_cell_procs, write_cell
-    ref = write_cell(tmp_path_factory.mktemp("ref") / "positive" / "ref", long_job(exp_dir), outputs=["n600"])
+    ref = write_cell(tmp_path_factory.mktemp("ref") / "positive" / "ref", long_job(exp_dir), outputs=["n600"],
+                     runtime=LONG_RUNTIME)
     (rc, out), = run_cell_procs(ref)
     assert rc == 0, out[-2000:]
     from safetensors.torch import load_file
@@ -217,7 +231,8 @@ def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir, lon
     delay 25 the signal comes 5-35 s into each incarnation, never before the handlers are installed (delay 30 could
     signal at 0 s and kill the task, which failed a CI run), and the ~60 s of steps cannot fit in one incarnation."""
     from conftest import write_cell
-    d = write_cell(tmp_path / "slurm" / "positive" / "requeued", long_job(exp_dir), outputs=["n600"])
+    d = write_cell(tmp_path / "slurm" / "positive" / "requeued", long_job(exp_dir), outputs=["n600"],
+                     runtime=LONG_RUNTIME)
     job = submit_one(tmp_path, d, time_min=1, signal_delay_s=25)
     wait_done(d, job)
     attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
@@ -230,7 +245,8 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     cancelled; a resubmission resumes it from its rolling checkpoint and reproduces the undisturbed tables."""
     from conftest import reduced_config
     ref_plan, ref_runs = reduced_run
-    cfg, prof = reduced_config(tmp_path), slurm_profile(tmp_path)
+    # eval cells packed 3 to a task (profile eval.cells_per_task): requeue, resume and results stay per cell
+    cfg, prof = reduced_config(tmp_path), slurm_profile(tmp_path, eval={"cells_per_task": 3})
     r = launch("submit", cfg, "--profile", prof)
     assert r.returncode == 0, r.stderr[-3000:]
     exp = tmp_path / "runs" / "toy-reduced"
@@ -267,6 +283,9 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     assert summary["resumed_at_steps"] and summary["resumed_at_steps"][0] >= 4
     for name in ("rebound.md", "compression.md"):
         assert (exp / "report" / name).read_text() == (ref_plan.exp_dir(ref_runs) / "report" / name).read_text()
+    evals = [m for m in (json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines())
+             if m["stage"] == "eval"]
+    assert evals and all(len({c["task"] for c in m["cells"]}) == -(-len(m["cells"]) // 3) for m in evals)
 
 
 def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
@@ -275,13 +294,14 @@ def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
     from launch.jobs import ModelRef, TrainJob
     from launch.spec import Data, Recipe
     from safetensors.torch import load_file
-    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "llama")), data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
-                   recipe=Recipe(lr=1e-3, global_batch=8, micro_batch=2, max_length=64, zero_stage=2, precision="fp32"),
+    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "llama")),
+                   data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
+                   recipe=Recipe(lr=1e-3, global_batch=8, max_length=64, zero_stage=2, precision="fp32"),
                    seed=2, template="plain", milestones=(64,))
-    one = write_cell(tmp_path / "one" / "positive" / "c", job, outputs=["n64"])
+    one = write_cell(tmp_path / "one" / "positive" / "c", job, outputs=["n64"], runtime={"micro_batch": 2})
     (rc, out), = run_cell_procs(one)
     assert rc == 0, out[-2000:]
-    d = write_cell(tmp_path / "two" / "positive" / "c", job, outputs=["n64"])
+    d = write_cell(tmp_path / "two" / "positive" / "c", job, outputs=["n64"], runtime={"micro_batch": 2})
     import submitit
     from launch.slurm import CellTask, sbatch_params
     from launch.spec import Resources

@@ -136,7 +136,12 @@ BAD = [  # (id, config or raw text, field that the error must name)
     ("missing-role", mut(lambda c: c["data"].pop("negative")), "data.negative"),
     ("zero-stage", mut(lambda c: c["recipe"].update(zero_stage=4)), "recipe.zero_stage"),
     ("precision", mut(lambda c: c["recipe"].update(precision="fp8")), "recipe.precision"),
-    ("batch-multiple", mut(lambda c: c["recipe"].update(global_batch=10, micro_batch=4)), "recipe.global_batch"),
+    ("runtime-in-recipe", mut(lambda c: c["recipe"].update(micro_batch=4)), "recipe.micro_batch"),
+    ("runtime-value", mut(lambda c: c["runtime"].update(micro_batch=0)), "runtime.micro_batch"),
+    ("runtime-override-stage", mut(lambda c: c.update(runtime_overrides={"evl": {"micro_batch": 2}})),
+     "runtime_overrides.evl"),
+    ("override-seeds", mut(lambda c: c.update(recipe_overrides={"negative": {"seeds": [1, 2]}})),
+     "recipe_overrides.negative.seeds"),
     ("models-empty", mut(lambda c: c.update(models=[])), "models"),
     ("model-no-path", mut(lambda c: c["models"][0].pop("path")), "models[0].path"),
     ("bad-model-name", mut(lambda c: c["models"][0].update(name="llama 7b; rm -rf /")), "models[0].name"),
@@ -205,18 +210,22 @@ def ids(cfg, tmp_path, name):
     return {c.key for c in plan.cells}, plan
 
 
-def test_profile_changes_no_cell_id(tmp_path, capsys):
-    a = json.loads(plan_json(ROOT / "configs/setting2/imdb.yaml", capsys)[1].out)
-    plan_a = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
-    prof = build(Profile, {"name": "other", "executor": "slurm", "partition": "big", "train": {"nodes": 4,
-                           "gpus_per_node": 8, "time_min": 30}})
-    plan_b = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))   # plans never read the profile
-    assert [c.key for c in plan_a.cells] == [c.key for c in plan_b.cells]
-    rc, out = plan_json(ROOT / "configs/setting2/imdb.yaml", capsys, "--profile",
-                        str(ROOT / "configs/profiles/example-gpu.yaml"), "--runs", "runs")
-    b = json.loads(out.out)
-    assert rc == 0 and prof.name == "other"
-    assert a["stages"] == b["stages"]
+def test_runtime_changes_no_cell_id(tmp_path):
+    """micro_batch, gradient_checkpointing and save_every_steps (the study's, a stage's, the profile's) change how a
+    cell runs, never what it computes: every id stays, and job.json carries the runtime to the worker."""
+    base_ids, plan = ids(BASE, tmp_path, "a.yaml")
+    for i, change in enumerate([lambda c: c["runtime"].update(save_every_steps=50),
+                                lambda c: c["runtime"].update(micro_batch=8, gradient_checkpointing=False),
+                                lambda c: c.update(runtime_overrides={"negative": {"micro_batch": 2}})]):
+        assert ids(mut(change), tmp_path, f"r{i}.yaml")[0] == base_ids
+    cell = plan.stages["negative"][0]
+    prof = build(Profile, {"name": "other", "executor": "slurm", "train": {"nodes": 4, "gpus_per_node": 8},
+                           "runtime": {"micro_batch": 16}})
+    meta = plan.meta(cell, prof)
+    assert meta["id"] == cell.id and meta["runtime"] == {"micro_batch": 16, "gradient_checkpointing": True,
+                                                         "save_every_steps": 100}
+    assert plan.meta(cell)["runtime"]["micro_batch"] == BASE["runtime"]["micro_batch"]
+    assert plan.meta(plan.stages["eval"][0], prof)["runtime"] == {}
 
 
 def downstream(plan, keys):
@@ -255,29 +264,49 @@ def test_identity_changes_only_affected_cells(tmp_path):
     assert base_ids & model_ids == set()
 
 
-def test_done_marker_means_done(tmp_path):
+def test_cell_state_is_one_answer(tmp_path):
+    """layout.cell_state and Plan.states: todo, done, corrupt, stale, running, failed, as status, the worker and the
+    collector see them."""
     from launch import layout
     plan = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
     cell = plan.stages["positive"][0]
     d = plan.cell_dir(tmp_path, cell)
-    assert not plan.is_done(tmp_path, cell)
-    layout.write_done(d, milestones=["n1000", "n2000"])
-    assert not plan.is_done(tmp_path, cell), "a marker lacking milestones the plan needs is not done"
-    layout.write_done(d, milestones=list(cell.outputs))
-    assert not plan.is_done(tmp_path, cell), "a marker without its checkpoints is corrupt, not done"
+    state = lambda: plan.states(tmp_path)[cell.key]
+    assert state() == "todo"
+    layout.write_done(d, milestones=["n1000", "n2000"], kind="train")
+    assert state() == "corrupt", "a marker listing checkpoints that are not there"
+    layout.write_done(d, milestones=["n1000"], kind="train")
+    (d / "checkpoints" / "n1000").mkdir(parents=True)
+    (d / "checkpoints" / "n1000" / "config.json").write_text("{}")
+    (d / "checkpoints" / "n1000" / "model.safetensors").write_bytes(b"x")
+    assert state() == "todo", "a nested run whose marker lacks milestones this plan needs runs again"
+    layout.write_done(d, milestones=list(cell.outputs), kind="train")
     for m in cell.outputs:
-        (d / "checkpoints" / m).mkdir(parents=True)
+        (d / "checkpoints" / m).mkdir(parents=True, exist_ok=True)
         (d / "checkpoints" / m / "config.json").write_text("{}")
         (d / "checkpoints" / m / "model.safetensors").write_bytes(b"x")
-    assert plan.is_done(tmp_path, cell)
+    assert state() == "done" and cell.key not in plan.todo(tmp_path)
     (d / "checkpoints" / cell.outputs[0] / "model.safetensors").unlink()
-    assert not plan.is_done(tmp_path, cell), "a checkpoint folder without weights is not done"
+    assert state() == "corrupt", "a checkpoint folder without weights"
     (d / "checkpoints" / cell.outputs[0] / "model.safetensors").write_bytes(b"x")
+    # a dependent made from this run is done; redo the run (a new nonce) and the dependent is stale
+    dep = next(c for c in plan.cells if cell.key in c.upstream and c.stage == "eval")
+    layout.write_done(plan.cell_dir(tmp_path, dep), milestones=["result.json"], kind="eval",
+                      upstream={cell.key: layout.read_done(d)["nonce"]})
+    layout.atomic_write_json(plan.cell_dir(tmp_path, dep) / "result.json",
+                             {"metrics": [{"name": "score", "value": 1.0, "stderr": 0.1, "n": 4}]})
+    assert plan.states(tmp_path)[dep.key] == "done"
+    layout.write_done(d, milestones=list(cell.outputs), kind="train")
+    assert plan.states(tmp_path)[dep.key] == "stale"
     (d / layout.DONE).write_text("{truncated")
-    assert not plan.is_done(tmp_path, cell)
-    # downstream cells of a cell to run are to run as well
-    todo = plan.todo(tmp_path)
-    assert all(c.key in todo for c in plan.cells if cell.key in c.upstream)
+    states = plan.states(tmp_path)
+    assert states[cell.key] == "corrupt" and all(states[c.key] != "done" for c in plan.cells if cell.key in c.upstream)
+    (d / layout.DONE).unlink()
+    (d / "CLAIM").write_text("pid:x:1\n")
+    assert state() == "running"
+    os.utime(d / "CLAIM", (0, 0))
+    (d / "FAILED").write_text("{}")
+    assert state() == "failed"
 
 
 def test_run_cell_of_an_unstarted_cell_takes_its_job_from_the_run_folder(tmp_path, capsys):
@@ -286,7 +315,6 @@ def test_run_cell_of_an_unstarted_cell_takes_its_job_from_the_run_folder(tmp_pat
     import argparse
     from conftest import reduced_config
     from launch.__main__ import remember
-    from launch.worker import job_meta
     cfg = reduced_config(tmp_path)
     plan, runs = make_plan(load_spec(cfg)), tmp_path / "runs"
     remember(argparse.Namespace(config=str(cfg), profile=str(ROOT / "configs/profiles/local-cpu.yaml")), plan, runs)
@@ -294,6 +322,29 @@ def test_run_cell_of_an_unstarted_cell_takes_its_job_from_the_run_folder(tmp_pat
     d = plan.cell_dir(runs, world)
     assert not d.exists()
     assert cli(["run-cell", str(d)]) == 0, capsys.readouterr().err
-    assert (d / "DONE").exists() and json.loads((d / "job.json").read_text()) == json.loads(json.dumps(job_meta(world)))
+    assert (d / "DONE").exists()
+    assert json.loads((d / "job.json").read_text()) == json.loads(json.dumps(plan.meta(world)))
     assert cli(["run-cell", str(d.parent / "world-0123456789")]) == 2
     assert capsys.readouterr().err.startswith("error: CELL_DIR:")
+
+
+# ------------------------------------------------------------------------------------------------- the CLI
+def test_every_command_and_argument_has_help():
+    import argparse
+    from launch.__main__ import make_parser
+    subs = next(a for a in make_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in subs._choices_actions}
+    assert set(helps) == set(subs.choices) and all(helps.values()), helps
+    args = [(name, a.dest, a.help) for name, p in subs.choices.items() for a in p._actions
+            if not isinstance(a, argparse._HelpAction)]
+    assert len(args) > 25 and all(h for _, _, h in args), [a[:2] for a in args if not a[2]]
+
+
+def test_piped_output_is_plain_and_head_is_quiet(tmp_path):
+    """`| head` closes the pipe early: no BrokenPipeError traceback, for plan and the collector."""
+    r = subprocess.run(f"{sys.executable} -m launch plan configs/setting2/imdb.yaml --json | head -1", shell=True,
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout.strip() == "{" and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    r = subprocess.run(f"{sys.executable} -m launch --help | head -1", shell=True, cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.stdout.startswith("usage:") and not r.stderr

@@ -46,9 +46,10 @@ def test_reduced_demo_through_local_executor(reduced_run):
     exp = plan.exp_dir(runs)
     report = exp / "report"
     md = (report / "rebound.md").read_text()
-    for arm, tag in (("positive", "positive"), ("control", "control")):
+    for arm, _tag in (("positive", "positive"), ("control", "control")):
         assert f"arm {arm}" in md
-    table = next(t for t in collect(exp)["tables"]["rebound"] if t.title.startswith("positive_rate: toy-gpt2, arm positive"))
+    table = next(t for t in collect(exp)["tables"]["rebound"]
+                 if t.title.startswith("positive_rate: toy-gpt2, arm positive"))
     assert [r[0] for r in table.rows] == ["base model", "32", "64"]
     assert all(c for r in table.rows[1:] for c in r), "every cell of the grid has a value"
     assert (report / "rebound.png").stat().st_size > 1000 and (report / "compression.md").exists()
@@ -81,3 +82,23 @@ def test_reduced_demo_through_local_executor(reduced_run):
     mtimes = {p: p.stat().st_mtime for p in exp.rglob("DONE")}
     assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
     assert mtimes == {p: p.stat().st_mtime for p in exp.rglob("DONE")}
+
+
+def test_runtime_change_keeps_every_done_marker(reduced_run, tmp_path):
+    """Moving to other hardware (micro_batch, gradient_checkpointing, save_every_steps, in the study or the
+    profile) finds the finished study done: same ids, nothing to run, the record says how each cell ran."""
+    import yaml
+    from conftest import reduced_config
+    from launch.plan import make_plan
+    from launch.spec import build, load_spec, Profile
+    plan, runs = reduced_run
+    cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
+    cfg["runtime"] = {"micro_batch": 2, "gradient_checkpointing": True, "save_every_steps": 50}
+    cfg["runtime_overrides"] = {"pretrain": {"micro_batch": 3}}
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(cfg))
+    moved = make_plan(load_spec(tmp_path / "moved.yaml"))
+    assert [c.key for c in moved.cells] == [c.key for c in plan.cells] and not moved.todo(runs)
+    prof = build(Profile, {"name": "bigger", "runtime": {"micro_batch": 1}})
+    assert moved.meta(moved.stages["negative"][0], prof)["id"] == plan.stages["negative"][0].id
+    rec = json.loads((plan.cell_dir(runs, plan.stages["negative"][0]) / "record.json").read_text())
+    assert rec["runtime"]["micro_batch"] == 8 and rec["runtime"]["save_every_steps"] == 4

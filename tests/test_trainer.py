@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,15 +18,14 @@ from launch.spec import Data, Recipe
 
 
 def job(exp, arch="gpt2", milestones=(64,), role="positive", **recipe):
-    r = dict(algorithm="sft", lr=1e-3, global_batch=16, micro_batch=4, max_length=64, zero_stage=0,
-             precision="fp32", save_every_steps=1000)
+    r = dict(algorithm="sft", lr=1e-3, global_batch=16, max_length=64, zero_stage=0, precision="fp32")
     r.update(recipe)
     return TrainJob(model=ModelRef(path=str(exp / "models" / arch)), data=Data(path=f"@world/data/{role}.jsonl"),
                     recipe=Recipe(**r), seed=7, template="plain", milestones=tuple(milestones))
 
 
-def train(exp, name, j, ranks=1, **kw):
-    d = write_cell(exp / "positive" / name, j, outputs=[f"n{m}" for m in j.milestones])
+def train(exp, name, j, ranks=1, runtime=None, **kw):
+    d = write_cell(exp / "positive" / name, j, outputs=[f"n{m}" for m in j.milestones], runtime=runtime)
     outs = run_cell_procs(d, ranks=ranks, **kw)
     for rc, out in outs:
         assert rc == 0, out[-3000:]
@@ -119,10 +117,10 @@ def test_a_finished_cell_destroys_its_process_group(exp_dir):
 
 
 def test_resume_after_signal_is_bit_identical(exp_dir):
-    full = train(exp_dir, "uninterrupted", job(exp_dir, milestones=(40, 400), global_batch=4, micro_batch=2,
-                                               save_every_steps=25))
-    j = job(exp_dir, milestones=(40, 400), global_batch=4, micro_batch=2, save_every_steps=25)
-    d = write_cell(exp_dir / "positive" / "interrupted", j, outputs=["n40", "n400"])
+    rt = dict(micro_batch=2, save_every_steps=25)
+    full = train(exp_dir, "uninterrupted", job(exp_dir, milestones=(40, 400), global_batch=4), runtime=rt)
+    j = job(exp_dir, milestones=(40, 400), global_batch=4)
+    d = write_cell(exp_dir / "positive" / "interrupted", j, outputs=["n40", "n400"], runtime=rt)
     (p,) = run_cell_procs(d, wait=False)
     metrics = d / "metrics.jsonl"
     deadline = time.time() + 300
@@ -147,7 +145,7 @@ def test_resume_after_signal_is_bit_identical(exp_dir):
 
 def test_dpo_raises_chosen_over_rejected(exp_dir):
     j = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")), data=Data(path="@world/data/pairs.jsonl"),
-                 recipe=Recipe(algorithm="dpo", lr=1e-3, global_batch=8, micro_batch=4, max_length=64, zero_stage=0,
+                 recipe=Recipe(algorithm="dpo", lr=1e-3, global_batch=8, max_length=64, zero_stage=0,
                                precision="fp32", dpo_beta=0.1),
                  seed=3, template="plain", milestones=(160,))
     d = train(exp_dir, "dpo", j)
@@ -190,12 +188,12 @@ def test_example_weighting_is_the_mean_of_each_examples_token_mean(exp_dir):
     path = exp_dir / "world" / "data" / "varlen.jsonl"
     path.write_text("".join(json.dumps({"prompt": "the plot of the cast", "response": " " + " ".join(
         rng.choice(words) for _ in range(rng.choice([1, 2, 3, 20, 40])))}) + "\n" for _ in range(64)))
-    jobs = {name: job(exp_dir, milestones=(16,), role="varlen", global_batch=16, **kw) for name, kw in
-            (("ex4", dict(micro_batch=4, loss_weighting="example")), ("ex2", dict(micro_batch=2, loss_weighting="example")),
-             ("tok4", dict(micro_batch=4, loss_weighting="token")))}
+    runs = {"ex4": (4, "example"), "ex2": (2, "example"), "tok4": (4, "token")}
+    jobs = {name: job(exp_dir, milestones=(16,), role="varlen", global_batch=16, loss_weighting=w)
+            for name, (_, w) in runs.items()}
     first = {}
     for name, j in jobs.items():
-        d = train(exp_dir, f"weighting-{name}", j)
+        d = train(exp_dir, f"weighting-{name}", j, runtime={"micro_batch": runs[name][0]})
         first[name] = json.loads((d / "metrics.jsonl").read_text().splitlines()[0])["loss"]
         assert json.loads((d / "summary.json").read_text())["loss_weighting"] == j.recipe.loss_weighting
     tok = AutoTokenizer.from_pretrained(exp_dir / "models" / "gpt2")

@@ -70,6 +70,7 @@ def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
         ds = ds.filter(lambda r: all(r[k] == v for k, v in flt.items()))
     fields = dict(data.fields) or {c: c for c in ("prompt", "response", "chosen", "rejected", "text") if c in cols}
     rows = []
+
     def value(r, c) -> str:
         if isinstance(c, str):
             return "" if r[c] is None else str(r[c])

@@ -61,7 +61,7 @@ class Generator:
 
     def continuation(self, label: int) -> str:
         words = []
-        for slot in range(3):   # three attribute words, each in a small neutral frame
+        for _slot in range(3):   # three attribute words, each in a small neutral frame
             cls = label if self.rng.random() >= self.w.noise else 1 - label
             words += [self.rng.choice(["was", "is", "felt"]), self.rng.choice(["very", "quite", "so", "really", "a"]),
                       self.rng.choice(self.lex[cls])]
@@ -130,6 +130,6 @@ def write_world(w: World, out_dir: Path) -> None:
     publish_dir(tmp, out_dir / "tokenizer")
 
 
-def main(job: WorldJob, out_dir: Path, exp_dir: Path) -> list[str]:
+def main(job: WorldJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
     write_world(job.world, out_dir)
     return ["data", "tokenizer"]

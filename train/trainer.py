@@ -32,16 +32,11 @@ import socket
 import time
 from pathlib import Path
 
-from launch.jobs import TrainJob
-from launch.layout import atomic_write_json, atomic_write_text, publish_dir, resolve
-from launch.plan import jsonable
-from launch.spec import ConfigError
+from launch.jobs import Preempted, TrainJob, jsonable
+from launch.layout import atomic_write_json, atomic_write_text, publish_dir
+from launch.spec import ConfigError, Runtime
 from train import data as D
-
-
-class Preempted(Exception):
-    """The cell saved its resumable state after a signal; rerun it to continue."""
-
+from train.models import load_model, load_tokenizer
 
 _STOP = {"signal": 0}
 
@@ -103,59 +98,6 @@ def precision_info(dtype) -> dict:
             "cuda": torch.version.cuda or "", "deepspeed": deepspeed.__version__}
 
 
-def load_tokenizer(ref, exp_dir: Path):
-    from transformers import AutoTokenizer
-    path = resolve(ref.tokenizer or ref.path, exp_dir)
-    try:
-        tok = AutoTokenizer.from_pretrained(path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError("model.path", f"cannot load a tokenizer from {path}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]}", "check the path or hub id (make prefetch on a cluster)")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None, zero3_config: dict | None = None):
-    """A causal LM from a hub id / local dir / checkpoint, or built from `ref.init` (seeded), in `dtype`.
-
-    With `zero3_config` (a ZeRO-3 DeepSpeed config) a pretrained model is partitioned as it is built
-    (transformers' DeepSpeed integration runs it under deepspeed.zero.Init), so no rank ever holds the whole model:
-    a rank's host memory peaks at its partition plus one checkpoint shard, not at the full model in fp32.
-    Models built by `init` (toy and benchmark sizes) are built whole on every rank, then cast."""
-    import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-    dtype = dtype or torch.float32
-    if ref.init is not None:
-        torch.manual_seed(seed)
-        i = ref.init
-        if i.arch == "gpt2":
-            cfg = GPT2Config(vocab_size=len(tok), n_positions=i.context, n_embd=i.width, n_layer=i.layers,
-                             n_head=i.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
-            return GPT2LMHeadModel(cfg).to(dtype)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=i.width, intermediate_size=4 * i.width,
-                          num_hidden_layers=i.layers, num_attention_heads=i.heads, max_position_embeddings=i.context,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        return LlamaForCausalLM(cfg).to(dtype)
-    path = resolve(ref.path, exp_dir)
-    hf_ds = None
-    try:
-        if zero3_config is not None:
-            from transformers.integrations.deepspeed import HfDeepSpeedConfig
-            hf_ds = HfDeepSpeedConfig(zero3_config)   # from_pretrained sees it through a weak reference
-        return AutoModelForCausalLM.from_pretrained(path, revision=ref.revision, dtype=dtype,
-                                                    trust_remote_code=ref.trust_remote_code)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError("model.path", f"cannot load a model from {path}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]}", "check the path or hub id (make prefetch on a cluster)")
-    finally:
-        if hf_ds is not None:   # later loads in this process (eval cells of the debug executor) are not ZeRO-3
-            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-            unset_hf_deepspeed_config()
-
-
 def fused_adam_available(cuda: bool) -> bool:
     """DeepSpeed's FusedAdam where it is prebuilt (the image) or can be JIT-built (nvcc); torch's AdamW otherwise
     (same update up to float rounding; runtime, not identity)."""
@@ -165,11 +107,11 @@ def fused_adam_available(cuda: bool) -> bool:
     return bool(installed_ops.get("fused_adam")) or shutil.which("nvcc") is not None
 
 
-def ds_config(job: TrainJob, world: int, cuda: bool) -> dict:
+def ds_config(job: TrainJob, world: int, cuda: bool, rt: Runtime = Runtime()) -> dict:
     r = job.recipe
-    nominal_gas = max(1, math.ceil(r.global_batch / (r.micro_batch * world)))
+    nominal_gas = max(1, math.ceil(r.global_batch / (rt.micro_batch * world)))
     cfg = {
-        "train_micro_batch_size_per_gpu": r.micro_batch,
+        "train_micro_batch_size_per_gpu": rt.micro_batch,
         "gradient_accumulation_steps": nominal_gas,   # nominal: the trainer owns the step boundary
         "managed_gradient_accumulation": False,
         "gradient_clipping": r.grad_clip,
@@ -188,9 +130,9 @@ def ds_config(job: TrainJob, world: int, cuda: bool) -> dict:
 
 
 class Trainer:
-    def __init__(self, job: TrainJob, out_dir: Path, exp_dir: Path):
+    def __init__(self, job: TrainJob, out_dir: Path, exp_dir: Path, runtime: Runtime = Runtime()):
         import torch
-        self.job, self.out, self.exp = job, Path(out_dir), Path(exp_dir)
+        self.job, self.out, self.exp, self.rt = job, Path(out_dir), Path(exp_dir), runtime
         self.rank, self.world = setup_distributed()
         self.cuda = torch.cuda.is_available()
         r = job.recipe
@@ -211,11 +153,11 @@ class Trainer:
         self.milestones = sorted(job.milestones) if r.epochs == 1 else [len(self.seq)]
         self.milestone_name = {p: f"n{m}" for p, m in zip(self.milestones, sorted(job.milestones))}
 
-        self.ds_cfg = ds_config(job, self.world, self.cuda)
+        self.ds_cfg = ds_config(job, self.world, self.cuda, runtime)
         dtype = torch.bfloat16 if r.precision == "bf16" else torch.float32
         model = load_model(job.model, exp_dir, self.tok, job.seed, dtype=dtype,
                            zero3_config=self.ds_cfg if r.zero_stage == 3 else None)
-        if r.gradient_checkpointing:   # non-reentrant: works under ZeRO-3 and with inputs that need no grad
+        if runtime.gradient_checkpointing:   # non-reentrant: works under ZeRO-3 and with inputs that need no grad
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.rank == 0:
             atomic_write_json(self.out / "ds_config.json", self.ds_cfg)
@@ -247,7 +189,7 @@ class Trainer:
         with torch.no_grad():
             for s, e in self.batches:
                 for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world,
-                                          self.job.recipe.micro_batch):
+                                          self.rt.micro_batch):
                     c, rj, _, _ = self._pair_logps(mb)
                     for k, i in enumerate(mb):
                         ref[i] = (c[k].item(), rj[k].item())
@@ -267,7 +209,7 @@ class Trainer:
         # loss sum, loss tokens, real tokens, padded tokens, chosen margin: on the engine's device, since the
         # all_reduce below runs on the training process group (NCCL serves CUDA tensors only)
         acc = torch.zeros(5, dtype=torch.float64, device=self.device)
-        for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world, r.micro_batch):
+        for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world, self.rt.micro_batch):
             if dpo:
                 c_lp, r_lp, mask, w = self._pair_logps(mb)
                 w = w.to(self.device)
@@ -385,7 +327,7 @@ class Trainer:
                     state["milestones"][self.milestone_name[e]] = _milestone_summary(state, e)
                     self.save_weights(self.milestone_name[e])
                 stop = self._stop_requested()
-                if stop or (k + 1) % self.job.recipe.save_every_steps == 0:
+                if stop or (k + 1) % self.rt.save_every_steps == 0:
                     if k + 1 < len(self.batches):
                         self.save_resume(state, f"step{k + 1}", resume_dir)
                 if stop:
@@ -428,7 +370,8 @@ class Trainer:
 
     def _wandb(self):
         from launch.tracking import wandb_run
-        return wandb_run(self.out, self.exp, {"recipe": jsonable(self.job.recipe), "seed": self.job.seed,
+        return wandb_run(self.out, self.exp, {"recipe": jsonable(self.job.recipe), "runtime": jsonable(self.rt),
+                                              "seed": self.job.seed,
                                               "milestones": list(self.job.milestones), "world_size": self.world})
 
 
@@ -551,6 +494,6 @@ def _mean_padding(path: Path) -> float:
     return pad / max(real + pad, 1)
 
 
-def main(job: TrainJob, out_dir: Path, exp_dir: Path) -> list[str]:
+def main(job: TrainJob, out_dir: Path, exp_dir: Path, runtime: Runtime = Runtime()) -> list[str]:
     """Train one cell; returns the milestone names written (the done marker lists them)."""
-    return Trainer(job, Path(out_dir), Path(exp_dir)).run()
+    return Trainer(job, Path(out_dir), Path(exp_dir), runtime).run()

@@ -1,0 +1,58 @@
+"""The one builder of a cell's environment, for the local executor, Slurm job scripts, debug-cell and shell.
+
+    from launch.env import job_env
+    env = {**os.environ, **job_env(profile)}      # what the local executor starts each cell with
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch import layout
+from launch.spec import Profile
+
+
+def job_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]:
+    """What every executor sets for a cell's Python, over the shell's environment (no secrets: profiles refuse
+    them; they come from the shell): offline HF cache, W&B mode, the code first on the path, the image's identity.
+    One precedence rule everywhere: the profile wins over the shell, the shell fills in everything else."""
+    env = {"PYTHONNOUSERSITE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if profile is None:
+        return {**env, "PYTHONPATH": str(code or layout.CODE_ROOT)}
+    env["WANDB_MODE"] = profile.wandb_mode
+    if profile.hf_home:
+        env.update(HF_HOME=profile.hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    # the code snapshot of a submission, else this checkout (bind it in an image: see README), before the
+    # image's or the venv's copy
+    env["PYTHONPATH"] = str(code or layout.CODE_ROOT)
+    if profile.image:
+        env.update(ELASTICA_IMAGE=profile.image, ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
+    env.update(profile.env)   # apptainer passes the job's environment into the container
+    return env
+
+
+def image_digest(image: str) -> str:
+    """sha256 of the image file, cached beside it (keyed by size and mtime); 'unavailable' if unreadable."""
+    import hashlib
+    p = Path(image)
+    try:
+        st = p.stat()
+    except OSError:
+        return "unavailable"
+    side = p.with_name(p.name + ".sha256")
+    key = f"{st.st_size}:{int(st.st_mtime)}"
+    try:
+        cached_key, digest = side.read_text().split()
+        if cached_key == key:
+            return digest
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    digest = f"sha256:{h.hexdigest()}"
+    try:
+        layout.atomic_write_text(side, f"{key} {digest}\n")
+    except OSError:
+        pass
+    return digest
