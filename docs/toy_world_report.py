@@ -4,7 +4,8 @@
         .venv/bin/python -m launch submit configs/toy/$c.yaml --executor debug --runs runs; done
     .venv/bin/python docs/toy_world_report.py runs     # -> docs/toy-world/<study>/*.md and docs/toy-world/*.png
 
-Numbers come only from the run folders (collector tables); the prose of docs/toy-world.md is written by a person.
+Numbers come only from the run folders (collector tables, results.csv, windows.csv); the prose of
+docs/toy-world.md is written by a person.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def main(runs: Path) -> None:
             continue
         s = collect(d)
         (out / short).mkdir(parents=True, exist_ok=True)
-        for f in (d / "report").glob("*.md"):
+        for f in [*(d / "report").glob("*.md"), *(d / "report").glob("*.csv")]:   # tables, and the tidy numbers
             shutil.copy(f, out / short / f.name)
         for png in (d / "report").glob("*.png"):
             shutil.copy(png, out / f"{exp}-{png.name}")

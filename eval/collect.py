@@ -177,6 +177,12 @@ class Curve:
     points: list
 
 
+def seed_of(coords: dict):
+    """What pairs a cell with the same chain's other cells: its seed, or (pre-training seed, seed) where the study
+    has several pre-training seeds (then every mean and CI is over both)."""
+    return (coords["pretrain_seed"], coords.get("seed")) if "pretrain_seed" in coords else coords.get("seed")
+
+
 def ci_label(ns) -> str:
     """The interval every 'mean ± half-width' of a table is, with its n (seeds)."""
     ns = sorted(set(ns))
@@ -196,7 +202,7 @@ def rebound_tables(records, metric_name: str) -> tuple[list[Table], list[Curve]]
             continue
         sizes[c["model"]] = c.get("size", "")
         groups[(c["model"], c.get("arm", ""))][(c.get("positive", 0), c.get("negative", 0))].append(
-            (m["value"], m["stderr"], c.get("seed")))
+            (m["value"], m["stderr"], seed_of(c)))
 
     def point(n, vals) -> Point:
         mean, half, k = mean_ci([v for v, _, _ in vals], vals[0][1])
@@ -207,6 +213,8 @@ def rebound_tables(records, metric_name: str) -> tuple[list[Table], list[Curve]]
         base = groups.get((model, "base"), {}).get((0, 0), [])
         for arm in sorted(a for (mm, a) in groups if mm == model and a != "base"):
             cells = groups[(model, arm)]
+            if arm == "from-base" and base:   # negative fine-tuning from the base: its start is the base
+                cells = {**cells, (0, 0): base}
             label = f"{model}" + (f" ({sizes[model]})" if sizes.get(model) else "") + f", arm {arm}"
             t = Table("", [f"{arm} \\ negative"] + [str(n) for n in negs])
             ns = []
@@ -260,9 +268,142 @@ def slope_table(curves: list[Curve], metric_name: str) -> Table:
     return t
 
 
+WINDOWS = (25, 50, 100)   # negative examples after which paired drops are reported (those on the study's grid)
+
+
+def crossing(points: list, seed, level: float) -> float | None:
+    """Negative examples at which one seed's curve first reaches `level` (linear between grid points), or None."""
+    prev = None
+    for q in points:
+        v = q.seeds.get(seed)
+        if v is None:
+            continue
+        if v <= level:
+            if prev is None:
+                return float(q.negative)
+            n0, v0 = prev
+            return n0 + (v0 - level) / (v0 - v) * (q.negative - n0)
+        prev = (q.negative, v)
+    return None
+
+
+def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
+    """Window-robust rebound statistics per start curve, each a mean over seeds with its 95 % CI:
+    - drop@w: per seed, the value after w negative examples minus the value at 0 (paired), for w in WINDOWS;
+    - deeper@w: that drop minus the same seed's drop from the arm's smallest start (does deeper alignment fall
+      more over the first w examples?), 'resolved' when the CI excludes 0;
+    - return: negative examples until the seed's curve reaches its own base eval's level (linear between grid
+      points), over the seeds that get there ('k/n' of them)."""
+    out = []
+    base = {c.model: c.points[0].seeds for c in curves if c.arm == "base"}
+    first = {}
+    for c in curves:
+        if c.arm != "base":
+            first.setdefault((c.model, c.arm), c)
+    for c in curves:
+        if c.arm == "base" or not c.points or c.points[0].negative != 0:
+            continue
+        at = {q.negative: q.seeds for q in c.points}
+        ref = first[(c.model, c.arm)]
+        ref_at = {q.negative: q.seeds for q in ref.points}
+        row = {"metric": metric_name, "model": c.model, "arm": c.arm, "start": c.start}
+        for w in WINDOWS:
+            if w not in at:
+                continue
+            drop = {s: at[w][s] - at[0][s] for s in at[0] if s in at[w] and s is not None}
+            row[f"drop@{w}"] = drop
+            if ref is not c and w in ref_at:
+                ref_drop = {s: ref_at[w][s] - ref_at[0][s] for s in ref_at[0] if s in ref_at[w]}
+                row[f"deeper@{w}"] = {s: drop[s] - ref_drop[s] for s in drop if s in ref_drop}
+        if c.model in base and c.arm != "from-base":
+            seeds = [s for s in at[0] if s in base[c.model]]
+            row["return"] = {s: x for s in seeds if (x := crossing(c.points, s, base[c.model][s])) is not None}
+            row["return_of"] = len(seeds)
+        out.append(row)
+    return out
+
+
+def window_rows(stats: list[dict]) -> list[dict]:
+    """window_stats in long form for programs (report/windows.csv): one row per start, statistic and window."""
+    rows = []
+    for r in stats:
+        for key, vals in r.items():
+            if not isinstance(vals, dict) or not vals:
+                continue
+            m, half, n = mean_ci(list(vals.values()))
+            stat, _, w = key.partition("@")
+            rows.append({"metric": r["metric"], "model": r["model"], "arm": r["arm"], "start_volume": r["start"],
+                         "statistic": stat, "window": w, "mean": m, "ci_low": m - half, "ci_high": m + half,
+                         "n_seeds": n, "of_seeds": r.get("return_of", n) if stat == "return" else n,
+                         "ci_kind": ci_kind(n)})
+    return rows
+
+
+def window_table(curves: list[Curve], metric_name: str) -> Table:
+    """window_stats as a table: mean ± CI per statistic; 'resolved' marks a deeper@w whose CI excludes 0."""
+    stats = window_stats(curves, metric_name)
+    wins = [w for w in WINDOWS if any(f"drop@{w}" in r for r in stats)]
+    t = Table("", ["model", "arm", "start"] + [f"drop@{w}" for w in wins] +
+              [f"minus smallest start @{w}" for w in wins[-1:]] + ["negatives to base"])
+    ns = []
+
+    def cell(vals: dict, digits: int = 3, resolve: bool = False) -> str:
+        if not vals:
+            return ""
+        m, half, n = mean_ci(list(vals.values()))
+        ns.append(n)
+        if n == 1:
+            return f"{m:+.{digits}f}"
+        return f"{m:+.{digits}f} ± {half:.{digits}f}" + (" resolved" if resolve and abs(m) > half else "")
+    for r in stats:
+        ret = r.get("return", {})
+        back = "" if "return" not in r else (f"{cell(ret, 0).lstrip('+')} ({len(ret)}/{r['return_of']})" if ret
+                                             else f"none by the last volume (0/{r['return_of']})")
+        t.rows.append([r["model"], r["arm"], r["start"]] + [cell(r.get(f"drop@{w}", {})) for w in wins] +
+                      [cell(r.get(f"deeper@{w}", {}), resolve=True) for w in wins[-1:]] + [back])
+    t.title = (f"{metric_name}: paired drops from the start after {', '.join(map(str, wins))} negative examples, the "
+               f"drop minus the smallest start's, and the negatives to reach the base; mean ± "
+               f"{ci_label(ns or [1])}; resolved: the CI excludes 0")
+    return t
+
+
+def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
+    """Does a control arm fall differently from the aligned arm once the start level is accounted for? Per model
+    and window w: ordinary least squares over every (start, seed) of the positive arm and one other arm,
+    drop@w = a + b * start level + c * [other arm]; c with its 95 % t interval (n - 3 degrees of freedom).
+    The observations share bases and seeds, so the interval treats as independent what is not quite."""
+    import numpy as np
+    t = Table(f"{metric_name}: start-adjusted arm effect on the paired drop (OLS: drop ~ start level + arm; "
+              "c = the arm's drop minus the aligned arm's at the same start; 95% t CI over starts x seeds)",
+              ["model", "arm vs positive", "window", "arm effect c", "start slope b", "n", "resolved"])
+    obs = defaultdict(list)   # (model, arm, w) -> [(start level, drop)]
+    for c in curves:
+        at = {q.negative: q.seeds for q in c.points}
+        if c.arm == "base" or 0 not in at:
+            continue
+        for w in WINDOWS:
+            for sd in (sd for sd in at.get(w, {}) if sd in at[0]):
+                obs[(c.model, c.arm, w)].append((at[0][sd], at[w][sd] - at[0][sd]))
+    for (model, arm, w) in sorted(k for k in obs if k[1] != "positive"):
+        pos, other = obs.get((model, "positive", w), []), obs[(model, arm, w)]
+        n = len(pos) + len(other)
+        if not pos or n < 5:
+            continue
+        x = np.array([[1.0, lv, 0.0] for lv, _ in pos] + [[1.0, lv, 1.0] for lv, _ in other])
+        y = np.array([d for _, d in pos] + [d for _, d in other])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        resid = y - x @ coef
+        cov = float(resid @ resid) / (n - 3) * np.linalg.pinv(x.T @ x)
+        half = t_quantile(0.95, n - 3) * math.sqrt(max(cov[2, 2], 0.0))
+        t.rows.append([model, arm, w, f"{coef[2]:+.3f} ± {half:.3f}", f"{coef[1]:+.3f}", n,
+                       "yes" if abs(coef[2]) > half else "no"])
+    return t
+
+
 def resistance_table(records):
-    """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward (theta_i on D_j)."""
-    loss = defaultdict(list)   # (model, from, to) -> [mean loss over seeds]
+    """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward (theta_i on D_j);
+    the gap is paired by seed (forward minus inverse within each seed's chain), its CI resolves the direction."""
+    loss = defaultdict(dict)   # (model, from, to) -> {seed: mean training loss}
     ce, ce_attr = defaultdict(list), defaultdict(list)
     for r in records:
         c = r["coords"]
@@ -270,14 +411,14 @@ def resistance_table(records):
             continue
         k = (c["model"], c["from"], c["to"])
         if r["stage"] == "cross" and r["data"].get("mean_loss") is not None:
-            loss[k].append(r["data"]["mean_loss"])
+            loss[k][seed_of(c)] = r["data"]["mean_loss"]
         elif r["stage"] == "eval" and (m := metric_of(r, "bits_per_token/target")):
             ce[k].append(m["value"])
             if a := metric_of(r, "bits_per_attribute_token/target"):
                 ce_attr[k].append(a["value"])
     weights = sorted({r["data"].get("loss_weighting", "token") for r in records if r["stage"] == "cross"}) or ["token"]
     t = Table(f"Setting I: mean training loss ({'/'.join(weights)}-weighted), inverse vs forward (lower = easier)",
-              ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "gap (fwd − inv)", "inverse < forward",
+              ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "paired gap (fwd − inv)", "inverse easier",
                "held-out bits inv", "held-out bits fwd", "attribute bits inv", "attribute bits fwd"])
     avg = lambda v: f"{sum(v) / len(v):.4f}" if v else ""
     ns = []
@@ -286,14 +427,18 @@ def resistance_table(records):
             inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
             if not inv or not fwd:
                 continue
-            mi, ci_i, n_i = mean_ci(inv)
-            mf, ci_f, n_f = mean_ci(fwd)
-            ns += [n_i, n_f]
-            t.rows.append([model, f"θ{i}↔θ{j}", fmt(mi, ci_i), fmt(mf, ci_f), f"{mf - mi:+.4f}",
-                           "yes" if mi < mf else "no", avg(ce.get((model, j, i))), avg(ce.get((model, i, j))),
+            mi, ci_i, n_i = mean_ci(list(inv.values()))
+            mf, ci_f, n_f = mean_ci(list(fwd.values()))
+            gm, gci, gn = mean_ci([fwd[s] - inv[s] for s in inv if s in fwd])
+            ns += [n_i, n_f, gn]
+            verdict = ("yes" if gm > 0 else "no") + (" (resolved)" if gn > 1 and abs(gm) > gci else
+                                                     " (unresolved)" if gn > 1 else "")
+            t.rows.append([model, f"θ{i}↔θ{j}", fmt(mi, ci_i), fmt(mf, ci_f),
+                           f"{gm:+.4f} ± {gci:.4f}" if gn > 1 else f"{gm:+.4f}", verdict,
+                           avg(ce.get((model, j, i))), avg(ce.get((model, i, j))),
                            avg(ce_attr.get((model, j, i))), avg(ce_attr.get((model, i, j)))])
     if ns:
-        t.title += f"; losses: mean ± {ci_label(ns)}"
+        t.title += f"; losses and paired gaps: mean ± {ci_label(ns)}"
     return t
 
 
@@ -331,8 +476,8 @@ def compression_table(records, pretrain_sizes: dict):
 
 # --------------------------------------------------------------------------------------------- results
 RESULT_COLUMNS = ["study", "setting", "task", "model", "size", "arm", "start_volume", "negative_volume", "slice_from",
-                  "slice_to", "direction", "metric", "space", "row", "seed", "value", "stderr", "n", "ci_low",
-                  "ci_high", "ci_kind", "n_seeds"]
+                  "slice_to", "direction", "metric", "space", "row", "pretrain_seed", "seed", "value", "stderr", "n",
+                  "ci_low", "ci_high", "ci_kind", "n_seeds"]
 
 
 def ci_kind(n_seeds: int) -> str:
@@ -359,16 +504,17 @@ def results_rows(records, study: dict) -> list[dict]:
             ms = [m for m in r["data"].get("metrics", []) if isinstance(m.get("value"), (int, float))]
         for m in ms:
             row = {**base, "metric": m["name"], "space": m.get("space", m.get("unit", "")), "row": "seed",
-                   "seed": c.get("seed", ""), "value": m["value"], "stderr": m.get("stderr", ""), "n": m.get("n", "")}
+                   "pretrain_seed": c.get("pretrain_seed", ""), "seed": c.get("seed", ""), "value": m["value"],
+                   "stderr": m.get("stderr", ""), "n": m.get("n", "")}
             seeds[tuple(base.values()) + (m["name"],)].append(row)
     out = []
     for group in seeds.values():
-        group.sort(key=lambda r: str(r["seed"]))
+        group.sort(key=lambda r: (str(r["pretrain_seed"]), str(r["seed"])))
         out += group
         one = group[0]
         mean, half, n = mean_ci([r["value"] for r in group], one["stderr"] if one["stderr"] != "" else None)
-        out.append({**one, "row": "mean", "seed": "", "value": mean, "stderr": "", "n": "", "ci_low": mean - half,
-                    "ci_high": mean + half, "ci_kind": ci_kind(n), "n_seeds": n})
+        out.append({**one, "row": "mean", "pretrain_seed": "", "seed": "", "value": mean, "stderr": "", "n": "",
+                    "ci_low": mean - half, "ci_high": mean + half, "ci_kind": ci_kind(n), "n_seeds": n})
     return [{k: r.get(k, "") for k in RESULT_COLUMNS} for r in out]
 
 
@@ -483,10 +629,21 @@ def collect(exp: Path) -> dict:
         extra = {n: rebound_tables(records, n) for n in sorted(metric_names)
                  if n != headline and n in ("positive_logit", "positive_prob", "kl_to_base", "score")}
         tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + [slope_table(curves, headline)] + \
-            [slope_table(c, n) for n, (_, c) in extra.items() if n == "positive_logit"]   # the log-odds slopes
+            [slope_table(c, n) for n, (_, c) in extra.items() if n == "positive_logit"] + \
+            [f(c, n) for n, c in [(headline, curves)] + [(n, extra[n][1]) for n in ("positive_logit",) if n in extra]
+             for f in (window_table, adjusted_table)]
+        tables["rebound"] = [t for t in tables["rebound"] if t.rows]
         panels = {headline: curves, **({"positive_logit": extra["positive_logit"][1]} if "positive_logit" in extra
                                        else {})}
         files += plot_rebound(panels, report / "rebound")
+        win = [r for n, c in panels.items() for r in window_rows(window_stats(c, n))]
+        if win:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(win[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(win)
+            atomic_write_text(report / "windows.csv", buf.getvalue())
+            files.append(report / "windows.csv")
     res = resistance_table(records)
     if res.rows:
         tables["resistance"] = [res]

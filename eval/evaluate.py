@@ -167,8 +167,9 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
     for role, data in sorted(job.compression.items()):
         rows = rows_of(data, exp_dir)
         order = D.seeded_order(len(rows), PROMPT_SEED)[:ev.compression_examples]
-        algorithm = "lm" if role == "pretrain" else "sft"
-        ex = D.tokenize([rows[i] for i in order], tok, job.template, job.max_length, algorithm)
+        # every set on the same token class, the response (text-only rows are all response): pre-training rows
+        # scored on their prompts too would mix in tokens that alignment never trains (the Hooke comparison)
+        ex = D.tokenize([rows[i] for i in order], tok, job.template, job.max_length, "sft")
         per, per_attr = S.bits_per_token(model, ex, tok.pad_token_id, attribute_ids=attr)
         metrics.append(metric(f"bits_per_token/{role}", per, False, scorer="compression", unit="bits/token"))
         if per_attr:

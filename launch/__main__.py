@@ -150,16 +150,19 @@ def cmd_plan(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    from rich import box
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"{summary['experiment']} ({summary['setting']}, {summary['task']}) on profile {profile.name}")
-    for col in ("stage", "cells", "done", "to run", "checkpoints", "examples", "GPU-h to run", "outputs"):
-        t.add_column(col, justify="left" if col in ("stage", "outputs") else "right")
+    t = Table(box=box.SIMPLE, pad_edge=False)
+    for col in ("stage", "cells", "done", "to run", "ckpts", "examples", "GPU-h"):
+        t.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
     for s in summary["stages"]:
         gh = s["gpu_hours_to_run"]
         t.add_row(s["name"], str(s["cells"]), str(s["done"]), str(s["to_run"]), str(s["checkpoints"] or ""),
-                  f"{s['examples']:,}", "" if gh is None else f"{gh:,.1f}", s["dir"])
+                  f"{s['examples']:,}", "" if gh is None else f"{gh:,.1f}")
     con = Console()
+    con.print(f"{summary['experiment']} ({summary['setting']}, {summary['task']}) on profile {profile.name}: "
+              f"cells in {summary['runs_dir']}/<stage>/", soft_wrap=True)
     con.print(t)
     con.print(f"training examples: {summary['total_examples']:,} nested; {summary['reuse_examples']:,} with each "
               f"positive checkpoint trained once and reused (the seed's code); {summary['naive_examples']:,} with "
@@ -337,15 +340,11 @@ def image_call(image: str, profile, run, argv: list[str], env: dict) -> int:
     return subprocess.call(cmd, env={**env, "ELASTICA_IMAGE": image})
 
 
-def job_environment(profile) -> dict:
-    from launch.env import job_env
-    return {**os.environ, **job_env(profile)}
-
-
 def cmd_debug_cell(args) -> int:
     """Rerun one cell as its job runs it: the run's profile decides the environment (offline HF cache, W&B mode,
     profile env); with --image, in the image with the job's binds. Its dependents stay valid unless --invalidate."""
     from pathlib import Path
+    from launch.env import cell_env
     from launch.spec import load_profile
     run = Path(args.run_dir).resolve()
     cell = run / args.cell
@@ -354,7 +353,7 @@ def cmd_debug_cell(args) -> int:
     if cell.parent.parent != run:
         raise ConfigError("CELL", f"{args.cell} is not <stage>/<cell id>", f"pick one: python -m launch status {run}")
     profile = load_profile(run / "profile.yaml") if (run / "profile.yaml").exists() else None
-    env = job_environment(profile)
+    env = cell_env(profile)
     argv = ["run-cell", str(cell), "--rerun"] + (["--invalidate"] if args.invalidate else [])
     if args.image:
         return image_call(args.image, profile, run, ["exec", "python", "-m", "launch", *argv], env)
@@ -365,10 +364,11 @@ def cmd_debug_cell(args) -> int:
 def cmd_shell(args) -> int:
     """A shell in the image with a job's binds and variables (the profile's, and the run folder's if given)."""
     from pathlib import Path
+    from launch.env import cell_env
     from launch.spec import load_profile
     profile = load_profile(args.profile) if args.profile else None
     return image_call(args.image, profile, Path(args.run).resolve() if args.run else None, ["shell"],
-                      job_environment(profile))
+                      cell_env(profile))
 
 
 def cmd_run_cells(args) -> int:

@@ -1,10 +1,11 @@
 """The one builder of a cell's environment, for the local executor, Slurm job scripts, debug-cell and shell.
 
-    from launch.env import job_env
-    env = {**os.environ, **job_env(profile)}      # what the local executor starts each cell with
+    from launch.env import cell_env
+    env = cell_env(profile)      # what the local executor, debug-cell and shell start a cell with
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from launch import layout
@@ -28,6 +29,12 @@ def job_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]
         env.update(ELASTICA_IMAGE=profile.image, ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
     env.update(profile.env)   # apptainer passes the job's environment into the container
     return env
+
+
+def cell_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]:
+    """A cell's whole environment on this machine: the shell's, with job_env over it (as a job script's exports
+    are over the environment Slurm passes on)."""
+    return {**os.environ, **job_env(profile, code)}
 
 
 def image_digest(image: str) -> str:

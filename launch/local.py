@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from launch.env import job_env
+from launch.env import cell_env, job_env
 from launch.jobs import EXIT_PREEMPTED, KINDS
 from launch.plan import Plan
 from launch.spec import Profile
@@ -32,7 +32,7 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
              console: Console | None = None, fuse: bool = True) -> int:
     """fuse=False runs every cell as its own process (the unfused baseline of bench/demo_time.py)."""
     con = console or Console(stderr=True)
-    env = {**os.environ, **job_env(profile)}
+    env = cell_env(profile)
     stages = {k: v for k, v in plan.stages.items() if only in (None, k)}
     total = sum(len(v) for v in stages.values())
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -53,13 +53,18 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
             for group in ([todo] if fused and todo else [[d] for d in todo]):
                 proc = subprocess.Popen([sys.executable, "-m", "launch", "run-cells", *map(str, group)], env=env,
                                         stdout=subprocess.PIPE, text=True)
+                reported = set()
                 for line in proc.stdout:   # one line per finished cell
                     r = json.loads(line)
+                    reported.add(r["cell"])
                     if r["rc"] != 0:
                         failed.append(r)
                     progress.advance(task)
                     progress.advance(overall)
-                if proc.wait() == EXIT_PREEMPTED or any(r["rc"] == EXIT_PREEMPTED for r in failed):
+                rc = proc.wait()
+                # a worker that died (killed, out of memory) leaves its unreported cells failed, not done
+                failed += [{"cell": str(d), "rc": rc or 1} for d in group if str(d) not in reported]
+                if rc == EXIT_PREEMPTED or any(r["rc"] == EXIT_PREEMPTED for r in failed):
                     break
             if failed:
                 progress.stop()

@@ -165,13 +165,18 @@ class _Builder:
             return dataclasses.replace(d, path=str(Path(d.path).expanduser().resolve()))
         return d
 
-    def base_ref(self, m: Model) -> tuple[ModelRef, tuple[str, ...]]:
-        """The base model of `m`: its reference and the upstream cells that make it."""
+    def bases(self, m: Model):
+        """The base models of `m`: (reference, upstream cells, label, coords), one per pre-training seed (the
+        label and coords name the seed only when the study has several)."""
         if m.init is None:
             path = m.path if source_kind(m.path) == "hub" else str(Path(m.path).expanduser().resolve())
-            return ModelRef(path=path, revision=m.revision, trust_remote_code=m.trust_remote_code), ()
-        cell = self.pretrain_cells[m.name]
-        return ModelRef(path=cell.ref(f"checkpoints/{mname(m.pretrain_examples)}")), (cell.key,)
+            yield ModelRef(path=path, revision=m.revision, trust_remote_code=m.trust_remote_code), (), m.name, {}
+            return
+        many = len(self.spec.pretrain_seeds) > 1
+        for ps in self.spec.pretrain_seeds:
+            cell = self.pretrain_cells[(m.name, ps)]
+            yield (ModelRef(path=cell.ref(f"checkpoints/{mname(m.pretrain_examples)}")), (cell.key,),
+                   f"{m.name}.p{ps}" if many else m.name, {"pretrain_seed": ps} if many else {})
 
     def train(self, stage: str, label: str, start: ModelRef, upstream, role: str, volumes, seed: int,
               coords: dict, recipe=None) -> list[tuple[Cell, int]]:
@@ -215,10 +220,9 @@ class _Builder:
                       CollectJob(experiment=spec.experiment, setting=spec.setting, task=spec.task), upstream))
 
     def _pretrain(self):
-        """Toy models: one pre-training run per architecture (first seed), saving each model's volume."""
+        """Toy models: one pre-training run per architecture and pre-training seed, saving each model's volume."""
         spec = self.spec
         recipe = spec.recipe_for("pretrain")
-        seed = recipe.seeds[0]
         by_arch: dict = {}
         for m in spec.models:
             if m.init:
@@ -228,11 +232,14 @@ class _Builder:
             vols = sorted({m.pretrain_examples for m in models})
             label = f"{init.arch}-L{init.layers}-W{init.width}"
             ups = (self.world.key,) if self.world else ()
-            for cell, v in self.train("pretrain", label, start, ups, "pretrain", vols, seed, {"arch": label}, recipe):
-                for m in models:
-                    if m.pretrain_examples == v:
-                        self.pretrain_cells[m.name] = cell
-        pre = sum(m.pretrain_examples * spec.recipe_for("pretrain").epochs for m in spec.models if m.init)
+            for seed in spec.pretrain_seeds:
+                lab = label + (f".p{seed}" if len(spec.pretrain_seeds) > 1 else "")
+                for cell, v in self.train("pretrain", lab, start, ups, "pretrain", vols, seed, {"arch": label},
+                                          recipe):
+                    for m in models:
+                        if m.pretrain_examples == v:
+                            self.pretrain_cells[(m.name, seed)] = cell
+        pre = sum(m.pretrain_examples * recipe.epochs for m in spec.models if m.init) * len(spec.pretrain_seeds)
         self.naive += pre
         self.reuse += pre
 
@@ -241,42 +248,47 @@ class _Builder:
         arms = [("positive", "positive", "pos")] + \
             ([("control", "control", "ctl")] if spec.controls.matched_start else [])
         for m in spec.models:
-            base, base_up = self.base_ref(m)
-            for seed in spec.recipe.seeds:
-                co = {"model": m.name, "size": m.size_label, "seed": seed}
-                self.evaluate(f"{m.name}.s{seed}.base", base, base, base_up, seed,
-                              {**co, "arm": "base", "positive": 0, "negative": 0})
-                for stage, role, tag in arms:
-                    for cell, p in self.train(stage, f"{m.name}.s{seed}", base, base_up, role, vol.positive, seed,
-                                              {**co, "arm": stage}):
-                        start = ModelRef(path=cell.ref(f"checkpoints/{mname(p)}"))
-                        pc = {**co, "arm": stage, "positive": p}
-                        self.evaluate(f"{m.name}.s{seed}.{tag}{p}.neg0", start, base, (cell.key,), seed,
-                                      {**pc, "negative": 0})
-                        neg = self.train("negative", f"{m.name}.s{seed}.{tag}{p}", start, (cell.key,), "negative",
-                                         vol.negative, seed, pc)
-                        for ncell, n in neg:
-                            self.evaluate(f"{m.name}.s{seed}.{tag}{p}.neg{n}",
+            for base, base_up, name, pco in self.bases(m):
+                for seed in spec.recipe.seeds:
+                    co = {"model": m.name, "size": m.size_label, **pco, "seed": seed}
+                    self.evaluate(f"{name}.s{seed}.base", base, base, base_up, seed,
+                                  {**co, "arm": "base", "positive": 0, "negative": 0})
+                    if spec.controls.from_base:   # the negative stage from the base itself (its 0 is the base)
+                        for ncell, n in self.train("negative", f"{name}.s{seed}.base", base, base_up, "negative",
+                                                   vol.negative, seed, {**co, "arm": "from-base", "positive": 0}):
+                            self.evaluate(f"{name}.s{seed}.base.neg{n}",
                                           ModelRef(path=ncell.ref(f"checkpoints/{mname(n)}")), base, (ncell.key,),
-                                          seed, {**pc, "negative": n})
-                        ep, ep_start = spec.recipe_for("negative").epochs, spec.recipe_for(stage).epochs
-                        self.naive += sum((p * ep_start + n * ep) for n in vol.negative if n > 0)
-                        self.reuse += p * ep_start + sum(n * ep for n in vol.negative if n > 0)
+                                          seed, {**co, "arm": "from-base", "positive": 0, "negative": n})
+                    for stage, role, tag in arms:
+                        for cell, p in self.train(stage, f"{name}.s{seed}", base, base_up, role, vol.positive, seed,
+                                                  {**co, "arm": stage}):
+                            start = ModelRef(path=cell.ref(f"checkpoints/{mname(p)}"))
+                            pc = {**co, "arm": stage, "positive": p}
+                            self.evaluate(f"{name}.s{seed}.{tag}{p}.neg0", start, base, (cell.key,), seed,
+                                          {**pc, "negative": 0})
+                            neg = self.train("negative", f"{name}.s{seed}.{tag}{p}", start, (cell.key,), "negative",
+                                             vol.negative, seed, pc)
+                            for ncell, n in neg:
+                                self.evaluate(f"{name}.s{seed}.{tag}{p}.neg{n}",
+                                              ModelRef(path=ncell.ref(f"checkpoints/{mname(n)}")), base,
+                                              (ncell.key,), seed, {**pc, "negative": n})
+                            ep, ep_start = spec.recipe_for("negative").epochs, spec.recipe_for(stage).epochs
+                            self.naive += sum((p * ep_start + n * ep) for n in vol.negative if n > 0)
+                            self.reuse += p * ep_start + sum(n * ep for n in vol.negative if n > 0)
 
     def _resistance(self):
         spec, sl = self.spec, self.spec.slices
         counts = [max(1, round(f * sl.examples)) for f in sl.fractions]
-        for m in spec.models:
-            base, base_up = self.base_ref(m)
+        for m, (base, base_up, name, pco) in [(mm, b) for mm in spec.models for b in self.bases(mm)]:
             for seed in spec.recipe.seeds:
-                co = {"model": m.name, "size": m.size_label, "seed": seed}
-                slices = self.train("slices", f"{m.name}.s{seed}", base, base_up, "sft", counts, seed, co)
+                co = {"model": m.name, "size": m.size_label, **pco, "seed": seed}
+                slices = self.train("slices", f"{name}.s{seed}", base, base_up, "sft", counts, seed, co)
                 answers = []
                 for i, (cell, n) in enumerate(slices, start=1):
                     ref = ModelRef(path=cell.ref(f"checkpoints/{mname(n)}"))
                     job = GenerateJob(model=ref, prompts=self.data("prompts"), eval=spec.eval, template=spec.template,
                                       train_count=sl.responses, heldout_count=spec.eval.prompts, seed=seed)
-                    gen = self.add(Cell("responses", "generate", f"{m.name}.s{seed}.theta{i}", job, (cell.key,),
+                    gen = self.add(Cell("responses", "generate", f"{name}.s{seed}.theta{i}", job, (cell.key,),
                                         {**co, "slice": i}))
                     answers.append((i, ref, gen, cell, n * cell.job.recipe.epochs))
                     self.reuse += n * cell.job.recipe.epochs
@@ -290,7 +302,7 @@ class _Builder:
                         job = TrainJob(model=ref_i, data=data, recipe=recipe, seed=seed, template=spec.template,
                                        milestones=(sl.responses,), stage="cross")
                         pair = {**co, "from": i, "to": j, "direction": direction}
-                        cross = self.add(Cell("cross", "train", f"{m.name}.s{seed}.theta{i}-on-D{j}", job,
+                        cross = self.add(Cell("cross", "train", f"{name}.s{seed}.theta{i}-on-D{j}", job,
                                               (cell_i.key, gen_j.key), pair, (mname(sl.responses),),
                                               sl.responses * recipe.epochs))
                         heldout = Data(path=gen_j.ref("heldout.jsonl"), fields={})
@@ -300,7 +312,7 @@ class _Builder:
                                          spec.eval.scorer, kind="none")),
                                      template=spec.template, compression={"target": heldout}, seed=seed,
                                      max_length=recipe.max_length, attribute_tokens=spec.world is not None)
-                        self.add(Cell("eval", "eval", f"{m.name}.s{seed}.theta{i}-on-D{j}", ev, (cross.key,), pair))
+                        self.add(Cell("eval", "eval", f"{name}.s{seed}.theta{i}-on-D{j}", ev, (cross.key,), pair))
                         self.naive += cost_i + sl.responses * recipe.epochs
                         self.reuse += sl.responses * recipe.epochs
 

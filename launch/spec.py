@@ -337,8 +337,10 @@ class Eval:
 
 @dataclass(frozen=True)
 class Controls:
-    """Arms the paper lacks. matched_start: reach the aligned start by LM training on data.control."""
+    """Arms the paper lacks. matched_start: reach the aligned start by LM training on data.control (arm
+    control); from_base: the same negative fine-tuning from the base model itself (arm from-base)."""
     matched_start: bool = False
+    from_base: bool = False
 
 
 @dataclass(frozen=True)
@@ -405,9 +407,13 @@ class Spec:
             need = ("positive", "negative", "prompts")
         if any(m.init for m in self.models):
             need += ("pretrain",)
+        if "seeds" in self.recipe_overrides.get("pretrain", {}):
+            check(any(m.init for m in self.models), "recipe_overrides.pretrain.seeds", "no model is pre-trained here",
+                  "remove it (pre-training seeds apply to models built by init)")
+        if self.controls.matched_start or self.controls.from_base:
+            check(self.setting != "resistance", "controls", "apply to rebound settings only",
+                  "remove them or use setting: rebound")
         if self.controls.matched_start:
-            check(self.setting != "resistance", "controls.matched_start", "applies to rebound settings only",
-                  "remove it or use setting: rebound")
             need += ("control",)
         for role in need:
             check(role in self.data, f"data.{role}", f"setting {self.setting} needs this dataset role",
@@ -441,9 +447,9 @@ class Spec:
             for stage in getattr(self, section):
                 check(stage in TRAIN_STAGES, f"{section}.{stage}", f"unknown training stage {stage!r}",
                       f"use one of {sorted(TRAIN_STAGES)}")
-                check("seeds" not in getattr(self, section)[stage], f"{section}.{stage}.seeds",
-                      "seeds are one chain of cells through every stage, not a per-stage setting",
-                      "set recipe.seeds")
+                check("seeds" not in getattr(self, section)[stage] or stage == "pretrain", f"{section}.{stage}.seeds",
+                      "seeds are one chain of cells through every stage (only pre-training has its own: each "
+                      "pre-training seed is a base model, crossed with every chain)", "set recipe.seeds")
                 self.recipe_for(stage) if section == "recipe_overrides" else self.runtime_for(stage)
 
     def rows_needed(self) -> dict[str, int]:
@@ -464,6 +470,13 @@ class Spec:
         for role in self.eval.compression:
             need.setdefault(role, 1)
         return need
+
+    @property
+    def pretrain_seeds(self) -> tuple[int, ...]:
+        """Seeds of the pre-training runs (recipe_overrides.pretrain.seeds; else the first seed): one base model
+        each, crossed with every seed of recipe.seeds."""
+        return self.recipe_for("pretrain").seeds if "seeds" in self.recipe_overrides.get("pretrain", {}) \
+            else self.recipe.seeds[:1]
 
     def recipe_for(self, stage: str) -> Recipe:
         over = self.recipe_overrides.get(stage, {})

@@ -344,3 +344,45 @@ def test_statistics_say_what_they_are(tmp_path):
     t = Table(special, [special])
     t.rows = [[special]]
     assert t.latex().count(esc) == 3
+
+
+def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
+    """Paired drops per window with CIs, the deeper-minus-shallowest difference marked resolved only when its CI
+    excludes 0, and the negatives needed to reach each seed's own base level (interpolated)."""
+    from eval.collect import Curve, Point, window_stats, window_table
+    seeds = (1, 2, 3)
+    noise = {1: -0.01, 2: 0.0, 3: 0.01}
+
+    def curve(start, drops, at0):
+        pts = [Point(0, at0, 0, 3, {s: at0 + noise[s] for s in seeds})]
+        for n, d in drops.items():
+            pts.append(Point(n, at0 - d, 0, 3, {s: at0 + noise[s] - d - noise[s] * (n / 100) for s in seeds}))
+        return Curve("m", "positive", start, pts)
+    base = Curve("m", "base", 0, [Point(0, 0.0, 0, 3, {s: 0.0 for s in seeds})])
+    shallow = curve(100, {25: 0.5, 50: 1.0, 100: 2.0, 200: 3.0}, 1.5)   # reaches 0 at 75 examples
+    deep = curve(800, {25: 0.8, 50: 1.6, 100: 3.2, 200: 4.0}, 3.0)      # drops 1.2 more by 100: resolved
+    same = curve(400, {25: 0.5, 50: 1.0, 100: 2.0 + 0.0, 200: 3.0}, 1.5)
+    stats = {r["start"]: r for r in window_stats([shallow, same, deep, base], "positive_logit")}
+    m = sum(stats[800]["deeper@100"].values()) / 3
+    assert m == pytest.approx(-1.2) and set(stats[800]) >= {"drop@25", "drop@50", "drop@100", "return"}
+    assert stats[100]["return"][2] == pytest.approx(75.0) and stats[100]["return_of"] == 3
+    t = window_table([shallow, same, deep, base], "positive_logit")
+    rows = {r[2]: r for r in t.rows}
+    assert rows[800][6].endswith("resolved") and not rows[400][6].endswith("resolved") and rows[100][6] == ""
+    assert rows[100][7].endswith("(3/3)") and "95%" in t.title
+    flat = curve(200, {25: 0.1, 50: 0.2, 100: 0.3, 200: 0.4}, 1.5)       # never reaches the base
+    (r,) = [x for x in window_table([flat, base], "positive_logit").rows]
+    assert r[-1] == "none by the last volume (0/3)"
+
+
+def test_setting1_gap_is_paired_by_seed(tmp_path):
+    """Seeds shift both directions together (0.30 / 0.40 / 0.50 loss); forward is 0.01 harder in every seed: the
+    unpaired CIs overlap, the paired gap is +0.010 ± 0 and resolved."""
+    exp = tmp_path / "s1"
+    for seed, level in ((1, 0.30), (2, 0.40), (3, 0.50)):
+        for (i, j), v in {(1, 2): level + 0.01, (2, 1): level}.items():
+            fake_cell(exp, "cross", f"m.s{seed}.t{i}-D{j}", {"model": "m", "seed": seed, "from": i, "to": j,
+                                                              "direction": "forward" if i < j else "inverse"},
+                      {"mean_loss": v})
+    (row,) = collect(exp)["tables"]["resistance"][0].rows
+    assert row[4].startswith("+0.0100 ± 0.0000") and row[5] == "yes (resolved)"

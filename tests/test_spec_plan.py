@@ -348,3 +348,46 @@ def test_piped_output_is_plain_and_head_is_quiet(tmp_path):
     r = subprocess.run(f"{sys.executable} -m launch --help | head -1", shell=True, cwd=ROOT, capture_output=True,
                        text=True)
     assert r.stdout.startswith("usage:") and not r.stderr
+
+
+def test_pretraining_seeds_and_the_from_base_control(tmp_path):
+    """recipe_overrides.pretrain.seeds: one base per pre-training seed, crossed with every alignment seed (coords
+    name both); one pre-training seed equal to the first keeps every id. controls.from_base: the negative stage
+    from the base itself."""
+    cfg = yaml.safe_load((ROOT / "configs/toy/setting2-3seeds.yaml").read_text())
+    base_ids, base_plan = ids(cfg, tmp_path, "a.yaml")
+    cfg["recipe_overrides"]["pretrain"]["seeds"] = [cfg["recipe"]["seeds"][0]]
+    assert ids(cfg, tmp_path, "b.yaml")[0] == base_ids
+    cfg["recipe_overrides"]["pretrain"]["seeds"] = [11, 12, 13]
+    cfg["controls"]["from_base"] = True
+    _, plan = ids(cfg, tmp_path, "c.yaml")
+    n_seeds, negs = len(cfg["recipe"]["seeds"]), [n for n in cfg["volumes"]["negative"] if n > 0]
+    assert len(plan.stages["pretrain"]) == 3 and {c.job.seed for c in plan.stages["pretrain"]} == {11, 12, 13}
+    bases = [c for c in plan.stages["eval"] if c.coords["arm"] == "base"]
+    assert {(c.coords["pretrain_seed"], c.coords["seed"]) for c in bases} == \
+        {(p, s) for p in (11, 12, 13) for s in cfg["recipe"]["seeds"]}
+    from_base = [c for c in plan.stages["eval"] if c.coords["arm"] == "from-base"]
+    assert len(from_base) == 3 * n_seeds * len(negs) and {c.coords["negative"] for c in from_base} == set(negs)
+    assert len(plan.stages["negative"]) == len(base_plan.stages["negative"]) * 3 + 3 * n_seeds
+    assert all(c.upstream[0] in {p.key for p in plan.stages["pretrain"]} for c in bases)
+    cfg["recipe_overrides"]["negative"] = {"seeds": [1]}
+    with pytest.raises(Exception, match="recipe_overrides.negative.seeds"):
+        load_spec(write(tmp_path, cfg, "d.yaml"))
+
+
+def test_one_environment_rule_for_every_executor(tmp_path, monkeypatch):
+    """The profile wins over the shell (W&B mode, HF cache, its env) and the suite's defaults are set, the same
+    for the local executor's cells (cell_env) and for a Slurm job script's exports (setup_lines)."""
+    from launch.env import cell_env
+    from launch.slurm import setup_lines
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("HF_HOME", "/somewhere/else")
+    monkeypatch.setenv("MY_SHELL_VAR", "kept")
+    prof = build(Profile, {"name": "p", "wandb_mode": "offline", "hf_home": "/shared/hf",
+                           "env": {"NCCL_DEBUG": "WARN"}})
+    local = cell_env(prof)
+    script = dict(l.removeprefix("export ").split("=", 1) for l in setup_lines(prof))
+    for k, v in script.items():
+        assert local[k] == v.strip("'"), k
+    assert local["WANDB_MODE"] == "offline" and local["HF_HOME"] == "/shared/hf" and local["NCCL_DEBUG"] == "WARN"
+    assert local["PYTHONNOUSERSITE"] == "1" and local["MY_SHELL_VAR"] == "kept"

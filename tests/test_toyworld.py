@@ -102,3 +102,23 @@ def test_runtime_change_keeps_every_done_marker(reduced_run, tmp_path):
     assert moved.meta(moved.stages["negative"][0], prof)["id"] == plan.stages["negative"][0].id
     rec = json.loads((plan.cell_dir(runs, plan.stages["negative"][0]) / "record.json").read_text())
     assert rec["runtime"]["micro_batch"] == 8 and rec["runtime"]["save_every_steps"] == 4
+
+
+def test_fused_eval_equals_one_process_per_cell(reduced_run, tmp_path):
+    """The reduced run's eval stage ran in one worker process (scorer, base model and data shared); three of its
+    cells run again one process each give the same result.json metrics and generations, bit for bit."""
+    import shutil
+    from launch.local import run_plan
+    plan, runs = reduced_run
+    copy = tmp_path / "runs"
+    shutil.copytree(plan.exp_dir(runs), copy / plan.spec.experiment)
+    cells = [c for c in plan.stages["eval"] if c.coords.get("negative")][-3:]   # late in the fused process
+    for c in cells:
+        (plan.cell_dir(copy, c) / "DONE").unlink()
+    prof = load_profile(ROOT / "configs/profiles/local-cpu.yaml")
+    assert run_plan(plan, copy, prof, only="eval", fuse=False) == 0
+    for c in cells:
+        a, b = plan.cell_dir(runs, c), plan.cell_dir(copy, c)
+        assert json.loads((a / "result.json").read_text())["metrics"] == \
+            json.loads((b / "result.json").read_text())["metrics"], c.key
+        assert (a / "generations.jsonl").read_text() == (b / "generations.jsonl").read_text()
