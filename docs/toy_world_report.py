@@ -4,7 +4,7 @@
         .venv/bin/python -m launch submit configs/toy/$c.yaml --executor debug --runs runs; done
     .venv/bin/python docs/toy_world_report.py runs     # -> docs/toy-world/<study>/*.md and docs/toy-world/*.png
 
-Numbers come only from the run folders (collector tables, results.csv, windows.csv); the prose of
+Numbers come only from the run folders (collector tables as Markdown and CSV, results.csv); the prose of
 docs/toy-world.md is written by a person.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ def main(runs: Path) -> None:
             continue
         s = collect(d)
         (out / short).mkdir(parents=True, exist_ok=True)
-        for f in [*(d / "report").glob("*.md"), *(d / "report").glob("*.csv")]:   # tables, and the tidy numbers
-            shutil.copy(f, out / short / f.name)
+        for f in [*(d / "report").glob("*.md"), *(d / "report").glob("*.csv"), *(d / "report").glob("tables/*")]:
+            shutil.copy(f, out / short / f.name)   # tables (Markdown, CSV) and the tidy numbers (results.csv)
         for png in (d / "report").glob("*.png"):
             shutil.copy(png, out / f"{exp}-{png.name}")
         print(f"{exp}: {s['records']} cells, {len(s['problems'])} not in the tables -> {out / short}")

@@ -240,34 +240,6 @@ def base_level(curves: list[Curve], model: str) -> float | None:
     return next((c.points[0].mean for c in curves if c.model == model and c.arm == "base"), None)
 
 
-def slope_table(curves: list[Curve], metric_name: str) -> Table:
-    """Per start model: the initial fall (change per 100 negative examples over the first negative volume, mean ±
-    95 % CI over the seeds present at both ends), the total fall, and the first negative volume at which the mean
-    curve is below the base model's level."""
-    t = Table(f"{metric_name}: initial slope and fall under negative fine-tuning",
-              ["model", "arm", "start volume", "start", "slope/100 (1st step)", "fall to last",
-               "below base from"])
-    ns = []
-    for c in curves:   # the tables' order; points by negative volume
-        if c.arm == "base" or len(c.points) < 2:
-            continue
-        p0, p1 = c.points[0], c.points[1]
-        width = max(p1.negative - p0.negative, 1)
-        per_seed = [100 * (p1.seeds[s] - p0.seeds[s]) / width for s in p0.seeds if s in p1.seeds and s is not None]
-        slope = f"{100 * (p1.mean - p0.mean) / width:+.3f}"
-        if len(per_seed) > 1:
-            m, ci, n = mean_ci(per_seed)
-            slope = f"{m:+.3f} ± {ci:.3f}"
-            ns.append(n)
-        base = base_level(curves, c.model)
-        below = next((q.negative for q in c.points if base is not None and q.mean < base), None)
-        t.rows.append([c.model, c.arm, c.start, f"{p0.mean:.3f}", slope, f"{c.points[-1].mean - p0.mean:+.3f}",
-                       "" if below is None else str(below)])
-    if ns:
-        t.title += f"; slope: mean ± {ci_label(ns)} of the paired per-seed slopes"
-    return t
-
-
 WINDOWS = (25, 50, 100)   # negative examples after which paired drops are reported (those on the study's grid)
 
 
@@ -289,7 +261,8 @@ def crossing(points: list, seed, level: float) -> float | None:
 
 def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
     """Window-robust rebound statistics per start curve, each a mean over seeds with its 95 % CI:
-    - drop@w: per seed, the value after w negative examples minus the value at 0 (paired), for w in WINDOWS;
+    - drop@w: per seed, the value after w negative examples minus the value at 0 (paired), for w in WINDOWS and
+      the last volume;
     - deeper@w: that drop minus the same seed's drop from the arm's smallest start (does deeper alignment fall
       more over the first w examples?), 'resolved' when the CI excludes 0;
     - return: negative examples until the seed's curve reaches its own base eval's level (linear between grid
@@ -307,9 +280,7 @@ def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
         ref = first[(c.model, c.arm)]
         ref_at = {q.negative: q.seeds for q in ref.points}
         row = {"metric": metric_name, "model": c.model, "arm": c.arm, "start": c.start}
-        for w in WINDOWS:
-            if w not in at:
-                continue
+        for w in sorted({w for w in WINDOWS if w in at} | {max(at)} - {0}):
             drop = {s: at[w][s] - at[0][s] for s in at[0] if s in at[w] and s is not None}
             row[f"drop@{w}"] = drop
             if ref is not c and w in ref_at:
@@ -323,28 +294,13 @@ def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
     return out
 
 
-def window_rows(stats: list[dict]) -> list[dict]:
-    """window_stats in long form for programs (report/windows.csv): one row per start, statistic and window."""
-    rows = []
-    for r in stats:
-        for key, vals in r.items():
-            if not isinstance(vals, dict) or not vals:
-                continue
-            m, half, n = mean_ci(list(vals.values()))
-            stat, _, w = key.partition("@")
-            rows.append({"metric": r["metric"], "model": r["model"], "arm": r["arm"], "start_volume": r["start"],
-                         "statistic": stat, "window": w, "mean": m, "ci_low": m - half, "ci_high": m + half,
-                         "n_seeds": n, "of_seeds": r.get("return_of", n) if stat == "return" else n,
-                         "ci_kind": ci_kind(n)})
-    return rows
-
-
 def window_table(curves: list[Curve], metric_name: str) -> Table:
     """window_stats as a table: mean ± CI per statistic; 'resolved' marks a deeper@w whose CI excludes 0."""
     stats = window_stats(curves, metric_name)
-    wins = [w for w in WINDOWS if any(f"drop@{w}" in r for r in stats)]
+    wins = sorted({int(k[5:]) for r in stats for k in r if k.startswith("drop@")})
+    fixed = [w for w in WINDOWS if w in wins][-1:] or wins[:1]   # the ordering test's window
     t = Table("", ["model", "arm", "start"] + [f"drop@{w}" for w in wins] +
-              [f"minus smallest start @{w}" for w in wins[-1:]] + ["negatives to base"])
+              [f"minus smallest start @{w}" for w in fixed] + ["negatives to base"])
     ns = []
 
     def cell(vals: dict, digits: int = 3, resolve: bool = False) -> str:
@@ -360,7 +316,7 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
         back = "" if "return" not in r else (f"{cell(ret, 0).lstrip('+')} ({len(ret)}/{r['return_of']})" if ret
                                              else f"none by the last volume (0/{r['return_of']})")
         t.rows.append([r["model"], r["arm"], r["start"]] + [cell(r.get(f"drop@{w}", {})) for w in wins] +
-                      [cell(r.get(f"deeper@{w}", {}), resolve=True) for w in wins[-1:]] + [back])
+                      [cell(r.get(f"deeper@{w}", {}), resolve=True) for w in fixed] + [back])
     t.title = (f"{metric_name}: paired drops from the start after {', '.join(map(str, wins))} negative examples, the "
                f"drop minus the smallest start's, and the negatives to reach the base; mean ± "
                f"{ci_label(ns or [1])}; resolved: the CI excludes 0")
@@ -628,22 +584,13 @@ def collect(exp: Path) -> dict:
         tabs, curves = rebound_tables(records, headline)
         extra = {n: rebound_tables(records, n) for n in sorted(metric_names)
                  if n != headline and n in ("positive_logit", "positive_prob", "kl_to_base", "score")}
-        tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + [slope_table(curves, headline)] + \
-            [slope_table(c, n) for n, (_, c) in extra.items() if n == "positive_logit"] + \
+        tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + \
             [f(c, n) for n, c in [(headline, curves)] + [(n, extra[n][1]) for n in ("positive_logit",) if n in extra]
              for f in (window_table, adjusted_table)]
         tables["rebound"] = [t for t in tables["rebound"] if t.rows]
         panels = {headline: curves, **({"positive_logit": extra["positive_logit"][1]} if "positive_logit" in extra
                                        else {})}
         files += plot_rebound(panels, report / "rebound")
-        win = [r for n, c in panels.items() for r in window_rows(window_stats(c, n))]
-        if win:
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(win[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(win)
-            atomic_write_text(report / "windows.csv", buf.getvalue())
-            files.append(report / "windows.csv")
     res = resistance_table(records)
     if res.rows:
         tables["resistance"] = [res]
@@ -651,10 +598,12 @@ def collect(exp: Path) -> dict:
     if any(n.startswith("bits_per_") for n in metric_names):
         sizes = _pretrain_sizes(records)
         tables["compression"] = [compression_table(records, sizes)]
-    for name, ts in tables.items():
+    for name, ts in tables.items():   # and each table as CSV: report/tables/<name>-<k>.csv
         atomic_write_text(report / f"{name}.md", "\n".join(t.markdown() for t in ts))
         atomic_write_text(report / f"{name}.tex", "\n".join(t.latex() for t in ts))
         files += [report / f"{name}.{ext}" for ext in ("md", "tex")]
+        for k, t in enumerate(ts):
+            atomic_write_text(report / "tables" / f"{name}-{k}.csv", t.csv())
     study = study_info(exp)
     files += write_results(results_rows(records, study), report)
     status = Table("Cells not in the tables", ["cell", "status", "detail"])

@@ -22,12 +22,8 @@ from launch.spec import ConfigError
 
 DONE = "DONE"
 RECORD = "record.json"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+UMASK = os.umask(0o022)   # read once (the only way is to set it), and put back
+os.umask(UMASK)
 
 
 def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
@@ -42,7 +38,7 @@ def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; results are shared with the group on clusters
+        os.chmod(tmp, 0o666 & ~UMASK)   # mkstemp makes 0600; results are shared with the group on clusters
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

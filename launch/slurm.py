@@ -18,7 +18,6 @@ import shlex
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +29,7 @@ from launch.env import job_env
 from launch.jobs import EXIT_PREEMPTED, KINDS, Preempted
 from launch.plan import Cell, Plan
 from launch.spec import ConfigError, Profile, Resources
-from launch.worker import close_distributed, run_cell, write_job
+from launch.worker import close_distributed, run_cell, run_cells, write_job
 
 LIGHT = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, time_min=60)   # world and collect cells
 
@@ -53,25 +52,21 @@ class CellTask(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             if os.environ.get("ELASTICA_MASTER_ADDR"):   # fake or multi-homed nodes
                 os.environ["MASTER_ADDR"] = os.environ["ELASTICA_MASTER_ADDR"]
-        outputs, failed = [], []
-        for d in dirs:
-            try:
-                print(f"elastica: cell {d}", flush=True)
-                outputs += run_cell(d)
-            except Preempted as e:
-                print(f"preempted: {e}; exit {EXIT_PREEMPTED}, the job script requeues", flush=True)
-                close_distributed()
+        if not one:   # packed cells (cells_per_task): each as alone, its failure its own
+            rc = run_cells(dirs, logs=False)
+            if rc == EXIT_PREEMPTED:
                 _exit_preempted()
-            except Exception as e:  # noqa: BLE001 - a packed cell fails alone
-                if one:
-                    raise
-                traceback.print_exc()
-                layout.atomic_write_json(Path(d) / "FAILED", {"rc": 1, "error": f"{type(e).__name__}: {e}"[:500]})
-                failed.append(Path(d).name)
-        close_distributed()
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(dirs)} cells failed: {', '.join(failed)}")
-        return outputs
+            if rc:
+                raise RuntimeError(f"cells of this task failed (exit {rc}): see their FAILED records")
+            return []
+        try:
+            outputs = run_cell(dirs[0])
+            close_distributed()
+            return outputs
+        except Preempted as e:
+            print(f"preempted: {e}; exit {EXIT_PREEMPTED}, the job script requeues", flush=True)
+            close_distributed()
+            _exit_preempted()
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on USR2 outside a training step loop (a cell still loading, an eval cell): nothing to
@@ -446,11 +441,13 @@ def log_path(exp: Path, job_id: str) -> Path:
 
 
 def error_tail(row: dict, lines: int = 4) -> str:
-    """The last lines of a failed cell's error: its FAILED record if the worker wrote one, else its Slurm log."""
+    """The last lines of a failed cell's error: its Slurm log where it has one (a packed task's log holds every
+    cell's traceback), else the FAILED record the worker wrote."""
     failed = Path(row["dir"]) / "FAILED"
     try:
-        text = json.loads(failed.read_text()).get("error", "") if failed.exists() else \
-            "\n".join(Path(row["log"]).read_text(errors="replace").strip().splitlines()[-lines:]) if row["log"] else ""
+        text = "\n".join(Path(row["log"]).read_text(errors="replace").strip().splitlines()[-lines:]) \
+            if row["log"] and Path(row["log"]).is_file() else \
+            json.loads(failed.read_text()).get("error", "") if failed.exists() else ""
     except (OSError, ValueError, AttributeError):
         text = ""
     return "\n".join("    " + l[:300] for l in text.splitlines()[-lines:])

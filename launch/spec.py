@@ -482,13 +482,13 @@ class Spec:
         over = self.recipe_overrides.get(stage, {})
         if not over:
             return self.recipe
-        return build(Recipe, {**_asdict_plain(self.recipe), **over}, f"recipe_overrides.{stage}")
+        return build(Recipe, {**dataclasses.asdict(self.recipe), **over}, f"recipe_overrides.{stage}")
 
     def runtime_for(self, stage: str, profile: Optional["Profile"] = None) -> Runtime:
         """The stage's runtime: the study's, its stage override, then the profile's (the profile wins: it is where
         the hardware is described)."""
         over = {**self.runtime_overrides.get(stage, {}), **(profile.runtime if profile else {})}
-        return build(Runtime, {**_asdict_plain(self.runtime), **over}, f"runtime_overrides.{stage}") if over \
+        return build(Runtime, {**dataclasses.asdict(self.runtime), **over}, f"runtime_overrides.{stage}") if over \
             else self.runtime
 
 
@@ -679,10 +679,6 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def _convert(tp, value, where: str):
     """Check and convert one YAML value to the annotated type; raise ConfigError naming `where`."""
     origin = typing.get_origin(tp)
@@ -710,7 +706,7 @@ def _convert(tp, value, where: str):
             raise ConfigError(where, f"expected a mapping, got {type(value).__name__}", f"write {where}: {{...}}")
         return build(tp, value, where)
     if origin in (tuple, list):
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):   # (tuples: a dataclass's own values, merged with overrides)
             raise ConfigError(where, f"expected a list, got {type(value).__name__}", f"write {where}: [...]")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
@@ -776,17 +772,6 @@ def build(cls, data: dict, where: str = ""):
         if prefix:
             e.field = f"{prefix}{e.field}" if e.field else where
         raise
-
-
-def _asdict_plain(obj) -> dict:
-    """asdict with tuples turned into lists (the form YAML gives)."""
-    def plain(v):
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
 
 
 def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:

@@ -248,11 +248,11 @@ def _output_to(path: Path):
 def run_cells(cell_dirs, logs: bool = True) -> int:
     """Run cells in this process, in order: what the local executor runs (a stage's eval cells in one process, so
     that the interpreter, torch and the scorer load once; eval.evaluate caches what cells share) and what a Slurm
-    task that packs several cells runs. Per cell as alone: its done marker, claim, record and resume; its output
-    appended to its own log.txt (logs=True); a failure is that cell's alone (its FAILED record, the next cell
-    runs). A preemption stops the loop (the rest resume at the next run). Prints one JSON line per cell,
-    {"cell", "rc"}, on stdout; returns 0 when every cell is done, else the first of 75 (preempted), 2 (bad input),
-    1 (failure)."""
+    task that packs several cells runs (logs=False: its log is the task's). Per cell as alone: its done marker,
+    claim, record and resume; its output appended to its own log.txt (logs=True); a failure is that cell's alone
+    (its FAILED record; the next cell runs). A preemption stops the loop (the rest resume at the next run).
+    Prints one JSON line per cell, {"cell", "rc"}, on stdout; returns 0 when every cell is done, else the first of
+    75 (preempted), 2 (bad input), 1 (failure)."""
     report = os.fdopen(os.dup(1), "w", buffering=1)
     rcs = []
     for d in map(Path, cell_dirs):

@@ -206,9 +206,9 @@ def test_collector_tables_cis_and_problems(tmp_path):
     assert n == 3 and m == pytest.approx(0.62) and ci == pytest.approx(4.302653 * 0.02 / math.sqrt(3))
     assert f"| 100 | {0.8:.3f} ± {mean_ci([0.8, 0.82, 0.78])[1]:.3f} | {m:.3f} ± {ci:.3f} |" in md
     assert f"| base model | {0.52:.3f} ± {mean_ci([0.5, 0.52, 0.54])[1]:.3f} |" in md
-    # initial slope per 100 negative examples: per seed (paired), then mean ± CI over seeds
-    sm, sci, _ = mean_ci([100 * (0.6 - 0.8) / 50, 100 * (0.64 - 0.82) / 50, 100 * (0.62 - 0.78) / 50])
-    assert f"| m | positive | 100 | {0.8:.3f} | {sm:+.3f} ± {sci:.3f} | {0.62 - 0.8:+.3f} |" in md
+    # the drop over the first 50 negative examples: per seed (paired), then mean ± CI over seeds
+    dm, dci, _ = mean_ci([0.6 - 0.8, 0.64 - 0.82, 0.62 - 0.78])
+    assert f"| m | positive | 100 | {dm:+.3f} ± {dci:.3f} |" in md
     tex = (exp / "report" / "rebound.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "0.620" in tex
     for ext in ("png", "pdf"):
@@ -368,8 +368,10 @@ def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
     assert stats[100]["return"][2] == pytest.approx(75.0) and stats[100]["return_of"] == 3
     t = window_table([shallow, same, deep, base], "positive_logit")
     rows = {r[2]: r for r in t.rows}
-    assert rows[800][6].endswith("resolved") and not rows[400][6].endswith("resolved") and rows[100][6] == ""
-    assert rows[100][7].endswith("(3/3)") and "95%" in t.title
+    assert t.header[3:] == ["drop@25", "drop@50", "drop@100", "drop@200", "minus smallest start @100",
+                            "negatives to base"]
+    assert rows[800][7].endswith("resolved") and not rows[400][7].endswith("resolved") and rows[100][7] == ""
+    assert rows[100][8].endswith("(3/3)") and "95%" in t.title
     flat = curve(200, {25: 0.1, 50: 0.2, 100: 0.3, 200: 0.4}, 1.5)       # never reaches the base
     (r,) = [x for x in window_table([flat, base], "positive_logit").rows]
     assert r[-1] == "none by the last volume (0/3)"

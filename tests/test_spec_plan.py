@@ -355,6 +355,7 @@ def test_pretraining_seeds_and_the_from_base_control(tmp_path):
     name both); one pre-training seed equal to the first keeps every id. controls.from_base: the negative stage
     from the base itself."""
     cfg = yaml.safe_load((ROOT / "configs/toy/setting2-3seeds.yaml").read_text())
+    cfg["controls"]["from_base"] = False
     base_ids, base_plan = ids(cfg, tmp_path, "a.yaml")
     cfg["recipe_overrides"]["pretrain"]["seeds"] = [cfg["recipe"]["seeds"][0]]
     assert ids(cfg, tmp_path, "b.yaml")[0] == base_ids
