@@ -32,7 +32,8 @@ def main(runs: Path) -> None:
         s = collect(d)
         (out / short).mkdir(parents=True, exist_ok=True)
         for f in [*(d / "report").glob("*.md"), *(d / "report").glob("*.csv"), *(d / "report").glob("tables/*")]:
-            shutil.copy(f, out / short / f.name)   # tables (Markdown, CSV) and the tidy numbers (results.csv)
+            if f.name != "index.md":   # its plots live in the run folder; docs/toy-world.md is the page here
+                shutil.copy(f, out / short / f.name)   # tables (Markdown, CSV) and the tidy numbers (results.csv)
         for png in (d / "report").glob("*.png"):
             shutil.copy(png, out / f"{exp}-{png.name}")
         print(f"{exp}: {s['records']} cells, {len(s['problems'])} not in the tables -> {out / short}")
