@@ -264,30 +264,30 @@ def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
     - drop@w: per seed, the value after w negative examples minus the value at 0 (paired), for w in WINDOWS and
       the last volume;
     - deeper@w: that drop minus the same seed's drop from the arm's smallest start (does deeper alignment fall
-      more over the first w examples?), 'resolved' when the CI excludes 0;
+      more?); model@w: minus the same start's drop in the study's first model (Setting III: a larger model, more
+      pre-training); both 'resolved' when the CI excludes 0;
     - return: negative examples until the seed's curve reaches its own base eval's level (linear between grid
       points), over the seeds that get there ('k/n' of them)."""
-    out = []
+    out, first = [], {}
     base = {c.model: c.points[0].seeds for c in curves if c.arm == "base"}
-    first = {}
+    drops = lambda c, w: {s: v - c.points[0].seeds[s] for q in c.points if q.negative == w for s, v in q.seeds.items()
+                          if s in c.points[0].seeds and s is not None}
     for c in curves:
         if c.arm != "base":
             first.setdefault((c.model, c.arm), c)
+            first.setdefault((c.arm, c.start), c)
     for c in curves:
         if c.arm == "base" or not c.points or c.points[0].negative != 0:
             continue
-        at = {q.negative: q.seeds for q in c.points}
-        ref = first[(c.model, c.arm)]
-        ref_at = {q.negative: q.seeds for q in ref.points}
+        at = {q.negative for q in c.points}
         row = {"metric": metric_name, "model": c.model, "arm": c.arm, "start": c.start}
         for w in sorted({w for w in WINDOWS if w in at} | {max(at)} - {0}):
-            drop = {s: at[w][s] - at[0][s] for s in at[0] if s in at[w] and s is not None}
-            row[f"drop@{w}"] = drop
-            if ref is not c and w in ref_at:
-                ref_drop = {s: ref_at[w][s] - ref_at[0][s] for s in ref_at[0] if s in ref_at[w]}
-                row[f"deeper@{w}"] = {s: drop[s] - ref_drop[s] for s in drop if s in ref_drop}
+            row[f"drop@{w}"] = drop = drops(c, w)
+            for key, ref in (("deeper", first[(c.model, c.arm)]), ("model", first[(c.arm, c.start)])):
+                if ref is not c and (other := drops(ref, w)):
+                    row[f"{key}@{w}"] = {s: drop[s] - other[s] for s in drop if s in other}
         if c.model in base and c.arm != "from-base":
-            seeds = [s for s in at[0] if s in base[c.model]]
+            seeds = [s for s in c.points[0].seeds if s in base[c.model]]
             row["return"] = {s: x for s in seeds if (x := crossing(c.points, s, base[c.model][s])) is not None}
             row["return_of"] = len(seeds)
         out.append(row)
@@ -299,8 +299,10 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
     stats = window_stats(curves, metric_name)
     wins = sorted({int(k[5:]) for r in stats for k in r if k.startswith("drop@")})
     fixed = [w for w in WINDOWS if w in wins][-1:] or wins[:1]   # the ordering test's window
+    models = list(dict.fromkeys(r["model"] for r in stats))
+    vs_model = [f"minus {models[0]} @{w}" for w in fixed] if len(models) > 1 else []
     t = Table("", ["model", "arm", "start"] + [f"drop@{w}" for w in wins] +
-              [f"minus smallest start @{w}" for w in fixed] + ["negatives to base"])
+              [f"minus smallest start @{w}" for w in fixed] + vs_model + ["negatives to base"])
     ns = []
 
     def cell(vals: dict, digits: int = 3, resolve: bool = False) -> str:
@@ -316,7 +318,8 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
         back = "" if "return" not in r else (f"{cell(ret, 0).lstrip('+')} ({len(ret)}/{r['return_of']})" if ret
                                              else f"none by the last volume (0/{r['return_of']})")
         t.rows.append([r["model"], r["arm"], r["start"]] + [cell(r.get(f"drop@{w}", {})) for w in wins] +
-                      [cell(r.get(f"deeper@{w}", {}), resolve=True) for w in fixed] + [back])
+                      [cell(r.get(f"deeper@{w}", {}), resolve=True) for w in fixed] +
+                      [cell(r.get(f"model@{w}", {}), resolve=True) for w in fixed if vs_model] + [back])
     t.title = (f"{metric_name}: paired drops from the start after {', '.join(map(str, wins))} negative examples, the "
                f"drop minus the smallest start's, and the negatives to reach the base; mean ± "
                f"{ci_label(ns or [1])}; resolved: the CI excludes 0")

@@ -282,6 +282,15 @@ def test_report_index_and_compact_terminal_tables(tmp_path):
     assert not any(__import__("re").search(r"\d ± \d", l) for l in out), "mean and CI print as two tables"
     assert "0.815" in r.stdout and out[-1].startswith("report: ") and out[-1].rstrip().endswith("index.md (18 cells "
                                                                                                   "in tables, 0 not)")
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "eval.collect", str(exp), "--json"], capture_output=True, text=True,
+                       cwd=root)
+    got = __import__("json").loads(r.stdout)
+    assert r.returncode == 0 and got["records"] == 18 and got["tables"]["rebound"][0]["title"] == s["tables"][
+        "rebound"][0].title
+    r = subprocess.run(f"{sys.executable} -m eval.collect {exp} --json | head -1", shell=True, capture_output=True,
+                       text=True, cwd=root)
+    assert r.stdout.strip() == "{" and "Traceback" not in r.stderr, r.stderr
 
 
 def test_collector_setting1_table(tmp_path):
@@ -388,3 +397,16 @@ def test_setting1_gap_is_paired_by_seed(tmp_path):
                       {"mean_loss": v})
     (row,) = collect(exp)["tables"]["resistance"][0].rows
     assert row[4].startswith("+0.0100 ± 0.0000") and row[5] == "yes (resolved)"
+
+
+def test_window_statistics_compare_models_at_the_same_start():
+    """Setting III: each model's paired drop minus the first model's at the same start, per seed."""
+    from eval.collect import Curve, Point, window_table
+    seeds = {1: -0.02, 2: 0.0, 3: 0.02}
+    curve = lambda model, d: Curve(model, "positive", 800, [Point(0, 2.0, 0, 3, {s: 2.0 + e for s, e in seeds.items()}),
+                                                            Point(100, 2.0 - d, 0, 3, {s: 2.0 - d + 2 * e
+                                                                                       for s, e in seeds.items()})])
+    t = window_table([curve("small", 1.0), curve("large", 1.5)], "positive_logit")
+    assert t.header[-2] == "minus small @100"
+    small, large = t.rows
+    assert small[-2] == "" and large[-2].startswith("-0.500 ± 0.000") and large[-2].endswith("resolved")
