@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 STUDIES = {"toy-setting2-3seeds": "setting2", "toy-setting1": "setting1", "toy-setting1-protocol": "setting1-protocol",
-           "toy-setting3-sizes": "setting3-sizes",
+           "toy-setting2-regime": "setting2-regime", "toy-setting3-sizes": "setting3-sizes",
            "toy-setting3-volumes": "setting3-volumes"}   # run folder -> docs/toy-world/<folder>
 
 

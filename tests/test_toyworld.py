@@ -5,6 +5,7 @@ demo (world -> pretrain -> positive/control -> negative -> eval -> collect) thro
 """
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from launch.spec import World, load_profile
@@ -122,3 +123,25 @@ def test_fused_eval_equals_one_process_per_cell(reduced_run, tmp_path):
         assert json.loads((a / "result.json").read_text())["metrics"] == \
             json.loads((b / "result.json").read_text())["metrics"], c.key
         assert (a / "generations.jsonl").read_text() == (b / "generations.jsonl").read_text()
+
+
+def test_a_fused_cell_that_fails_fails_alone(reduced_run, tmp_path):
+    """Three eval cells in one worker process (python -m launch run-cells), the middle one unloadable: it alone has a
+    FAILED record and its one error line; the cells before and after it are done, and every cell reports its exit."""
+    import shutil
+    plan, runs = reduced_run
+    copy = tmp_path / "runs"
+    shutil.copytree(plan.exp_dir(runs), copy / plan.spec.experiment)
+    a, bad, b = (plan.cell_dir(copy, c) for c in [c for c in plan.stages["eval"] if c.coords.get("negative")][:3])
+    for d in (a, bad, b):
+        (d / "DONE").unlink()
+    meta = json.loads((bad / "job.json").read_text())
+    meta["job"]["model"]["path"] = str(tmp_path / "no-such-checkpoint")
+    (bad / "job.json").write_text(json.dumps(meta))
+    r = subprocess.run([sys.executable, "-m", "launch", "run-cells", str(a), str(bad), str(b)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    assert r.returncode == 2 and [x["rc"] for x in lines] == [0, 2, 0], r.stdout + r.stderr
+    assert (a / "DONE").exists() and (b / "DONE").exists() and not (bad / "DONE").exists()
+    failed = json.loads((bad / "FAILED").read_text())
+    assert failed["rc"] == 2 and failed["error"].startswith("error: model.path: cannot load a tokenizer")
