@@ -45,9 +45,8 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
             progress.advance(task, done)
             progress.advance(overall, done)
             todo = [plan.cell_dir(runs_root, c) for c in cells if c.key in pending]
-            for d, c in zip(todo, [c for c in cells if c.key in pending]):
-                d.mkdir(parents=True, exist_ok=True)
-                write_job(d, plan.meta(c, profile))
+            for c in (c for c in cells if c.key in pending):
+                write_job(plan.cell_dir(runs_root, c), plan.meta(c, profile))   # (write_job makes the folder)
             fused = fuse and KINDS[cells[0].kind].fuse
             failed = []
             for group in ([todo] if fused and todo else [[d] for d in todo]):

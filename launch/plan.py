@@ -66,6 +66,12 @@ class Cell:
     def key(self) -> str:
         return f"{self.stage}/{self.id}"
 
+    def meta(self, runtime: dict) -> dict:
+        """job.json: the job (identity), where it sits in the study, and how it runs (runtime: never identity)."""
+        return {"stage": self.stage, "kind": self.kind, "id": self.id, "job": self.job_json, "coords": self.coords,
+                "upstream": list(self.upstream), "outputs": list(self.outputs), "identity": self.identity,
+                "runtime": runtime}
+
     def ref(self, rest: str = "") -> str:
         return f"@{self.stage}/{self.id}" + (f"/{rest}" if rest else "")
 
@@ -102,10 +108,7 @@ class Plan:
     def meta(self, cell: Cell, profile: Profile | None = None) -> dict:
         """What the cell's job.json holds: its job (identity) and, for training cells, its runtime (not identity:
         the study's, with the profile's overrides)."""
-        runtime = jsonable(self.spec.runtime_for(cell.stage, profile)) if cell.kind == "train" else {}
-        return {"stage": cell.stage, "kind": cell.kind, "id": cell.id, "job": cell.job_json, "coords": cell.coords,
-                "upstream": list(cell.upstream), "outputs": list(cell.outputs), "identity": cell.identity,
-                "runtime": runtime}
+        return cell.meta(jsonable(self.spec.runtime_for(cell.stage, profile)) if cell.kind == "train" else {})
 
     def summary(self, runs_root: str | Path, profile=None) -> dict:
         """Stages with their cells, done / to run, examples; with a profile that has cost rates, the estimated

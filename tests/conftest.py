@@ -58,14 +58,12 @@ TEST_RUNTIME = {"micro_batch": 4, "save_every_steps": 1000}   # what the trainer
 
 
 def write_cell(cell_dir: Path, job, kind: str = "train", stage: str = "positive", outputs=(), runtime=None) -> Path:
-    """A cell folder with the job.json the executors write (launch.plan.Plan.meta)."""
+    """A cell folder with the job.json the executors write (launch.plan.Cell.meta)."""
     from launch.plan import Cell
     from launch.worker import write_job
     cell = Cell(stage, kind, cell_dir.name, job, outputs=tuple(outputs))
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_job(cell_dir, {"stage": stage, "kind": kind, "id": cell.id, "job": cell.job_json, "coords": {},
-                         "upstream": [], "outputs": list(cell.outputs), "identity": cell.identity,
-                         "runtime": {**TEST_RUNTIME, **(runtime or {})} if kind == "train" else {}})
+    write_job(cell_dir, cell.meta({**TEST_RUNTIME, **(runtime or {})} if kind == "train" else {}))
     return cell_dir
 
 

@@ -84,14 +84,13 @@ def make_fixtures(root: Path, words: int = 200) -> dict:
 
 
 def cell(exp: Path, stage: str, name: str, kind: str, job, outputs=(), runtime=None) -> Path:
-    """A cell folder with the job.json the executors write (launch.plan.Plan.meta)."""
+    """A cell folder with the job.json the executors write (launch.plan.Cell.meta)."""
     from launch.plan import Cell
     from launch.worker import write_job
     d = exp / stage / name
     d.mkdir(parents=True, exist_ok=True)
     c = Cell(stage, kind, name, job, outputs=tuple(outputs))
-    write_job(d, {"stage": stage, "kind": kind, "id": c.id, "job": c.job_json, "coords": {}, "upstream": [],
-                  "outputs": list(c.outputs), "identity": c.identity, "runtime": runtime or {}})
+    write_job(d, c.meta(runtime or {}))
     return d
 
 
