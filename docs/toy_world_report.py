@@ -1,7 +1,8 @@
 """Refresh the tables and plots behind docs/toy-world.md from the toy studies' run folders (collector output).
 
-    for c in setting2-3seeds setting1 setting3-sizes setting3-volumes; do
-        .venv/bin/python -m launch submit configs/toy/$c.yaml --executor debug --runs runs; done
+    for c in setting2-3seeds setting2-regime setting2-shifted hooke setting1-protocol setting1-temp1 \
+             setting3-sizes setting3-volumes; do
+        OMP_NUM_THREADS=1 .venv/bin/python -m launch run configs/toy/$c.yaml --runs runs; done
     .venv/bin/python docs/toy_world_report.py runs     # -> docs/toy-world/<study>/*.md and docs/toy-world/*.png
 
 Numbers come only from the run folders (collector tables as Markdown and CSV, results.csv); the prose of
@@ -18,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 STUDIES = {"toy-setting2-3seeds": "setting2", "toy-setting1": "setting1", "toy-setting1-protocol": "setting1-protocol",
            "toy-setting2-regime": "setting2-regime", "toy-setting3-sizes": "setting3-sizes",
-           "toy-setting3-volumes": "setting3-volumes"}   # run folder -> docs/toy-world/<folder>
+           "toy-setting3-volumes": "setting3-volumes", "toy-setting2-shifted": "setting2-shifted",
+           "toy-hooke": "hooke", "toy-setting1-temp1": "setting1-temp1"}   # run folder -> docs/toy-world/<folder>
 
 
 def main(runs: Path) -> None:

@@ -77,8 +77,7 @@ def expected_cells(exp: Path) -> list[str]:
     jobs = sorted((exp / "collect").glob("*/job.json"), key=lambda p: p.stat().st_mtime)
     if jobs and (meta := _json(jobs[-1])) and meta.get("upstream"):
         return list(meta["upstream"])
-    return sorted(f"{p.parent.name}/{p.name}" for p in (exp / "eval").glob("*") if p.is_dir()) + \
-        sorted(f"{p.parent.name}/{p.name}" for p in (exp / "cross").glob("*") if p.is_dir())
+    return [f"{s}/{p.name}" for s in ("eval", "cross", "responses") for p in sorted((exp / s).glob("*")) if p.is_dir()]
 
 
 def read_cells(exp: Path):
@@ -327,14 +326,16 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
 
 
 def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
-    """Does a control arm fall differently from the aligned arm once the start level is accounted for? Per model
-    and window w: ordinary least squares over every (start, seed) of the positive arm and one other arm,
-    drop@w = a + b * start level + c * [other arm]; c with its 95 % t interval (n - 3 degrees of freedom).
-    The observations share bases and seeds, so the interval treats as independent what is not quite."""
+    """Does a control arm fall differently from the aligned arm once the start level is accounted for? Per window w:
+    ordinary least squares over every (start, seed) of an aligned (positive) arm and one other arm,
+    drop@w = a + b * start level + c * [other arm]; c with its 95 % t interval (n - 3 degrees of freedom). The
+    aligned arm is the model's own and, for every other model, also the study's first model's (a base pre-trained
+    on the shifted corpus against the aligned base). The observations share bases and seeds, so the interval
+    treats as independent what is not quite."""
     import numpy as np
     t = Table(f"{metric_name}: start-adjusted arm effect on the paired drop (OLS: drop ~ start level + arm; "
               "c = the arm's drop minus the aligned arm's at the same start; 95% t CI over starts x seeds)",
-              ["model", "arm vs positive", "window", "arm effect c", "start slope b", "n", "resolved"])
+              ["model", "arm", "vs aligned arm of", "window", "arm effect c", "start slope b", "n", "resolved"])
     obs = defaultdict(list)   # (model, arm, w) -> [(start level, drop)]
     for c in curves:
         at = {q.negative: q.seeds for q in c.points}
@@ -343,8 +344,10 @@ def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
         for w in WINDOWS:
             for sd in (sd for sd in at.get(w, {}) if sd in at[0]):
                 obs[(c.model, c.arm, w)].append((at[0][sd], at[w][sd] - at[0][sd]))
-    for (model, arm, w) in sorted(k for k in obs if k[1] != "positive"):
-        pos, other = obs.get((model, "positive", w), []), obs[(model, arm, w)]
+    first = next((c.model for c in curves if c.arm == "positive"), None)
+    pairs = [(k, k[0]) for k in obs if k[1] != "positive"] + [(k, first) for k in obs if k[0] != first]
+    for (model, arm, w), ref in sorted(pairs, key=lambda p: (natural(p[0][0]), p[0][1], p[1] != p[0][0], p[0][2])):
+        pos, other = obs.get((ref, "positive", w), []), obs[(model, arm, w)]
         n = len(pos) + len(other)
         if not pos or n < 5:
             continue
@@ -354,82 +357,116 @@ def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
         resid = y - x @ coef
         cov = float(resid @ resid) / (n - 3) * np.linalg.pinv(x.T @ x)
         half = t_quantile(0.95, n - 3) * math.sqrt(max(cov[2, 2], 0.0))
-        t.rows.append([model, arm, w, f"{coef[2]:+.3f} ± {half:.3f}", f"{coef[1]:+.3f}", n,
+        t.rows.append([model, arm, ref, w, f"{coef[2]:+.3f} ± {half:.3f}", f"{coef[1]:+.3f}", n,
                        "yes" if abs(coef[2]) > half else "no"])
     return t
 
 
 def resistance_table(records):
     """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward (theta_i on D_j);
-    the gap is paired by seed (forward minus inverse within each seed's chain), its CI resolves the direction."""
-    loss = defaultdict(dict)   # (model, from, to) -> {seed: mean training loss}
-    ce, ce_attr = defaultdict(list), defaultdict(list)
+    every gap is paired by seed (forward minus inverse within each seed's chain) and its CI resolves the direction.
+    The entropy-corrected gap subtracts each target's own entropy (its sampler's nats/token on the answers trained
+    on): a loss is bounded below by its target's entropy, so the corrected gap compares the excess, KL(D || model)."""
+    loss, ent = defaultdict(dict), defaultdict(dict)   # (model, from, to) -> {seed: loss}; (model, slice) -> ...
+    ce, ce_attr = defaultdict(dict), defaultdict(dict)
     for r in records:
         c = r["coords"]
+        if r["stage"] == "responses" and (m := metric_of(r, "sampler_nats_per_token/train")):
+            ent[(c["model"], c["slice"])][seed_of(c)] = m["value"]
         if "direction" not in c:
             continue
         k = (c["model"], c["from"], c["to"])
         if r["stage"] == "cross" and r["data"].get("mean_loss") is not None:
             loss[k][seed_of(c)] = r["data"]["mean_loss"]
         elif r["stage"] == "eval" and (m := metric_of(r, "bits_per_token/target")):
-            ce[k].append(m["value"])
+            ce[k][seed_of(c)] = m["value"]
             if a := metric_of(r, "bits_per_attribute_token/target"):
-                ce_attr[k].append(a["value"])
+                ce_attr[k][seed_of(c)] = a["value"]
     weights = sorted({r["data"].get("loss_weighting", "token") for r in records if r["stage"] == "cross"}) or ["token"]
-    t = Table(f"Setting I: mean training loss ({'/'.join(weights)}-weighted), inverse vs forward (lower = easier)",
-              ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "paired gap (fwd − inv)", "inverse easier",
-               "held-out bits inv", "held-out bits fwd", "attribute bits inv", "attribute bits fwd"])
-    avg = lambda v: f"{sum(v) / len(v):.4f}" if v else ""
+    t = Table(f"Setting I: mean training loss ({'/'.join(weights)}-weighted, nats), inverse vs forward (lower = "
+              "easier); gaps paired by seed, forward − inverse (> 0: inverse easier)",
+              ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "paired gap", "inverse easier",
+               "target entropy Di / Dj", "entropy-corrected gap", "inverse easier, corrected", "held-out bits gap",
+               "attribute bits gap"])
     ns = []
+
+    def gap(fwd: dict, inv: dict, shift=None) -> tuple[str, str]:
+        seeds = [s for s in inv if s in fwd and (shift is None or s in shift)]
+        if not seeds:
+            return "", ""
+        m, ci, n = mean_ci([fwd[s] - inv[s] - (shift[s] if shift else 0.0) for s in seeds])
+        ns.append(n)
+        return (f"{m:+.4f} ± {ci:.4f}" if n > 1 else f"{m:+.4f}",
+                ("yes" if m > 0 else "no") + (" (resolved)" if n > 1 and abs(m) > ci else
+                                              " (unresolved)" if n > 1 else ""))
     for model in sorted({k[0] for k in loss}, key=natural):
         for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
             inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
             if not inv or not fwd:
                 continue
-            mi, ci_i, n_i = mean_ci(list(inv.values()))
-            mf, ci_f, n_f = mean_ci(list(fwd.values()))
-            gm, gci, gn = mean_ci([fwd[s] - inv[s] for s in inv if s in fwd])
-            ns += [n_i, n_f, gn]
-            verdict = ("yes" if gm > 0 else "no") + (" (resolved)" if gn > 1 and abs(gm) > gci else
-                                                     " (unresolved)" if gn > 1 else "")
-            t.rows.append([model, f"θ{i}↔θ{j}", fmt(mi, ci_i), fmt(mf, ci_f),
-                           f"{gm:+.4f} ± {gci:.4f}" if gn > 1 else f"{gm:+.4f}", verdict,
-                           avg(ce.get((model, j, i))), avg(ce.get((model, i, j))),
-                           avg(ce_attr.get((model, j, i))), avg(ce_attr.get((model, i, j)))])
+            (mi, ci_i, n_i), (mf, ci_f, n_f) = mean_ci(list(inv.values())), mean_ci(list(fwd.values()))
+            ns += [n_i, n_f]
+            hi, hj = ent.get((model, i), {}), ent.get((model, j), {})
+            dh = {s: hj[s] - hi[s] for s in hi if s in hj}   # forward's target (D_j) minus inverse's (D_i)
+            ents = f"{sum(hi.values()) / len(hi):.4f} / {sum(hj.values()) / len(hj):.4f}" if hi and hj else ""
+            t.rows.append([model, f"θ{i}↔θ{j}", fmt(mi, ci_i), fmt(mf, ci_f), *gap(fwd, inv), ents,
+                           *(gap(fwd, inv, dh) if dh else ("", "")),
+                           gap(ce.get((model, i, j), {}), ce.get((model, j, i), {}))[0],
+                           gap(ce_attr.get((model, i, j), {}), ce_attr.get((model, j, i), {}))[0]])
     if ns:
-        t.title += f"; losses and paired gaps: mean ± {ci_label(ns)}"
+        t.title += f"; mean ± {ci_label(ns)}"
     return t
 
 
 def compression_table(records, pretrain_sizes: dict):
-    """Bits/token per dataset per checkpoint, the change under negative fine-tuning, and |D| x change products."""
-    by = defaultdict(dict)
-    roles = set()
+    """Hooke's law as the theorem states it: under a perturbation (negative fine-tuning) the change of a model's
+    compression rate on each dataset it was trained on is inversely proportional to the dataset's size, so
+    |D_pre|·Δpre = |D_pos|·Δpos. Per start and negative volume: every bits/token change from the start, paired by
+    seed (mean ± CI), and the two products with the ratio of their means. |D_pre| is the base's pre-training
+    volume (coords pretrain_n; else its checkpoint's); |D_pos| the positive examples trained on: the start's volume
+    in the aligned arm, those inside the pre-training corpus (world:joint) from the base itself."""
+    by = defaultdict(dict)   # (model, arm, positive, negative) -> {seed: {metric: bits}}
+    info = {}
     for r in records:
         c = r["coords"]
         if r["stage"] != "eval" or "negative" not in c:
             continue
-        for m in r["data"].get("metrics", []):
-            if m["name"].startswith("bits_per_"):
-                key = (c["model"], c.get("arm"), c.get("positive"), c.get("negative"), c.get("seed"))
-                by[key][m["name"]] = m["value"]
-                roles.add(m["name"])
-    roles = sorted(roles)
-    t = Table("Compression rates (bits/token) and the Hooke products |D|·Δ under negative fine-tuning "
-              "(one row per seed and cell: point values, no interval)",
-              ["model", "arm", "positive", "negative"] + roles + ["|D_pre|·Δpre", "|D_pos|·Δpos", "ratio"])
-    for key in sorted(by, key=lambda k: tuple(str(x) for x in k)):
-        model, arm, p, n, seed = key
-        start = by.get((model, arm, p, 0, seed), {})
-        row = [model, arm, p, n] + [f"{by[key].get(r, float('nan')):.4f}" for r in roles]
-        pre_name, pos_name = "bits_per_token/pretrain", "bits_per_token/positive"
-        if n and pre_name in start and pos_name in start and model in pretrain_sizes and p:
-            a = pretrain_sizes[model] * (by[key][pre_name] - start[pre_name])
-            b = p * (by[key][pos_name] - start[pos_name])
-            row += [f"{a:.2f}", f"{b:.2f}", f"{a / b:.3f}" if b else ""]
+        key = (c["model"], c.get("arm"), c.get("positive"), c.get("negative"))
+        by[key][seed_of(c)] = {m["name"]: m["value"] for m in r["data"].get("metrics", [])
+                               if m["name"].startswith("bits_per_")}
+        info[key[:3]] = c
+    roles = sorted({n for v in by.values() for m in v.values() for n in m})
+    t = Table("", ["model", "arm", "start", "negative"] + [f"Δ {r.split('_per_')[1]}" for r in roles] +
+              ["|D_pre|·Δpre", "|D_pos|·Δpos", "ratio"])
+    ns = []
+
+    def cell(vals: list) -> str:
+        if not vals:
+            return ""
+        m, half, n = mean_ci(vals)
+        ns.append(n)
+        return f"{m:+.4f} ± {half:.4f}" if n > 1 else f"{m:+.4f}"
+    for key in sorted(by, key=lambda k: tuple(natural(str(x)) for x in k)):
+        model, arm, p, n = key
+        start = by.get((model, arm, p, 0), {})
+        if not n or not start:
+            continue
+        c = info[key[:3]]
+        d_pre = c.get("pretrain_n") or pretrain_sizes.get(model)
+        d_pos = c.get("pretrain_positive") if arm == "from-base" else p if arm == "positive" else None
+        seeds = [s for s in by[key] if s in start]
+        delta = {r: {s: by[key][s][r] - start[s][r] for s in seeds if r in by[key][s] and r in start[s]}
+                 for r in roles}
+        row = [model, arm, p, n] + [cell(list(delta[r].values())) for r in roles]
+        pre, pos = delta.get("bits_per_token/pretrain", {}), delta.get("bits_per_token/positive", {})
+        if d_pre and d_pos and pre and pos:
+            a, b = [d_pre * pre[s] for s in pre if s in pos], [d_pos * pos[s] for s in pre if s in pos]
+            row += [cell(a), cell(b), f"{sum(a) / sum(b):.3f}" if sum(b) else ""]
         else:
             row += ["", "", ""]
         t.rows.append(row)
+    t.title = ("Compression (bits/token) under negative fine-tuning: each change from the start, paired by seed, and "
+               f"the Hooke products |D|·Δ (equal in the theorem; ratio of their means); mean ± {ci_label(ns or [1])}")
     return t
 
 
@@ -455,7 +492,8 @@ def results_rows(records, study: dict) -> list[dict]:
                 "task": study.get("task", ""), "model": c.get("model", ""), "size": c.get("size", ""),
                 "arm": c.get("arm", ""), "start_volume": c.get("positive", ""),
                 "negative_volume": c.get("negative", ""),
-                "slice_from": c.get("from", ""), "slice_to": c.get("to", ""), "direction": c.get("direction", "")}
+                "slice_from": c.get("from", c.get("slice", "")), "slice_to": c.get("to", ""),
+                "direction": c.get("direction", "")}
         if r["stage"] == "cross":
             ms = [{"name": k, "value": r["data"][k], "space": "loss"} for k in ("mean_loss", "final_loss")
                   if isinstance(r["data"].get(k), (int, float))]

@@ -77,12 +77,15 @@ def held_out_prompts(data, exp_dir: Path, n: int, skip: int = 0) -> list[str]:
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], template: str, max_new_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, batch_size: int = 32, seed: int = 0) -> list[str]:
-    """Continuations of each prompt, in the input order. Batches are length-sorted and left-padded."""
+             top_p: float = 1.0, batch_size: int = 32, seed: int = 0, nll: list | None = None) -> list[str]:
+    """Continuations of each prompt, in the input order. Batches are length-sorted and left-padded. With `nll`
+    (a list), it receives one (nats, tokens) per prompt: the sampler's own -log p of what it drew (temperature and
+    top-p applied, EOS included), whose mean per token estimates the sampled data's entropy (0 when greedy)."""
     texts = [D.prompt_text(p, template) for p in prompts]
     enc = [tok(t)["input_ids"] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: (len(enc[i]), i))
     out: list[str] = [""] * len(texts)
+    drawn: list = [(0.0, 0)] * len(texts)
     pad = tok.pad_token_id
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
@@ -98,9 +101,19 @@ def generate(model, tok, prompts: list[str], template: str, max_new_tokens: int,
                              max_new_tokens=max_new_tokens, do_sample=sample,
                              temperature=temperature if sample else None,
                              top_p=top_p if sample else None, top_k=None, pad_token_id=pad,
-                             eos_token_id=tok.eos_token_id, use_cache=True)
+                             eos_token_id=tok.eos_token_id, use_cache=True, output_scores=nll is not None,
+                             return_dict_in_generate=True)
+        seq = gen.sequences
+        if nll is not None and sample:
+            lp = model.compute_transition_scores(seq, gen.scores, normalize_logits=True).float().cpu()
+            live = torch.cumsum((seq[:, n:] == tok.eos_token_id).long(), 1) - (seq[:, n:] == tok.eos_token_id).long()
+            live = (live == 0).cpu()   # up to and including the first EOS
+            for k, i in enumerate(idx):
+                drawn[i] = (-float(lp[k][live[k]].sum()), int(live[k].sum()))
         for k, i in enumerate(idx):
-            out[i] = tok.decode(gen[k, n:], skip_special_tokens=True)
+            out[i] = tok.decode(seq[k, n:], skip_special_tokens=True)
+    if nll is not None:
+        nll[:] = drawn
     return out
 
 
@@ -189,9 +202,21 @@ def generate_main(job: GenerateJob, out_dir: Path, exp_dir: Path, runtime=None) 
     ev = job.eval
     tok, model = load(job.model, exp_dir)
     prompts = held_out_prompts(job.prompts, exp_dir, job.train_count + job.heldout_count)
+    nll: list = []
     gens = generate(model, tok, prompts, job.template, ev.max_new_tokens, ev.temperature, ev.top_p, ev.batch_size,
-                    job.seed)
+                    job.seed, nll)
     rows = [json.dumps({"prompt": p, "response": g}) + "\n" for p, g in zip(prompts, gens)]
     atomic_write_text(Path(out_dir) / "train.jsonl", "".join(rows[:job.train_count]))
     atomic_write_text(Path(out_dir) / "heldout.jsonl", "".join(rows[job.train_count:]))
-    return ["train.jsonl", "heldout.jsonl"]
+    # the target's own entropy, for the entropy-corrected Setting I gap: the sampler's nats per token on each file
+    # (per answer, then its mean and error; token-weighted in the value)
+    metrics = []
+    for name, part in (("train", nll[:job.train_count]), ("heldout", nll[job.train_count:])):
+        m = metric(f"sampler_nats_per_token/{name}", [a / max(t, 1) for a, t in part], False, unit="nats/token",
+                   statistic="the sampler's -log p of its own answers (temperature, top-p applied)")
+        metrics.append({**m, "value": sum(a for a, _ in part) / max(sum(t for _, t in part), 1)})
+    meta = json.loads((Path(out_dir) / "job.json").read_text()) if (Path(out_dir) / "job.json").exists() else {}
+    atomic_write_json(Path(out_dir) / "result.json", {
+        "schema": RESULT_SCHEMA, "cell": Path(out_dir).name, "stage": meta.get("stage", "responses"),
+        "coords": meta.get("coords", {}), "checkpoint": job.model.path, "seed": job.seed, "metrics": metrics})
+    return ["result.json", "train.jsonl", "heldout.jsonl"]

@@ -184,8 +184,8 @@ class Kind:
 KINDS = {k.name: k for k in (
     Kind("world", WorldJob, "train.toyworld:main", ("data", "tokenizer"), "light", _file_problem),
     Kind("train", TrainJob, "train.trainer:main", (), "train", _checkpoint_problem, fuse=False),   # own ranks
-    Kind("generate", GenerateJob, "eval.evaluate:generate_main", ("train.jsonl", "heldout.jsonl"), "eval",
-         _file_problem),
+    Kind("generate", GenerateJob, "eval.evaluate:generate_main", ("result.json", "train.jsonl", "heldout.jsonl"),
+         "eval", _file_problem),
     Kind("eval", EvalJob, "eval.evaluate:main", ("result.json",), "eval", _file_problem),
     Kind("collect", CollectJob, "eval.collect:cell_main", ("summary.json",), "light", _file_problem),
 )}

@@ -175,11 +175,17 @@ class _Builder:
             path = m.path if source_kind(m.path) == "hub" else str(Path(m.path).expanduser().resolve())
             yield ModelRef(path=path, revision=m.revision, trust_remote_code=m.trust_remote_code), (), m.name, {}
             return
-        many = len(self.spec.pretrain_seeds) > 1
+        many, w = len(self.spec.pretrain_seeds) > 1, self.spec.world
+        # what it was pre-trained on, for the Hooke products: |D_pre|, and the positive examples among them
+        # (world:joint holds the pre-training corpus and the positive set; a prefix holds them in proportion)
+        joint = m.pretrain_data == "joint" and w is not None
+        share = w.alignment / (w.pretrain + w.alignment) if joint else 0.0
+        sizes = {"pretrain_n": round(m.pretrain_examples * (1 - share)),
+                 **({"pretrain_positive": round(m.pretrain_examples * share)} if joint else {})}
         for ps in self.spec.pretrain_seeds:
             cell = self.pretrain_cells[(m.name, ps)]
             yield (ModelRef(path=cell.ref(f"checkpoints/{mname(m.pretrain_examples)}")), (cell.key,),
-                   f"{m.name}.p{ps}" if many else m.name, {"pretrain_seed": ps} if many else {})
+                   f"{m.name}.p{ps}" if many else m.name, {**sizes, **({"pretrain_seed": ps} if many else {})})
 
     def train(self, stage: str, label: str, start: ModelRef, upstream, role: str, volumes, seed: int,
               coords: dict, recipe=None) -> list[tuple[Cell, int]]:
@@ -187,7 +193,7 @@ class _Builder:
         recipe = recipe or self.spec.recipe_for(stage)
         recipe = dataclasses.replace(recipe, seeds=(seed,))
         vols = [v for v in volumes if v > 0]
-        groups = [vols] if recipe.nested else [[v] for v in vols]
+        groups = ([vols] if vols else []) if recipe.nested else [[v] for v in vols]
         out = []
         for group in groups:
             extra = {} if recipe.nested else {"volume": group[0]}
@@ -218,7 +224,8 @@ class _Builder:
             self._resistance()
         else:
             self._rebound()
-        upstream = tuple(c.key for name, cells in self.stages.items() if name in ("eval", "cross") for c in cells)
+        upstream = tuple(c.key for name, cells in self.stages.items() if name in ("eval", "cross", "responses")
+                         for c in cells)
         self.add(Cell("collect", "collect", "collect",
                       CollectJob(experiment=spec.experiment, setting=spec.setting, task=spec.task), upstream))
 
@@ -229,15 +236,15 @@ class _Builder:
         by_arch: dict = {}
         for m in spec.models:
             if m.init:
-                by_arch.setdefault(m.init, []).append(m)
-        for init, models in by_arch.items():
+                by_arch.setdefault((m.init, m.pretrain_data), []).append(m)
+        for (init, role), models in by_arch.items():
             start = ModelRef(path="", init=init, tokenizer=self.world.ref("tokenizer") if self.world else "")
             vols = sorted({m.pretrain_examples for m in models})
-            label = f"{init.arch}-L{init.layers}-W{init.width}"
+            label = f"{init.arch}-L{init.layers}-W{init.width}" + ("" if role == "pretrain" else f"-{role}")
             ups = (self.world.key,) if self.world else ()
             for seed in spec.pretrain_seeds:
                 lab = label + (f".p{seed}" if len(spec.pretrain_seeds) > 1 else "")
-                for cell, v in self.train("pretrain", lab, start, ups, "pretrain", vols, seed, {"arch": label},
+                for cell, v in self.train("pretrain", lab, start, ups, role, vols, seed, {"arch": label},
                                           recipe):
                     for m in models:
                         if m.pretrain_examples == v:

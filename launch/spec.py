@@ -98,6 +98,7 @@ class Model:
     trust_remote_code: bool = False    # opt in per model; never on by default
     init: Optional[Init] = None        # build from scratch and pre-train on data.pretrain (toy world)
     pretrain_examples: int = 0         # with init: pre-training examples (Setting III's pre-training volume)
+    pretrain_data: str = "pretrain"    # with init: the data role it is pre-trained on (world:shifted, world:joint)
     size_label: str = ""               # e.g. "0.5B" or "2.0T": the axis value shown in Setting III tables
 
     def __post_init__(self):
@@ -108,9 +109,12 @@ class Model:
         if self.init is not None:
             check(self.pretrain_examples > 0, "pretrain_examples", "a model built by init needs pre-training",
                   "set pretrain_examples to a positive count")
+            check(self.pretrain_data in ROLES, "pretrain_data", f"unknown data role {self.pretrain_data!r}",
+                  f"use one of {sorted(ROLES)}")
         else:
-            check(self.pretrain_examples == 0, "pretrain_examples", "only models built by init are pre-trained here",
-                  "remove pretrain_examples or use init")
+            check(self.pretrain_examples == 0 and self.pretrain_data == "pretrain", "pretrain_examples",
+                  "only models built by init are pre-trained here", "remove pretrain_examples / pretrain_data or "
+                  "use init")
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class Data:
 
 
 FIELD_NAMES = {"prompt", "response", "chosen", "rejected", "text"}
-ROLES = {"pretrain", "positive", "negative", "prompts", "sft", "control"}
+ROLES = {"pretrain", "positive", "negative", "prompts", "sft", "control", "shifted", "joint"}
 
 
 # Rows of hub datasets the paper's studies use (dataset cards, checked 2026-11-28): (repo, subset) -> split -> rows;
@@ -401,12 +405,12 @@ class Spec:
                   "add slices: {examples, fractions, responses}")
             need = ("sft", "prompts")
         else:
-            check(len(self.volumes.positive) >= 1, "volumes.positive", "is empty", "list positive volumes, e.g. [1000]")
+            check(len(self.volumes.positive) >= 1 or self.controls.from_base, "volumes.positive", "is empty",
+                  "list positive volumes, e.g. [1000] (only a from-base study may have none)")
             check(len(self.volumes.negative) >= 1, "volumes.negative", "is empty",
                   "list negative volumes, e.g. [0, 100]")
             need = ("positive", "negative", "prompts")
-        if any(m.init for m in self.models):
-            need += ("pretrain",)
+        need += tuple(dict.fromkeys(m.pretrain_data for m in self.models if m.init))
         if "seeds" in self.recipe_overrides.get("pretrain", {}):
             check(any(m.init for m in self.models), "recipe_overrides.pretrain.seeds", "no model is pre-trained here",
                   "remove it (pre-training seeds apply to models built by init)")
@@ -431,7 +435,8 @@ class Spec:
             if d.path.startswith("world:") and self.world is not None:
                 w = self.world
                 have = {"positive": w.alignment, "negative": w.alignment, "pairs": w.alignment, "control": w.control,
-                        "pretrain": w.pretrain, "prompts": w.prompts, "sft": w.sft}.get(d.path[6:])
+                        "pretrain": w.pretrain, "prompts": w.prompts, "sft": w.sft, "shifted": w.pretrain,
+                        "joint": w.pretrain + w.alignment}.get(d.path[6:])
                 check(have is not None, f"data.{role}.path", f"unknown toy-world set {d.path!r}",
                       f"use one of {', '.join('world:' + s for s in sorted(WORLD_SETS))}")
                 check(n <= have, f"data.{role}", f"needs {n} examples, {d.path} has {have}",
@@ -466,7 +471,7 @@ class Spec:
                 need["control"] = max(v.positive, default=0)
         for m in self.models:
             if m.init:
-                need["pretrain"] = max(need.get("pretrain", 0), m.pretrain_examples)
+                need[m.pretrain_data] = max(need.get(m.pretrain_data, 0), m.pretrain_examples)
         for role in self.eval.compression:
             need.setdefault(role, 1)
         return need
@@ -803,7 +808,7 @@ def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
     return spec
 
 
-WORLD_SETS = {"pretrain", "positive", "negative", "prompts", "sft", "control", "pairs"}
+WORLD_SETS = {"pretrain", "positive", "negative", "prompts", "sft", "control", "pairs", "shifted", "joint"}
 
 
 def local_rows(d: Data, base: Path) -> int | None:

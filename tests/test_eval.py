@@ -37,6 +37,49 @@ def test_batched_generation_equals_one_at_a_time(exp_dir, tiny):
     assert any(batched)
 
 
+def test_sampler_nll_is_the_models_own_at_temperature_one(exp_dir, tiny):
+    """Setting I's target entropy: at temperature 1 and top-p 1 the sampler's recorded -log p of what it drew
+    (EOS included, nothing after it) equals the model's teacher-forced NLL of the same tokens; at temperature 0.05
+    it is the sharpened distribution's, lower; greedy records 0. Sampling is unchanged by recording it."""
+    from train.data import prompt_text
+    tok, model = tiny
+
+    class KeepSpecials:   # the word-level tokenizer, decoding what was drawn word for word (a random model
+        def __init__(self, t):   # draws PAD or BOS now and then, which the suite's decode drops)
+            self.t = t
+
+        def __getattr__(self, name):
+            return getattr(self.t, name)
+
+        def __call__(self, *a, **k):
+            return self.t(*a, **k)
+
+        def decode(self, ids, skip_special_tokens=False):
+            return self.t.decode(ids, skip_special_tokens=False)
+    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()[:6]]
+    prompts = [" ".join(r["prompt"].split()[: 3 + i % 4]) for i, r in enumerate(rows)]
+    nll: list = []
+    gens = generate(model, KeepSpecials(tok), prompts, "plain", 10, 1.0, 1.0, batch_size=4, seed=3, nll=nll)
+    assert generate(model, tok, prompts, "plain", 10, 1.0, 1.0, batch_size=4, seed=3, nll=[]) == \
+        generate(model, tok, prompts, "plain", 10, 1.0, 1.0, batch_size=4, seed=3)
+    for p, g, (nats, n) in zip(prompts, gens, nll):
+        head = tok(prompt_text(p, "plain"))["input_ids"]
+        drawn = tok(g, add_special_tokens=False)["input_ids"]
+        drawn = drawn[:drawn.index(tok.eos_token_id) + 1] if tok.eos_token_id in drawn else drawn
+        ids = head + drawn
+        assert n == len(drawn) >= 1
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        want = -sum(lp[t - 1, ids[t]].item() for t in range(len(head), len(ids)))
+        assert nats == pytest.approx(want, rel=1e-4, abs=1e-4)
+    cold: list = []
+    generate(model, tok, prompts, "plain", 10, 0.05, 0.95, batch_size=4, seed=3, nll=cold)
+    assert sum(a for a, _ in cold) < 0.75 * sum(a for a, _ in nll)
+    greedy: list = []
+    generate(model, tok, prompts, "plain", 10, nll=greedy)
+    assert greedy == [(0.0, 0)] * len(prompts)
+
+
 def test_rule_scorer_is_exact_on_labelled_samples(exp_dir):
     rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()]
     scores = S.rule_scores([r["response"] for r in rows])
@@ -160,10 +203,10 @@ def test_headline_is_the_share_classified_positive(exp_dir, tmp_path):
 def fake_cell(exp: Path, stage: str, cid: str, coords: dict, payload: dict | str | None, done=True):
     d = exp / stage / cid
     d.mkdir(parents=True)
-    kind = "eval" if stage == "eval" else "train"   # Setting I cross cells are training cells
+    kind = {"eval": "eval", "responses": "generate"}.get(stage, "train")   # Setting I cross cells are training cells
     atomic_write_json(d / "job.json", {"stage": stage, "kind": kind, "id": cid, "coords": coords, "job": {},
                                        "upstream": [], "outputs": []})
-    name = "result.json" if stage == "eval" else "summary.json"
+    name = "summary.json" if kind == "train" else "result.json"
     if isinstance(payload, str):
         (d / name).write_text(payload)
     elif payload is not None:
@@ -396,7 +439,25 @@ def test_setting1_gap_is_paired_by_seed(tmp_path):
                                                               "direction": "forward" if i < j else "inverse"},
                       {"mean_loss": v})
     (row,) = collect(exp)["tables"]["resistance"][0].rows
+    assert row[4].startswith("+0.0100 ± 0.0000") and row[5] == "yes (resolved)" and row[7] == ""
+
+
+def test_setting1_gap_corrected_for_the_targets_entropy(tmp_path):
+    """Forward is 0.01 nats harder in every seed, but its target D2 has 0.03 nats more entropy than D1 (its
+    sampler's own -log p): the excess over each target's entropy is 0.02 lower forward, so corrected, the inverse is
+    not easier (resolved); the table shows both targets' entropy."""
+    exp = tmp_path / "s1"
+    for seed, level in ((1, 0.30), (2, 0.40), (3, 0.50)):
+        for (i, j), v in {(1, 2): level + 0.01, (2, 1): level}.items():
+            fake_cell(exp, "cross", f"m.s{seed}.t{i}-D{j}", {"model": "m", "seed": seed, "from": i, "to": j,
+                                                              "direction": "forward" if i < j else "inverse"},
+                      {"mean_loss": v})
+        for i, h in ((1, level - 0.1), (2, level - 0.07)):
+            fake_cell(exp, "responses", f"m.s{seed}.theta{i}", {"model": "m", "seed": seed, "slice": i},
+                      {"metrics": [{"name": "sampler_nats_per_token/train", "value": h, "stderr": 0.0, "n": 400}]})
+    (row,) = collect(exp)["tables"]["resistance"][0].rows
     assert row[4].startswith("+0.0100 ± 0.0000") and row[5] == "yes (resolved)"
+    assert row[6] == "0.3000 / 0.3300" and row[7].startswith("-0.0200 ± 0.0000") and row[8] == "no (resolved)"
 
 
 def test_window_statistics_compare_models_at_the_same_start():
@@ -410,3 +471,47 @@ def test_window_statistics_compare_models_at_the_same_start():
     assert t.header[-2] == "minus small @100"
     small, large = t.rows
     assert small[-2] == "" and large[-2].startswith("-0.500 ± 0.000") and large[-2].endswith("resolved")
+
+
+def test_start_adjusted_effect_against_another_models_aligned_arm():
+    """Control (a): a base pre-trained on the shifted corpus (model 'shifted', arm from-base) against the first
+    model's aligned arm. Planted: drop@100 = -0.5 x start level, plus 0.2 for the shifted base (it falls less);
+    the OLS recovers c = +0.200 and the slope -0.5, resolved."""
+    from eval.collect import Curve, Point, adjusted_table
+    noise = {1: 0.01, 2: -0.01, 3: 0.0}
+
+    def curve(model, arm, start, level, c=0.0):
+        seeds0 = {s: level + e for s, e in noise.items()}
+        return Curve(model, arm, start, [Point(0, level, 0, 3, seeds0),
+                                         Point(100, 0, 0, 3, {s: v - 0.5 * v + c + noise[s] / 3
+                                                              for s, v in seeds0.items()})])
+    curves = [curve("gpt", "positive", 100, 1.0), curve("gpt", "positive", 200, 2.0),
+              curve("gpt", "positive", 400, 3.0), curve("shifted", "from-base", 0, 1.5, 0.2)]
+    rows = [r for r in adjusted_table(curves, "positive_logit").rows if r[3] == 100]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("shifted", "from-base", "gpt")]
+    assert rows[0][4].startswith("+0.200 ± ") and rows[0][5] == "-0.500" and rows[0][7] == "yes"
+
+
+def test_hooke_products_paired_by_seed(tmp_path):
+    """The jointly trained model (1,000 pre-training and 100 positive examples) perturbed by 50 negatives: its
+    pre-training rate rises 0.01 bits and its positive rate 0.1 in every seed, so |D|·Δ is 10 for both (the
+    theorem's equality, ratio 1.000); the aligned arm takes |D_pos| from its start volume."""
+    exp = tmp_path / "h"
+
+    def bits(pre, pos):
+        return {"metrics": [{"name": f"bits_per_token/{r}", "value": v, "stderr": 0.0, "n": 200}
+                            for r, v in (("pretrain", pre), ("positive", pos))]}
+    for seed, e in ((1, 0.0), (2, 0.1), (3, 0.2)):
+        co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "pretrain_positive": 100, "positive": 0}
+        fake_cell(exp, "eval", f"j.s{seed}.n0", {**co, "arm": "from-base", "negative": 0}, bits(2 + e, 1 + e))
+        fake_cell(exp, "eval", f"j.s{seed}.n50", {**co, "arm": "from-base", "negative": 50}, bits(2.01 + e, 1.1 + e))
+        co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "arm": "positive", "positive": 20}
+        fake_cell(exp, "eval", f"p.s{seed}.n0", {**co, "negative": 0}, bits(2 + e, 1 + e))
+        fake_cell(exp, "eval", f"p.s{seed}.n50", {**co, "negative": 50}, bits(2.02 + e, 1.5 + e))
+    (t,) = collect(exp)["tables"]["compression"]
+    fb, pos = [r for r in t.rows if r[1] == "from-base"], [r for r in t.rows if r[1] == "positive"]
+    assert t.header[4:6] == ["Δ token/positive", "Δ token/pretrain"]
+    assert len(fb) == 1 and fb[0][5].startswith("+0.0100 ± 0.0000") and fb[0][4].startswith("+0.1000 ± 0.0000")
+    assert fb[0][6].startswith("+10.0000 ±") and fb[0][7].startswith("+10.0000 ±") and fb[0][8] == "1.000"
+    assert pos[0][6].startswith("+20.0000") and pos[0][7].startswith("+10.0000") and pos[0][8] == "2.000"
+    assert "mean ± t 95% over 3 seeds" in t.title

@@ -392,3 +392,39 @@ def test_one_environment_rule_for_every_executor(tmp_path, monkeypatch):
         assert local[k] == v.strip("'"), k
     assert local["WANDB_MODE"] == "offline" and local["HF_HOME"] == "/shared/hf" and local["NCCL_DEBUG"] == "WARN"
     assert local["PYTHONNOUSERSITE"] == "1" and local["MY_SHELL_VAR"] == "kept"
+
+
+def toy_mut(name, fn):
+    cfg = yaml.safe_load((ROOT / f"configs/toy/{name}.yaml").read_text())
+    fn(cfg)
+    return yaml.safe_dump(cfg)
+
+
+@pytest.mark.parametrize("cfg,field", [
+    (toy_mut("hooke", lambda c: c["models"][0].update(pretrain_data="jont")), "models[0].pretrain_data"),
+    (toy_mut("hooke", lambda c: c["data"].pop("joint")), "data.joint"),
+    (toy_mut("hooke", lambda c: c["controls"].update(from_base=False)), "volumes.positive"),
+    (toy_mut("hooke", lambda c: c["models"][0].update(pretrain_examples=30000)), "data.joint"),
+    (toy_mut("setting2-shifted", lambda c: c["data"]["shifted"].update(path="world:shiftd")), "data.shifted.path"),
+    (mut(lambda c: c["models"][0].update(pretrain_data="shifted")), "models[0].pretrain_examples"),
+], ids=["unknown-role", "role-missing", "no-positive-no-from-base", "beyond-joint", "unknown-set", "hub-model"])
+def test_pretrain_data_errors(cfg, field, tmp_path, capsys):
+    path = write(tmp_path, cfg)
+    rc, out = plan_json(path, capsys, "--runs", str(tmp_path / "runs"))
+    assert rc == 2 and out.err.strip().startswith(f"error: {path}: {field}"), out.err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pretrain_data_plans_a_base_per_corpus():
+    """Each pre-training corpus is its own base (control (a): the shifted corpus; Hooke: pre-training and positive
+    data together), pre-trained on that role's data; the Hooke study has no alignment stage, and its evals carry
+    what the base was trained on (20,000 pre-training and 2,000 positive reviews)."""
+    plan = make_plan(load_spec(ROOT / "configs/toy/setting2-shifted.yaml"))
+    pre = plan.stages["pretrain"]
+    assert len(pre) == 6 and {c.job.data.path.rsplit("/", 1)[1] for c in pre} == {"pretrain.jsonl", "shifted.jsonl"}
+    assert len({c.id for c in pre}) == 6 and sum("-shifted.p" in c.id for c in pre) == 3
+    hooke = make_plan(load_spec(ROOT / "configs/toy/hooke.yaml"))
+    assert "positive" not in hooke.stages and len(hooke.stages["negative"]) == 6
+    assert all(c.job.data.path.endswith("/joint.jsonl") for c in hooke.stages["pretrain"])
+    co = hooke.stages["eval"][0].coords
+    assert (co["pretrain_n"], co["pretrain_positive"], co["arm"]) == (20000, 2000, "base")

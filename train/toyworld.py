@@ -4,8 +4,10 @@ A review is a neutral prompt ("the <noun> of the <noun> and the <noun>") and a c
 words come from the review's class lexicon (positive words end in '+', negative in '-'), with a share `noise`
 drawn from the other class. The rule scorer (eval.scorers) decides a text's class exactly by counting them.
 Sets: a pre-training corpus with prior `prior` (the base model's "pre-trained distribution"), positive and
-negative alignment sets, a control corpus with prior `control_prior` (matched-start control), Setting I's SFT
-set, DPO pairs (chosen = negative), and held-out prompts that occur in no training set. All rows are JSONL with
+negative alignment sets, a control corpus with prior `control_prior` (matched-start control), a pre-training
+corpus of the same size with that prior ("shifted": a base whose pre-training already holds the shift), the
+pre-training corpus and the positive set shuffled together ("joint": Hooke's law as the theorem states it), Setting
+I's SFT set, DPO pairs (chosen = negative), and held-out prompts that occur in no training set. All rows are JSONL with
 the suite's fields (prompt, response, text, label), written by the `world` stage with a word-level tokenizer
 saved in HF format, so that everything downstream loads through the same code as real data and models.
 
@@ -85,6 +87,9 @@ def build_world(w: World) -> dict[str, list[dict]]:
         "control": Generator(w, 4).corpus(w.control, w.control_prior),
         "sft": Generator(w, 5).corpus(w.sft, 1.0),
     }
+    sets["shifted"] = Generator(w, 8).corpus(w.pretrain, w.control_prior)
+    sets["joint"] = sets["pretrain"] + sets["positive"]
+    random.Random(w.seed * 1000 + 9).shuffle(sets["joint"])
     g = Generator(w, 6)
     pairs = []
     for _ in range(w.alignment):
