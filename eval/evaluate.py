@@ -104,10 +104,12 @@ def generate(model, tok, prompts: list[str], template: str, max_new_tokens: int,
                              eos_token_id=tok.eos_token_id, use_cache=True, output_scores=nll is not None,
                              return_dict_in_generate=True)
         seq = gen.sequences
-        if nll is not None and sample:
-            lp = model.compute_transition_scores(seq, gen.scores, normalize_logits=True).float().cpu()
-            live = torch.cumsum((seq[:, n:] == tok.eos_token_id).long(), 1) - (seq[:, n:] == tok.eos_token_id).long()
-            live = (live == 0).cpu()   # up to and including the first EOS
+        if nll is not None and sample:   # the processed scores (temperature, top-p) of each step, in fp32
+            new = seq[:, n:]
+            lp = torch.stack([sc.float().log_softmax(-1).gather(1, new[:, t:t + 1])[:, 0]
+                              for t, sc in enumerate(gen.scores)], 1).cpu()
+            eos = (new == tok.eos_token_id).long()
+            live = ((torch.cumsum(eos, 1) - eos) == 0).cpu()   # up to and including the first EOS
             for k, i in enumerate(idx):
                 drawn[i] = (-float(lp[k][live[k]].sum()), int(live[k].sum()))
         for k, i in enumerate(idx):

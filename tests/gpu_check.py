@@ -7,7 +7,8 @@ Checks (one PASS/FAIL line each, then a JSON summary, also written to --out):
   resume   SIGUSR2 in the middle of a cell (the Slurm time-limit signal): it saves and exits 75; rerun, and the
            weights equal the uninterrupted run's
   eval     an eval cell: batched generation scored by a RoBERTa sequence classifier (POSITIVE/NEGATIVE labels)
-           and one scored by a score model (backbone + score_head), both from local random weights
+           and one scored by a score model (backbone + score_head), both from local random weights; and Setting
+           I's answer cell, its sampler's -log p of each drawn token read in fp32 from bf16 scores
   mfu      bench/gpu_mfu.py (P8): a ~0.5 B random-init Llama, bf16, ZeRO-3: model FLOPs utilisation
 
 It runs on whatever torch / transformers the machine has; DeepSpeed, submitit and wandb must be importable (on a
@@ -129,7 +130,7 @@ def main() -> int:
         print("error: --smoke: no CUDA device here (run with --smoke for the CPU path, or on a GPU machine)",
               file=sys.stderr)
         return 2
-    from launch.jobs import EvalJob, ModelRef, TrainJob
+    from launch.jobs import EvalJob, GenerateJob, ModelRef, TrainJob
     from launch.spec import Data, Eval, Recipe, Scorer
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     exp = work / "exp"
@@ -212,6 +213,17 @@ def main() -> int:
             gens = [json.loads(l)["response"] for l in (d / "generations.jsonl").read_text().splitlines()]
             out.append(f"{head['name']} {head['value']:.3f} (n {head['n']}, {sum(map(bool, gens))}/48 non-empty, "
                        f"{res['timings']['total_s']:.1f} s)")
+        # Setting I's answers: sampled in bf16, each drawn token's -log p read from the processed scores in fp32
+        ev = Eval(prompts=48, max_new_tokens=16, temperature=0.05, top_p=0.95, batch_size=16)
+        job = GenerateJob(model=ModelRef(path=str(fx["llama"])), prompts=Data(path=str(fx["data"])), eval=ev,
+                          template="chat", train_count=32, heldout_count=16, seed=1)
+        d = cell(exp, "responses", "gen", "generate", job, ["result.json", "train.jsonl", "heldout.jsonl"])
+        must_run(d)
+        ent = {m["name"]: m for m in json.loads((d / "result.json").read_text())["metrics"]}
+        h = ent["sampler_nats_per_token/train"]
+        if not (0 <= h["value"] < 20 and h["n"] == 32 and ent["sampler_nats_per_token/heldout"]["n"] == 16):
+            raise AssertionError(f"sampler entropy: {ent}")
+        out.append(f"Setting I answers: sampler {h['value']:.3f} nats/token")
         return "; ".join(out)
 
     def mfu():
