@@ -121,9 +121,10 @@ class Table:
         self.title, self.header, self.rows = title, header, []
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+        cell = lambda c: str(c).replace("|", "\\|")   # a pipe in a cell (|D|·Δ) would split it
+        lines = [f"### {self.title}", "", "| " + " | ".join(map(cell, self.header)) + " |",
                  "|" + "|".join("---" for _ in self.header) + "|"]
-        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
+        lines += ["| " + " | ".join(map(cell, r)) + " |" for r in self.rows]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -437,7 +438,7 @@ def compression_table(records, pretrain_sizes: dict):
         info[key[:3]] = c
     roles = sorted({n for v in by.values() for m in v.values() for n in m})
     t = Table("", ["model", "arm", "start", "negative"] + [f"Δ {r.split('_per_')[1]}" for r in roles] +
-              ["|D_pre|·Δpre", "|D_pos|·Δpos", "ratio"])
+              ["|D_pre|·Δpre", "|D_pos|·Δpos", "pre − pos", "ratio"])
     ns = []
 
     def cell(vals: list) -> str:
@@ -448,8 +449,8 @@ def compression_table(records, pretrain_sizes: dict):
         return f"{m:+.4f} ± {half:.4f}" if n > 1 else f"{m:+.4f}"
     for key in sorted(by, key=lambda k: tuple(natural(str(x)) for x in k)):
         model, arm, p, n = key
-        start = by.get((model, arm, p, 0), {})
-        if not n or not start:
+        start = by.get((model, arm, p, 0)) or by.get((model, "base", 0, 0) if arm == "from-base" else (), {})
+        if not n or not start:   # (the from-base arm starts at the base model's own eval)
             continue
         c = info[key[:3]]
         d_pre = c.get("pretrain_n") or pretrain_sizes.get(model)
@@ -461,12 +462,15 @@ def compression_table(records, pretrain_sizes: dict):
         pre, pos = delta.get("bits_per_token/pretrain", {}), delta.get("bits_per_token/positive", {})
         if d_pre and d_pos and pre and pos:
             a, b = [d_pre * pre[s] for s in pre if s in pos], [d_pos * pos[s] for s in pre if s in pos]
-            row += [cell(a), cell(b), f"{sum(a) / sum(b):.3f}" if sum(b) else ""]
+            diff = [x - y for x, y in zip(a, b)]
+            row += [cell(a), cell(b), cell(diff) + (" resolved" if len(diff) > 1 and abs(mean_ci(diff)[0]) >
+                                                    mean_ci(diff)[1] else ""), f"{sum(a) / sum(b):.3f}" if sum(b) else ""]
         else:
-            row += ["", "", ""]
+            row += ["", "", "", ""]
         t.rows.append(row)
     t.title = ("Compression (bits/token) under negative fine-tuning: each change from the start, paired by seed, and "
-               f"the Hooke products |D|·Δ (equal in the theorem; ratio of their means); mean ± {ci_label(ns or [1])}")
+               "the Hooke products |D|·Δ (equal in the theorem; their paired difference, resolved where its CI "
+               f"excludes 0, and the ratio of their means); mean ± {ci_label(ns or [1])}")
     return t
 
 

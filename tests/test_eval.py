@@ -396,6 +396,9 @@ def test_statistics_say_what_they_are(tmp_path):
     t = Table(special, [special])
     t.rows = [[special]]
     assert t.latex().count(esc) == 3
+    md = Table("Hooke", ["|D_pre|·Δpre", "n"])
+    md.rows = [["+1.0 ± 0.1", 3]]
+    assert [len(re.split(r"(?<!\\)\|", line)) for line in md.markdown().splitlines()[2:]] == [4, 4, 4]
 
 
 def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
@@ -494,24 +497,27 @@ def test_start_adjusted_effect_against_another_models_aligned_arm():
 
 def test_hooke_products_paired_by_seed(tmp_path):
     """The jointly trained model (1,000 pre-training and 100 positive examples) perturbed by 50 negatives: its
-    pre-training rate rises 0.01 bits and its positive rate 0.1 in every seed, so |D|·Δ is 10 for both (the
-    theorem's equality, ratio 1.000); the aligned arm takes |D_pos| from its start volume."""
+    pre-training rate rises 0.01 bits (± 0.001 by seed) and its positive rate 0.1, so |D|·Δ is 10 for both (the
+    theorem's equality: paired difference 0, unresolved; ratio 1.000); the aligned arm takes |D_pos| from its
+    start volume (20: products 20 and 10, a difference resolved in every seed)."""
     exp = tmp_path / "h"
 
     def bits(pre, pos):
         return {"metrics": [{"name": f"bits_per_token/{r}", "value": v, "stderr": 0.0, "n": 200}
                             for r, v in (("pretrain", pre), ("positive", pos))]}
-    for seed, e in ((1, 0.0), (2, 0.1), (3, 0.2)):
+    for seed, e, d in ((1, 0.0, 0.001), (2, 0.1, -0.001), (3, 0.2, 0.0)):
         co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "pretrain_positive": 100, "positive": 0}
-        fake_cell(exp, "eval", f"j.s{seed}.n0", {**co, "arm": "from-base", "negative": 0}, bits(2 + e, 1 + e))
-        fake_cell(exp, "eval", f"j.s{seed}.n50", {**co, "arm": "from-base", "negative": 50}, bits(2.01 + e, 1.1 + e))
+        fake_cell(exp, "eval", f"j.s{seed}.n0", {**co, "arm": "base", "negative": 0}, bits(2 + e, 1 + e))
+        fake_cell(exp, "eval", f"j.s{seed}.n50", {**co, "arm": "from-base", "negative": 50}, bits(2.01 + e + d, 1.1 + e))
         co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "arm": "positive", "positive": 20}
         fake_cell(exp, "eval", f"p.s{seed}.n0", {**co, "negative": 0}, bits(2 + e, 1 + e))
         fake_cell(exp, "eval", f"p.s{seed}.n50", {**co, "negative": 50}, bits(2.02 + e, 1.5 + e))
     (t,) = collect(exp)["tables"]["compression"]
     fb, pos = [r for r in t.rows if r[1] == "from-base"], [r for r in t.rows if r[1] == "positive"]
     assert t.header[4:6] == ["Δ token/positive", "Δ token/pretrain"]
-    assert len(fb) == 1 and fb[0][5].startswith("+0.0100 ± 0.0000") and fb[0][4].startswith("+0.1000 ± 0.0000")
-    assert fb[0][6].startswith("+10.0000 ±") and fb[0][7].startswith("+10.0000 ±") and fb[0][8] == "1.000"
-    assert pos[0][6].startswith("+20.0000") and pos[0][7].startswith("+10.0000") and pos[0][8] == "2.000"
+    assert len(fb) == 1 and fb[0][5].startswith("+0.0100 ± 0.0025") and fb[0][4].startswith("+0.1000 ± 0.0000")
+    assert fb[0][6].startswith("+10.0000 ±") and fb[0][7].startswith("+10.0000 ±") and fb[0][9] == "1.000"
+    assert fb[0][8] in ("+0.0000 ± 2.4841", "-0.0000 ± 2.4841")   # per seed +1, -1, 0: equal, unresolved
+    assert pos[0][6].startswith("+20.0000") and pos[0][7].startswith("+10.0000") and pos[0][9] == "2.000"
+    assert pos[0][8].startswith("+10.0000 ± 0.0000") and pos[0][8].endswith(" resolved")
     assert "mean ± t 95% over 3 seeds" in t.title
