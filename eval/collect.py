@@ -463,8 +463,9 @@ def compression_table(records, pretrain_sizes: dict):
         if d_pre and d_pos and pre and pos:
             a, b = [d_pre * pre[s] for s in pre if s in pos], [d_pos * pos[s] for s in pre if s in pos]
             diff = [x - y for x, y in zip(a, b)]
-            row += [cell(a), cell(b), cell(diff) + (" resolved" if len(diff) > 1 and abs(mean_ci(diff)[0]) >
-                                                    mean_ci(diff)[1] else ""), f"{sum(a) / sum(b):.3f}" if sum(b) else ""]
+            dm, dh, dn = mean_ci(diff)
+            row += [cell(a), cell(b), cell(diff) + (" resolved" if dn > 1 and abs(dm) > dh else ""),
+                    f"{sum(a) / sum(b):.3f}" if sum(b) else ""]
         else:
             row += ["", "", "", ""]
         t.rows.append(row)
