@@ -508,7 +508,8 @@ def test_hooke_products_paired_by_seed(tmp_path):
     for seed, e, d in ((1, 0.0, 0.001), (2, 0.1, -0.001), (3, 0.2, 0.0)):
         co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "pretrain_positive": 100, "positive": 0}
         fake_cell(exp, "eval", f"j.s{seed}.n0", {**co, "arm": "base", "negative": 0}, bits(2 + e, 1 + e))
-        fake_cell(exp, "eval", f"j.s{seed}.n50", {**co, "arm": "from-base", "negative": 50}, bits(2.01 + e + d, 1.1 + e))
+        fake_cell(exp, "eval", f"j.s{seed}.n50", {**co, "arm": "from-base", "negative": 50},
+                  bits(2.01 + e + d, 1.1 + e))
         co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "arm": "positive", "positive": 20}
         fake_cell(exp, "eval", f"p.s{seed}.n0", {**co, "negative": 0}, bits(2 + e, 1 + e))
         fake_cell(exp, "eval", f"p.s{seed}.n50", {**co, "negative": 50}, bits(2.02 + e, 1.5 + e))
