@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STUDIES = {"toy-setting2-3seeds": "setting2", "toy-setting1": "setting1", "toy-setting1-protocol": "setting1-protocol",
+STUDIES = {"toy-setting2-3seeds": "setting2", "toy-setting1-protocol": "setting1-protocol",
            "toy-setting2-regime": "setting2-regime", "toy-setting3-sizes": "setting3-sizes",
            "toy-setting3-volumes": "setting3-volumes", "toy-setting2-shifted": "setting2-shifted",
            "toy-hooke": "hooke", "toy-setting1-temp1": "setting1-temp1"}   # run folder -> docs/toy-world/<folder>
@@ -33,7 +33,8 @@ def main(runs: Path) -> None:
             print(f"{exp}: not run")
             continue
         s = collect(d)
-        (out / short).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / short, ignore_errors=True)   # no table of an earlier run stays behind
+        (out / short).mkdir(parents=True)
         for f in [*(d / "report").glob("*.md"), *(d / "report").glob("*.csv"), *(d / "report").glob("tables/*")]:
             if f.name != "index.md":   # its plots live in the run folder; docs/toy-world.md is the page here
                 shutil.copy(f, out / short / f.name)   # tables (Markdown, CSV) and the tidy numbers (results.csv)
