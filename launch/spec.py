@@ -354,7 +354,7 @@ class World:
     vocab_nouns: int = 120
     lexicon: int = 24                # attribute words per class
     prior: float = 0.5               # share of positive reviews in the pre-training corpus
-    control_prior: float = 0.9       # share of positive reviews in the matched-start control corpus
+    control_prior: float = 0.9       # share of positive reviews in the control and the shifted corpus
     noise: float = 0.1               # share of attribute words drawn from the other class
     pretrain: int = 20000            # pre-training corpus size
     alignment: int = 4000            # positive and negative set sizes (each)
