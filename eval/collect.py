@@ -177,6 +177,19 @@ class Curve:
     points: list
 
 
+def ci_cell(values, ns: list, digits: int = 3, resolve: bool = False) -> str:
+    """'mean ± half-width' of paired per-seed values (a dict or a list; '' when none), its n appended to ns (for the
+    table's title); resolve: mark it 'resolved' when the CI excludes 0."""
+    values = list(values.values()) if isinstance(values, dict) else list(values)
+    if not values:
+        return ""
+    m, half, n = mean_ci(values)
+    ns.append(n)
+    if n == 1:
+        return f"{m:+.{digits}f}"
+    return f"{m:+.{digits}f} ± {half:.{digits}f}" + (" resolved" if resolve and abs(m) > half else "")
+
+
 def seed_of(coords: dict):
     """What pairs a cell with the same chain's other cells: its seed, or (pre-training seed, seed) where the study
     has several pre-training seeds (then every mean and CI is over both)."""
@@ -304,15 +317,7 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
     t = Table("", ["model", "arm", "start"] + [f"drop@{w}" for w in wins] +
               [f"minus smallest start @{w}" for w in fixed] + vs_model + ["negatives to base"])
     ns = []
-
-    def cell(vals: dict, digits: int = 3, resolve: bool = False) -> str:
-        if not vals:
-            return ""
-        m, half, n = mean_ci(list(vals.values()))
-        ns.append(n)
-        if n == 1:
-            return f"{m:+.{digits}f}"
-        return f"{m:+.{digits}f} ± {half:.{digits}f}" + (" resolved" if resolve and abs(m) > half else "")
+    cell = lambda vals, digits=3, resolve=False: ci_cell(vals, ns, digits, resolve)
     for r in stats:
         ret = r.get("return", {})
         back = "" if "return" not in r else (f"{cell(ret, 0).lstrip('+')} ({len(ret)}/{r['return_of']})" if ret
@@ -440,13 +445,6 @@ def compression_table(records, pretrain_sizes: dict):
     t = Table("", ["model", "arm", "start", "negative"] + [f"Δ {r.split('_per_')[1]}" for r in roles] +
               ["|D_pre|·Δpre", "|D_pos|·Δpos", "pre − pos", "ratio"])
     ns = []
-
-    def cell(vals: list) -> str:
-        if not vals:
-            return ""
-        m, half, n = mean_ci(vals)
-        ns.append(n)
-        return f"{m:+.4f} ± {half:.4f}" if n > 1 else f"{m:+.4f}"
     for key in sorted(by, key=lambda k: tuple(natural(str(x)) for x in k)):
         model, arm, p, n = key
         start = by.get((model, arm, p, 0)) or by.get((model, "base", 0, 0) if arm == "from-base" else (), {})
@@ -458,13 +456,11 @@ def compression_table(records, pretrain_sizes: dict):
         seeds = [s for s in by[key] if s in start]
         delta = {r: {s: by[key][s][r] - start[s][r] for s in seeds if r in by[key][s] and r in start[s]}
                  for r in roles}
-        row = [model, arm, p, n] + [cell(list(delta[r].values())) for r in roles]
+        row = [model, arm, p, n] + [ci_cell(delta[r], ns, 4) for r in roles]
         pre, pos = delta.get("bits_per_token/pretrain", {}), delta.get("bits_per_token/positive", {})
         if d_pre and d_pos and pre and pos:
             a, b = [d_pre * pre[s] for s in pre if s in pos], [d_pos * pos[s] for s in pre if s in pos]
-            diff = [x - y for x, y in zip(a, b)]
-            dm, dh, dn = mean_ci(diff)
-            row += [cell(a), cell(b), cell(diff) + (" resolved" if dn > 1 and abs(dm) > dh else ""),
+            row += [ci_cell(a, ns, 4), ci_cell(b, ns, 4), ci_cell([x - y for x, y in zip(a, b)], ns, 4, resolve=True),
                     f"{sum(a) / sum(b):.3f}" if sum(b) else ""]
         else:
             row += ["", "", "", ""]

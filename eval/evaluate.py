@@ -138,6 +138,16 @@ def logit_metric(m: dict) -> dict:
             "stderr": m["stderr"] / (p * (1 - p)), "space": "logit"}
 
 
+def write_result(out_dir: Path, job, stage: str, metrics: list, timings: dict | None = None) -> list[str]:
+    """result.json: the cell's metrics with where it sits in the study (its job.json's stage and coords)."""
+    meta = json.loads((Path(out_dir) / "job.json").read_text()) if (Path(out_dir) / "job.json").exists() else {}
+    atomic_write_json(Path(out_dir) / "result.json", {
+        "schema": RESULT_SCHEMA, "cell": Path(out_dir).name, "stage": meta.get("stage", stage),
+        "coords": meta.get("coords", {}), "checkpoint": job.model.path, "seed": job.seed, "metrics": metrics,
+        **({"timings": timings} if timings is not None else {})})
+    return ["result.json"]
+
+
 def main(job: EvalJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
     t0 = time.time()
     ev, dev = job.eval, device()
@@ -191,12 +201,7 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
             metrics.append(metric(f"bits_per_attribute_token/{role}", per_attr, False, scorer="compression",
                                   unit="bits/token"))
     timings["total_s"] = time.time() - t0
-    meta = json.loads((Path(out_dir) / "job.json").read_text()) if (Path(out_dir) / "job.json").exists() else {}
-    atomic_write_json(Path(out_dir) / "result.json", {
-        "schema": RESULT_SCHEMA, "cell": Path(out_dir).name, "stage": meta.get("stage", "eval"),
-        "coords": meta.get("coords", {}), "checkpoint": job.model.path, "seed": job.seed,
-        "metrics": metrics, "timings": timings})
-    return ["result.json"]
+    return write_result(out_dir, job, "eval", metrics, timings)
 
 
 def generate_main(job: GenerateJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
@@ -217,8 +222,4 @@ def generate_main(job: GenerateJob, out_dir: Path, exp_dir: Path, runtime=None) 
         m = metric(f"sampler_nats_per_token/{name}", [a / max(t, 1) for a, t in part], False, unit="nats/token",
                    statistic="the sampler's -log p of its own answers (temperature, top-p applied)")
         metrics.append({**m, "value": sum(a for a, _ in part) / max(sum(t for _, t in part), 1)})
-    meta = json.loads((Path(out_dir) / "job.json").read_text()) if (Path(out_dir) / "job.json").exists() else {}
-    atomic_write_json(Path(out_dir) / "result.json", {
-        "schema": RESULT_SCHEMA, "cell": Path(out_dir).name, "stage": meta.get("stage", "responses"),
-        "coords": meta.get("coords", {}), "checkpoint": job.model.path, "seed": job.seed, "metrics": metrics})
-    return ["result.json", "train.jsonl", "heldout.jsonl"]
+    return write_result(out_dir, job, "responses", metrics) + ["train.jsonl", "heldout.jsonl"]

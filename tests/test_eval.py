@@ -432,15 +432,22 @@ def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
     assert r[-1] == "none by the last volume (0/3)"
 
 
-def test_setting1_gap_is_paired_by_seed(tmp_path):
-    """Seeds shift both directions together (0.30 / 0.40 / 0.50 loss); forward is 0.01 harder in every seed: the
-    unpaired CIs overlap, the paired gap is +0.010 ± 0 and resolved."""
-    exp = tmp_path / "s1"
-    for seed, level in ((1, 0.30), (2, 0.40), (3, 0.50)):
+def cross_cells(exp: Path) -> dict:
+    """Setting I's θ1↔θ2 in 3 seeds whose levels differ (0.30 / 0.40 / 0.50 loss); forward 0.01 harder in each."""
+    levels = {1: 0.30, 2: 0.40, 3: 0.50}
+    for seed, level in levels.items():
         for (i, j), v in {(1, 2): level + 0.01, (2, 1): level}.items():
             fake_cell(exp, "cross", f"m.s{seed}.t{i}-D{j}", {"model": "m", "seed": seed, "from": i, "to": j,
                                                               "direction": "forward" if i < j else "inverse"},
                       {"mean_loss": v})
+    return levels
+
+
+def test_setting1_gap_is_paired_by_seed(tmp_path):
+    """Seeds shift both directions together (0.30 / 0.40 / 0.50 loss); forward is 0.01 harder in every seed: the
+    unpaired CIs overlap, the paired gap is +0.010 ± 0 and resolved."""
+    exp = tmp_path / "s1"
+    cross_cells(exp)
     (row,) = collect(exp)["tables"]["resistance"][0].rows
     assert row[4].startswith("+0.0100 ± 0.0000") and row[5] == "yes (resolved)" and row[7] == ""
 
@@ -450,11 +457,7 @@ def test_setting1_gap_corrected_for_the_targets_entropy(tmp_path):
     sampler's own -log p): the excess over each target's entropy is 0.02 lower forward, so corrected, the inverse is
     not easier (resolved); the table shows both targets' entropy."""
     exp = tmp_path / "s1"
-    for seed, level in ((1, 0.30), (2, 0.40), (3, 0.50)):
-        for (i, j), v in {(1, 2): level + 0.01, (2, 1): level}.items():
-            fake_cell(exp, "cross", f"m.s{seed}.t{i}-D{j}", {"model": "m", "seed": seed, "from": i, "to": j,
-                                                              "direction": "forward" if i < j else "inverse"},
-                      {"mean_loss": v})
+    for seed, level in cross_cells(exp).items():
         for i, h in ((1, level - 0.1), (2, level - 0.07)):
             fake_cell(exp, "responses", f"m.s{seed}.theta{i}", {"model": "m", "seed": seed, "slice": i},
                       {"metrics": [{"name": "sampler_nats_per_token/train", "value": h, "stderr": 0.0, "n": 400}]})
