@@ -10,6 +10,7 @@
 #   make status RUN=runs/<experiment>    cells by stage and state; make cancel RUN=...
 #   make prefetch CONFIG=... PROFILE=...  login node: fill the profile's HF cache, check that every volume fits
 #   make collect RUN=runs/<experiment>   tables and plots
+#   make toy-world                       the studies of docs/toy-world.md, timed, and its tables (~80 min, 2 cores)
 #   make wandb-sync RUN=runs/<experiment>  upload the study's offline W&B runs (grouped by study and stage)
 #   make bench                           every benchmark under bench/ -> docs/benchmarks.md
 #   make gpu-check [GPU_CHECK_ARGS=--smoke]  prove the GPU path on one GPU (docs/gpu-check.md)
@@ -35,7 +36,7 @@ BUILD_ARGS := --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg CPU_BASE_IMAGE=$(
 IMAGE ?=
 
 .PHONY: help setup lint test test-fast demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
-	prefetch collect clean container sandbox shell debug-cell bench gpu-check wandb-sync
+	prefetch collect clean container sandbox shell debug-cell bench gpu-check wandb-sync toy-world
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -67,6 +68,9 @@ local: setup
 demo: setup
 	$(PY) -m launch run configs/toy/setting2.yaml --profile configs/profiles/local-cpu.yaml --runs $(RUNS)
 	$(PY) -m eval.collect $(RUNS)/toy-setting2
+
+toy-world: setup   # the eight studies of docs/toy-world.md, timed, then its tables (about 80 min on 2 cores)
+	OMP_NUM_THREADS=1 $(PY) docs/toy_world_report.py --run --jobs 2 $(RUNS)
 
 submit: setup
 	$(PY) -m launch submit $(CONFIG) --profile $(PROFILE) $(ARGS)

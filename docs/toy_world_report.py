@@ -1,33 +1,83 @@
-"""Refresh the tables and plots behind docs/toy-world.md from the toy studies' run folders (collector output).
+"""Run the toy-world studies behind docs/toy-world.md and refresh its tables and plots from their run folders.
 
-    for c in setting2-3seeds setting2-regime setting2-shifted hooke setting1-protocol setting1-temp1 \
-             setting3-sizes setting3-volumes; do
-        OMP_NUM_THREADS=1 .venv/bin/python -m launch run configs/toy/$c.yaml --runs runs; done
-    .venv/bin/python docs/toy_world_report.py runs     # -> docs/toy-world/<study>/*.md and docs/toy-world/*.png
+    make toy-world      # = OMP_NUM_THREADS=1 .venv/bin/python docs/toy_world_report.py --run --jobs 2 runs
+    .venv/bin/python docs/toy_world_report.py runs      # only refresh docs/toy-world/ from runs that exist
 
-Numbers come only from the run folders (collector tables as Markdown and CSV, results.csv); the prose of
+--run runs the studies one after another in STUDIES order (`python -m launch run <config> --runs <runs> --jobs N`),
+timing each: a study takes the cells an earlier one under the same runs root has done (the same content-addressed
+cells: the shared world, bases and Setting I slices; launch.plan.Plan.reusable), so the order decides which study
+pays for them. The times go to <runs>/toy-world-times.json and docs/toy-world/times.md (seconds, cells run, cells
+taken). Numbers come only from the run folders (collector tables as Markdown and CSV, results.csv); the prose of
 docs/toy-world.md is written by a person.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STUDIES = {"toy-setting2-3seeds": "setting2", "toy-setting1-protocol": "setting1-protocol",
-           "toy-setting2-regime": "setting2-regime", "toy-setting3-sizes": "setting3-sizes",
-           "toy-setting3-volumes": "setting3-volumes", "toy-setting2-shifted": "setting2-shifted",
-           "toy-hooke": "hooke", "toy-setting1-temp1": "setting1-temp1"}   # run folder -> docs/toy-world/<folder>
+STUDIES = {   # run folder -> (config, docs/toy-world/<folder>); run in this order
+    "toy-setting2-3seeds": ("configs/toy/setting2-3seeds.yaml", "setting2"),
+    "toy-setting1-protocol": ("configs/toy/setting1-protocol.yaml", "setting1-protocol"),
+    "toy-setting1-temp1": ("configs/toy/setting1-temp1.yaml", "setting1-temp1"),
+    "toy-setting2-regime": ("configs/toy/setting2-regime.yaml", "setting2-regime"),
+    "toy-setting3-volumes": ("configs/toy/setting3-volumes.yaml", "setting3-volumes"),
+    "toy-setting3-sizes": ("configs/toy/setting3-sizes.yaml", "setting3-sizes"),
+    "toy-setting2-shifted": ("configs/toy/setting2-shifted.yaml", "setting2-shifted"),
+    "toy-hooke": ("configs/toy/hooke.yaml", "hooke"),
+}
+
+
+def run_all(runs: Path, jobs: int) -> None:
+    """Run every study (a done study runs nothing) and record each one's wall time and how many cells it ran."""
+    times_path = runs / "toy-world-times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    for exp, (config, _) in STUDIES.items():
+        before = {p.parent for p in (runs / exp).glob("*/*/DONE")}
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "launch", "run", config, "--runs", str(runs), "--jobs", str(jobs)],
+                           cwd=ROOT)
+        seconds = time.perf_counter() - t0
+        if r.returncode:
+            sys.exit(f"{exp}: launch run exited {r.returncode}")
+        cells = [p.parent for p in (runs / exp).glob("*/*/DONE") if p.parent not in before]
+        taken = sum(any('"adopted_from"' in line for line in (d / "attempts.jsonl").read_text().splitlines())
+                    for d in cells if (d / "attempts.jsonl").exists())
+        if cells:   # a study that had nothing left to do keeps the time of the run that did it
+            times[exp] = {"seconds": round(seconds, 1), "cells_run": len(cells) - taken, "cells_taken": taken,
+                          "jobs": jobs, "omp_threads": os.environ.get("OMP_NUM_THREADS", ""),
+                          "cpus": os.cpu_count(), "machine": platform.machine(),
+                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            times_path.write_text(json.dumps(times, indent=2) + "\n")
+
+
+def times_table(runs: Path) -> str:
+    times = json.loads((runs / "toy-world-times.json").read_text())
+    rows = ["| study | minutes | cells run | cells taken from an earlier study | jobs | cpus |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for exp in STUDIES:
+        if t := times.get(exp):
+            rows.append(f"| {exp} | {t['seconds'] / 60:.1f} | {t['cells_run']} | {t['cells_taken']} | {t['jobs']} "
+                        f"| {t['cpus']} |")
+    total = sum(times[e]["seconds"] for e in STUDIES if e in times)
+    rows.append(f"| all, one after another | {total / 60:.1f} | | | | |")
+    return "\n".join(rows) + "\n"
 
 
 def main(runs: Path) -> None:
     """Collect each study again and copy its report (tables as Markdown, rebound/resistance plots) into docs/."""
     from eval.collect import collect
     out = ROOT / "docs" / "toy-world"
-    for exp, short in STUDIES.items():
+    for exp, (_, short) in STUDIES.items():
         d = runs / exp
         if not d.exists():
             print(f"{exp}: not run")
@@ -41,7 +91,16 @@ def main(runs: Path) -> None:
         for png in (d / "report").glob("*.png"):
             shutil.copy(png, out / f"{exp}-{png.name}")
         print(f"{exp}: {s['records']} cells, {len(s['problems'])} not in the tables -> {out / short}")
+    if (runs / "toy-world-times.json").exists():
+        (out / "times.md").write_text(times_table(runs))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "runs")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="?", default=str(ROOT / "runs"), help="the runs root (default: runs/)")
+    ap.add_argument("--run", action="store_true", help="run the studies first, timing each")
+    ap.add_argument("--jobs", type=int, default=2, help="cells at once within a study (launch run --jobs)")
+    a = ap.parse_args()
+    if a.run:
+        run_all(Path(a.runs), a.jobs)
+    main(Path(a.runs))

@@ -56,6 +56,8 @@ def make_parser() -> argparse.ArgumentParser:
             s.add_argument("--json", action="store_true", help="print JSON instead of the table")
         if name in ("run", "submit"):
             s.add_argument("--only", default=None, metavar="STAGE", help="run only this stage")
+            s.add_argument("--jobs", default="1", metavar="N", help="local executor: run up to N cells at once "
+                           "(each with cpus/N threads unless OMP_NUM_THREADS is set); results never depend on it")
         if name == "submit":
             s.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
                            help="default: the profile's executor (debug: every cell in this process)")
@@ -175,6 +177,8 @@ def cmd_plan(args) -> int:
     else:
         con.print("no GPU-hour estimate: set train_examples_per_gpu_hour and eval_minutes_per_cell in the profile "
                   "(measured on your cluster)")
+    if reused := sum(s["reused"] for s in summary["stages"]):
+        con.print(f"{reused} cells are done in other studies under {runs}: run and submit take them, not run them")
     if summary["trust_remote_code"]:
         con.print(f"trust_remote_code is ON for: {', '.join(summary['trust_remote_code'])}")
     return 0
@@ -185,13 +189,21 @@ def check_only(args, plan) -> None:
         raise ConfigError("--only", f"no stage {args.only!r} in this plan", f"use one of {', '.join(plan.stages)}")
 
 
+def check_jobs(args) -> int:
+    if not (args.jobs.isdigit() and int(args.jobs) >= 1):
+        raise ConfigError("--jobs", f"{args.jobs!r} is not a number of cells to run at once",
+                          "give a whole number from 1 (e.g. --jobs 2 on 2 cores)")
+    return int(args.jobs)
+
+
 def cmd_run(args) -> int:
     from launch.local import run_plan
+    jobs = check_jobs(args)
     plan, profile, runs = load(args)
     check_only(args, plan)
     check_writable(plan, runs)
     remember(args, plan, runs)
-    return run_plan(plan, runs, profile, only=args.only)
+    return run_plan(plan, runs, profile, only=args.only, jobs=jobs)
 
 
 def refuse(err: ConfigError, dry_run: bool) -> None:
@@ -203,6 +215,7 @@ def refuse(err: ConfigError, dry_run: bool) -> None:
 
 def cmd_submit(args) -> int:
     from pathlib import Path
+    jobs = check_jobs(args)
     plan, profile, runs = load(args)
     check_only(args, plan)
     executor = args.executor or profile.executor
@@ -219,7 +232,10 @@ def cmd_submit(args) -> int:
         from launch import slurm
         slurm.require_slurm(profile)
     if args.dry_run and executor != "slurm":   # a dry run never runs or writes anything, whatever the executor
-        todo = plan.todo(runs)
+        reused = plan.reusable(runs)
+        todo = plan.todo(runs) - set(reused)
+        if reused:
+            print(f"{len(reused)} cells are done in other studies under {runs}: they would be taken, not run")
         for stage, cells in plan.stages.items():
             left = [c for c in cells if c.key in todo]
             print(f"== stage {stage}: {len(left)} of {len(cells)} cells to run ({executor} executor)")
@@ -233,7 +249,7 @@ def cmd_submit(args) -> int:
             remember(args, plan, runs)
     if executor == "local":
         from launch.local import run_plan
-        return run_plan(plan, runs, profile, only=args.only)
+        return run_plan(plan, runs, profile, only=args.only, jobs=jobs)
     if executor == "debug":
         from launch.local import run_inprocess
         return run_inprocess(plan, runs, profile, only=args.only)

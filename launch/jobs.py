@@ -179,6 +179,7 @@ class Kind:
     resources: Literal["train", "eval", "light"]   # the profile's section it asks Slurm for (light: CPU only)
     check: Callable[[Path, str, str], Optional[str]]   # (cell_dir, output, kind) -> None when valid, else why
     fuse: bool = True                     # cells of a stage may share one process (exact; launch.worker.run_cells)
+    shared: bool = True                   # a done cell may be reused by another study with the same cell (Plan.adopt)
 
 
 KINDS = {k.name: k for k in (
@@ -187,7 +188,8 @@ KINDS = {k.name: k for k in (
     Kind("generate", GenerateJob, "eval.evaluate:generate_main", ("result.json", "train.jsonl", "heldout.jsonl"),
          "eval", _file_problem),
     Kind("eval", EvalJob, "eval.evaluate:main", ("result.json",), "eval", _file_problem),
-    Kind("collect", CollectJob, "eval.collect:cell_main", ("summary.json",), "light", _file_problem),
+    Kind("collect", CollectJob, "eval.collect:cell_main", ("summary.json",), "light", _file_problem,
+         shared=False),   # it writes its study's report/
 )}
 
 

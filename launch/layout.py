@@ -108,6 +108,29 @@ def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
     return "done" if all(made_from.get(u) == upstream_nonce(cell_dir.parent.parent, u) for u in upstream) else "stale"
 
 
+def copy_cell(src: Path, dst: Path) -> None:
+    """Put a done cell of another study in place here (Plan.adopt): checkpoint files are hard-linked where the
+    filesystem allows (they are published whole and never written again: the trainer renames new ones in), every
+    other file is copied (logs and metrics are appended to); assembled in a temp folder and renamed into place."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.adopt{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link_or_copy(a, b):
+        if "checkpoints" in Path(a).relative_to(src).parts:
+            try:
+                return os.link(a, b)
+            except OSError:   # another filesystem, or links not allowed
+                pass
+        return shutil.copy2(a, b)
+    try:
+        shutil.copytree(src, tmp, copy_function=link_or_copy, ignore=shutil.ignore_patterns("CLAIM", ".*.tmp"))
+        publish_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def upstream_nonce(exp_dir: Path, key: str) -> str | None:
     """The nonce of an upstream cell that is done and whose outputs are valid (a cell made from a corrupt upstream
     is not done either: both run again)."""

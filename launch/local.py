@@ -6,16 +6,19 @@ of a stage whose kind allows it (launch.jobs.KINDS: everything but training) run
 cell; each training cell is its own process (its own DeepSpeed run). Either way every cell keeps its own done
 marker, log (`<cell dir>/log.txt`), FAILED record and resume, and a cell that fails fails alone; the next stage
 does not start after a failure. Cells whose done marker exists are skipped, so running again continues where a
-crash or Ctrl-C left off.
+crash or Ctrl-C left off. Cells another study under the same runs root has done are taken first (Plan.adopt).
+`--jobs N` runs up to N workers at once within a stage (a fused stage cut into N contiguous parts).
 
-    python -m launch run configs/toy/setting2.yaml            # or: make local CONFIG=...
+    python -m launch run configs/toy/setting2.yaml [--jobs 2]   # or: make local CONFIG=...
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -29,10 +32,16 @@ from launch.worker import close_distributed, run_cell, write_job
 
 
 def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | None = None,
-             console: Console | None = None, fuse: bool = True) -> int:
-    """fuse=False runs every cell as its own process (the unfused baseline of bench/demo_time.py)."""
+             console: Console | None = None, fuse: bool = True, jobs: int = 1) -> int:
+    """fuse=False runs every cell as its own process (the unfused baseline of bench/demo_time.py). jobs: how many
+    worker processes run at once (cells of one stage; a fused stage is cut into that many parts), each with
+    cpus/jobs threads unless OMP_NUM_THREADS is set. Runtime only: a cell's result never depends on it."""
     con = console or Console(stderr=True)
     env = cell_env(profile)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    if reused := plan.adopt(runs_root, profile):
+        con.print(f"{len(reused)} cells taken from other studies under {runs_root} (the same cells, done there)")
     stages = {k: v for k, v in plan.stages.items() if only in (None, k)}
     total = sum(len(v) for v in stages.values())
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -47,24 +56,13 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
             todo = [plan.cell_dir(runs_root, c) for c in cells if c.key in pending]
             for c in (c for c in cells if c.key in pending):
                 write_job(plan.cell_dir(runs_root, c), plan.meta(c, profile))   # (write_job makes the folder)
-            fused = fuse and KINDS[cells[0].kind].fuse
-            failed = []
-            for group in ([todo] if fused and todo else [[d] for d in todo]):
-                proc = subprocess.Popen([sys.executable, "-m", "launch", "run-cells", *map(str, group)], env=env,
-                                        stdout=subprocess.PIPE, text=True)
-                reported = set()
-                for line in proc.stdout:   # one line per finished cell
-                    r = json.loads(line)
-                    reported.add(r["cell"])
-                    if r["rc"] != 0:
-                        failed.append(r)
-                    progress.advance(task)
-                    progress.advance(overall)
-                rc = proc.wait()
-                # a worker that died (killed, out of memory) leaves its unreported cells failed, not done
-                failed += [{"cell": str(d), "rc": rc or 1} for d in group if str(d) not in reported]
-                if rc == EXIT_PREEMPTED or any(r["rc"] == EXIT_PREEMPTED for r in failed):
-                    break
+            if fuse and KINDS[cells[0].kind].fuse and todo:   # one worker per part, each part a contiguous run
+                n = min(jobs, len(todo))
+                groups = [todo[len(todo) * i // n:len(todo) * (i + 1) // n] for i in range(n)]
+            else:
+                groups = [[d] for d in todo]
+            failed = run_groups(groups, env, jobs,
+                                lambda _r, t=task: (progress.advance(t), progress.advance(overall)))
             if failed:
                 progress.stop()
                 for r in failed:
@@ -78,9 +76,46 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
     return 0
 
 
+def run_groups(groups: list[list[Path]], env: dict, jobs: int, on_cell) -> list[dict]:
+    """Run each group of cells in a `python -m launch run-cells` worker, at most `jobs` workers at once; on_cell is
+    called once per finished cell. Returns the failed cells ({"cell", "rc"}); after a preemption no new worker
+    starts (the running ones finish)."""
+    events: queue.Queue = queue.Queue()
+    failed: list[dict] = []
+
+    def watch(group, proc):   # one thread per worker: its lines, then its exit
+        for line in proc.stdout:
+            events.put(("cell", group, json.loads(line)))
+        events.put(("exit", group, proc.wait()))
+    waiting, running, reported, stop = list(groups), 0, set(), False
+    while waiting or running:
+        while waiting and running < jobs and not stop:
+            group = waiting.pop(0)
+            proc = subprocess.Popen([sys.executable, "-m", "launch", "run-cells", *map(str, group)], env=env,
+                                    stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=watch, args=(group, proc), daemon=True).start()
+            running += 1
+        if not running:
+            break
+        what, group, r = events.get()
+        if what == "cell":   # one line per finished cell
+            reported.add(r["cell"])
+            if r["rc"] != 0:
+                failed.append(r)
+                stop |= r["rc"] == EXIT_PREEMPTED
+            on_cell(r)
+        else:
+            running -= 1
+            # a worker that died (killed, out of memory) leaves its unreported cells failed, not done
+            failed += [{"cell": str(d), "rc": r or 1} for d in group if str(d) not in reported]
+            stop |= r == EXIT_PREEMPTED
+    return failed
+
+
 def run_inprocess(plan: Plan, runs_root: str | Path, profile: Profile, only: str | None = None) -> int:
     """The debug executor: every cell in this process, in order, so that pdb and breakpoints work."""
     os.environ.update(job_env(profile))
+    plan.adopt(runs_root, profile)
     pending = plan.todo(runs_root)
     for name, cells in plan.stages.items():
         if only not in (None, name):

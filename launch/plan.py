@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -105,19 +106,62 @@ class Plan:
         """Keys of the cells to run: every cell that is not done."""
         return {k for k, st in self.states(runs_root).items() if st != "done"}
 
+    def reusable(self, runs_root: str | Path) -> dict[str, Path]:
+        """Cells this study still has to run that another study under the same runs root has done: key -> that
+        folder. A cell id is a content address (its job, upstream ids included), so the same stage/id is the same
+        job; it is taken only if it was made from the very runs this study's upstream cells are (the same done
+        nonces: cells it has, or will have by taking them from the same place). Pure: nothing is written."""
+        root, here = Path(runs_root), self.exp_dir(runs_root)
+        others = sorted(p for p in root.iterdir() if p.is_dir() and p != here) if root.is_dir() else []
+        if not others:
+            return {}
+        states = self.states(runs_root)
+        nonce: dict[str, str | None] = {}   # key -> nonce of the run this study has, or takes
+        found: dict[str, Path] = {}
+        for c in self.cells:                # stage order: upstream cells first
+            if states[c.key] == "done":
+                nonce[c.key] = layout.upstream_nonce(here, c.key)
+                continue
+            if states[c.key] == "running" or not KINDS[c.kind].shared:
+                continue
+            for other in others:
+                src = other / c.stage / c.id
+                done = layout.read_done(src)
+                if done and all(done.get("upstream", {}).get(u) == nonce.get(u) for u in c.upstream) \
+                        and layout.cell_state(src, c.kind, c.outputs, c.upstream) == "done":
+                    found[c.key], nonce[c.key] = src, done.get("nonce")
+                    break
+        return found
+
+    def adopt(self, runs_root: str | Path, profile: Profile | None = None,
+              found: dict[str, Path] | None = None) -> list[str]:
+        """Take the reusable cells (copies with hard-linked checkpoints, layout.copy_cell), each with this study's
+        job.json (its coordinates here) and a line in attempts.jsonl saying where it came from. Returns their keys."""
+        from launch.worker import write_job
+        found = self.reusable(runs_root) if found is None else found
+        cells = {c.key: c for c in self.cells}
+        for key, src in found.items():
+            d = self.cell_dir(runs_root, cells[key])
+            layout.copy_cell(src, d)
+            write_job(d, self.meta(cells[key], profile))
+            with open(d / "attempts.jsonl", "a") as f:
+                f.write(json.dumps({"adopted_from": str(src), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        return list(found)
+
     def meta(self, cell: Cell, profile: Profile | None = None) -> dict:
         """What the cell's job.json holds: its job (identity) and, for training cells, its runtime (not identity:
         the study's, with the profile's overrides)."""
         return cell.meta(jsonable(self.spec.runtime_for(cell.stage, profile)) if cell.kind == "train" else {})
 
     def summary(self, runs_root: str | Path, profile=None) -> dict:
-        """Stages with their cells, done / to run, examples; with a profile that has cost rates, the estimated
-        GPU-hours of the cells still to run (training: examples / rate; eval and responses: cells x minutes)."""
+        """Stages with their cells, done / to run / reused (done in another study: Plan.reusable), examples; with a
+        profile that has cost rates, the estimated GPU-hours of the cells still to run (training: examples / rate;
+        eval and responses: cells x minutes)."""
         stages = []
-        todo = self.todo(runs_root)
+        todo, reused = self.todo(runs_root), self.reusable(runs_root)
         for name, cells in self.stages.items():
             done = sum(c.key not in todo for c in cells)
-            left = [c for c in cells if c.key in todo]
+            left = [c for c in cells if c.key in todo and c.key not in reused]
             gpu_h = None
             if profile is not None and name not in ("world", "collect"):
                 if left and left[0].kind == "train" and profile.train_examples_per_gpu_hour:
@@ -126,7 +170,8 @@ class Plan:
                     gpu_h = len(left) * profile.eval_minutes_per_cell / 60 * max(1, profile.eval.gpus_per_node)
                 elif not left:
                     gpu_h = 0.0
-            stages.append({"name": name, "cells": len(cells), "done": done, "to_run": len(cells) - done,
+            stages.append({"name": name, "cells": len(cells), "done": done, "to_run": len(left),
+                           "reused": sum(c.key in reused for c in cells),
                            "checkpoints": sum(len(c.outputs) for c in cells if c.kind == "train"),
                            "examples": sum(c.examples for c in cells), "gpu_hours_to_run": gpu_h,
                            "dir": str(self.exp_dir(runs_root) / name)})
@@ -242,8 +287,8 @@ class _Builder:
             vols = sorted({m.pretrain_examples for m in models})
             label = f"{init.arch}-L{init.layers}-W{init.width}" + ("" if role == "pretrain" else f"-{role}")
             ups = (self.world.key,) if self.world else ()
-            for seed in spec.pretrain_seeds:
-                lab = label + (f".p{seed}" if len(spec.pretrain_seeds) > 1 else "")
+            for seed in spec.pretrain_seeds:   # the label names the seed always: a cell's id never depends on
+                lab = f"{label}.p{seed}"         # the study it is in, so studies share it (Plan.reusable)
                 for cell, v in self.train("pretrain", lab, start, ups, role, vols, seed, {"arch": label},
                                           recipe):
                     for m in models:

@@ -192,14 +192,16 @@ class Array:
 
 
 def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = None, chunk: int = 1001,
-                 live: dict[str, str] | None = None, code: Path | None = None) -> list[Array]:
+                 live: dict[str, str] | None = None, code: Path | None = None,
+                 reused: dict | None = None) -> list[Array]:
     """The arrays to submit, in stage order, with their dependency kind on earlier arrays: `aftercorr` where each
     task needs only the task of the same index of one array of as many tasks, `afterok` otherwise. Cells with a
     live job (`live`: cell key -> its queued or running task's job id) are not submitted again; a new cell made
-    from one waits on that job (afterok on the task). A stage's cells are packed res.cells_per_task to a task."""
+    from one waits on that job (afterok on the task). A stage's cells are packed res.cells_per_task to a task.
+    Cells in `reused` (Plan.reusable: done by another study) are taken before sbatch, so nothing waits on them."""
     arrays: list[Array] = []
     where: dict[str, tuple[int, int]] = {}      # cell key -> (array index in `arrays`, task index)
-    pending = plan.todo(runs_root)
+    pending = plan.todo(runs_root) - set(reused or {})
     live = live or {}
     for stage, cells in plan.stages.items():
         if only and stage != only:
@@ -253,8 +255,12 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
     folder = exp / "submitit" / "%j"
     code = layout.code_snapshot(exp, allow_dirty=allow_dirty or dry_run, write=False)
     live = live_cells(exp)
+    reused = {k: v for k, v in plan.reusable(runs_root).items() if only in (None, k.split("/")[0])}
     arrays = build_arrays(plan, runs_root, profile, only, chunk=max_array_size() if not dry_run else 1001, live=live,
-                          code=code)
+                          code=code, reused=reused)
+    if reused:
+        print(f"{len(reused)} cells are done in other studies under {runs_root}: "
+              + ("they would be taken, not submitted" if dry_run else "taken, not submitted"), file=out)
     if live:
         print(f"{len(live)} cells already have a queued or running job: not submitted again "
               f"(jobs {', '.join(sorted({j.split('_')[0] for j in live.values()}))})", file=out)
@@ -273,6 +279,7 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
     layout.code_snapshot(exp, allow_dirty=allow_dirty)
     if before_first is not None:
         before_first()
+    plan.adopt(runs_root, profile, reused)
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_num_timeout,
                                 python=python_command(profile))
     manifest = exp / "manifest.jsonl"

@@ -135,6 +135,8 @@ def test_bad_profile(case, text, field, tmp_path, capsys):
 
 CLI = [   # (id, argv with {cfg} / {tmp}, the field the error names)
     ("run-only-unknown-stage", ["run", "{cfg}", "--only", "negativ"], "--only"),
+    ("run-jobs-zero", ["run", "{cfg}", "--jobs", "0"], "--jobs"),
+    ("submit-jobs-not-a-number", ["submit", "{cfg}", "--executor", "local", "--jobs", "two"], "--jobs"),
     ("plan-unknown-flag", ["plan", "{cfg}", "--jsn"], "command line"),
     ("submit-unknown-executor", ["submit", "{cfg}", "--executor", "pbs"], "command line"),
     ("status-of-a-file", ["status", "{tmp}/nope"], ""),

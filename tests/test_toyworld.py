@@ -125,6 +125,84 @@ def test_fused_eval_equals_one_process_per_cell(reduced_run, tmp_path):
         assert (a / "generations.jsonl").read_text() == (b / "generations.jsonl").read_text()
 
 
+def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(reduced_run, tmp_path):
+    """--jobs 2: a fused stage is cut into two contiguous parts, one worker each, running at the same time (the
+    second part's first cell starts before the first part's last cell is done), and every metric is the same."""
+    import shutil
+    from launch.local import run_plan
+    plan, runs = reduced_run
+    copy = tmp_path / "runs"
+    shutil.copytree(plan.exp_dir(runs), copy / plan.spec.experiment)
+    cells = [c for c in plan.stages["eval"] if c.coords.get("negative")][:6]
+    for c in cells:
+        (plan.cell_dir(copy, c) / "DONE").unlink()
+    assert run_plan(plan, copy, load_profile(ROOT / "configs/profiles/local-cpu.yaml"), only="eval", jobs=2) == 0
+    dirs = [plan.cell_dir(copy, c) for c in cells]
+    argv = [json.loads((d / "record.json").read_text())["runtime"]["argv"] for d in dirs]
+    parts = [a[a.index("run-cells") + 1:] for a in argv]   # each cell's worker: the cells it was given
+    assert parts == [list(map(str, dirs[:3]))] * 3 + [list(map(str, dirs[3:]))] * 3
+    assert (dirs[3] / "record.json").stat().st_mtime_ns < (dirs[2] / "DONE").stat().st_mtime_ns, "not concurrent"
+    for c in cells:
+        a, b = plan.cell_dir(runs, c), plan.cell_dir(copy, c)
+        assert json.loads((a / "result.json").read_text())["metrics"] == \
+            json.loads((b / "result.json").read_text())["metrics"], c.key
+
+
+def test_a_study_takes_the_cells_another_study_has_done(reduced_run, tmp_path):
+    """Two studies under one runs root share cells (content addresses): the second takes every done cell of the first
+    (checkpoints hard-linked, logs copied, its own job.json, the origin in attempts.jsonl), runs only its collect
+    cell, and reports the same tables; a cell whose upstream here is another run than the one it was made from is
+    never taken, nor is a corrupt one; `plan` and a Slurm dry run count the cells taken instead of run."""
+    import shutil
+    import yaml
+    from conftest import reduced_config
+    from launch.local import run_plan
+    from launch.plan import make_plan
+    from launch.slurm import build_arrays
+    from launch.spec import load_spec
+    plan, runs = reduced_run
+    root = tmp_path / "runs"
+    shutil.copytree(plan.exp_dir(runs), root / plan.spec.experiment)
+    cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
+    cfg["experiment"] = "toy-reduced-again"
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(cfg))
+    again = make_plan(load_spec(tmp_path / "again.yaml"))
+    prof = load_profile(ROOT / "configs/profiles/local-cpu.yaml")
+    shared = [c for c in again.cells if c.kind != "collect"]
+    assert set(again.reusable(root)) == {c.key for c in shared}
+    summary = again.summary(root)
+    assert sum(s["reused"] for s in summary["stages"]) == len(shared)
+    assert [a.stage for a in build_arrays(again, root, prof, reused=again.reusable(root))] == ["collect"]
+    # another run of the world here: nothing made from the first study's world may be taken
+    other = tmp_path / "other"
+    shutil.copytree(root / plan.spec.experiment, other / plan.spec.experiment)
+    world = again.stages["world"][0]
+    shutil.copytree(plan.cell_dir(root, world), again.cell_dir(other, world))
+    done = json.loads((again.cell_dir(other, world) / "DONE").read_text())
+    (again.cell_dir(other, world) / "DONE").write_text(json.dumps({**done, "nonce": "redone"}))
+    assert again.reusable(other) == {}
+    # a checkpoint without its weights in the first study is not taken (nor anything made from it)
+    pre = again.stages["pretrain"][0]
+    shutil.copytree(root / plan.spec.experiment, tmp_path / "corrupt" / plan.spec.experiment)
+    for f in plan.cell_dir(tmp_path / "corrupt", pre).glob("checkpoints/*/model.safetensors"):
+        f.unlink()
+    taken = set(again.reusable(tmp_path / "corrupt"))
+    assert world.key in taken and pre.key not in taken and not any(c.key in taken for c in again.stages["positive"])
+
+    assert run_plan(again, root, prof) == 0
+    src, dst = plan.cell_dir(root, pre), again.cell_dir(root, pre)
+    assert json.loads((dst / "DONE").read_text())["nonce"] == json.loads((src / "DONE").read_text())["nonce"]
+    ck = next(src.glob("checkpoints/*/model.safetensors"))
+    assert (dst / ck.relative_to(src)).stat().st_ino == ck.stat().st_ino   # linked, not copied
+    assert (dst / "metrics.jsonl").stat().st_ino != (src / "metrics.jsonl").stat().st_ino   # appended to: copied
+    assert json.loads((dst / "attempts.jsonl").read_text().splitlines()[-1])["adopted_from"] == str(src)
+    assert json.loads((dst / "job.json").read_text())["id"] == pre.id
+    assert not again.todo(root)
+    report = lambda p: {f.name: f.read_text() for f in (p.exp_dir(root) / "report").glob("*.md")
+                        if f.name not in ("index.md",)}
+    assert report(again) == report(plan)
+
+
 def test_a_fused_cell_that_fails_fails_alone(reduced_run, tmp_path):
     """Three eval cells in one worker process (python -m launch run-cells), the middle one unloadable: it alone has a
     FAILED record and its one error line; the cells before and after it are done, and every cell reports its exit."""
