@@ -14,7 +14,7 @@ import time
 from common import ROOT, machine
 
 BENCHES = ["trainer", "padding", "load_memory", "fork", "nested", "submit_10k", "collector", "generation", "demo_time",
-           "gpu_mfu"]
+           "study_jobs", "gpu_mfu"]
 
 
 def order(row_id: str) -> tuple:

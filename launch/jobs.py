@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
-from launch.spec import Data, Eval, Init, Recipe, World
+from launch.spec import ConfigError, Data, Eval, Init, Recipe, World
 
 EXIT_BAD_INPUT = 2     # one `error:` line on stderr
 EXIT_PREEMPTED = 75    # the cell saved after a signal: run it again to resume (the job script requeues)
@@ -79,6 +79,18 @@ class WorldJob:
     """Toy world: generate the synthetic datasets and the word-level tokenizer."""
     world: World
     template: Literal["plain", "chat"]
+    generator: int = 0                    # WORLD_GENERATOR of the code that builds it (the planner sets it)
+
+    def __post_init__(self):   # a job planned by other code: this code would build another world under its id
+        if self.generator != WORLD_GENERATOR:
+            raise ConfigError("generator", f"this code builds toy-world generator {WORLD_GENERATOR}, the job asks "
+                              f"for {self.generator}", "plan the study again with this code (a new world cell)")
+
+
+# The version of train/toyworld.build_world's output: part of the world cell's identity, like a hub dataset's
+# revision. Bump it with any change to what the generator writes for a given World (a new set can change the held-out
+# prompts: they avoid every training set's); test_toyworld pins the output of each version.
+WORLD_GENERATOR = 2
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from launch import layout
-from launch.jobs import KINDS, CollectJob, EvalJob, GenerateJob, ModelRef, TrainJob, WorldJob, jsonable
+from launch.jobs import KINDS, WORLD_GENERATOR, CollectJob, EvalJob, GenerateJob, ModelRef, TrainJob, WorldJob, jsonable
 from launch.spec import Data, Model, Profile, Spec, source_kind
 
 SCHEMA = "elastica/1"
@@ -261,7 +261,8 @@ class _Builder:
     def build(self):
         spec = self.spec
         if spec.world is not None:
-            self.world = self.add(Cell("world", "world", "world", WorldJob(world=spec.world, template=spec.template)))
+            job = WorldJob(world=spec.world, template=spec.template, generator=WORLD_GENERATOR)
+            self.world = self.add(Cell("world", "world", "world", job))
         self.pretrain_cells = {}
         if any(m.init for m in spec.models):
             self._pretrain()

@@ -54,6 +54,7 @@ def read_job(cell_dir: Path):
     meta.setdefault("outputs", [])
     meta.setdefault("upstream", [])
     meta.setdefault("coords", {})
+    meta.setdefault("identity", {})
     meta["runtime"] = meta.get("runtime") or {}
     build(Runtime, meta["runtime"], "runtime")
     return meta, build(KINDS[kind].job, meta["job"], "job")

@@ -169,6 +169,8 @@ JOB_FILES = [   # (id, job.json text, the field the error names): run-cell, as a
     ("unknown-kind", '{"stage": "x", "id": "c", "kind": "bake", "job": {}}', "job.kind"),
     ("job-not-a-mapping", '{"stage": "x", "id": "c", "kind": "train", "job": [1]}', "job.job"),
     ("job-wrong-field", '{"stage": "x", "id": "c", "kind": "world", "job": {"wrld": {}}}', "job.wrld"),
+    ("world-of-another-generator", '{"stage": "world", "id": "c", "kind": "world", "job": {"world": {}, '
+                                   '"template": "plain", "generator": 1}}', "job.generator"),
     ("job-bad-value", '{"stage": "x", "id": "c", "kind": "world", "job": {"world": {"noise": 0.9}, '
                       '"template": "plain"}}', "job.world.noise"),
 ]

@@ -174,6 +174,15 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     # status from the run folder alone
     r = launch("status", exp, "--json")
     assert r.returncode == 0 and all(row["state"] == "done" for row in json.loads(r.stdout))
+    # the same grid as another study under the same runs root: every cell but its collect is taken, not submitted
+    other = yaml.safe_load(cfg.read_text())
+    other["experiment"] = "toy-slurm-again"
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(other))
+    r = launch("submit", tmp_path / "again.yaml", "--profile", prof, "--wait")
+    assert r.returncode == 0 and "cells are done in other studies" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    exp2 = tmp_path / "runs" / "toy-slurm-again"
+    assert [m["stage"] for m in map(json.loads, (exp2 / "manifest.jsonl").read_text().splitlines())] == ["collect"]
+    assert (exp2 / "report" / "rebound.md").read_text() == md
 
 
 LONG_RUNTIME = {"micro_batch": 1, "save_every_steps": 200}

@@ -28,6 +28,26 @@ def test_generator_is_deterministic_and_prompts_are_held_out():
     assert all(r["label"] == 1 for r in a["positive"]) and all(r["label"] == 0 for r in a["negative"])
 
 
+# What build_world writes for one small World, per WORLD_GENERATOR version (sha256 of each set's rows and of the
+# vocabulary). The world cell's id carries the version, so a generator change that is not a new version would give
+# different data under the same id: the study's cells, and every study that takes them, would mix two worlds.
+GENERATOR_OUTPUT = {2: {"control": "fe107a87cc5e", "joint": "747e60a3ccba", "negative": "c21900f9d792",
+                        "pairs": "82edd4d8821b", "positive": "b342054fa490", "pretrain": "646b0baaa054",
+                        "prompts": "607dff1979e8", "sft": "8539b55f6d48", "shifted": "a071e49f8e01",
+                        "vocabulary": "f1a916d58357"}}
+
+
+def test_the_world_generator_output_is_pinned_to_its_version():
+    import hashlib
+    from launch.jobs import WORLD_GENERATOR
+    from train.toyworld import vocabulary
+    w = World(seed=3, pretrain=500, alignment=200, prompts=100, sft=50, control=50)
+    h = lambda v: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:12]
+    got = {k: h(v) for k, v in build_world(w).items()} | {"vocabulary": h(vocabulary(w))}
+    assert got == GENERATOR_OUTPUT.get(WORLD_GENERATOR), (
+        "build_world's output changed: bump launch.jobs.WORLD_GENERATOR and pin the new output here")
+
+
 def test_rule_scorer_agrees_with_labels_up_to_noise():
     w = World(seed=1, pretrain=2000, noise=0.1)
     rows = build_world(w)["pretrain"]
