@@ -35,7 +35,8 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
              console: Console | None = None, fuse: bool = True, jobs: int = 1) -> int:
     """fuse=False runs every cell as its own process (the unfused baseline of bench/demo_time.py). jobs: how many
     worker processes run at once (cells of one stage; a fused stage is cut into that many parts), each with
-    cpus/jobs threads unless OMP_NUM_THREADS is set. Runtime only: a cell's result never depends on it."""
+    cpus/jobs threads unless OMP_NUM_THREADS is set. Runtime only: at equal threads per cell every result is the same
+    bit for bit (the thread count itself changes float summation order, as another machine does)."""
     con = console or Console(stderr=True)
     env = cell_env(profile)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
