@@ -1,6 +1,6 @@
 # elastica: every command a researcher types. `make help` lists them.
 #   make demo                 the toy-world study end to end on this machine (first command of the README)
-#   make test                 the test suite (second command): lint, then every test (about 20 minutes)
+#   make test                 the test suite (second command): lint, then every test (about 23 minutes)
 #   make test-fast            lint and the unit tests (spec, plan, collector, CLI; about 25 seconds)
 #   make lint                 ruff: pyflakes, bugbear, pycodestyle layout (pyproject.toml)
 #   make plan CONFIG=...      what a study will run, before anything runs

@@ -141,7 +141,8 @@ def test_score_model_known_weights(tmp_path, exp_dir):
     scorer = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), sign=1.0), torch.device("cpu"))
     enc = tok(["dull- ." + tok.eos_token], return_tensors="pt")   # read at the EOS it is trained to end with
     assert enc["input_ids"][0, -1].item() == tok.eos_token_id
-    h = scorer.backbone(**enc).last_hidden_state[0, -1]
+    with torch.no_grad():
+        h = scorer.backbone(**enc).last_hidden_state[0, -1]
     assert scorer(["dull- ."])[0] == pytest.approx(float(h @ w[0] + 0.7), abs=1e-5)
 
 
