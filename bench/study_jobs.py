@@ -46,37 +46,38 @@ def studies(tmp: Path):
     return plans
 
 
-def arm(plans, jobs: int, share: bool, threads: str | None = None) -> tuple[float, dict]:
-    """Both studies, timed; returns the seconds and the second study's eval metrics (cell id -> metrics)."""
+def arm(plans, jobs: int, share: bool, threads: str | None = None) -> tuple[float, dict, int]:
+    """Both studies, timed; returns the seconds, the second study's eval metrics (cell id -> metrics) and how many of
+    its cells it took from the first (shared runs root only)."""
     profile = load_profile(ROOT / "configs/profiles/local-cpu.yaml")
     base = Path(tempfile.mkdtemp(prefix=f"bench-jobs{jobs}{'-share' if share else ''}-"))
     if threads:
         os.environ["OMP_NUM_THREADS"] = threads
-    t = time.perf_counter()
+    t, taken = time.perf_counter(), 0
     for i, plan in enumerate(plans):
         runs = base if share else base / str(i)
         if share and i:
-            arm.taken = len(plan.reusable(runs))   # (outside nothing: a pure query, milliseconds)
+            taken = len(plan.reusable(runs))   # a pure query, milliseconds
         assert run_plan(plan, runs, profile, jobs=jobs, console=Console(file=io.StringIO())) == 0
     seconds = time.perf_counter() - t
     os.environ.pop("OMP_NUM_THREADS", None)
     last = plans[-1].exp_dir(base if share else base / "1")
     metrics = {p.parent.name: json.loads(p.read_text())["metrics"] for p in sorted(last.glob("eval/*/result.json"))}
     shutil.rmtree(base, ignore_errors=True)
-    return seconds, metrics
+    return seconds, metrics, taken
 
 
 def main():
     os.environ.pop("OMP_NUM_THREADS", None)   # the baseline uses torch's default threads, as `make local` does
     tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-cfg-"))
     plans = studies(tmp)
-    t_share, m_share = arm(plans, 2, True)        # first: the page cache then favours the baselines, not us
-    t_jobs, m_jobs = arm(plans, 2, False)
-    t_before, _ = arm(plans, 1, False)
-    _, m_one = arm(plans, 1, False, threads=str(max(1, (os.cpu_count() or 1) // 2)))
+    t_share, m_share, taken = arm(plans, 2, True)   # first: the page cache then favours the baselines, not us
+    t_jobs, m_jobs, _ = arm(plans, 2, False)
+    t_before, _, _ = arm(plans, 1, False)
+    _, m_one, _ = arm(plans, 1, False, threads=str(max(1, (os.cpu_count() or 1) // 2)))
     same_jobs, same_share = m_jobs == m_one, m_share == m_one
     runs = (f"one run each on {os.cpu_count()} cpus: before {t_before:.0f} s, --jobs 2 {t_jobs:.0f} s, --jobs 2 and "
-            f"shared {t_share:.0f} s ({arm.taken} of the second study's {len(plans[1].cells)} cells taken from the "
+            f"shared {t_share:.0f} s ({taken} of the second study's {len(plans[1].cells)} cells taken from the "
             "first); the second study's "
             f"{len(m_one)} eval cells' metrics identical to one cell at a time with the same threads per cell: "
             f"--jobs 2 {same_jobs}, shared {same_share}")
