@@ -14,6 +14,7 @@
 #   make wandb-sync RUN=runs/<experiment>  upload the study's offline W&B runs (grouped by study and stage)
 #   make bench                           every benchmark under bench/ -> docs/benchmarks.md
 #   make gpu-check [GPU_CHECK_ARGS=--smoke]  prove the GPU path on one GPU (docs/gpu-check.md)
+#   make gpu-bundle [PYTHON_VERSION=3.12]    every wheel gpu-check needs beside torch, for a GPU machine offline
 #   make container [STACK=cpu]           build the Apptainer image (cluster build node; apptainer needed)
 #   make sandbox / make shell [PROFILE=...] [RUN=...]   a writable sandbox / a shell in the image, binds as jobs
 #   make debug-cell RUN=... CELL=stage/cell-id [IMAGE=...] [INVALIDATE=1]   rerun one cell as its job does
@@ -36,7 +37,7 @@ BUILD_ARGS := --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg CPU_BASE_IMAGE=$(
 IMAGE ?=
 
 .PHONY: help setup lint test test-fast demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
-	prefetch collect clean container sandbox shell debug-cell bench gpu-check wandb-sync toy-world
+	prefetch collect clean container sandbox shell debug-cell bench gpu-check gpu-bundle wandb-sync toy-world
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -100,6 +101,10 @@ bench: setup
 # on a GPU machine without this venv (torch from the machine, the rest from wheels): make gpu-check PY=python3
 gpu-check:
 	$(PY) tests/gpu_check.py $(GPU_CHECK_ARGS)
+
+# on a machine with PyPI, for the GPU machine's Python (versions.env's by default); copy gpu-bundle/ there
+gpu-bundle: setup
+	$(PY) containers/gpu_bundle.py --python $(PYTHON_VERSION) --out gpu-bundle
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

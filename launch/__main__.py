@@ -7,6 +7,7 @@
     python -m launch status RUN_DIR|CONFIG [--json]     # cells by stage: done / running / pending / failed ...
     python -m launch cancel RUN_DIR|CONFIG              # scancel every job of the study's manifest
     python -m launch prefetch CONFIG                    # login node: fill the HF cache, check volumes fit
+    python -m launch rates RUN_DIR                      # the profile's cost rates, measured on a finished study
     python -m launch COMMAND --help                     # what each command and argument does
 
 Bad input prints one `error:` line naming the field and the fix and exits 2; nothing is written.
@@ -38,6 +39,7 @@ HELP = {
     "run-cells": "run several cells of one kind in this process, in order, each with its own log and outcome",
     "debug-cell": "rerun one cell in this process, or in the image, as its job would",
     "shell": "a shell in the image with a job's binds and variables",
+    "rates": "the profile's cost rates (GPU-hour estimate of plan) measured on a study's finished cells",
 }
 
 
@@ -69,6 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prefetch", help=HELP["prefetch"], description=HELP["prefetch"])
     s.add_argument("config", help="a study YAML")
     s.add_argument("--profile", default="", help="its hf_home is the cache to fill (default: $HF_HOME)")
+    s = sub.add_parser("rates", help=HELP["rates"], description=HELP["rates"])
+    s.add_argument("run_dir", help="runs/<experiment> with finished training and eval cells")
     s = sub.add_parser("run-cell", help=HELP["run-cell"], description=HELP["run-cell"])
     s.add_argument("cell_dir", help="runs/<experiment>/<stage>/<cell id>")
     s.add_argument("--rerun", action="store_true", help="run a done cell again; its dependents stay valid")
@@ -94,6 +98,7 @@ def parse(argv):
 def load(args):
     """The plan, profile and runs root of CONFIG, or of a run folder (its saved study.yaml / profile.yaml)."""
     from pathlib import Path
+    from launch.costs import check_memory
     from launch.plan import make_plan
     from launch.spec import load_profile, load_spec
     run = Path(args.config)
@@ -104,10 +109,13 @@ def load(args):
                               "launch run/submit created (runs/<experiment>)")
         spec = load_spec(run / "study.yaml", base_dir=meta["cwd"])
         profile = load_profile(run / "profile.yaml")
-        return make_plan(spec), profile, str(run.parent)
-    spec = load_spec(args.config)
-    profile = load_profile(args.profile)
-    return make_plan(spec), profile, args.runs or profile.runs_root
+        plan, runs = make_plan(spec), str(run.parent)
+    else:
+        spec = load_spec(args.config)
+        profile = load_profile(args.profile)
+        plan, runs = make_plan(spec), args.runs or profile.runs_root
+    check_memory(plan, profile)
+    return plan, profile, runs
 
 
 def check_writable(plan, runs) -> None:
@@ -172,12 +180,22 @@ def cmd_plan(args) -> int:
               "every final cell trained from its base")
     hours = [s["gpu_hours_to_run"] for s in summary["stages"] if s["gpu_hours_to_run"] is not None]
     if hours:
-        con.print(f"estimated GPU-hours to run: {sum(hours):,.1f} (rates from profile {profile.name}: "
-                  f"{profile.train_examples_per_gpu_hour:g} training examples per GPU-hour, "
-                  f"{profile.eval_minutes_per_cell:g} min per eval cell)")
+        con.print(f"estimated GPU-hours to run: {sum(hours):,.1f}, from profile {profile.name}'s rates: training "
+                  f"cells = tokens (examples x max_length, an upper bound) / {profile.train_tokens_per_gpu_hour:,.0f}"
+                  f" per GPU-hour + GPUs x ({profile.train_fixed_minutes:g} min load and init + "
+                  f"{profile.train_minutes_per_checkpoint:g} min per checkpoint); eval cells x "
+                  f"{profile.eval_minutes_per_cell:g} min. Stages without a rate are left out.", soft_wrap=True)
     else:
-        con.print("no GPU-hour estimate: set train_examples_per_gpu_hour and eval_minutes_per_cell in the profile "
-                  "(measured on your cluster)")
+        con.print("no GPU-hour estimate: set train_tokens_per_gpu_hour, train_fixed_minutes, "
+                  "train_minutes_per_checkpoint and eval_minutes_per_cell in the profile (measure them on your "
+                  "cluster: python -m launch rates runs/<experiment>)", soft_wrap=True)
+    if summary["fork_memory"]:
+        most = {}
+        for row in summary["fork_memory"]:
+            most[row["model"]] = max(most.get(row["model"], 0), row["gb_per_node"])
+        con.print("host memory per node that milestone forks hold (launch.costs): " + ", ".join(
+            f"{m} {gb:,.0f} GB" for m, gb in most.items()) + f"; train.mem_gb: {profile.train.mem_gb or 'default'}",
+            soft_wrap=True)
     if reused := sum(s["reused"] for s in summary["stages"]):
         con.print(f"{reused} cells are done in other studies under {runs}: run and submit take them, not run them")
     if summary["trust_remote_code"]:
@@ -388,6 +406,22 @@ def cmd_shell(args) -> int:
                       cell_env(profile))
 
 
+def cmd_rates(args) -> int:
+    from pathlib import Path
+    from launch.costs import rates
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError("RUN_DIR", f"{args.run_dir} is not a folder", "give runs/<experiment>")
+    found = rates(Path(args.run_dir))
+    if not found["training_cells"] and not found["eval_cells"]:
+        raise ConfigError("RUN_DIR", f"{args.run_dir} has no finished cell with timings",
+                          "give a run folder whose training or eval cells are done")
+    print(f"# measured on {found.pop('training_cells')} training and {found.pop('eval_cells')} eval cells of "
+          f"{args.run_dir}: paste into the profile")
+    for k, v in found.items():
+        print(f"{k}: {v}")
+    return 0
+
+
 def cmd_run_cells(args) -> int:
     from launch.worker import run_cells
     return run_cells(args.cell_dirs)
@@ -405,7 +439,7 @@ def main(argv=None) -> int:
         args = parse(sys.argv[1:] if argv is None else argv)
         return {"plan": cmd_plan, "run": cmd_run, "run-cell": cmd_run_cell, "run-cells": cmd_run_cells,
                 "debug-cell": cmd_debug_cell, "shell": cmd_shell, "submit": cmd_submit, "status": cmd_status,
-                "cancel": cmd_cancel, "prefetch": cmd_prefetch}[args.cmd](args)
+                "cancel": cmd_cancel, "prefetch": cmd_prefetch, "rates": cmd_rates}[args.cmd](args)
     except ConfigError as e:
         print(e.line(), file=sys.stderr)
         return 2

@@ -27,6 +27,10 @@ def job_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]
     env["PYTHONPATH"] = str(code or layout.CODE_ROOT)
     if profile.image:
         env.update(ELASTICA_IMAGE=profile.image, ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
+    if profile.master_port:
+        env["ELASTICA_MASTER_PORT"] = str(profile.master_port)
+    if profile.master_addr:
+        env["ELASTICA_MASTER_ADDR"] = profile.master_addr
     env.update(profile.env)   # apptainer passes the job's environment into the container
     return env
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from launch import layout
+from launch import costs, layout
 from launch.jobs import KINDS, WORLD_GENERATOR, CollectJob, EvalJob, GenerateJob, ModelRef, TrainJob, WorldJob, jsonable
 from launch.spec import Data, Model, Profile, Spec, source_kind
 
@@ -155,21 +155,15 @@ class Plan:
 
     def summary(self, runs_root: str | Path, profile=None) -> dict:
         """Stages with their cells, done / to run / reused (done in another study: Plan.reusable), examples; with a
-        profile that has cost rates, the estimated GPU-hours of the cells still to run (training: examples / rate;
-        eval and responses: cells x minutes)."""
+        profile that has cost rates, the estimated GPU-hours of the cells still to run (launch.costs), and the host
+        memory per node that training forks hold."""
         stages = []
         todo, reused = self.todo(runs_root), self.reusable(runs_root)
         for name, cells in self.stages.items():
             done = sum(c.key not in todo for c in cells)
             left = [c for c in cells if c.key in todo and c.key not in reused]
-            gpu_h = None
-            if profile is not None and name not in ("world", "collect"):
-                if left and left[0].kind == "train" and profile.train_examples_per_gpu_hour:
-                    gpu_h = sum(c.examples for c in left) / profile.train_examples_per_gpu_hour
-                elif left and left[0].kind != "train" and profile.eval_minutes_per_cell:
-                    gpu_h = len(left) * profile.eval_minutes_per_cell / 60 * max(1, profile.eval.gpus_per_node)
-                elif not left:
-                    gpu_h = 0.0
+            gpu_h = self._gpu_hours(left, profile) if profile is not None and name not in ("world", "collect") \
+                else None
             stages.append({"name": name, "cells": len(cells), "done": done, "to_run": len(left),
                            "reused": sum(c.key in reused for c in cells),
                            "checkpoints": sum(len(c.outputs) for c in cells if c.kind == "train"),
@@ -179,7 +173,19 @@ class Plan:
                 "runs_dir": str(self.exp_dir(runs_root)), "stages": stages,
                 "total_examples": sum(s["examples"] for s in stages), "naive_examples": self.naive_examples,
                 "reuse_examples": self.reuse_examples,
-                "trust_remote_code": sorted(m.name for m in self.spec.models if m.trust_remote_code)}
+                "trust_remote_code": sorted(m.name for m in self.spec.models if m.trust_remote_code),
+                "fork_memory": costs.fork_memory(self, profile) if profile is not None else []}
+
+    @staticmethod
+    def _gpu_hours(left: list[Cell], profile: Profile) -> float | None:
+        if not left:
+            return 0.0
+        if left[0].kind == "train":
+            hours = [costs.train_cell_gpu_hours(c, profile) for c in left]
+            return None if None in hours else sum(hours)
+        if profile.eval_minutes_per_cell:
+            return len(left) * profile.eval_minutes_per_cell / 60 * max(1, profile.eval.gpus_per_node)
+        return None
 
 
 def mname(n: int) -> str:

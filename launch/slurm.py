@@ -34,6 +34,17 @@ from launch.worker import close_distributed, run_cell, run_cells, write_job
 LIGHT = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, time_min=60)   # world and collect cells
 
 
+def export_ranks() -> None:
+    """torch.distributed's variables for this task from Slurm's. They replace any the job inherited (a job submitted
+    from inside another job, a site module that sets RANK or MASTER_PORT: submitit's export refuses those), except
+    the profile's master_port and master_addr (ELASTICA_MASTER_PORT, ELASTICA_MASTER_ADDR: firewalled sites, fake
+    or multi-homed nodes)."""
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if os.environ.get(f"ELASTICA_{var}"):
+            os.environ[var] = os.environ[f"ELASTICA_{var}"]
+
+
 class CellTask(submitit.helpers.Checkpointable):
     """What every Slurm task runs: export rank variables, run its cell (or, with the profile's cells_per_task, its
     cells in turn: a requeued task finds its done cells done and skips them; a cell that fails fails alone and the
@@ -47,11 +58,8 @@ class CellTask(submitit.helpers.Checkpointable):
         for d, meta in zip(dirs, metas):
             if meta is not None:   # every rank writes the same job.json atomically before reading it
                 write_job(d, meta)
-        env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            if os.environ.get("ELASTICA_MASTER_ADDR"):   # fake or multi-homed nodes
-                os.environ["MASTER_ADDR"] = os.environ["ELASTICA_MASTER_ADDR"]
+        if submitit.JobEnvironment().num_tasks > 1:
+            export_ranks()
         if not one:   # packed cells (cells_per_task): each as alone, its failure its own
             rc = run_cells(dirs, logs=False)
             if rc == EXIT_PREEMPTED:

@@ -49,6 +49,17 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # in folder names a
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # profile env keys that are secrets (or look like one): they reach jobs through the shell's environment only
 SECRET_NAME = re.compile(r".*(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY).*", re.I)
+# variables the launcher sets for every cell (launch.env.job_env, the Slurm task): a profile's env may not replace
+# them; what to use instead
+OWNED_ENV = {
+    "PYTHONPATH": "remove it: jobs import the code snapshot of their submission",
+    "PYTHONNOUSERSITE": "remove it", "PYTHONUNBUFFERED": "remove it", "TOKENIZERS_PARALLELISM": "remove it",
+    "WANDB_MODE": "use the profile's wandb_mode", "HF_HOME": "use the profile's hf_home",
+    "HF_HUB_OFFLINE": "remove it: jobs are offline when hf_home is set",
+    "HF_DATASETS_OFFLINE": "remove it: jobs are offline when hf_home is set",
+    "MASTER_PORT": "use the profile's master_port", "MASTER_ADDR": "use the profile's master_addr",
+    **dict.fromkeys(("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"), "remove it: Slurm's task ids are"),
+}
 SEED_MAX = 2**32 - 1   # numpy's and CUDA's seed range
 
 
@@ -534,6 +545,9 @@ STARTUP_S = 5               # a task's Python installs its USR2 handler well wit
 @dataclass(frozen=True)
 class Profile:
     """Where a study runs. Never part of a cell's identity: changing it never re-addresses results."""
+    RENAMED: typing.ClassVar[dict] = {"train_examples_per_gpu_hour": "train_tokens_per_gpu_hour, "
+                                      "train_fixed_minutes and train_minutes_per_checkpoint (launch rates RUN "
+                                      "measures them)"}
     name: str
     executor: Literal["slurm", "local"] = "local"
     runs_root: str = "runs"
@@ -550,6 +564,8 @@ class Profile:
     signal_delay_s: int = 120
     max_num_timeout: int = 10
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    master_port: int = 0                  # torch.distributed's rendezvous port (firewalled sites); 0: from the job id
+    master_addr: str = ""                 # where the ranks meet; empty: the job's first node (fake nodes: 127.0.0.1)
     # What sites ask of a job script. GPUs as --gpus-per-node=N or --gres=gpu:N (or gpu:<type>:N with gpu_type).
     gpu_request: Literal["gpus_per_node", "gres"] = "gpus_per_node"
     gpu_type: str = ""                    # e.g. a100 (only with gpu_request: gres)
@@ -562,10 +578,12 @@ class Profile:
     cpu_partition: str = ""               # the CPU-only stages (world, collect); default: partition
     sbatch_extra: dict[str, str] = field(default_factory=dict)   # any other sbatch option: {begin: now+1hour}
     srun_args: tuple[str, ...] = ()       # extra srun arguments (e.g. --mpi=pmix)
-    # Cost estimate for `plan` (GPU-hours per stage), measured on your cluster, never part of a result:
-    # training examples one GPU processes per hour (a finished training cell's summary.json: examples / wall_s *
-    # 3600 / its GPUs), and the minutes one eval cell takes on its GPU (record.json timings, loading included).
-    train_examples_per_gpu_hour: float = 0.0
+    # Cost estimate for `plan` (launch.costs), measured on your cluster (`launch rates RUN` prints all four from a
+    # finished study), never part of a result: training tokens one GPU processes per hour in the step loop, the
+    # minutes a training cell spends loading and initialising, the minutes per checkpoint, the minutes per eval cell.
+    train_tokens_per_gpu_hour: float = 0.0
+    train_fixed_minutes: float = 0.0
+    train_minutes_per_checkpoint: float = 0.0
     eval_minutes_per_cell: float = 0.0
     # Runtime fields (micro_batch, gradient_checkpointing, save_every_steps) for this cluster's GPUs: they override
     # the study's for every training stage and never change a cell id (launch.spec.Runtime)
@@ -580,8 +598,9 @@ class Profile:
               "use eval: {nodes: 1, gpus_per_node: 1}; eval cells run in parallel as array tasks")
         check(self.train.cells_per_task == 1, "train.cells_per_task", "a training cell is a multi-rank DeepSpeed "
               "run with its own array task", "use eval.cells_per_task to pack eval cells")
-        check(self.train_examples_per_gpu_hour >= 0 and self.eval_minutes_per_cell >= 0,
-              "train_examples_per_gpu_hour", "cost rates must be >= 0", "use 0 (no estimate) or a measured rate")
+        for key in ("train_tokens_per_gpu_hour", "train_fixed_minutes", "train_minutes_per_checkpoint",
+                    "eval_minutes_per_cell"):
+            check(getattr(self, key) >= 0, key, "cost rates must be >= 0", "use 0 (no estimate) or a measured rate")
         for key in ("partition", "account", "qos", "reservation", "cpu_partition", "gpu_type"):
             val = getattr(self, key)
             check(bool(PARTITION.fullmatch(val)), key, f"{val!r} has characters Slurm names never have",
@@ -611,8 +630,14 @@ class Profile:
                   "the signal as the job starts, before the handler that saves and requeues is installed",
                   f"use signal_delay_s <= {max(latest, 0)} or a longer {stage}.time_min")
         check(self.max_num_timeout >= 0, "max_num_timeout", "must be >= 0", "use e.g. 10")
+        check(bool(re.fullmatch(r"[A-Za-z0-9.:-]*", self.master_addr)), "master_addr",
+              f"{self.master_addr!r} is not a host name or address", "use e.g. 127.0.0.1, or leave it empty")
+        check(self.master_port == 0 or 1024 <= self.master_port <= 65535, "master_port",
+              f"must be 0 or a port in 1024..65535, got {self.master_port}", "use e.g. 29500, or 0")
         for k in self.env:
             check(bool(ENV_NAME.fullmatch(k)), f"env.{k}", "is not a valid variable name", "use letters, digits and _")
+            check(k not in OWNED_ENV and not k.startswith("ELASTICA_"), f"env.{k}", "is set by the launcher for "
+                  "every cell (a profile value would replace it)", OWNED_ENV.get(k, "remove it"))
             check(not SECRET_NAME.fullmatch(k), f"env.{k}", "looks like a secret, and secrets never go into a profile "
                   "(they would be written into job scripts)", "export it in your shell; jobs inherit it")
             check(self.env[k].isprintable(), f"env.{k}", "has a newline or control character",
@@ -761,6 +786,8 @@ def build(cls, data: dict, where: str = ""):
         if key not in fields_:
             close = difflib.get_close_matches(str(key), list(fields_), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields_)}"
+            if key in getattr(cls, "RENAMED", {}):
+                hint = f"replaced by {cls.RENAMED[key]}"
             if key in getattr(cls, "MOVED", {}):
                 hint = f"{key} is how a stage runs, not what it computes: move it to {cls.MOVED[key]}: " \
                        f"(per stage: runtime_overrides)"

@@ -10,7 +10,8 @@ from launch.jobs import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = {"launch", "launch.spec", "launch.jobs", "launch.layout", "launch.env", "launch.tracking"}
-ORCHESTRATION = {"launch.plan", "launch.worker", "launch.local", "launch.slurm", "launch.prefetch", "launch.__main__"}
+ORCHESTRATION = {"launch.plan", "launch.costs", "launch.worker", "launch.local", "launch.slurm", "launch.prefetch",
+                 "launch.__main__"}
 
 
 def modules() -> dict[str, Path]:

@@ -148,6 +148,44 @@ def test_bad_site_options_are_refused(over, field):
     assert e.value.field == field
 
 
+@pytest.mark.parametrize("key", ["PYTHONPATH", "WANDB_MODE", "MASTER_PORT", "RANK", "HF_HOME", "ELASTICA_IMAGE"])
+def test_env_keys_the_launcher_owns_are_refused(key):
+    with pytest.raises(ConfigError) as e:
+        build(Profile, {"name": "p", "executor": "slurm", "env": {key: "x"}})
+    assert e.value.field == f"env.{key}"
+
+
+def test_ranks_are_exported_over_an_inherited_environment(monkeypatch):
+    """A job submitted from inside another job (or a site module) already has RANK, MASTER_ADDR, MASTER_PORT:
+    submitit's export refuses them; every task still gets its own rank, and the profile's master_port wins."""
+    from launch.slurm import export_ranks
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
+             "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]",
+             "SLURM_STEP_NODELIST": "gpu[07-08]"}
+    for k, v in {**slurm, "RANK": "0", "WORLD_SIZE": "16", "MASTER_ADDR": "stale", "MASTER_PORT": "1",
+                 "LOCAL_RANK": "5", "ELASTICA_MASTER_PORT": "29611"}.items():
+        monkeypatch.setenv(k, v)
+    export_ranks()
+    got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    assert got == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07", "MASTER_PORT": "29611"}
+
+
+def test_plan_estimates_fork_memory_and_refuses_a_profile_too_small(tmp_path):
+    """Llama-2-7B under ZeRO-3 bf16 on 2 nodes x 8 GPUs: each rank's fork holds (2 + 4 + 8) bytes per parameter
+    / 16, each node 8 ranks: 6.74e9 x 14 / 2 = 47 GB."""
+    import yaml
+    prof = yaml.safe_load((ROOT / "configs/profiles/example-gpu.yaml").read_text())
+    prof["train"]["mem_gb"] = 40
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    r = launch("plan", "configs/setting2/imdb.yaml", "--profile", tmp_path / "p.yaml")
+    assert r.returncode == 2 and r.stderr.startswith("error: train.mem_gb: 40 GB per node is less than the 47 GB")
+    assert r.stderr.count("\n") == 1 and "set train.mem_gb to at least" in r.stderr
+    prof["train"]["mem_gb"] = 64
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    r = launch("plan", "configs/setting2/imdb.yaml", "--profile", tmp_path / "p.yaml")
+    assert r.returncode == 0 and "llama2-7b 47 GB; train.mem_gb: 64" in r.stdout
+
+
 def test_log_paths_of_array_tasks():
     from launch.slurm import log_path
     assert log_path(Path("/r"), "45_3") == Path("/r/submitit/45_3/45_3_0_log.out")

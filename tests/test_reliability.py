@@ -184,7 +184,7 @@ BAD_PROFILES = [
     ("wandb-mode", "name: p\nwandb_mode: loud\n", "wandb_mode"),
     ("eval-multi-gpu", "name: p\nexecutor: slurm\neval: {gpus_per_node: 4}\n", "eval.gpus_per_node"),
     ("eval-multi-node", "name: p\nexecutor: slurm\neval: {nodes: 2, gpus_per_node: 1}\n", "eval.gpus_per_node"),
-    ("negative-rate", "name: p\ntrain_examples_per_gpu_hour: -5\n", "train_examples_per_gpu_hour"),
+    ("negative-rate", "name: p\ntrain_tokens_per_gpu_hour: -5\n", "train_tokens_per_gpu_hour"),
 ]
 
 

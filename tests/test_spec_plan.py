@@ -15,7 +15,7 @@ import yaml
 
 from launch.__main__ import main as cli
 from launch.plan import make_plan
-from launch.spec import build, load_profile, load_spec, Profile
+from launch.spec import ConfigError, Profile, build, load_profile, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "profiles" not in p.parts)
@@ -71,16 +71,39 @@ def test_setting2_paper_counts(capsys, tmp_path):
 
 
 def test_plan_estimates_gpu_hours_from_the_profile(tmp_path):
+    """Tokens at max_length through the step loop, plus each cell's fixed minutes and its checkpoints, on every GPU
+    of the cell (2 x 8): the positive cell trains 10,000 examples x 512 tokens and saves 4 checkpoints; the 4
+    negative cells 8,000 examples and 5 checkpoints each."""
     p = tmp_path / "p.yaml"
     p.write_text("name: p\nexecutor: slurm\ntrain: {nodes: 2, gpus_per_node: 8}\neval: {gpus_per_node: 1}\n"
-                 "train_examples_per_gpu_hour: 400\neval_minutes_per_cell: 6\n")
+                 "train_tokens_per_gpu_hour: 3000000\ntrain_fixed_minutes: 5\ntrain_minutes_per_checkpoint: 1\n"
+                 "eval_minutes_per_cell: 6\n")
     s = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml")).summary(tmp_path, load_profile(p))
     hours = {st["name"]: st["gpu_hours_to_run"] for st in s["stages"]}
-    assert hours == {"positive": 10000 / 400, "negative": 8000 / 400, "eval": 25 * 6 / 60, "collect": None}
+    want = {"positive": 10000 * 512 / 3e6 + 16 * (5 + 4) / 60, "negative": 8000 * 512 / 3e6 + 4 * 16 * (5 + 5) / 60,
+            "eval": 25 * 6 / 60, "collect": None}
+    assert hours == pytest.approx(want)
     r = subprocess.run([sys.executable, "-m", "launch", "plan", "configs/setting2/imdb.yaml", "--profile", str(p),
                         "--runs", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, env={**os.environ,
                         "COLUMNS": "200"})
-    assert r.returncode == 0 and "estimated GPU-hours to run: 47.5" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "estimated GPU-hours to run: 18.6, from profile p's rates" in r.stdout, r.stdout
+    assert "host memory per node that milestone forks hold (launch.costs): llama2-7b 47 GB" in r.stdout
+    old = tmp_path / "old.yaml"
+    old.write_text("name: p\ntrain_examples_per_gpu_hour: 400\n")
+    with pytest.raises(ConfigError) as e:
+        load_profile(old)
+    assert e.value.field == "train_examples_per_gpu_hour" and "train_tokens_per_gpu_hour" in e.value.line()
+
+
+def test_rates_are_read_off_finished_cells(reduced_run, capsys):
+    """`launch rates RUN`: the profile's four cost rates from the finished cells' record.json phase times."""
+    plan, runs = reduced_run
+    assert cli(["rates", str(plan.exp_dir(runs))]) == 0
+    out = capsys.readouterr().out
+    got = dict(l.split(": ") for l in out.splitlines() if not l.startswith("#"))
+    assert float(got["train_tokens_per_gpu_hour"]) > 0 and float(got["train_fixed_minutes"]) > 0
+    assert float(got["eval_minutes_per_cell"]) > 0 and "training and" in out
+    assert cli(["rates", str(runs / "nothing")]) == 2
 
 
 def test_known_dataset_sizes_refuse_what_cannot_be_served(tmp_path, capsys):

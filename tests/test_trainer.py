@@ -3,6 +3,7 @@
     .venv/bin/python -m pytest -q tests/test_trainer.py
 """
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cell_procs, write_cell
+from conftest import ROOT, free_port, run_cell_procs, write_cell
 from launch.jobs import ModelRef, TrainJob
 from launch.spec import Data, Recipe
 
@@ -82,15 +83,42 @@ def test_sft_learns_and_writes_outputs(exp_dir):
     assert rc == 0 and time.time() - t < 30 and len(rows) == len((d / "metrics.jsonl").read_text().splitlines())
 
 
-def test_nested_milestones_equal_separate_runs(exp_dir):
-    """40 and 100 are not multiples of the global batch 16: the milestone fork must still be exact."""
-    nested = train(exp_dir, "nested", job(exp_dir, milestones=(40, 100, 160)))
-    for m in (40, 100):
-        alone = train(exp_dir, f"alone{m}", job(exp_dir, milestones=(m,)))
-        assert max_diff(weights(nested, m), weights(alone, m)) == 0.0
-        s_n = json.loads((nested / "summary.json").read_text())["milestones"][f"n{m}"]
-        s_a = json.loads((alone / "summary.json").read_text())["milestones"][f"n{m}"]
-        assert s_n == s_a
+# Milestones 24 and 56 fall inside a global batch of 16 (the run forks), 32 and 64 on an edge (64 ends the run);
+# each milestone after the first is where a fork that left any state behind would show (extra updates). The
+# combinations the configs use: ZeRO-0 fp32 (toy world), ZeRO-0 bf16 (the GPU tier), ZeRO-3 bf16 on several ranks
+# (the paper's configs); ZeRO-2 and ZeRO-3 fp32 beside them.
+CHAINS = [(1, ("0:fp32", "0:bf16", "3:fp32", "3:bf16")), (2, ("3:bf16", "2:fp32"))]
+
+
+@pytest.mark.parametrize("ranks,combos", CHAINS, ids=[f"{r}rank" for r, _ in CHAINS])
+def test_every_milestone_equals_a_separate_run(exp_dir, tmp_path, ranks, combos):
+    """At every milestone the nested run's whole training state (weights, fp32 masters, Adam's moments and step
+    counts, the engine's buffers: train.state.state_tensors) equals a separate run on that many examples, bit for
+    bit, and so does the milestone's summary."""
+    from fork_chain import compare
+    ms = (24, 32, 56, 64)
+    port, procs = free_port(), []
+    for r in range(ranks):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if ranks > 1:
+            env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "fork_chain.py"), str(tmp_path), str(exp_dir / "models" / "llama"),
+             str(exp_dir / "world" / "data" / "positive.jsonl"), ",".join(map(str, ms)), *combos],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-3000:]
+    for combo in combos:
+        zero, precision = combo.split(":")
+        assert compare(tmp_path, ms, int(zero), precision, ranks) == [], combo
+        nested = tmp_path / f"z{zero}-{precision}" / "nested"
+        assert not (nested / "fork").exists()
+        rec = json.loads((nested / "record.json").read_text())["runtime"]
+        assert rec["precision"]["load_dtype"] == ("bfloat16" if precision == "bf16" else "float32")
+        assert rec["phases"]["forks"] == 2 and rec["phases"]["checkpoints"] == 4 and rec["phases"]["steps_s"] > 0
+        assert rec["phases"]["fork_host_bytes"] > 0 and rec["optimizer"]["optimizer"] == "torch AdamW"
 
 
 @pytest.mark.parametrize("zero", [0, 2, 3])
@@ -116,30 +144,42 @@ def test_a_finished_cell_destroys_its_process_group(exp_dir):
     assert (d / "DONE").exists() and "initialized: False" in p.stdout
 
 
-def test_resume_after_signal_is_bit_identical(exp_dir):
-    rt = dict(micro_batch=2, save_every_steps=25)
-    full = train(exp_dir, "uninterrupted", job(exp_dir, milestones=(40, 400), global_batch=4), runtime=rt)
-    j = job(exp_dir, milestones=(40, 400), global_batch=4)
-    d = write_cell(exp_dir / "positive" / "interrupted", j, outputs=["n40", "n400"], runtime=rt)
-    (p,) = run_cell_procs(d, wait=False)
+RESUMES = [dict(ranks=1, zero_stage=0, precision="fp32"), dict(ranks=2, zero_stage=3, precision="bf16")]
+
+
+@pytest.mark.parametrize("how", RESUMES, ids=["z0-fp32-1rank", "z3-bf16-2ranks"])
+def test_resume_after_signal_is_bit_identical(exp_dir, how):
+    """SIGUSR2 to every rank between two milestones (40 is inside a global batch of 16, so the run has forked
+    before the signal): the ranks save and exit 75; the rerun resumes, and every milestone's weights and every
+    step's metrics equal the uninterrupted run's."""
+    ranks, recipe = how["ranks"], {k: v for k, v in how.items() if k != "ranks"}
+    ms, rt = (40, 100, 160), dict(micro_batch=2, save_every_steps=3)
+    name = f"z{recipe['zero_stage']}r{ranks}"
+    full = train(exp_dir, f"uninterrupted-{name}", job(exp_dir, "llama", ms, **recipe), ranks=ranks, runtime=rt)
+    d = write_cell(exp_dir / "positive" / f"interrupted-{name}", job(exp_dir, "llama", ms, **recipe),
+                   outputs=[f"n{m}" for m in ms], runtime=rt)
+    procs = run_cell_procs(d, ranks=ranks, wait=False)
     metrics = d / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 30:
-            p.send_signal(signal.SIGUSR2)
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:   # past n40, before n100
+            for p in procs:
+                p.send_signal(signal.SIGUSR2)
             break
         time.sleep(0.005)
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 75, out[-2000:]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [75] * ranks, outs[0][-2000:]
     steps_before = len(metrics.read_text().splitlines())
-    assert 30 <= steps_before < 100 and (d / "resume" / "latest").exists() and not (d / "DONE").exists()
-    (rc, out), = run_cell_procs(d)
-    assert rc == 0, out[-2000:]
-    assert max_diff(weights(full, 400), weights(d, 400)) == 0.0
-    assert max_diff(weights(full, 40), weights(d, 40)) == 0.0
+    assert 4 <= steps_before <= 6 and (d / "resume" / "latest").exists() and not (d / "DONE").exists()
+    assert (d / "checkpoints" / "n40").exists() and not (d / "checkpoints" / "n100").exists()
+    for rc, out in run_cell_procs(d, ranks=ranks):
+        assert rc == 0, out[-2000:]
+    for m in ms:
+        assert max_diff(weights(full, m), weights(d, m)) == 0.0, m
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")}
                        for l in p.read_text().splitlines()]
     assert strip(metrics) == strip(full / "metrics.jsonl")
+    assert json.loads((d / "summary.json").read_text())["resumed_at_steps"] == [steps_before]
     assert not (d / "resume").exists()
 
 

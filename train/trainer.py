@@ -37,6 +37,7 @@ from launch.layout import atomic_write_json, atomic_write_text, publish_dir
 from launch.spec import ConfigError, Runtime
 from train import data as D
 from train.models import load_model, load_tokenizer
+from train.state import restore, snapshot, snapshot_bytes
 
 _STOP = {"signal": 0}
 
@@ -62,11 +63,17 @@ def setup_distributed():
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device_index(torch.cuda.device_count()))
         # the paper's recipe: bf16 with tf32 matmuls (fp32 matmuls that remain, e.g. the loss's log-softmax input)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return dist.get_rank(), dist.get_world_size()
+
+
+def device_index(visible: int) -> int:
+    """This rank's GPU among the `visible` ones: LOCAL_RANK, modulo them, since a site that binds one GPU per task
+    shows each rank a single device (CUDA_VISIBLE_DEVICES), where LOCAL_RANK 5 has device 0."""
+    return int(os.environ.get("LOCAL_RANK", 0)) % max(visible, 1)
 
 
 def clear_stale_build_locks(ext_dir: Path) -> None:
@@ -98,16 +105,22 @@ def precision_info(dtype) -> dict:
             "cuda": torch.version.cuda or "", "deepspeed": deepspeed.__version__}
 
 
-def fused_adam_available(cuda: bool) -> bool:
-    """DeepSpeed's FusedAdam where it is prebuilt (the image) or can be JIT-built (nvcc); torch's AdamW otherwise
-    (same update up to float rounding; runtime, not identity)."""
+def pick_optimizer(cuda: bool) -> dict:
+    """DeepSpeed's FusedAdam where its op loads (prebuilt in the image, or JIT-built with nvcc), torch's AdamW
+    otherwise: the same update up to float rounding (runtime, not identity). A failed op build falls back to torch's
+    AdamW with its reason, recorded in record.json: it never fails a cell that could run."""
     if not cuda:
-        return False
-    from deepspeed.git_version_info import installed_ops
-    return bool(installed_ops.get("fused_adam")) or shutil.which("nvcc") is not None
+        return {"optimizer": "torch AdamW", "why": "no CUDA device (FusedAdam is a CUDA kernel)"}
+    try:
+        from deepspeed.ops.op_builder import FusedAdamBuilder
+        FusedAdamBuilder().load()
+        return {"optimizer": "FusedAdam", "why": "its op loaded (prebuilt in the image, or JIT-built)"}
+    except Exception as e:   # a JIT build that fails: no nvcc, a compiler error, a read-only cache
+        line = next((l for l in str(e).splitlines() if l.strip()), type(e).__name__)
+        return {"optimizer": "torch AdamW", "why": f"FusedAdam's op did not build ({type(e).__name__}: {line[:200]})"}
 
 
-def ds_config(job: TrainJob, world: int, cuda: bool, rt: Runtime = Runtime()) -> dict:
+def ds_config(job: TrainJob, world: int, torch_adam: bool = True, rt: Runtime = Runtime()) -> dict:
     r = job.recipe
     nominal_gas = max(1, math.ceil(r.global_batch / (rt.micro_batch * world)))
     cfg = {
@@ -117,7 +130,7 @@ def ds_config(job: TrainJob, world: int, cuda: bool, rt: Runtime = Runtime()) ->
         "gradient_clipping": r.grad_clip,
         "optimizer": {"type": "AdamW", "params": {"lr": r.lr, "betas": list(r.betas), "eps": 1e-8,
                                                   "weight_decay": r.weight_decay,
-                                                  "torch_adam": not fused_adam_available(cuda)}},
+                                                  "torch_adam": torch_adam}},
         "zero_optimization": {"stage": r.zero_stage},
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
@@ -132,9 +145,14 @@ def ds_config(job: TrainJob, world: int, cuda: bool, rt: Runtime = Runtime()) ->
 class Trainer:
     def __init__(self, job: TrainJob, out_dir: Path, exp_dir: Path, runtime: Runtime = Runtime()):
         import torch
+        t0 = time.time()
         self.job, self.out, self.exp, self.rt = job, Path(out_dir), Path(exp_dir), runtime
         self.rank, self.world = setup_distributed()
         self.cuda = torch.cuda.is_available()
+        # what each phase of the cell took (record.json: plan's GPU-hour estimate counts the fixed costs)
+        self.phases = {"setup_s": 0.0, "load_s": 0.0, "init_s": 0.0, "reference_s": 0.0, "steps_s": 0.0,
+                       "fork_s": 0.0, "save_s": 0.0, "resume_save_s": 0.0, "checkpoints": 0, "forks": 0,
+                       "step_tokens": 0, "fork_host_bytes": 0, "ranks": self.world}
         r = job.recipe
         self.tok = load_tokenizer(job.model, exp_dir)
         rows = D.load_rows(job.data, exp_dir)
@@ -153,23 +171,42 @@ class Trainer:
         self.milestones = sorted(job.milestones) if r.epochs == 1 else [len(self.seq)]
         self.milestone_name = {p: f"n{m}" for p, m in zip(self.milestones, sorted(job.milestones))}
 
-        self.ds_cfg = ds_config(job, self.world, self.cuda, runtime)
+        self.optimizer = self._agree_on_optimizer(pick_optimizer(self.cuda))
+        self.ds_cfg = ds_config(job, self.world, self.optimizer["optimizer"] != "FusedAdam", runtime)
         dtype = torch.bfloat16 if r.precision == "bf16" else torch.float32
+        t1 = time.time()
+        self.phases["setup_s"] = t1 - t0
         model = load_model(job.model, exp_dir, self.tok, job.seed, dtype=dtype,
                            zero3_config=self.ds_cfg if r.zero_stage == 3 else None)
         if runtime.gradient_checkpointing:   # non-reentrant: works under ZeRO-3 and with inputs that need no grad
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.rank == 0:
             atomic_write_json(self.out / "ds_config.json", self.ds_cfg)
-            update_record(self.out, precision=precision_info(dtype))
+            update_record(self.out, precision=precision_info(dtype), optimizer=self.optimizer)
         import deepspeed
+        t2 = time.time()
+        self.phases["load_s"] = t2 - t1
         params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=params, config=self.ds_cfg,
             lr_scheduler=lambda opt: _schedule(opt, r, len(self.batches), r.warmup_steps))
         self.engine.train()   # from_pretrained returns eval mode, in which gradient checkpointing does nothing
         self.device = self.engine.device
+        t3 = time.time()
+        self.phases["init_s"] = t3 - t2
         self.ref_logps = self._reference_logps() if r.algorithm == "dpo" else None
+        self.phases["reference_s"] = time.time() - t3
+
+    def _agree_on_optimizer(self, mine: dict) -> dict:
+        """Every rank runs the same optimizer: FusedAdam only where it loaded on every rank."""
+        import torch
+        import torch.distributed as dist
+        ok = torch.tensor([mine["optimizer"] == "FusedAdam"], dtype=torch.long,
+                          device="cuda" if self.cuda else "cpu")
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if mine["optimizer"] == "FusedAdam" and not ok.item():
+            return {"optimizer": "torch AdamW", "why": "FusedAdam's op did not build on another rank"}
+        return mine
 
     # ------------------------------------------------------------------------------------------- one step
     def _logps(self, ids, mask, labels):
@@ -249,6 +286,7 @@ class Trainer:
         """checkpoints/<name>: HF safetensors + tokenizer, written to a temp folder and renamed."""
         import torch.distributed as dist
         r = self.job.recipe
+        t0 = time.time()
         sd = self.engine._zero3_consolidated_16bit_state_dict() if r.zero_stage == 3 else None
         if self.rank == 0:
             if sd is None:
@@ -263,10 +301,13 @@ class Trainer:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)   # never leave half a checkpoint behind
         dist.barrier()
+        self.phases["save_s"] += time.time() - t0
+        self.phases["checkpoints"] += 1
 
     def save_resume(self, state: dict, tag: str, where: Path) -> None:
         import torch
         import torch.distributed as dist
+        t0 = time.time()
         state = {**state, "torch_rng": torch.get_rng_state()}
         self.engine.save_checkpoint(str(where), tag=tag, client_state={"elastica": state})
         dist.barrier()
@@ -275,6 +316,7 @@ class Trainer:
                 if old.is_dir() and old.name != tag:
                     shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
+        self.phases["resume_save_s"] += time.time() - t0
 
     def load_resume(self, where: Path, tag: str | None = None) -> dict | None:
         import torch
@@ -311,6 +353,8 @@ class Trainer:
                     if s < m < e and self.milestone_name[m] not in state["milestones"]:
                         self._fork(s, m, state)
                 m = self.step(s, e)
+                self.phases["steps_s"] += m["seconds"]
+                self.phases["step_tokens"] += m["tokens"] / max(1 - m["padding_share"], 1e-9)   # padded too
                 state["batch"] = k + 1
                 state["loss_sum"] += m["loss_sum"]
                 state["loss_tokens"] += m["loss_tokens"]
@@ -345,6 +389,8 @@ class Trainer:
                        "resumed_at_steps": state["resumed_at_steps"],
                        "padding_share": _mean_padding(metrics_path)}
             atomic_write_json(self.out / "summary.json", summary)
+            update_record(self.out, phases={k: round(v, 3) if isinstance(v, float) else v
+                                            for k, v in self.phases.items()})
             shutil.rmtree(resume_dir, ignore_errors=True)   # optimizer shards are not kept once done
         dist.barrier()
         return [self.milestone_name[m] for m in self.milestones]
@@ -352,14 +398,19 @@ class Trainer:
     def _fork(self, s: int, m: int, state: dict) -> None:
         """Milestone m inside the batch starting at s: a side step on [s, m), its weights saved, then undone from
         an in-memory snapshot of this rank's state (only the milestone's weights reach the disk)."""
+        t0 = time.time()
         snap = snapshot(self.engine)
+        self.phases["fork_host_bytes"] = max(self.phases["fork_host_bytes"], snapshot_bytes(snap))
         part = self.step(s, m)
         side = dict(state, loss_sum=state["loss_sum"] + part["loss_sum"],
                     loss_tokens=state["loss_tokens"] + part["loss_tokens"], tokens=state["tokens"] + part["tokens"],
                     step_losses=state["step_losses"] + [part["loss"]])
         state["milestones"][self.milestone_name[m]] = _milestone_summary(side, m)
+        t_save = self.phases["save_s"]
         self.save_weights(self.milestone_name[m])
         restore(self.engine, snap)
+        self.phases["fork_s"] += time.time() - t0 - (self.phases["save_s"] - t_save)
+        self.phases["forks"] += 1
 
     def _stop_requested(self) -> int:
         import torch
@@ -384,75 +435,6 @@ def token_logps(model, ids, mask, labels, device):
     keep = tgt != -100
     logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return logp * keep, keep
-
-
-ENGINE_COUNTERS = ("global_steps", "global_samples", "micro_steps", "skipped_steps", "_unmanaged_backward_count",
-                   "_step_applied")
-
-
-def _state_tensors(engine) -> list:
-    """The live tensors that hold this rank's training state: the module's parameters (under ZeRO-3 each one's
-    partition, `ds_tensor`, and the full tensor of the small ones it keeps gathered) and the torch optimizer's
-    parameters (fp32 master weights, flat partitions under ZeRO); moments are in the optimizer's state."""
-    base = getattr(engine.optimizer, "optimizer", engine.optimizer)   # ZeRO / bf16 wrappers hold it as .optimizer
-    out = []
-    for p in engine.module.parameters():
-        out.append(p.data)
-        if hasattr(p, "ds_tensor"):
-            out.append(p.ds_tensor.data)
-    out += [p.data for g in base.param_groups for p in g["params"]]
-    return out
-
-
-def snapshot(engine) -> dict:
-    """This rank's whole training state, copied into host memory: weights, master weights, optimizer moments and
-    hyperparameters, the scheduler, the engine's counters and the RNG. `restore` puts it back in place."""
-    import copy
-    import torch
-    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    host = lambda v: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v)
-    return {"tensors": [host(t) for t in _state_tensors(engine)],
-            "state": {p: {k: (host(v), v.device if torch.is_tensor(v) else None) for k, v in st.items()}
-                      for p, st in base.state.items()},
-            "groups": [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in base.param_groups],
-            "scheduler": copy.deepcopy(engine.lr_scheduler.state_dict()) if engine.lr_scheduler else None,
-            "counters": {k: getattr(engine, k) for k in ENGINE_COUNTERS if hasattr(engine, k)},
-            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
-def restore(engine, snap: dict) -> None:
-    """Undo everything since `snapshot(engine)`, in place (the engine's buffers keep their identity)."""
-    import torch
-    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    with torch.no_grad():
-        for live, saved in zip(_state_tensors(engine), snap["tensors"], strict=True):
-            live.copy_(saved)
-        for p in list(base.state):
-            if p not in snap["state"]:
-                del base.state[p]   # created by the undone step (Adam makes its moments lazily)
-        for p, saved in snap["state"].items():
-            st = base.state[p]
-            for k in list(st):
-                if k not in saved:
-                    del st[k]
-            for k, (v, device) in saved.items():
-                if device is None:
-                    st[k] = v
-                elif torch.is_tensor(st.get(k)) and st[k].shape == v.shape and st[k].device == device:
-                    st[k].copy_(v)
-                else:
-                    st[k] = v.to(device, copy=True)
-    for g, saved in zip(base.param_groups, snap["groups"], strict=True):
-        for k in [k for k in g if k != "params" and k not in saved]:
-            del g[k]   # e.g. a 'step' a fused optimizer adds to its groups on the first step
-        g.update(saved)
-    if snap["scheduler"] is not None:
-        engine.lr_scheduler.load_state_dict(snap["scheduler"])
-    for k, v in snap["counters"].items():
-        setattr(engine, k, v)
-    torch.set_rng_state(snap["rng"])
-    if snap["cuda_rng"] is not None:
-        torch.cuda.set_rng_state(snap["cuda_rng"])
 
 
 def update_record(cell_dir: Path, **info) -> None:

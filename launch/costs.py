@@ -1,0 +1,141 @@
+"""What a study will cost before it runs: GPU-hours from the profile's measured rates, and the host memory that a
+training cell's milestone forks hold per node. `plan` prints both and says how it estimated; `plan` and `submit`
+refuse a profile whose train.mem_gb is set and smaller than the forks need.
+
+GPU-hours of a training cell = its tokens / train_tokens_per_gpu_hour (the step loop; every example counted at the
+recipe's max_length, twice for DPO's pairs: an upper bound) + its GPUs x (train_fixed_minutes: load, DeepSpeed
+init, DPO's reference pass + checkpoints x train_minutes_per_checkpoint) / 60. An eval cell: eval_minutes_per_cell
+x its GPUs. The rates come from a finished cell's record.json `runtime.phases` (`launch rates RUN` prints them).
+
+Host memory of a fork (train.state.snapshot: measured as record.json `phases.fork_host_bytes`): per rank, the
+16-bit (or fp32) weights it holds, the fp32 masters and Adam's two moments; ZeRO-3 partitions all of it over the
+ranks, ZeRO-1/2 the masters and moments, ZeRO-0 nothing.
+
+    from launch.costs import fork_gb_per_node, model_params
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from launch.spec import Model, Profile, Recipe, source_kind
+
+# Parameter counts of the paper's models (their config.json: embeddings, layers, head; tied heads counted once)
+KNOWN_PARAMS = {
+    "meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Llama-2-13b-hf": 13.02e9, "meta-llama/Meta-Llama-3-8B": 8.03e9,
+    "google/gemma-2b": 2.51e9, "Qwen/Qwen1.5-0.5B": 0.46e9, "Qwen/Qwen1.5-4B": 3.95e9, "Qwen/Qwen1.5-7B": 7.72e9,
+    **{f"TinyLlama/TinyLlama-1.1B-{s}": 1.10e9 for s in (
+        "step-50K-105b", "intermediate-step-240k-503b", "intermediate-step-480k-1T",
+        "intermediate-step-955k-token-2T", "intermediate-step-1195k-token-2.5T", "intermediate-step-1431k-3T")},
+}
+
+
+def _safetensors_params(path: Path) -> int:
+    """Parameters in a safetensors file, from its JSON header alone (no weights read)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    total = 0
+    for name, meta in header.items():
+        if name != "__metadata__":
+            count = 1
+            for d in meta["shape"]:
+                count *= d
+            total += count
+    return total
+
+
+def model_params(m: Model) -> float | None:
+    """A model's parameter count: the table above for hub ids, the safetensors headers of a local folder; None
+    for a toy model (built by `init`: small) or a hub id not in the table."""
+    if m.init is not None:
+        return None
+    if source_kind(m.path) == "hub":
+        return KNOWN_PARAMS.get(m.path)
+    files = sorted(Path(m.path).expanduser().glob("*.safetensors"))
+    return float(sum(_safetensors_params(f) for f in files)) if files else None
+
+
+def fork_bytes_per_rank(params: float, recipe: Recipe, world: int) -> float:
+    """Host bytes one rank's fork snapshot holds (train.state.snapshot)."""
+    weights = 2 if recipe.precision == "bf16" else 4
+    masters = 4 if recipe.precision == "bf16" else 0   # fp32 training updates the weights themselves (ZeRO-0)
+    if recipe.zero_stage == 0:
+        return params * (weights + masters + 8)
+    if recipe.zero_stage in (1, 2):   # full weights on every rank; fp32 partitions (masters, moments) split
+        return params * (weights + 12 / world)
+    return params * (weights + 12) / world
+
+
+def fork_gb_per_node(params: float, recipe: Recipe, profile: Profile) -> float:
+    world = profile.train.nodes * max(1, profile.train.gpus_per_node)
+    return fork_bytes_per_rank(params, recipe, world) * max(1, profile.train.gpus_per_node) / 1e9
+
+
+def fork_memory(plan, profile: Profile) -> list[dict]:
+    """Per base model and training stage whose runs fork (nested volumes): the fork's host GB per node."""
+    rows = []
+    stages = [name for name, cells in plan.stages.items() if cells and cells[0].kind == "train" and name != "pretrain"]
+    for m in plan.spec.models:
+        params = model_params(m)
+        if params is None:
+            continue
+        for stage in stages:
+            recipe = plan.spec.recipe_for(stage)
+            if recipe.nested:
+                rows.append({"model": m.name, "stage": stage, "params": params,
+                             "gb_per_node": fork_gb_per_node(params, recipe, profile)})
+    return rows
+
+
+def train_cell_gpu_hours(cell, profile: Profile) -> float | None:
+    """Estimated GPU-hours of one training cell, or None without a token rate."""
+    if not profile.train_tokens_per_gpu_hour:
+        return None
+    r = cell.job.recipe
+    tokens = cell.examples * r.max_length * (2 if r.algorithm == "dpo" else 1)
+    gpus = profile.train.nodes * max(1, profile.train.gpus_per_node)
+    fixed_min = profile.train_fixed_minutes + len(cell.outputs) * profile.train_minutes_per_checkpoint
+    return tokens / profile.train_tokens_per_gpu_hour + gpus * fixed_min / 60
+
+
+def rates(exp_dir: Path) -> dict:
+    """The profile's cost rates measured on a finished study's training and eval cells (their record.json)."""
+    tokens = gpu_s = fixed_s = ckpt_s = ckpts = 0.0
+    cells = evals = 0
+    eval_s = 0.0
+    for rec_path in sorted(Path(exp_dir).glob("*/*/record.json")):
+        rt = json.loads(rec_path.read_text()).get("runtime", {})
+        ph = rt.get("phases")
+        if ph:
+            tokens += ph["step_tokens"]
+            gpu_s += ph["steps_s"] * ph["ranks"]
+            fixed_s += ph["setup_s"] + ph["load_s"] + ph["init_s"] + ph["reference_s"]
+            ckpt_s += ph["save_s"] + ph["fork_s"]
+            ckpts += ph["checkpoints"]
+            cells += 1
+        timings = json.loads((rec_path.parent / "result.json").read_text()).get("timings", {}) \
+            if (rec_path.parent / "result.json").exists() else {}
+        if "total_s" in timings:
+            eval_s += timings["total_s"]
+            evals += 1
+    return {"train_tokens_per_gpu_hour": round(tokens / gpu_s * 3600) if gpu_s else 0,
+            "train_fixed_minutes": round(fixed_s / cells / 60, 2) if cells else 0,
+            "train_minutes_per_checkpoint": round(ckpt_s / ckpts / 60, 3) if ckpts else 0,
+            "eval_minutes_per_cell": round(eval_s / evals / 60, 2) if evals else 0,
+            "training_cells": cells, "eval_cells": evals}
+
+
+def check_memory(plan, profile: Profile) -> None:
+    """Refuse a profile whose train.mem_gb is set and smaller than a training stage's forks hold per node."""
+    from launch.spec import ConfigError
+    if not profile.train.mem_gb:
+        return
+    for row in fork_memory(plan, profile):
+        if row["gb_per_node"] > profile.train.mem_gb:
+            raise ConfigError("train.mem_gb", f"{profile.train.mem_gb} GB per node is less than the "
+                              f"{row['gb_per_node']:.0f} GB that the {row['stage']} milestone forks of "
+                              f"{row['model']} hold in host memory", f"set train.mem_gb to at least "
+                              f"{row['gb_per_node'] * 1.25:.0f} (the forks and the processes), or 0 for the "
+                              "partition's default")
