@@ -5,8 +5,8 @@ checkpoint of the whole engine state saved to disk and loaded back), side by sid
 on a ~66 M-parameter Llama under ZeRO-3 (1 CPU rank, fp32, after one optimizer step so the Adam moments exist).
 Exactness is checked after a LATER step, on the whole training state (train.state.state_tensors: weights, fp32
 masters, moments, buffers): a run that forks at example 12 and then takes its step to 16 against a run that never
-forked, for each way (the disk way, loaded into the live ZeRO-3 engine, is not exact: the benchmark prints by how
-much). The milestone's own weights are written either way and are not counted.
+forked, for each way (the benchmark prints how many state tensors differ, and by how much). The milestone's own
+weights are written either way and are not counted.
 
     .venv/bin/python bench/fork.py [--repeats 3]
 """

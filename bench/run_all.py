@@ -1,5 +1,6 @@
 """`make bench`: run every benchmark under bench/ (each prints JSON lines), and write docs/benchmarks.md with the
-machine, the command, the measured values, the ratio to the baseline, the target and whether it is met.
+measured values, the ratio to the baseline, the target, whether it is met, and on every row its date and machine
+(with --only, the rows of benchmarks not rerun keep theirs).
 
     .venv/bin/python bench/run_all.py [--only trainer,generation,...]
 """
@@ -42,14 +43,16 @@ def main():
             print(json.dumps(g), flush=True)
         rows += got
     lines = ["# Benchmarks", "",
-             "Written by `make bench` (bench/run_all.py); every ratio is measured side by side in one run.",
-             f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.", "",
-             "| id | measure | value | baseline | ratio | target | met | runs |", "|---|---|---|---|---|---|---|---|"]
+             "Written by `make bench` (bench/run_all.py); every ratio is measured side by side in one run, and each "
+             "row names the date and machine of its run.", "",
+             "| id | measure | value | baseline | ratio | target | met | runs | measured |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    when = f"{time.strftime('%Y-%m-%d')}, {machine()}"
     for g in sorted(rows, key=lambda g: order(g["id"])):
         met = {True: "yes", False: "**no**", None: "not run"}[g.get("met")]
         lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | {g.get('baseline', '')} | "
                      f"{'-' if g.get('ratio') is None else g['ratio']} | {g.get('target', '')} | {met} | "
-                     f"{g.get('runs', '')} |")
+                     f"{g.get('runs', '')} | {when} |")
     lines += ["", "Commands: `make bench` (all), or `.venv/bin/python bench/<name>.py` for one "
               f"({', '.join(BENCHES)}). P4 needs the local Slurm cluster (`tests/slurm/up.sh`); P8 needs a GPU.", ""]
     notes = ROOT / "bench" / "notes.md"   # hand-written: what was profiled and changed, what was not measured
@@ -61,7 +64,7 @@ def main():
         old = [l for l in out.read_text().splitlines() if l.startswith("| P")]
         ran = {g["id"] for g in rows}
         keep = [l for l in old if l.split("|")[1].strip() not in ran]
-        head = lines.index("|---|---|---|---|---|---|---|---|") + 1
+        head = lines.index("|---|---|---|---|---|---|---|---|---|") + 1
         lines[head:head] = keep
         body = lines[head:head + len(keep) + len(rows)]
         lines[head:head + len(body)] = sorted(body, key=lambda l: order(l.split("|")[1].strip()))
