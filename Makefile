@@ -76,8 +76,12 @@ toy-world: setup   # the eight studies of docs/toy-world.md, timed, then its tab
 submit: setup
 	$(PY) -m launch submit $(CONFIG) --profile $(PROFILE) $(ARGS)
 
+# every config of the setting, each one's outcome reported; non-zero at the end if any was refused or failed
 submit-setting1 submit-setting2 submit-setting3: submit-setting%: setup
-	@for c in configs/setting$*/*.yaml; do echo "== $$c"; $(PY) -m launch submit $$c --profile $(PROFILE) $(ARGS) || exit $$?; done
+	@bad=""; for c in configs/setting$*/*.yaml; do echo "== $$c"; \
+	  $(PY) -m launch submit $$c --profile $(PROFILE) $(ARGS) || bad="$$bad $$c"; done; \
+	echo "== submit-setting$*: $(words $(wildcard configs/setting$*/*.yaml)) configs, refused or failed:$${bad:- none}"; \
+	test -z "$$bad"
 
 status: setup
 	$(PY) -m launch status $(RUN)

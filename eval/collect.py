@@ -785,8 +785,10 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", nargs="?", help="runs/<experiment>, e.g. runs/toy-setting2")
     p.add_argument("--json", action="store_true", help="print the tables and the cells not in them as JSON")
     args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if extra or not args.run_dir or not Path(args.run_dir).is_dir():
-        print(f"error: RUN_DIR: {args.run_dir or '(none)'} is not a run folder "
+    run = Path(args.run_dir or "")
+    # a study's folder holds <stage>/<cell id>/job.json: any other folder (a runs root, a home) gets no report/
+    if extra or not args.run_dir or not run.is_dir() or next(run.glob("*/*/job.json"), None) is None:
+        print(f"error: RUN_DIR: {args.run_dir or '(none)'} is not a run folder, nothing was written "
               "(give runs/<experiment>, e.g. make collect RUN=runs/toy-setting2)", file=sys.stderr)
         return 2
     try:

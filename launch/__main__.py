@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -102,12 +103,16 @@ def load(args):
     from launch.plan import make_plan
     from launch.spec import load_profile, load_spec
     run = Path(args.config)
+    if getattr(args, "runs", None) is not None and not (args.runs.strip() and args.runs.isprintable()):
+        raise ConfigError("--runs", f"{args.runs!r} is not a folder name", "give a runs root, or leave --runs out "
+                          "for the profile's runs_root")
     if run.is_dir():
-        meta = json.loads((run / "study.json").read_text()) if (run / "study.json").exists() else None
-        if meta is None:
-            raise ConfigError("RUN_DIR", f"{run} has no study.json", "give a config file, or a folder that "
-                              "launch run/submit created (runs/<experiment>)")
+        meta = read_study_json(run)
         spec = load_spec(run / "study.yaml", base_dir=meta["cwd"])
+        if spec.experiment != run.name:
+            raise ConfigError("RUN_DIR", f"{run} holds the study {spec.experiment!r} (renamed or copied?): its cells "
+                              f"would be looked for in {run.parent / spec.experiment}",
+                              f"rename the folder back to {spec.experiment}")
         profile = load_profile(run / "profile.yaml")
         plan, runs = make_plan(spec), str(run.parent)
     else:
@@ -116,6 +121,21 @@ def load(args):
         plan, runs = make_plan(spec), args.runs or profile.runs_root
     check_memory(plan, profile)
     return plan, profile, runs
+
+
+def read_study_json(run) -> dict:
+    """A run folder's study.json (written by run and submit), checked: one line when missing or damaged."""
+    try:
+        meta = json.loads((run / "study.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError("RUN_DIR", f"{run} has no study.json", "give a config file, or a folder that launch "
+                          "run/submit created (runs/<experiment>)") from None
+    except (OSError, ValueError):
+        raise ConfigError("RUN_DIR", f"{run / 'study.json'} is not valid JSON (truncated?)", "give the study's "
+                          "config file instead (launch status CONFIG --runs ROOT)") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("cwd"), str):
+        raise ConfigError("RUN_DIR", f"{run / 'study.json'} lacks its cwd", "give the study's config file instead")
+    return meta
 
 
 def check_writable(plan, runs) -> None:
@@ -203,13 +223,24 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def check_only(args, plan) -> None:
-    if args.only and args.only not in plan.stages:
+def check_only(args, plan, runs) -> None:
+    """--only STAGE: a stage of this plan, whose cells' upstream cells are done (or can be taken from another
+    study): otherwise its first cell would start, load, and fail on a missing input."""
+    if not args.only:
+        return
+    if args.only not in plan.stages:
         raise ConfigError("--only", f"no stage {args.only!r} in this plan", f"use one of {', '.join(plan.stages)}")
+    states, reused = plan.states(runs), plan.reusable(runs)
+    missing = [u for c in plan.stages[args.only] if states[c.key] != "done" for u in c.upstream
+               if states[u] != "done" and u not in reused]
+    if missing:
+        raise ConfigError("--only", f"stage {args.only} needs {len(set(missing))} upstream cells that are not done "
+                          f"(first: {missing[0]})", f"run stage {missing[0].split('/')[0]} first, or run without "
+                          "--only")
 
 
 def check_jobs(args) -> int:
-    if not (args.jobs.isdigit() and int(args.jobs) >= 1):
+    if not (re.fullmatch(r"[0-9]{1,4}", args.jobs) and int(args.jobs) >= 1):   # not isdigit: '²' is a digit
         raise ConfigError("--jobs", f"{args.jobs!r} is not a number of cells to run at once",
                           "give a whole number from 1 (e.g. --jobs 2 on 2 cores)")
     return int(args.jobs)
@@ -219,37 +250,42 @@ def cmd_run(args) -> int:
     from launch.local import run_plan
     jobs = check_jobs(args)
     plan, profile, runs = load(args)
-    check_only(args, plan)
+    check_only(args, plan, runs)
     check_writable(plan, runs)
     remember(args, plan, runs)
     return run_plan(plan, runs, profile, only=args.only, jobs=jobs)
 
 
-def refuse(err: ConfigError, dry_run: bool) -> None:
-    """A submission stops here; a dry run says that it would, and goes on showing the job scripts."""
+def refuse(err: ConfigError, dry_run: bool, refused: list) -> None:
+    """A submission stops here; a dry run says that it would, goes on showing the job scripts, and then exits 2
+    with the first refusal (a dry run is how users check a submission: it makes every check the submit makes)."""
     if not dry_run:
         raise err
     print(f"note: a real submit would stop here: {err.line()}")
+    refused.append(err)
 
 
 def cmd_submit(args) -> int:
     from pathlib import Path
     jobs = check_jobs(args)
     plan, profile, runs = load(args)
-    check_only(args, plan)
-    executor = args.executor or profile.executor
+    check_only(args, plan, runs)
+    executor, refused = args.executor or profile.executor, []
     if executor == "slurm" and profile.hf_home:   # jobs run offline: every file must be in the cache already
         from launch.prefetch import cache_gaps
         if gaps := cache_gaps(plan.spec, profile.hf_home):
             refuse(ConfigError("hf_home", f"{profile.hf_home} lacks {', '.join(gaps)}",
                                f"on the login node: make prefetch CONFIG={args.config} PROFILE={args.profile}",
-                               file=args.profile), args.dry_run)
+                               file=args.profile), args.dry_run, refused)
     if executor == "slurm" and profile.image and not Path(profile.image).is_file():
         refuse(ConfigError("image", f"{profile.image} does not exist", "build it (make container) or fix the path",
-                           file=args.profile), args.dry_run)
-    if executor == "slurm" and not args.dry_run:
+                           file=args.profile), args.dry_run, refused)
+    if executor == "slurm":
         from launch import slurm
-        slurm.require_slurm(profile)
+        try:
+            slurm.require_slurm(profile, need_sbatch=not args.dry_run)
+        except ConfigError as e:
+            refuse(e, args.dry_run, refused)
     if args.dry_run and executor != "slurm":   # a dry run never runs or writes anything, whatever the executor
         reused = plan.reusable(runs)
         todo = plan.todo(runs) - set(reused)
@@ -278,7 +314,12 @@ def cmd_submit(args) -> int:
                      before_first=lambda: remember(args, plan, runs))
     except ConfigError as e:   # the cluster refused the profile's resources: the profile is the file to fix
         e.file = e.file or (args.profile if e.field.endswith(" array") else "")
-        raise
+        if not args.dry_run:
+            raise
+        refused.append(e)
+    if refused:
+        print(f"dry run: a real submit would be refused ({len(refused)} problem(s) above); nothing was submitted")
+        raise refused[0]
     if args.wait and not args.dry_run:
         return slurm.wait(plan, runs)
     return 0
@@ -367,7 +408,13 @@ def image_call(image: str, profile, run, argv: list[str], env: dict) -> int:
     """Run argv in the image as a job would: the checkout, the run folder, the HF cache and the profile's binds
     bound, the job's variables set (apptainer passes the environment in)."""
     import subprocess
+    from pathlib import Path
     from launch import layout
+    if not Path(image).exists():
+        raise ConfigError("--image", f"{image} does not exist", "build it (make container or make sandbox), or give "
+                          "the path of the .sif / sandbox folder")
+    if shutil.which("apptainer") is None:
+        raise ConfigError("--image", "apptainer not found on this machine", "run on a node that has apptainer")
     binds = [str(layout.CODE_ROOT)] + ([str(run)] if run else []) + \
         ([profile.hf_home] if profile and profile.hf_home else []) + list(profile.binds if profile else ())
     cmd = ["apptainer", argv[0], "--nv", "--bind", ",".join(dict.fromkeys(binds)), image, *argv[1:]]

@@ -16,9 +16,9 @@ ranks, ZeRO-1/2 the masters and moments, ZeRO-0 nothing.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
+from launch.jobs import safetensors_header
 from launch.spec import Model, Profile, Recipe, source_kind
 
 # Parameter counts of the paper's models (their config.json: embeddings, layers, head; tied heads counted once)
@@ -32,12 +32,9 @@ KNOWN_PARAMS = {
 
 
 def _safetensors_params(path: Path) -> int:
-    """Parameters in a safetensors file, from its JSON header alone (no weights read)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
+    """Parameters in a safetensors file, from its header alone (no weights read)."""
     total = 0
-    for name, meta in header.items():
+    for name, meta in (safetensors_header(path) or {}).items():
         if name != "__metadata__":
             count = 1
             for d in meta["shape"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -174,10 +175,30 @@ def _file_problem(cell_dir: Path, name: str, kind: str) -> str | None:
     return json_problem(data, name, kind)
 
 
+def safetensors_header(path: Path) -> dict | None:
+    """A safetensors file's header (tensor name -> dtype, shape, data_offsets), read without its weights; None
+    when the file is not whole (empty, truncated, or its header does not account for its size)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+            if not 2 <= n <= size - 8:
+                return None
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        return header if header and 8 + n + max(ends, default=0) == size else None
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+
+
 def _checkpoint_problem(cell_dir: Path, name: str, kind: str) -> str | None:
+    """A checkpoint is done when its config is there and every weights file is whole (header and size agree)."""
     ckpt = Path(cell_dir) / "checkpoints" / name
-    ok = (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors"))
-    return None if ok else f"checkpoint {name} lacks its config or weights"
+    weights = sorted(ckpt.glob("*.safetensors"))
+    if not (ckpt / "config.json").is_file() or not weights:
+        return f"checkpoint {name} lacks its config or weights"
+    bad = [w.name for w in weights if safetensors_header(w) is None]
+    return f"checkpoint {name}: {', '.join(bad)} is not a whole safetensors file" if bad else None
 
 
 # ------------------------------------------------------------------------------------------ the registry

@@ -64,12 +64,21 @@ def resolve(path: str, exp_dir: Path) -> str:
 
 
 def read_done(cell_dir: Path) -> dict | None:
-    """The done marker's content, or None when absent or unreadable (a corrupt marker is not done)."""
+    """The done marker's content, or None when absent, unreadable or not of the marker's shape (a nonce string,
+    milestones a list of names, upstream a map of cell keys to nonces): a corrupt marker is not done, and a marker
+    from any folder under a runs root can never crash a reader."""
     try:
         data = json.loads((Path(cell_dir) / DONE).read_text())
-        return data if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict) or not isinstance(data.get("nonce"), str):
+        return None
+    up, ms = data.get("upstream", {}), data.get("milestones", [])
+    if not isinstance(up, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in up.items()):
+        return None
+    if not isinstance(ms, list) or not all(isinstance(m, str) for m in ms):
+        return None
+    return data
 
 
 STATES = ("done", "stale", "corrupt", "running", "failed", "todo")
@@ -105,7 +114,9 @@ def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
     if not all(m in have for m in outputs):
         return "todo"
     made_from = done.get("upstream", {})
-    return "done" if all(made_from.get(u) == upstream_nonce(cell_dir.parent.parent, u) for u in upstream) else "stale"
+    same = all(made_from.get(u) is not None and made_from[u] == upstream_nonce(cell_dir.parent.parent, u)
+               for u in upstream)
+    return "done" if same else "stale"
 
 
 def copy_cell(src: Path, dst: Path) -> None:

@@ -127,9 +127,13 @@ class Plan:
             for other in others:
                 src = other / c.stage / c.id
                 done = layout.read_done(src)
-                if done and all(done.get("upstream", {}).get(u) == nonce.get(u) for u in c.upstream) \
-                        and layout.cell_state(src, c.kind, c.outputs, c.upstream) == "done":
-                    found[c.key], nonce[c.key] = src, done.get("nonce")
+                # every upstream done on both sides, from the very same run: the nonce this study has (or takes),
+                # the one the marker was made from, and the one the other study's upstream cell holds now
+                same = done is not None and all(
+                    nonce.get(u) is not None and done.get("upstream", {}).get(u) == nonce[u]
+                    == layout.upstream_nonce(other, u) for u in c.upstream)
+                if same and layout.cell_state(src, c.kind, c.outputs, c.upstream) == "done":
+                    found[c.key], nonce[c.key] = src, done["nonce"]
                     break
         return found
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -255,10 +256,12 @@ def render_script(a: Array, folder: Path, profile: Profile, ids: list[str]) -> s
 
 
 def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only: str | None = None,
-           out=sys.stdout, allow_dirty: bool = False, before_first=None) -> list[Array]:
+           out=sys.stdout, allow_dirty: bool = False, before_first=None, ask_cluster: bool = True) -> list[Array]:
     """Submit every stage that has work; returns the arrays (with job ids unless dry_run). Jobs run the code
     snapshot of this submission (layout.code_snapshot), not the live checkout. Nothing is written before every
-    array has passed `preflight`; then `before_first()` (the CLI saves the study into the run folder) and sbatch."""
+    array has passed `preflight`; then `before_first()` (the CLI saves the study into the run folder) and sbatch.
+    A dry run prints the scripts, then asks the cluster (preflight) where sbatch is here, unless ask_cluster=False
+    (the scripts alone, e.g. to render them on a laptop or in a test)."""
     exp = plan.exp_dir(runs_root)
     folder = exp / "submitit" / "%j"
     code = layout.code_snapshot(exp, allow_dirty=allow_dirty or dry_run, write=False)
@@ -282,6 +285,8 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
             print(f"== array {a.stage}#{a.chunk}: {len(a.cells)} cells in {len(a.tasks)} tasks, depends on: {deps}",
                   file=out)
             print(a.script, file=out)
+        if ask_cluster and shutil.which("sbatch"):   # a login node: what the cluster refuses, as the submit checks
+            preflight(arrays, folder, profile)
         return arrays
     preflight(arrays, folder, profile)   # a refused array stops the submission before anything is queued
     layout.code_snapshot(exp, allow_dirty=allow_dirty)
@@ -510,10 +515,11 @@ def cancel(exp: Path) -> list[str]:
     return ids
 
 
-def require_slurm(profile: Profile | None = None) -> None:
+def require_slurm(profile: Profile | None = None, need_sbatch: bool = True) -> None:
+    """What a submission needs of this machine: the image's Python, and sbatch (a dry run may run without it)."""
     if profile is not None:
         check_image_python(profile)
     from shutil import which
-    if not which("sbatch"):
+    if need_sbatch and not which("sbatch"):
         raise ConfigError("--executor", "sbatch not found: this machine is not a Slurm login node",
                           "run on a login node, or use --executor local")

@@ -183,16 +183,22 @@ def split_rows(split: str, total: int) -> int:
     return len(split_range(split, total))
 
 
-def known_rows(d: "Data") -> int | None:
-    """Rows this data role can give at most, where the dataset's card says (None where unknown)."""
+def known_rows(d: "Data", role: str = "") -> int | None:
+    """Rows this data role can give at most, where the dataset's card says (None where unknown). The loader slices
+    the split first and filters the slice, so a filtered slice gives at most the smaller of the slice and the
+    filter's count over the whole split. A split the card does not have is refused."""
     base = d.split.split("[")[0]
-    keys = [(d.path, d.subset, *d.filter.items())] if d.filter else [(d.path, d.subset)]
-    if len(d.filter) > 1:
+    whole = KNOWN_ROWS.get((d.path, d.subset))
+    if whole is not None:
+        check(base in whole, f"data.{role}.split" if role else "split",
+              f"{d.path} ({d.subset or 'default'}) has no split {base!r}",
+              f"use one of {', '.join(sorted(whole))}")
+    if len(d.filter) > 1 or whole is None:
         return None
-    sizes = KNOWN_ROWS.get(keys[0]) or (KNOWN_ROWS.get((d.path, d.subset)) if d.filter else None)
-    if not sizes or base not in sizes:
-        return None
-    return split_rows(d.split, sizes[base])
+    if not d.filter:
+        return split_rows(d.split, whole[base])
+    kept = KNOWN_ROWS.get((d.path, d.subset, *d.filter.items()), {}).get(base, whole[base])
+    return min(split_rows(d.split, whole[base]), kept)
 
 
 @dataclass(frozen=True)
@@ -452,7 +458,7 @@ class Spec:
                       f"use one of {', '.join('world:' + s for s in sorted(WORLD_SETS))}")
                 check(n <= have, f"data.{role}", f"needs {n} examples, {d.path} has {have}",
                       "lower the volume, or raise the world's size of that set")
-            elif (have := known_rows(d)) is not None:
+            elif (have := known_rows(d, role)) is not None:
                 check(n <= have, f"data.{role}", f"needs {n} rows, {d.path} ({d.subset or 'default'}, split "
                       f"{d.split}{', filtered' if d.filter else ''}) has {have}",
                       "lower the volumes / prompts / responses, or choose a larger split")
@@ -463,10 +469,18 @@ class Spec:
             for stage in getattr(self, section):
                 check(stage in TRAIN_STAGES, f"{section}.{stage}", f"unknown training stage {stage!r}",
                       f"use one of {sorted(TRAIN_STAGES)}")
+                check(stage in self.setting_stages(), f"{section}.{stage}", f"setting {self.setting} has no "
+                      f"{stage} stage", f"use one of {sorted(self.setting_stages())}, or remove it")
                 check("seeds" not in getattr(self, section)[stage] or stage == "pretrain", f"{section}.{stage}.seeds",
                       "seeds are one chain of cells through every stage (only pre-training has its own: each "
                       "pre-training seed is a base model, crossed with every chain)", "set recipe.seeds")
                 self.recipe_for(stage) if section == "recipe_overrides" else self.runtime_for(stage)
+
+    def setting_stages(self) -> set[str]:
+        """The training stages this study's setting can have (launch.plan builds them; control and pretrain only
+        with a matched-start control and toy models)."""
+        return {"pretrain"} | ({"slices", "cross"} if self.setting == "resistance" else
+                               {"positive", "negative", "control"})
 
     def rows_needed(self) -> dict[str, int]:
         """Rows each data role must hold (after its filter) for this study's volumes."""
@@ -537,7 +551,14 @@ class Resources:
 SBATCH_OWNED = {"job-name", "time", "nodes", "ntasks-per-node", "cpus-per-task", "gpus-per-node", "gres", "mem",
                 "partition", "account", "qos", "array", "dependency", "output", "error", "signal", "open-mode",
                 "wckey", "kill-on-invalid-dep", "constraint", "exclusive", "reservation", "mail-user", "mail-type",
-                "comment"}
+                "comment", "export", "chdir", "wrap", "requeue", "no-requeue", "ntasks", "input", "parsable"}
+SRUN_OWNED = {"export", "output", "error", "input", "ntasks", "ntasks-per-node", "nodes", "cpus-per-task",
+              "kill-on-bad-exit", "unbuffered", "gpus-per-node", "gres", "mem", "time", "job-name", "dependency",
+              "signal", "open-mode", "chdir", "jobid", "overlap", "label"}
+SBATCH_VALUE = re.compile(r"[^'\"\\#$`]{0,256}")
+# a secret written into a value: NAME=... with a secret's name, or a Hugging Face / W&B token's shape
+SECRET_VALUE = re.compile(r"(?i:[A-Z_]*(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY)[A-Z_]*=)"
+                          r"|\bhf_[A-Za-z0-9]{30,}|\b[0-9a-f]{40}\b")
 SLURM_SIGNAL_SLACK_S = 30   # slurmctld signals at its first 30-s check after (limit - delay - 30 s): measured
 STARTUP_S = 5               # a task's Python installs its USR2 handler well within this after the job starts
 
@@ -611,16 +632,28 @@ class Profile:
               f"{self.mail_user!r} is not an e-mail address", "write name@example.org")
         check(bool(re.fullmatch(r"[A-Z_,]*", self.mail_type)), "mail_type", f"{self.mail_type!r} is not a mail type "
               "list", "use e.g. END,FAIL")
+        for key, val in profile_strings(self):   # every string that can reach a job script
+            check(val.isprintable(), key, f"{val!r} has a newline or control character (it would split a line of "
+                  "the job script)", "write the value on one line")
+            check(not SECRET_VALUE.search(val), key, "holds what looks like a secret, and profiles are written "
+                  "into job scripts", "export it in your shell; jobs inherit it")
+        # #SBATCH lines: sbatch's own parser groups quotes and reads a backslash as an escape even inside quotes,
+        # so these values keep to a character set that the shell's quoting renders the same for sbatch
         for key, val in (("constraint", self.constraint), ("comment", self.comment),
-                         *((f"sbatch_extra.{k}", v) for k, v in self.sbatch_extra.items()),
-                         *((f"srun_args[{i}]", a) for i, a in enumerate(self.srun_args))):
-            check(val.isprintable() and "#" not in val and len(val) <= 256, key, f"{val!r} would break the job "
-                  "script (control characters, '#' or over 256 characters)", "write the value on one plain line")
+                         *((f"sbatch_extra.{k}", v) for k, v in self.sbatch_extra.items())):
+            check(bool(SBATCH_VALUE.fullmatch(val)), key, f"{val!r} has a quote, backslash, '#', '$' or '`', or "
+                  "is over 256 characters: sbatch would read another option out of it", "write it without them")
         for k in self.sbatch_extra:
             check(bool(re.fullmatch(r"[a-z][a-z0-9-]*", k)), f"sbatch_extra.{k}", "is not an sbatch option name",
                   "write the long option without dashes, e.g. begin or exclude")
             check(k not in SBATCH_OWNED, f"sbatch_extra.{k}", "is set by the launcher or by a profile field",
                   "use the profile's own field (partition, train.time_min, ...)")
+        for i, arg in enumerate(self.srun_args):   # options only: srun runs the first word that is not one
+            m = re.fullmatch(r"--([a-z][a-z0-9-]*)(=[^\s'\"\\`$#]+)?", arg)
+            check(m is not None, f"srun_args[{i}]", f"{arg!r} is not an srun option (--name or --name=value)",
+                  "give options only, e.g. --mpi=pmix; srun runs the project's command")
+            check(m.group(1) not in SRUN_OWNED, f"srun_args[{i}]", f"--{m.group(1)} is set by the launcher",
+                  "remove it (the profile's own fields set resources and the environment)")
         check(self.array_parallelism >= 1, "array_parallelism", "must be >= 1", "use e.g. 64")
         check(self.signal_delay_s >= 0, "signal_delay_s", "must be >= 0", "use e.g. 120")
         for stage, res in (("train", self.train), ("eval", self.eval)):
@@ -659,20 +692,21 @@ class _NoAliasLoader(yaml.SafeLoader):
                               "write the value out in full")
         return super().compose_node(parent, index)
 
-    def construct_mapping(self, node, deep=False):
-        """A key given twice is refused (YAML would keep the last silently)."""
+
+def _no_duplicate_keys(node, path: str = "") -> None:
+    """A key given twice is refused, named by its field path and line (YAML would keep the last silently)."""
+    if isinstance(node, yaml.MappingNode):
         seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                dup = key in seen
-                seen.add(key)
-            except TypeError:   # an unhashable key: yaml's own error says so
-                break
-            if dup:
-                raise ConfigError(f"line {key_node.start_mark.line + 1}", f"key {key!r} is given twice",
-                                  "keep one of them")
-        return super().construct_mapping(node, deep)
+        for key_node, value in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            where = f"{path}.{key}" if path else str(key)
+            if key is not None and key in seen:
+                raise ConfigError(where, f"is given twice (line {key_node.start_mark.line + 1})", "keep one of them")
+            seen.add(key)
+            _no_duplicate_keys(value, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicate_keys(item, f"{path}[{i}]")
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -690,7 +724,13 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise ConfigError("", f"not UTF-8 (byte {e.start})", "save the file as UTF-8", file=str(path)) from None
     try:
-        data = yaml.load(text, Loader=_NoAliasLoader)
+        loader = _NoAliasLoader(text)
+        try:
+            node = loader.get_single_node()
+            _no_duplicate_keys(node)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except ConfigError as e:
         e.file = str(path)
         raise
@@ -863,6 +903,20 @@ def local_rows(d: Data, base: Path) -> int | None:
 SITE_VARS = ("USER", "HOME", "SCRATCH", "WORK", "TMPDIR", "PROJECT")   # the only variables a profile path expands
 
 
+def profile_strings(obj, prefix: str = ""):
+    """(field path, value) of every string in a profile, nested sections and lists included."""
+    items = dataclasses.asdict(obj).items() if dataclasses.is_dataclass(obj) else \
+        obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for k, v in items:
+        path = f"{prefix}[{k}]" if isinstance(k, int) else f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, str):
+            yield path, v
+            if isinstance(obj, dict):
+                yield f"{path} (key)", str(k)
+        elif isinstance(v, (dict, list, tuple)):
+            yield from profile_strings(v, path)
+
+
 def expand_site_vars(value: str, where: str) -> str:
     """Expand $USER / ${HOME}-style site variables of SITE_VARS; any other variable is refused (a profile path must
     never pull $HF_TOKEN or $WANDB_API_KEY into a job script)."""
@@ -875,6 +929,7 @@ def expand_site_vars(value: str, where: str) -> str:
             return getpass.getuser() if name == "USER" else str(Path.home())
         check(name in os.environ, where, f"${name} is not set in this shell", "set it, or write the path out")
         return os.environ[name]
+    value = os.path.expanduser(value) if value.startswith("~") else value   # the HF libraries expand it too
     return re.sub(r"\$(?:\{(\w+)\}|(\w+))", sub, value)
 
 

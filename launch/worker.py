@@ -51,11 +51,11 @@ def read_job(cell_dir: Path):
     if not isinstance(meta["job"], dict):
         raise ConfigError("job.job", f"{path}: the job is a {type(meta['job']).__name__}, not a mapping",
                           "delete the cell folder and resubmit")
-    meta.setdefault("outputs", [])
-    meta.setdefault("upstream", [])
-    meta.setdefault("coords", {})
-    meta.setdefault("identity", {})
-    meta["runtime"] = meta.get("runtime") or {}
+    for key, typ in (("outputs", list), ("upstream", list), ("coords", dict), ("identity", dict), ("runtime", dict)):
+        meta.setdefault(key, typ())
+        if not isinstance(meta[key], typ) or typ is list and not all(isinstance(x, str) for x in meta[key]):
+            raise ConfigError(f"job.{key}", f"{path}: {key} is {json.dumps(meta[key])[:60]}, not a "
+                              f"{'list of names' if typ is list else 'mapping'}", "delete the cell folder and resubmit")
     build(Runtime, meta["runtime"], "runtime")
     return meta, build(KINDS[kind].job, meta["job"], "job")
 

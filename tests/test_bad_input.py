@@ -32,9 +32,11 @@ def deep(n: int) -> str:
 
 
 STUDIES = [   # (id, config dict or raw YAML text, the field the error names)
-    ("duplicate-top-key", "experiment: a\nexperiment: b\n", "line 2"),
+    ("duplicate-top-key", "experiment: a\nexperiment: b\n", "experiment: is given twice (line 2)"),
     ("duplicate-nested-key", yaml.safe_dump(TOY).replace("  lr: 0.0003\n", "  lr: 0.0003\n  lr: 0.1\n", 1),
-     "line"),
+     "recipe.lr: is given twice (line"),
+    ("duplicate-key-in-a-list", yaml.safe_dump(TOY).replace("  name: ", "  name: a\n  name: ", 1),
+     "models[0].name: is given twice"),
     ("deep-nesting", deep(5000), "<top>"),
     ("experiment-trailing-newline", mut(TOY, lambda c: c.update(experiment="toy\n")), "experiment"),
     ("experiment-too-long", mut(TOY, lambda c: c.update(experiment="x" * 300)), "experiment"),
@@ -53,6 +55,12 @@ STUDIES = [   # (id, config dict or raw YAML text, the field the error names)
     ("imdb-volume-beyond-split", mut(IMDB, lambda c: c["volumes"].update(negative=[0, 13000])), "data.negative"),
     ("truthfulqa-split-too-small", mut(yaml.safe_load((ROOT / "configs/setting1/truthfulqa.yaml").read_text()),
                                        lambda c: c["slices"].update(responses=300)), "data.prompts"),
+    ("imdb-split-the-card-lacks", mut(IMDB, lambda c: c["data"]["positive"].update(split="validation")),
+     "data.positive.split"),
+    ("runtime-override-of-a-stage-the-setting-lacks", mut(IMDB, lambda c: c.update(
+        runtime_overrides={"slices": {"micro_batch": 2}})), "runtime_overrides.slices"),
+    ("recipe-override-of-a-stage-the-setting-lacks", mut(IMDB, lambda c: c.update(
+        recipe_overrides={"cross": {"lr": 1e-4}})), "recipe_overrides.cross"),
     ("loss-weighting", mut(TOY, lambda c: c["recipe"].update(loss_weighting="sentence")), "recipe.loss_weighting"),
     ("fields-unknown-suite-field", mut(TOY, lambda c: c["data"]["positive"].update(fields={"answer": "x"})),
      "data.positive.fields.answer"),
@@ -112,7 +120,7 @@ PROFILES = [   # (id, profile YAML, the field the error names)
     ("account-space", "account: a b\n", "account"),
     ("name-trailing-newline", 'name: "p\\n"\n', "name"),
     ("name-too-long", f"name: {'p' * 70}\n", "name"),
-    ("duplicate-key", "partition: a\npartition: b\n", "line 3"),   # (after the name line)
+    ("duplicate-key", "partition: a\npartition: b\n", "partition: is given twice (line 3)"),   # after the name
     ("deep-nesting", deep(5000), "<top>"),
     ("reservation-shell", "reservation: 'r;rm'\n", "reservation"),
     ("sbatch-extra-owned", "sbatch_extra: {partition: x}\n", "sbatch_extra.partition"),
@@ -146,6 +154,14 @@ CLI = [   # (id, argv with {cfg} / {tmp}, the field the error names)
     ("profile-missing", ["plan", "{cfg}", "--profile", "{tmp}/none.yaml"], ""),
     ("config-is-a-folder", ["plan", "{tmp}"], "RUN_DIR"),
     ("prefetch-missing-config", ["prefetch", "{tmp}/none.yaml"], ""),
+    ("run-runs-empty", ["run", "{cfg}", "--runs", ""], "--runs"),
+    ("plan-runs-newline", ["plan", "{cfg}", "--runs", "{tmp}/r\n#SBATCH --qos=x"], "--runs"),
+    ("run-jobs-superscript", ["run", "{cfg}", "--jobs", "\u00b2"], "--jobs"),
+    ("run-only-a-stage-whose-upstream-is-not-done", ["run", "{cfg}", "--only", "pretrain"], "--only"),
+    ("submit-only-a-stage-whose-upstream-is-not-done", ["submit", "{cfg}", "--executor", "local", "--only",
+                                                         "negative"], "--only"),
+    ("shell-image-missing", ["shell", "--image", "{tmp}/none.sif"], "--image"),
+    ("rates-of-no-folder", ["rates", "{tmp}/none"], "RUN_DIR"),
 ]
 
 
@@ -153,7 +169,8 @@ CLI = [   # (id, argv with {cfg} / {tmp}, the field the error names)
 def test_bad_command_line(case, argv, field, tmp_path, capsys):
     argv = [a.replace("{cfg}", str(ROOT / "configs/toy/setting2.yaml")).replace("{tmp}", str(tmp_path))
             for a in argv]
-    runs = ["--runs", str(tmp_path / "runs")] if argv[0] in ("run", "plan", "submit") else []
+    runs = ["--runs", str(tmp_path / "runs")] if argv[0] in ("run", "plan", "submit") and "--runs" not in argv \
+        else []
     assert cli(argv + runs) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and field in err[0], err
@@ -168,6 +185,9 @@ JOB_FILES = [   # (id, job.json text, the field the error names): run-cell, as a
     ("no-job", '{"stage": "x", "id": "c", "kind": "train"}', "job.json"),
     ("unknown-kind", '{"stage": "x", "id": "c", "kind": "bake", "job": {}}', "job.kind"),
     ("job-not-a-mapping", '{"stage": "x", "id": "c", "kind": "train", "job": [1]}', "job.job"),
+    ("runtime-a-number", '{"stage": "x", "id": "c", "kind": "world", "job": {}, "runtime": 5}', "job.runtime"),
+    ("upstream-a-mapping", '{"stage": "x", "id": "c", "kind": "world", "job": {}, "upstream": {"a": 1}}',
+     "job.upstream"),
     ("job-wrong-field", '{"stage": "x", "id": "c", "kind": "world", "job": {"wrld": {}}}', "job.wrld"),
     ("world-of-another-generator", '{"stage": "world", "id": "c", "kind": "world", "job": {"world": {}, '
                                    '"template": "plain", "generator": 1}}', "job.generator"),
@@ -241,7 +261,8 @@ def test_a_cell_made_from_a_corrupt_upstream_is_not_done(tmp_path):
     up, down = exp / "positive" / "u", exp / "eval" / "d"
     (up / "checkpoints" / "n8").mkdir(parents=True)
     (up / "checkpoints" / "n8" / "config.json").write_text("{}")
-    (up / "checkpoints" / "n8" / "model.safetensors").write_bytes(b"x")
+    from test_spec_plan import tiny_safetensors
+    (up / "checkpoints" / "n8" / "model.safetensors").write_bytes(tiny_safetensors())
     write_done(up, milestones=["n8"], kind="train")
     down.mkdir(parents=True)
     (down / "result.json").write_text(json.dumps({"metrics": [{"name": "a", "value": 1.0, "stderr": 0.0, "n": 1}]}))
@@ -251,3 +272,52 @@ def test_a_cell_made_from_a_corrupt_upstream_is_not_done(tmp_path):
     (up / "checkpoints" / "n8" / "model.safetensors").unlink()   # the upstream's weights are gone
     assert upstream_nonce(exp, "positive/u") is None
     assert cell_state(down, "eval", ["result.json"], ["positive/u"]) == "stale"
+
+
+def test_run_folders_that_cannot_be_trusted_are_refused(tmp_path, capsys):
+    """status of a renamed run folder would describe the folder its name no longer is; a truncated study.json;
+    the collector pointed at a folder that is not a study's (a runs root, a home) writes no report/ into it."""
+    import shutil
+    from eval.collect import main as collect_main
+    exp = tmp_path / "runs" / "toy-setting2"
+    exp.mkdir(parents=True)
+    shutil.copy(ROOT / "configs/toy/setting2.yaml", exp / "study.yaml")
+    shutil.copy(ROOT / "configs/profiles/local-cpu.yaml", exp / "profile.yaml")
+    (exp / "study.json").write_text(json.dumps({"config": "configs/toy/setting2.yaml", "cwd": str(ROOT),
+                                                "profile": "configs/profiles/local-cpu.yaml"}))
+    assert cli(["status", str(exp)]) == 0
+    capsys.readouterr()
+    moved = exp.rename(tmp_path / "runs" / "toy-old")
+    assert cli(["status", str(moved)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: RUN_DIR:") and "rename the folder back to toy-setting2" in err[0]
+    exp = moved.rename(exp)
+    (exp / "study.json").write_text('{"config": "configs/toy/set')
+    assert cli(["status", str(exp)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study.json is not valid JSON" in err[0]
+    for folder in (tmp_path, tmp_path / "runs", exp):
+        assert collect_main(["--json", str(folder)]) == 2
+        assert not (folder / "report").exists()
+    assert capsys.readouterr().err.count("is not a run folder, nothing was written") == 3
+
+
+def test_checks_agree_with_the_loader(tmp_path, monkeypatch):
+    """The loader slices a split, then filters the slice: a filtered percent slice may hold every row of the
+    filter, so it is not refused on the filtered count; `~` in a profile path is expanded as the HF libraries do."""
+    from launch.spec import ConfigError, load_profile, load_spec
+    cfg = mut(IMDB, lambda c: c["data"]["positive"].update(split="train[:60%]"))   # 15,000 rows, <= 12,500 kept
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert max(load_spec(path).volumes.positive) == 10000   # accepted: the slice can hold 10,000 positives
+    cfg["data"]["positive"]["split"] = "train[:30%]"   # 7,500 rows: never 10,000 positives
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError) as e:
+        load_spec(path)
+    assert e.value.field == "data.positive" and "has 7500" in e.value.line()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "p.yaml").write_text("name: p\nhf_home: ~/hf\nruns_root: ~/runs\nbinds: [~/data]\n")
+    prof = load_profile(tmp_path / "p.yaml")
+    assert (prof.hf_home, prof.runs_root, prof.binds) == (str(tmp_path / "home" / "hf"),
+                                                           str(tmp_path / "home" / "runs"),
+                                                           (str(tmp_path / "home" / "data"),))

@@ -77,7 +77,8 @@ def test_submit_refuses_a_cache_that_lacks_a_file(tmp_path):
     hub = build_hub(tmp_path / "hf")
     prof = tmp_path / "p.yaml"
     prof.write_text(f"name: p\nexecutor: slurm\nhf_home: {hub}\nruns_root: {tmp_path / 'runs'}\n")
-    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--dry-run")
+    login = stand_in_sbatch(tmp_path)   # a login node whose cluster would take these jobs
+    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--dry-run", env=login)
     assert r.returncode == 0 and "#SBATCH" in r.stdout, r.stderr[-2000:]
     import shutil
     shutil.rmtree(hub / "hub" / "models--siebert--sentiment-roberta-large-english")
@@ -87,19 +88,42 @@ def test_submit_refuses_a_cache_that_lacks_a_file(tmp_path):
     assert r.stderr.startswith(f"error: {prof}: hf_home: {hub} lacks siebert/sentiment-roberta-large-english "
                                "(model), stanfordnlp/imdb (dataset) (on the login node: make prefetch")
     assert not (tmp_path / "runs").exists()
-    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--dry-run")   # a dry run says so too
-    assert r.returncode == 0 and "note: a real submit would stop here: error:" in r.stdout and "#SBATCH" in r.stdout
+    r = launch("submit", "configs/setting2/imdb.yaml", "--profile", prof, "--dry-run", env=login)   # refused too
+    assert r.returncode == 2 and "note: a real submit would stop here: error:" in r.stdout and "#SBATCH" in r.stdout
+    assert r.stderr.startswith(f"error: {prof}: hf_home: {hub} lacks") and r.stderr.count("\n") == 1
+
+
+def stand_in_sbatch(tmp_path: Path, rc: int = 0) -> dict:
+    """PATH with an `sbatch` that answers --test-only with `rc` (a login node whose cluster accepts, or refuses,
+    every job), for dry runs on a machine whose own Slurm has no GPU partition."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    (tmp_path / "bin" / "sbatch").write_text(f"#!/bin/sh\necho 'sbatch: error: stand-in refusal' >&2\nexit {rc}\n")
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    return {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
 
 
 @pytest.mark.slow
 def test_make_submit_setting2_dry_run_shows_the_final_job_scripts(tmp_path):
-    r = subprocess.run(["make", "-s", "submit-setting2", "PROFILE=configs/profiles/example-gpu.yaml",
-                        "ARGS=--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    """Every config's outcome is reported (a refused one does not end the loop), and the dry run makes the real
+    submit's checks: the example profile's image and HF cache do not exist here, so each config is refused."""
+    import yaml
+    prof = yaml.safe_load((ROOT / "configs/profiles/example-gpu.yaml").read_text())
+    prof.update(image="", hf_home="")   # the host's Python, no cache check: what a submit from here may do
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    make = lambda profile: subprocess.run(["make", "-s", "submit-setting2", f"PROFILE={profile}", "ARGS=--dry-run"],
+                                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                                          env={**os.environ, **stand_in_sbatch(tmp_path)})
+    r = make(tmp_path / "p.yaml")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for cfg in sorted((ROOT / "configs/setting2").glob("*.yaml")):
         assert f"== configs/setting2/{cfg.name}" in r.stdout
     assert r.stdout.count("#!/bin/bash") == 4 * 4   # positive, negative, eval, collect arrays per study
     assert "scontrol requeue" in r.stdout and "/code/" in r.stdout and "--kill-on-bad-exit=1" in r.stdout
+    assert "== submit-setting2: 4 configs, refused or failed: none" in r.stdout
+    r = make("configs/profiles/example-gpu.yaml")
+    assert r.returncode != 0 and r.stdout.count("note: a real submit would stop here: error:") >= 4
+    assert r.stdout.count("#!/bin/bash") == 4 * 4 and "refused or failed: configs/setting2/imdb-gemma-2b.yaml" \
+        in r.stdout and r.stderr.count("error: ") == 4
 
 
 def test_dry_run_with_a_local_executor_runs_and_writes_nothing(tmp_path):
@@ -125,7 +149,7 @@ def test_site_options_reach_the_job_script():
                            "runs_root": "/scratch/runs"})
     out = io.StringIO()
     arrays = submit(make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml")), prof.runs_root, prof, dry_run=True,
-                    out=out)
+                    out=out, ask_cluster=False)
     train, ev, coll = arrays[0].script, arrays[2].script, arrays[3].script
     for line in ("#SBATCH --gres=gpu:a100:4", "#SBATCH --constraint='a100&ib'", "#SBATCH --exclusive",
                  "#SBATCH --reservation=paper", "#SBATCH --mail-user=me@example.org", "#SBATCH --mail-type=END,FAIL",
@@ -141,7 +165,23 @@ def test_site_options_reach_the_job_script():
                                         ({"constraint": "a\n#SBATCH --x"}, "constraint"),
                                         ({"sbatch_extra": {"time": "10"}}, "sbatch_extra.time"),
                                         ({"sbatch_extra": {"Bad Key": "1"}}, "sbatch_extra.Bad Key"),
-                                        ({"srun_args": ["--x\ny"]}, "srun_args[0]")])
+                                        ({"srun_args": ["--x\ny"]}, "srun_args[0]"),
+                                        # a program where options belong: srun would run bash as each task
+                                        ({"srun_args": ["bash", "-c", "touch /tmp/x"]}, "srun_args[0]"),
+                                        ({"srun_args": ["--mpi=pmix", "--export=ALL"]}, "srun_args[1]"),
+                                        ({"srun_args": ["--export=ALL,HF_TOKEN=abc"]}, "srun_args[0]"),
+                                        ({"sbatch_extra": {"export": "ALL,WANDB_API_KEY=x"}},
+                                         "sbatch_extra.export"),
+                                        ({"sbatch_extra": {"begin": "now", "output": "/tmp/x"}},
+                                         "sbatch_extra.output"),
+                                        ({"comment": "a\\'b' --qos=high \\'"}, "comment"),
+                                        ({"comment": 'say "hi"'}, "comment"),
+                                        ({"constraint": "a100$(id)"}, "constraint"),
+                                        ({"runs_root": "/scratch/x\n"}, "runs_root"),
+                                        ({"hf_home": "/hf\r"}, "hf_home"),
+                                        ({"binds": ["/a", "/b\n#SBATCH --qos=high"]}, "binds[1]"),
+                                        ({"mail_user": "me@x.org", "env": {"NOTE": "hf_" + "a" * 34}}, "env.NOTE"),
+                                        ({"image": "/x/WANDB_API_KEY=1234/i.sif"}, "image")])
 def test_bad_site_options_are_refused(over, field):
     with pytest.raises(ConfigError) as e:
         build(Profile, {"name": "p", "executor": "slurm", **over})
@@ -193,14 +233,23 @@ def test_log_paths_of_array_tasks():
 
 
 # ----------------------------------------------------------------------------------------- real local Slurm
+COMMENT = "a study (x&y|z) <10%> @site: 2 x 8 GPUs, ZeRO-3"   # spaces and shell metacharacters, no quotes
+
+
 def test_resubmit_while_queued_submits_nothing_and_cancel_ends_every_job(cluster, tmp_path):
+    """Also: sbatch's own parser reads each #SBATCH line of the job scripts as the launcher meant it (the comment
+    arrives whole, the time limit and the begin time too: nothing after a value is read as another option)."""
     from conftest import reduced_config
     cfg = reduced_config(tmp_path)
-    prof = slurm_profile(tmp_path, sbatch_extra={"begin": "now+1hour"})   # everything stays queued
+    prof = slurm_profile(tmp_path, sbatch_extra={"begin": "now+1hour"}, comment=COMMENT)   # all stays queued
     r = launch("submit", cfg, "--profile", prof)
     assert r.returncode == 0, r.stderr[-3000:]
     exp = tmp_path / "runs" / "toy-reduced"
     first = (exp / "manifest.jsonl").read_text()
+    job = json.loads(first.splitlines()[0])["job_id"]
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job.split("_")[0]], capture_output=True,
+                           text=True).stdout
+    assert f"Comment={COMMENT} " in shown and "TimeLimit=01:00:00" in shown and "BeginTime=" in shown, shown
     r = launch("submit", cfg, "--profile", prof)
     assert r.returncode == 0 and "cells already have a queued or running job: not submitted again" in r.stdout
     assert "nothing to submit" in r.stdout and (exp / "manifest.jsonl").read_text() == first
@@ -234,6 +283,11 @@ def test_a_job_the_cluster_refuses_stops_the_whole_submission(cluster, tmp_path)
     image = tmp_path / "missing.sif"
     r = launch("submit", cfg, "--profile", slurm_profile(tmp_path, image=str(image)))
     assert r.returncode == 2 and f"image: {image} does not exist" in r.stderr and r.stderr.count("\n") == 1
+    # the dry run makes the same checks (the cluster's own, through sbatch --test-only), after showing the scripts
+    r = launch("submit", cfg, "--profile", prof, "--dry-run")
+    assert r.returncode == 2 and "#SBATCH" in r.stdout and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {prof}: pretrain array: Slurm refuses its job:"), r.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_preempted_three_times_inside_an_image_without_slurm_commands(cluster, tmp_path, exp_dir, monkeypatch):

@@ -38,7 +38,7 @@ def test_golden_job_scripts():
     plan = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
     profile = build(Profile, GPU_PROFILE)
     out = io.StringIO()
-    arrays = submit(plan, profile.runs_root, profile, dry_run=True, out=out)
+    arrays = submit(plan, profile.runs_root, profile, dry_run=True, out=out, ask_cluster=False)
     assert [a.stage for a in arrays] == ["positive", "negative", "eval", "collect"]
     text = out.getvalue().replace(str(ROOT), "<repo>")   # the checkout's path differs per machine
     import re

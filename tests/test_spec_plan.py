@@ -287,6 +287,12 @@ def test_identity_changes_only_affected_cells(tmp_path):
     assert base_ids & model_ids == set()
 
 
+def tiny_safetensors() -> bytes:
+    """A whole safetensors file with one float (header, then its 4 bytes)."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    return len(header).to_bytes(8, "little") + header + b"\0\0\0\0"
+
+
 def test_cell_state_is_one_answer(tmp_path):
     """layout.cell_state and Plan.states: todo, done, corrupt, stale, running, failed, as status, the worker and the
     collector see them."""
@@ -301,17 +307,20 @@ def test_cell_state_is_one_answer(tmp_path):
     layout.write_done(d, milestones=["n1000"], kind="train")
     (d / "checkpoints" / "n1000").mkdir(parents=True)
     (d / "checkpoints" / "n1000" / "config.json").write_text("{}")
-    (d / "checkpoints" / "n1000" / "model.safetensors").write_bytes(b"x")
+    (d / "checkpoints" / "n1000" / "model.safetensors").write_bytes(tiny_safetensors())
     assert state() == "todo", "a nested run whose marker lacks milestones this plan needs runs again"
     layout.write_done(d, milestones=list(cell.outputs), kind="train")
     for m in cell.outputs:
         (d / "checkpoints" / m).mkdir(parents=True, exist_ok=True)
         (d / "checkpoints" / m / "config.json").write_text("{}")
-        (d / "checkpoints" / m / "model.safetensors").write_bytes(b"x")
+        (d / "checkpoints" / m / "model.safetensors").write_bytes(tiny_safetensors())
     assert state() == "done" and cell.key not in plan.todo(tmp_path)
     (d / "checkpoints" / cell.outputs[0] / "model.safetensors").unlink()
     assert state() == "corrupt", "a checkpoint folder without weights"
-    (d / "checkpoints" / cell.outputs[0] / "model.safetensors").write_bytes(b"x")
+    for broken in (b"", b"x", tiny_safetensors()[:-1], tiny_safetensors() + b"\0"):   # empty, torn, too long
+        (d / "checkpoints" / cell.outputs[0] / "model.safetensors").write_bytes(broken)
+        assert state() == "corrupt", broken
+    (d / "checkpoints" / cell.outputs[0] / "model.safetensors").write_bytes(tiny_safetensors())
     # a dependent made from this run is done; redo the run (a new nonce) and the dependent is stale
     dep = next(c for c in plan.cells if cell.key in c.upstream and c.stage == "eval")
     layout.write_done(plan.cell_dir(tmp_path, dep), milestones=["result.json"], kind="eval",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launch import layout
 from launch.spec import World, load_profile
 from train.toyworld import build_world
 from eval.scorers import rule_scores
@@ -168,17 +169,13 @@ def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(redu
             json.loads((b / "result.json").read_text())["metrics"], c.key
 
 
-def test_a_study_takes_the_cells_another_study_has_done(reduced_run, tmp_path):
-    """Two studies under one runs root share cells (content addresses): the second takes every done cell of the first
-    (checkpoints hard-linked, logs copied, its own job.json, the origin in attempts.jsonl), runs only its collect
-    cell, and reports the same tables; a cell whose upstream here is another run than the one it was made from is
-    never taken, nor is a corrupt one; `plan` and a Slurm dry run count the cells taken instead of run."""
+def second_study(reduced_run, tmp_path):
+    """A copy of the reduced study's runs under a new runs root, and the plan of the same study under another
+    experiment name (every cell but collect is the same content address)."""
     import shutil
     import yaml
     from conftest import reduced_config
-    from launch.local import run_plan
     from launch.plan import make_plan
-    from launch.slurm import build_arrays
     from launch.spec import load_spec
     plan, runs = reduced_run
     root = tmp_path / "runs"
@@ -186,7 +183,48 @@ def test_a_study_takes_the_cells_another_study_has_done(reduced_run, tmp_path):
     cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
     cfg["experiment"] = "toy-reduced-again"
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(cfg))
-    again = make_plan(load_spec(tmp_path / "again.yaml"))
+    return root, make_plan(load_spec(tmp_path / "again.yaml"))
+
+
+def test_another_studys_folder_never_breaks_or_misleads_this_one(reduced_run, tmp_path):
+    """Files another study left under the runs root: a done marker of the wrong shape is 'not reusable' (plan, a
+    dry run and run never crash on it); a cell whose upstream is gone there is not taken although this study has
+    none either (a missing nonce never equals a missing nonce); a 0-byte weights file is not a done checkpoint."""
+    import shutil
+    plan, runs = reduced_run
+    root, again = second_study(reduced_run, tmp_path)
+    first = root / plan.spec.experiment
+    world, pre = again.stages["world"][0], again.stages["pretrain"][0]
+    pos = again.stages["positive"][0]
+    done = json.loads((plan.cell_dir(root, pos) / "DONE").read_text())
+    (plan.cell_dir(root, pos) / "DONE").write_text(json.dumps({**done, "upstream": []}))
+    assert pos.key not in again.reusable(root) and pre.key in again.reusable(root)
+    (tmp_path / "again.yaml").rename(tmp_path / "again2.yaml")
+    for args in (["plan"], ["submit", "--executor", "local", "--dry-run"]):
+        r = subprocess.run([sys.executable, "-m", "launch", *args, str(tmp_path / "again2.yaml"), "--runs",
+                            str(root)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    shutil.rmtree(plan.cell_dir(root, world))   # the first study's world is gone; this study has none either
+    assert again.reusable(root) == {}
+    shutil.copytree(plan.cell_dir(runs, world), plan.cell_dir(root, world))
+    weights = next(plan.cell_dir(root, pre).glob("checkpoints/*/model.safetensors"))
+    weights.unlink()
+    weights.write_bytes(b"")   # a 0-byte weights file (a copy that died, a full disk)
+    assert layout.cell_state(plan.cell_dir(root, pre), "train", pre.outputs) == "corrupt"
+    assert set(again.reusable(root)) == {world.key}
+    assert (first / "positive").is_dir()
+
+
+def test_a_study_takes_the_cells_another_study_has_done(reduced_run, tmp_path):
+    """Two studies under one runs root share cells (content addresses): the second takes every done cell of the first
+    (checkpoints hard-linked, logs copied, its own job.json, the origin in attempts.jsonl), runs only its collect
+    cell, and reports the same tables; a cell whose upstream here is another run than the one it was made from is
+    never taken, nor is a corrupt one; `plan` and a Slurm dry run count the cells taken instead of run."""
+    import shutil
+    from launch.local import run_plan
+    from launch.slurm import build_arrays
+    plan, runs = reduced_run
+    root, again = second_study(reduced_run, tmp_path)
     prof = load_profile(ROOT / "configs/profiles/local-cpu.yaml")
     shared = [c for c in again.cells if c.kind != "collect"]
     assert set(again.reusable(root)) == {c.key for c in shared}
