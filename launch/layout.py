@@ -154,6 +154,13 @@ def upstream_nonce(exp_dir: Path, key: str) -> str | None:
     return done.get("nonce")
 
 
+def mark_preempted(why: str) -> None:
+    """Tell the job script's teardown that this job was preempted and its cell can resume (launch.slurm
+    requeue_lines): the file ELASTICA_PREEMPTED names, where the job script set it (Slurm jobs only)."""
+    if path := os.environ.get("ELASTICA_PREEMPTED"):
+        atomic_write_text(Path(path), why + "\n")
+
+
 def write_done(cell_dir: Path, **info) -> None:
     atomic_write_json(Path(cell_dir) / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                               "nonce": uuid.uuid4().hex, **info})

@@ -79,7 +79,8 @@ class CellTask(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on USR2 outside a training step loop (a cell still loading, an eval cell): nothing to
-        save (the cell starts again from its files), so exit 75 and let the job script requeue."""
+        save (the cell starts again from its files), so say so, exit 75 and let the job script requeue."""
+        layout.mark_preempted("a signal outside the step loop: the cell starts again from its files")
         _exit_preempted()
 
 
@@ -89,15 +90,30 @@ def _exit_preempted():
     os._exit(EXIT_PREEMPTED)
 
 
+JOB_ID = "jid=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}; jid=${jid:-$SLURM_JOB_ID}"
+
+
+def marker_lines(marker_dir: Path) -> list[str]:
+    """Job-script setup: where the tasks say "preempted, and the cell can resume" (ELASTICA_PREEMPTED, a file per
+    job under the study's submitit folder, which every node and the image see), cleared before the step."""
+    return [JOB_ID, f"export ELASTICA_PREEMPTED={shlex.quote(str(marker_dir))}/\"$jid\".preempted",
+            "rm -f \"$ELASTICA_PREEMPTED\""]
+
+
 def requeue_lines(max_requeues: int) -> list[str]:
-    """Job-script teardown, run by the batch shell on the host after srun: a step that exited 75 saved its state
-    after a time-limit or preemption signal, so requeue the job (at most `max_requeues` times; Slurm counts them in
-    SLURM_RESTART_COUNT). This is where scontrol is, also when the tasks run in an image."""
+    """Job-script teardown, run by the batch shell on the host after srun. The job is requeued (at most
+    `max_requeues` times; Slurm counts them in SLURM_RESTART_COUNT) when its tasks said they were preempted and
+    saved (the ELASTICA_PREEMPTED file, written once every rank has saved: with several ranks srun's
+    --kill-on-bad-exit may kill the last ranks as the first exits, so srun's exit code alone cannot say it), or
+    when the step exited 75 (a single task that saved). This is where scontrol is, also when tasks run in an image;
+    a requeue that fails is reported."""
     return ["rc=$?",
-            "if [ \"$rc\" -eq 75 ]; then   # a cell saved after USR2 / SIGTERM: requeue it here, on the host",
-            "  jid=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}; jid=${jid:-$SLURM_JOB_ID}",
+            "if [ \"$rc\" -eq 75 ] || [ -e \"${ELASTICA_PREEMPTED:-/nonexistent}\" ]; then   # saved after USR2/TERM",
+            f"  {JOB_ID}; rm -f \"${{ELASTICA_PREEMPTED:-/nonexistent}}\"",
             f"  if [ \"${{SLURM_RESTART_COUNT:-0}}\" -lt {max_requeues} ]; then",
-            "    echo \"elastica: requeueing $jid (restart ${SLURM_RESTART_COUNT:-0})\"; scontrol requeue \"$jid\"",
+            "    echo \"elastica: requeueing $jid (restart ${SLURM_RESTART_COUNT:-0}, step exit $rc)\"",
+            "    scontrol requeue \"$jid\" || echo \"elastica: scontrol requeue $jid failed (exit $?): the cell saved; "
+            "submit the study again to go on\" >&2",
             "  else echo \"elastica: $jid saved but was requeued too often (max_num_timeout)\" >&2; fi",
             "fi",
             "exit $rc"]
@@ -139,8 +155,10 @@ def check_image_python(profile: Profile) -> None:
                           f"run the launcher with Python {want} (make setup with python{want}), or clear image")
 
 
-def sbatch_params(profile: Profile, res: Resources, name: str, code: Path | None = None) -> dict:
-    """submitit's parameters for one array: the profile's resources and site options, never the spec's."""
+def sbatch_params(profile: Profile, res: Resources, name: str, code: Path | None = None,
+                  marker_dir: Path | None = None) -> dict:
+    """submitit's parameters for one array: the profile's resources and site options, never the spec's;
+    preemption markers under `marker_dir` (the study's submitit folder)."""
     tasks = max(1, res.gpus_per_node)
     light = res is LIGHT   # world and collect cells: no GPU, the CPU partition when the site has one
     # srun does not pass --cpus-per-task on to its tasks in Slurm 22.05-23.02; one dead rank ends the step, so
@@ -148,7 +166,8 @@ def sbatch_params(profile: Profile, res: Resources, name: str, code: Path | None
     srun = [f"--cpus-per-task={res.cpus_per_task}", "--kill-on-bad-exit=1", *profile.srun_args]
     p = {"job_name": name, "time": res.time_min, "nodes": res.nodes, "ntasks_per_node": tasks,
          "cpus_per_task": res.cpus_per_task, "array_parallelism": profile.array_parallelism,
-         "signal_delay_s": profile.signal_delay_s, "setup": setup_lines(profile, code), "stderr_to_stdout": True,
+         "signal_delay_s": profile.signal_delay_s, "stderr_to_stdout": True,
+         "setup": setup_lines(profile, code) + (marker_lines(marker_dir) if marker_dir else []),
          "teardown": requeue_lines(profile.max_num_timeout), "srun_args": srun}
     if res.gpus_per_node:
         if profile.gpu_request == "gres":
@@ -224,7 +243,8 @@ def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = Non
             for k in range(0, len(group), size):
                 part = group[k:k + size]
                 a = Array(stage, k // size, part, sbatch_params(profile, res, f"{plan.spec.experiment}:{stage}",
-                                                                code), per_task=res.cells_per_task)
+                                                                code, plan.exp_dir(runs_root) / "submitit"),
+                          per_task=res.cells_per_task)
                 ups = [{where[u] for c in cells for u in c.upstream if u in where} for cells in a.tasks]
                 arrs = sorted({arr for us in ups for arr, _ in us})
                 corr = (len(arrs) == 1 and all(us == {(arrs[0], t)} for t, us in enumerate(ups))

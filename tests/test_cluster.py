@@ -161,6 +161,66 @@ def test_site_options_reach_the_job_script():
     assert "--kill-on-invalid-dep=yes" in coll and "scontrol requeue" in coll
 
 
+def sbatch_words(line: str) -> list[str]:
+    """The words sbatch reads from one `#SBATCH` line (its own rules, src/sbatch/opt.c: whitespace separates,
+    single and double quotes group, a backslash takes the next character as it is, also inside quotes)."""
+    words, cur, quote, i, text = [], "", None, 0, line[len("#SBATCH"):]
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            cur, i = cur + text[i + 1], i + 2
+            continue
+        if quote:
+            quote = None if c == quote else quote
+            cur += "" if c == "'" or c == '"' and not quote else c
+        elif c in "'\"":
+            quote = c
+        elif c.isspace():
+            if cur:
+                words.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    return words + ([cur] if cur else [])
+
+
+def test_job_script_headers_read_as_sbatch_reads_them():
+    """Every value a profile may hold reaches sbatch as one option: no line that is not a comment comes before the
+    last #SBATCH line (sbatch stops reading them there), and each #SBATCH line is exactly one word for sbatch."""
+    from launch.plan import make_plan
+    from launch.slurm import submit
+    from launch.spec import load_spec
+    prof = build(Profile, {"name": "site", "executor": "slurm", "partition": "gpu", "comment": COMMENT,
+                           "constraint": "(a100|h100)&ib", "sbatch_extra": {"begin": "now+1hour",
+                                                                             "exclude": "n[1-3],gpu07"},
+                           "srun_args": ["--mpi=pmix", "--cpu-bind=cores"], "runs_root": "/scratch/my runs",
+                           "mail_user": "me@example.org", "mail_type": "END,FAIL"})
+    out = io.StringIO()
+    arrays = submit(make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml")), prof.runs_root, prof, dry_run=True,
+                    out=out, ask_cluster=False)
+    for a in arrays:
+        lines = a.script.splitlines()
+        header = [l for l in lines[1:] if l.startswith("#SBATCH")]
+        last = max(i for i, l in enumerate(lines) if l.startswith("#SBATCH"))
+        assert all(not l.strip() or l.startswith("#") for l in lines[1:last]), \
+            "sbatch stops reading #SBATCH lines at the first line that is not a comment or blank"
+        opts = {}
+        for line in header:
+            words = sbatch_words(line)
+            assert len(words) == 1 and words[0].startswith("--"), line
+            key, _, value = words[0][2:].partition("=")
+            opts[key] = value
+        assert opts["comment"] == COMMENT and opts["begin"] == "now+1hour" and opts["exclude"] == "n[1-3],gpu07"
+        assert opts["output"].startswith("/scratch/my runs/") and opts["partition"] == "gpu"
+        srun = next(l for l in lines if l.startswith("srun "))
+        assert "--mpi=pmix --cpu-bind=cores" in srun and "-m submitit.core._submit" in srun
+    # why #SBATCH values keep to a character set: the shell's quoting of this value reads as four words to sbatch
+    import shlex
+    hostile = "a\\'b' --qos=high \\'"
+    assert len(sbatch_words(f"#SBATCH --comment={shlex.quote(hostile)}")) > 1
+
+
 @pytest.mark.parametrize("over,field", [({"gpu_type": "a100"}, "gpu_type"), ({"mail_user": "me"}, "mail_user"),
                                         ({"constraint": "a\n#SBATCH --x"}, "constraint"),
                                         ({"sbatch_extra": {"time": "10"}}, "sbatch_extra.time"),
@@ -249,7 +309,7 @@ def test_resubmit_while_queued_submits_nothing_and_cancel_ends_every_job(cluster
     job = json.loads(first.splitlines()[0])["job_id"]
     shown = subprocess.run(["scontrol", "show", "job", "-o", job.split("_")[0]], capture_output=True,
                            text=True).stdout
-    assert f"Comment={COMMENT} " in shown and "TimeLimit=01:00:00" in shown and "BeginTime=" in shown, shown
+    assert f"Comment={COMMENT} " in shown and "TimeLimit=01:00:00" in shown and "Reason=BeginTime" in shown, shown
     r = launch("submit", cfg, "--profile", prof)
     assert r.returncode == 0 and "cells already have a queued or running job: not submitted again" in r.stdout
     assert "nothing to submit" in r.stdout and (exp / "manifest.jsonl").read_text() == first
@@ -284,6 +344,7 @@ def test_a_job_the_cluster_refuses_stops_the_whole_submission(cluster, tmp_path)
     r = launch("submit", cfg, "--profile", slurm_profile(tmp_path, image=str(image)))
     assert r.returncode == 2 and f"image: {image} does not exist" in r.stderr and r.stderr.count("\n") == 1
     # the dry run makes the same checks (the cluster's own, through sbatch --test-only), after showing the scripts
+    prof = slurm_profile(tmp_path, train={"gpus_per_node": 8})
     r = launch("submit", cfg, "--profile", prof, "--dry-run")
     assert r.returncode == 2 and "#SBATCH" in r.stdout and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"error: {prof}: pretrain array: Slurm refuses its job:"), r.stderr

@@ -326,3 +326,52 @@ def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
     a = load_file(str(one / "checkpoints" / "n64" / "model.safetensors"))
     b = load_file(str(d / "checkpoints" / "n64" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_two_ranks_on_two_nodes_preempted_twice_are_bit_identical(cluster, tmp_path, exp_dir):
+    """A 2-rank DeepSpeed cell on the two slurmd nodes gets USR2 twice (what Slurm sends before a preemption or a
+    time limit). Both ranks save, agree, and say so in the job's marker; srun's --kill-on-bad-exit may end the
+    last rank as the first exits, so the teardown requeues on the marker, not on srun's exit code. Every
+    milestone equals an uninterrupted 2-rank run, bit for bit."""
+    import submitit
+    from safetensors.torch import load_file
+    from conftest import run_cell_procs, write_cell
+    from launch.jobs import ModelRef, TrainJob
+    from launch.slurm import CellTask, sbatch_params
+    from launch.spec import Data, Recipe, Resources
+    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "llama")),
+                   data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
+                   recipe=Recipe(lr=1e-3, global_batch=4, max_length=64, zero_stage=2, precision="fp32", epochs=2),
+                   seed=3, template="plain", milestones=(400,))
+    rt = {"micro_batch": 2, "save_every_steps": 1000}   # only the signals save
+    ref = write_cell(tmp_path / "ref" / "positive" / "c", job, outputs=["n400"], runtime=rt)
+    for rc, out in run_cell_procs(ref, ranks=2):
+        assert rc == 0, out[-2000:]
+    d = write_cell(tmp_path / "slurm" / "positive" / "c", job, outputs=["n400"], runtime=rt)
+    profile = load_profile(slurm_profile(tmp_path))
+    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=3)
+    ex.update_parameters(**sbatch_params(profile, Resources(nodes=2, cpus_per_task=1, time_min=15), "preempted",
+                                         marker_dir=tmp_path / "submitit"))
+    j = ex.submit(CellTask(), str(d))
+    metrics, attempts = d / "metrics.jsonl", d / "attempts.jsonl"
+    lines = lambda p: len(p.read_text().splitlines()) if p.exists() else 0
+    for n in (1, 2):   # signal the running incarnation n, a few steps past where it started
+        deadline = time.time() + 300
+        while time.time() < deadline and not (lines(attempts) == n and lines(metrics) >= 25 * n):
+            time.sleep(0.2)
+        assert lines(attempts) == n and not (d / "DONE").exists(), (n, lines(attempts), lines(metrics), j.stdout())
+        subprocess.run(["scancel", "--signal=USR2", j.job_id], check=True)
+        while time.time() < deadline and lines(attempts) == n:
+            time.sleep(0.5)
+    wait_done(d, j)
+    runs = [json.loads(l) for l in attempts.read_text().splitlines()]
+    assert len(runs) == 3 and {r["slurm_job_id"] for r in runs} == {j.job_id}
+    summary = json.loads((d / "summary.json").read_text())
+    assert len(summary["resumed_at_steps"]) == 2 and summary["world_size"] == 2
+    a = load_file(str(ref / "checkpoints" / "n400" / "model.safetensors"))
+    b = load_file(str(d / "checkpoints" / "n400" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")}
+                       for l in p.read_text().splitlines()]
+    assert strip(metrics) == strip(ref / "metrics.jsonl")
+    assert not list((tmp_path / "submitit").glob("*.preempted")), "the teardown removes the marker it acted on"

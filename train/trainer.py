@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from launch.jobs import Preempted, TrainJob, jsonable
-from launch.layout import atomic_write_json, atomic_write_text, publish_dir
+from launch.layout import atomic_write_json, atomic_write_text, mark_preempted, publish_dir
 from launch.spec import ConfigError, Runtime
 from train import data as D
 from train.models import load_model, load_tokenizer
@@ -374,7 +374,10 @@ class Trainer:
                 if stop or (k + 1) % self.rt.save_every_steps == 0:
                     if k + 1 < len(self.batches):
                         self.save_resume(state, f"step{k + 1}", resume_dir)
-                if stop:
+                if stop:   # every rank has saved (save_resume ends in a barrier): say so, then all exit 75
+                    if self.rank == 0:
+                        mark_preempted(f"signal {stop}: every rank saved at step {k + 1}")
+                    dist.barrier()
                     raise Preempted(f"signal {stop}: saved at step {k + 1} of {len(self.batches)}")
         finally:
             for s, h in old.items():
