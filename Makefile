@@ -1,5 +1,6 @@
 # elastica: every command a researcher types. `make help` lists them.
 #   make demo                 the toy-world study end to end on this machine (first command of the README)
+#   make setup [PYTHON=python3.12]  the venv (on a login node: the image's Python, containers/versions.env)
 #   make test                 the test suite (second command): lint, then every test (about 23 minutes)
 #   make test-fast            lint and the unit tests (spec, plan, collector, CLI; about 25 seconds)
 #   make lint                 ruff: pyflakes, bugbear, pycodestyle layout (pyproject.toml)
@@ -9,6 +10,7 @@
 #   make submit-setting1|2|3 PROFILE=... the paper's studies
 #   make status RUN=runs/<experiment>    cells by stage and state; make cancel RUN=...
 #   make prefetch CONFIG=... PROFILE=...  login node: fill the profile's HF cache, check that every volume fits
+#   make prefetch-setting1|2|3 PROFILE=...   the same for every config of a setting (what submit-settingN needs)
 #   make collect RUN=runs/<experiment>   tables and plots
 #   make toy-world                       the studies of docs/toy-world.md, timed, and its tables (61 min on 2 cores)
 #   make wandb-sync RUN=runs/<experiment>  upload the study's offline W&B runs (grouped by study and stage)
@@ -37,13 +39,14 @@ BUILD_ARGS := --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg CPU_BASE_IMAGE=$(
 IMAGE ?=
 
 .PHONY: help setup lint test test-fast demo plan local submit submit-setting1 submit-setting2 submit-setting3 status cancel \
-	prefetch collect clean container sandbox shell debug-cell bench gpu-check gpu-bundle wandb-sync toy-world
+	prefetch prefetch-setting1 prefetch-setting2 prefetch-setting3 collect clean container sandbox shell debug-cell bench gpu-check gpu-bundle wandb-sync toy-world
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
 
+PYTHON ?= python3
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0   # first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q -e '.[test]'
@@ -91,6 +94,11 @@ cancel: setup
 
 prefetch: setup
 	$(PY) -m launch prefetch $(CONFIG) $(if $(filter-out configs/profiles/local-cpu.yaml,$(PROFILE)),--profile $(PROFILE))
+
+prefetch-setting1 prefetch-setting2 prefetch-setting3: prefetch-setting%: setup
+	@bad=""; for c in configs/setting$*/*.yaml; do echo "== $$c"; \
+	  $(PY) -m launch prefetch $$c --profile $(PROFILE) || bad="$$bad $$c"; done; \
+	echo "== prefetch-setting$*: failed:$${bad:- none}"; test -z "$$bad"
 
 collect: setup
 	$(PY) -m eval.collect $(RUN)

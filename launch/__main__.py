@@ -120,6 +120,9 @@ def load(args):
         profile = load_profile(args.profile)
         plan, runs = make_plan(spec), args.runs or profile.runs_root
     check_memory(plan, profile)
+    if profile.image and not profile.in_image(runs):
+        raise ConfigError("--runs", f"{runs} is not under any of the profile's binds {list(profile.binds)}: jobs in "
+                          "the image would not find it", "give a runs root under a bind, or add its folder to binds")
     return plan, profile, runs
 
 

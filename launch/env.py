@@ -12,27 +12,43 @@ from launch import layout
 from launch.spec import Profile
 
 
+PINNED = ("PYTHONPATH", "PYTHONSAFEPATH", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE",
+          "HF_DATASETS_OFFLINE", "WANDB_MODE")
+
+
 def job_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]:
     """What every executor sets for a cell's Python, over the shell's environment (no secrets: profiles refuse
     them; they come from the shell): offline HF cache, W&B mode, the code first on the path, the image's identity.
     One precedence rule everywhere: the profile wins over the shell, the shell fills in everything else."""
-    env = {"PYTHONNOUSERSITE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    # PYTHONSAFEPATH: `python -m` would put the working folder (where sbatch ran: the checkout) before PYTHONPATH
+    env = {"PYTHONNOUSERSITE": "1", "PYTHONSAFEPATH": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if profile is None:
         return {**env, "PYTHONPATH": str(code or layout.CODE_ROOT)}
     env["WANDB_MODE"] = profile.wandb_mode
     if profile.hf_home:
-        env.update(HF_HOME=profile.hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        env.update(hf_cache_env(profile.hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     # the code snapshot of a submission, else this checkout (bind it in an image: see README), before the
     # image's or the venv's copy
     env["PYTHONPATH"] = str(code or layout.CODE_ROOT)
+    env["ELASTICA_CODE"] = env["PYTHONPATH"]   # what the worker checks it imported (launch.worker.check_code)
     if profile.image:
         env.update(ELASTICA_IMAGE=profile.image, ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
+        # an image's own %environment wins over the host's variables inside the container; APPTAINERENV_<NAME>
+        # wins over the image's
+        env.update({f"APPTAINERENV_{k}": env[k] for k in PINNED if k in env})
     if profile.master_port:
         env["ELASTICA_MASTER_PORT"] = str(profile.master_port)
     if profile.master_addr:
         env["ELASTICA_MASTER_ADDR"] = profile.master_addr
     env.update(profile.env)   # apptainer passes the job's environment into the container
     return env
+
+
+def hf_cache_env(hf_home: str) -> dict[str, str]:
+    """The HF cache of a profile, for prefetch and jobs alike: HF_HOME and the two variables that would beat it
+    (a shell's HF_HUB_CACHE or HF_DATASETS_CACHE would send a job to another cache than prefetch filled)."""
+    return {"HF_HOME": hf_home, "HF_HUB_CACHE": str(Path(hf_home) / "hub"),
+            "HF_DATASETS_CACHE": str(Path(hf_home) / "datasets")}
 
 
 def cell_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]:

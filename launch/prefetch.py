@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from launch.env import hf_cache_env
 from launch.spec import ConfigError, Profile, Spec, source_kind
 
 # what from_pretrained reads: configs, tokenizer files, and one weight format (safetensors where the repo has them;
@@ -36,8 +37,8 @@ def weight_patterns(files: list[str]) -> list[str]:
 
 
 def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict]:
-    if profile is not None and profile.hf_home:   # before huggingface_hub or datasets read it
-        os.environ["HF_HOME"] = profile.hf_home
+    if profile is not None and profile.hf_home:   # before huggingface_hub or datasets read it; the same
+        os.environ.update(hf_cache_env(profile.hf_home))   # variables the jobs get (a shell's HF_HUB_CACHE loses)
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.utils import logging as hf_logging
     from train.data import load_rows

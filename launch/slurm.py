@@ -168,7 +168,8 @@ def sbatch_params(profile: Profile, res: Resources, name: str, code: Path | None
          "cpus_per_task": res.cpus_per_task, "array_parallelism": profile.array_parallelism,
          "signal_delay_s": profile.signal_delay_s, "stderr_to_stdout": True,
          "setup": setup_lines(profile, code) + (marker_lines(marker_dir) if marker_dir else []),
-         "teardown": requeue_lines(profile.max_num_timeout), "srun_args": srun}
+         "teardown": requeue_lines(profile.max_num_timeout), "srun_args": srun,
+         "wckey": profile.wckey or None}   # submitit would write --wckey=submitit, which sites may refuse
     if res.gpus_per_node:
         if profile.gpu_request == "gres":
             p["gres"] = f"gpu:{profile.gpu_type + ':' if profile.gpu_type else ''}{res.gpus_per_node}"

@@ -54,7 +54,9 @@ SECRET_NAME = re.compile(r".*(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|CREDENTIAL|PRIVA
 OWNED_ENV = {
     "PYTHONPATH": "remove it: jobs import the code snapshot of their submission",
     "PYTHONNOUSERSITE": "remove it", "PYTHONUNBUFFERED": "remove it", "TOKENIZERS_PARALLELISM": "remove it",
+    "PYTHONSAFEPATH": "remove it",
     "WANDB_MODE": "use the profile's wandb_mode", "HF_HOME": "use the profile's hf_home",
+    "HF_HUB_CACHE": "use the profile's hf_home", "HF_DATASETS_CACHE": "use the profile's hf_home",
     "HF_HUB_OFFLINE": "remove it: jobs are offline when hf_home is set",
     "HF_DATASETS_OFFLINE": "remove it: jobs are offline when hf_home is set",
     "MASTER_PORT": "use the profile's master_port", "MASTER_ADDR": "use the profile's master_addr",
@@ -596,6 +598,7 @@ class Profile:
     mail_user: str = ""
     mail_type: str = ""                   # e.g. END,FAIL
     comment: str = ""
+    wckey: str = ""                       # --wckey where the site accounts by workload key (none by default)
     cpu_partition: str = ""               # the CPU-only stages (world, collect); default: partition
     sbatch_extra: dict[str, str] = field(default_factory=dict)   # any other sbatch option: {begin: now+1hour}
     srun_args: tuple[str, ...] = ()       # extra srun arguments (e.g. --mpi=pmix)
@@ -622,7 +625,7 @@ class Profile:
         for key in ("train_tokens_per_gpu_hour", "train_fixed_minutes", "train_minutes_per_checkpoint",
                     "eval_minutes_per_cell"):
             check(getattr(self, key) >= 0, key, "cost rates must be >= 0", "use 0 (no estimate) or a measured rate")
-        for key in ("partition", "account", "qos", "reservation", "cpu_partition", "gpu_type"):
+        for key in ("partition", "account", "qos", "reservation", "cpu_partition", "gpu_type", "wckey"):
             val = getattr(self, key)
             check(bool(PARTITION.fullmatch(val)), key, f"{val!r} has characters Slurm names never have",
                   "use letters, digits, '_', '-', '.' and ','")
@@ -669,16 +672,31 @@ class Profile:
               f"must be 0 or a port in 1024..65535, got {self.master_port}", "use e.g. 29500, or 0")
         for k in self.env:
             check(bool(ENV_NAME.fullmatch(k)), f"env.{k}", "is not a valid variable name", "use letters, digits and _")
-            check(k not in OWNED_ENV and not k.startswith("ELASTICA_"), f"env.{k}", "is set by the launcher for "
-                  "every cell (a profile value would replace it)", OWNED_ENV.get(k, "remove it"))
+            owned = k.removeprefix("APPTAINERENV_")
+            check(owned not in OWNED_ENV and not owned.startswith("ELASTICA_"), f"env.{k}", "is set by the launcher "
+                  "for every cell (a profile value would replace it)", OWNED_ENV.get(owned, "remove it"))
             check(not SECRET_NAME.fullmatch(k), f"env.{k}", "looks like a secret, and secrets never go into a profile "
                   "(they would be written into job scripts)", "export it in your shell; jobs inherit it")
             check(self.env[k].isprintable(), f"env.{k}", "has a newline or control character",
                   "write the value on one line")
         build(Runtime, dict(self.runtime), "runtime")
+        for key in ("runs_root", "hf_home"):   # what jobs in the image read and write must be bound into it
+            path = getattr(self, key)
+            check(not self.image or not path or self.in_image(path), key, f"{path} is not under any of binds "
+                  f"{list(self.binds)} (nor apptainer's own: $HOME, /tmp, the working folder): jobs in the image "
+                  "would not find it", f"add {'/' + Path(path).parts[1] if Path(path).is_absolute() else path} "
+                  "to binds")
         if self.executor == "local":
             check(self.train.nodes == 1 and self.eval.nodes == 1, "train.nodes", "the local executor has one node",
                   "use nodes: 1, or executor: slurm")
+
+    def in_image(self, path: str) -> bool:
+        """Whether `path` is visible inside the image: under a bind (src[:dst[:opts]]) or a folder apptainer binds
+        by default ($HOME, /tmp, /var/tmp, the working folder)."""
+        p = Path(path).expanduser().absolute()
+        roots = [Path(b.split(":")[0]).expanduser().absolute() for b in self.binds]
+        roots += [Path.home(), Path("/tmp"), Path("/var/tmp"), Path.cwd()]
+        return any(p == r or r in p.parents for r in roots)
 
 
 # ------------------------------------------------------------------------------------------------ loading

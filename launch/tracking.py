@@ -17,6 +17,10 @@ def wandb_run(cell_dir: Path, exp_dir: Path, config: dict):
     mode = os.environ.get("WANDB_MODE", "offline")
     if mode == "disabled":
         return None
+    # W&B's cache, data (artifact staging) and config default to ~/.cache, ~/.local/share and ~/.config: keep all
+    # of it under the study's folder, where the runs are, on the filesystem every node and the image see
+    for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+        os.environ[var] = str(Path(exp_dir) / ".wandb" / sub)
     import wandb
     cell_dir, study = Path(cell_dir), Path(exp_dir).name
     try:

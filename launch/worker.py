@@ -60,12 +60,23 @@ def read_job(cell_dir: Path):
     return meta, build(KINDS[kind].job, meta["job"], "job")
 
 
+def check_code() -> None:
+    """A job imports the code its submission snapshotted (ELASTICA_CODE, launch.env): an image whose own
+    PYTHONPATH won, or a missing bind, would run other code under this commit's name."""
+    want = os.environ.get("ELASTICA_CODE")
+    here = Path(__file__).resolve().parent.parent
+    if want and Path(want).resolve() != here:
+        raise ConfigError("PYTHONPATH", f"this job imported the code in {here}, not its snapshot {want}",
+                          "bind the runs root into the image, and rebuild an image that sets PYTHONPATH without it")
+
+
 def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False) -> list[str]:
     """Run the cell in this process; returns its outputs. Raises ConfigError / Preempted.
 
     rerun: run a done cell again (debugging). Its new done marker keeps the old nonce, so the cells made from it
     stay valid; with invalidate it gets a new one, and they run again at the next run or submit."""
     cell_dir = Path(cell_dir).resolve()
+    check_code()
     meta, job = read_job(cell_dir)
     done = lambda: layout.cell_state(cell_dir, meta["kind"], meta["outputs"], meta["upstream"]) == "done"
     old = layout.read_done(cell_dir) if rerun else None

@@ -321,3 +321,14 @@ def test_checks_agree_with_the_loader(tmp_path, monkeypatch):
     assert (prof.hf_home, prof.runs_root, prof.binds) == (str(tmp_path / "home" / "hf"),
                                                            str(tmp_path / "home" / "runs"),
                                                            (str(tmp_path / "home" / "data"),))
+
+
+def test_a_job_that_imported_other_code_than_its_snapshot_stops(tmp_path, monkeypatch, capsys):
+    """Inside an image whose own PYTHONPATH won over the job's (or without the runs root bound), a cell would run
+    the image's copy of the code under its submission's commit: the worker checks what it imported first."""
+    monkeypatch.setenv("ELASTICA_CODE", str(tmp_path / "code" / "0123456789ab"))
+    assert cli(["run-cell", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: PYTHONPATH: this job imported the code in ")
+    monkeypatch.setenv("ELASTICA_CODE", str(ROOT))   # the checkout itself: the check passes, the folder is no cell
+    assert cli(["run-cell", str(tmp_path)]) == 2 and "has no job.json" in capsys.readouterr().err

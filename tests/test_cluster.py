@@ -146,14 +146,15 @@ def test_site_options_reach_the_job_script():
                            "gpu_type": "a100", "constraint": "a100&ib", "exclusive": True, "reservation": "paper",
                            "mail_user": "me@example.org", "mail_type": "END,FAIL", "comment": "elastica",
                            "sbatch_extra": {"begin": "now+1hour"}, "srun_args": ["--mpi=pmix"],
-                           "runs_root": "/scratch/runs"})
+                           "runs_root": "/scratch/runs", "wckey": "proj1"})
     out = io.StringIO()
     arrays = submit(make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml")), prof.runs_root, prof, dry_run=True,
                     out=out, ask_cluster=False)
     train, ev, coll = arrays[0].script, arrays[2].script, arrays[3].script
     for line in ("#SBATCH --gres=gpu:a100:4", "#SBATCH --constraint='a100&ib'", "#SBATCH --exclusive",
                  "#SBATCH --reservation=paper", "#SBATCH --mail-user=me@example.org", "#SBATCH --mail-type=END,FAIL",
-                 "#SBATCH --comment=elastica", "#SBATCH --begin=now+1hour", "#SBATCH --partition=gpu"):
+                 "#SBATCH --comment=elastica", "#SBATCH --begin=now+1hour", "#SBATCH --partition=gpu",
+                 "#SBATCH --wckey=proj1"):
         assert line in train, line
     assert "srun --unbuffered" in train and "--cpus-per-task=6 --kill-on-bad-exit=1 --mpi=pmix" in train
     assert "#SBATCH --gres=gpu:a100:1" in ev and "--cpus-per-task=3" in ev
@@ -241,7 +242,12 @@ def test_job_script_headers_read_as_sbatch_reads_them():
                                         ({"hf_home": "/hf\r"}, "hf_home"),
                                         ({"binds": ["/a", "/b\n#SBATCH --qos=high"]}, "binds[1]"),
                                         ({"mail_user": "me@x.org", "env": {"NOTE": "hf_" + "a" * 34}}, "env.NOTE"),
-                                        ({"image": "/x/WANDB_API_KEY=1234/i.sif"}, "image")])
+                                        ({"image": "/x/WANDB_API_KEY=1234/i.sif"}, "image"),
+                                        # what jobs in the image read and write must be bound into it
+                                        ({"image": "/i.sif", "binds": ["/scratch"], "runs_root": "/data/runs"},
+                                         "runs_root"),
+                                        ({"image": "/i.sif", "binds": ["/scratch:/s"], "runs_root": "/scratch/r",
+                                          "hf_home": "/shared/hf"}, "hf_home")])
 def test_bad_site_options_are_refused(over, field):
     with pytest.raises(ConfigError) as e:
         build(Profile, {"name": "p", "executor": "slurm", **over})

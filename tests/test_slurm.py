@@ -53,6 +53,7 @@ def test_golden_job_scripts():
     assert "#SBATCH --array=0-3%4" in neg and "--kill-on-invalid-dep=yes" in neg
     assert "apptainer exec --nv --bind /scratch,/shared /shared/containers/elastica-cuda-2026.11.sif python" in neg
     assert "--cleanenv" not in text and "export HF_HUB_OFFLINE=1" in neg
+    assert "--wckey" not in text, "no workload key unless the profile names one (submitit's default is refused)"
 
 
 def test_arrays_split_at_max_array_size_and_correlate():
