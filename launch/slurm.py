@@ -482,16 +482,26 @@ def log_path(exp: Path, job_id: str) -> Path:
 
 
 def error_tail(row: dict, lines: int = 4) -> str:
-    """The last lines of a failed cell's error: its Slurm log where it has one (a packed task's log holds every
-    cell's traceback), else the FAILED record the worker wrote."""
-    failed = Path(row["dir"]) / "FAILED"
+    """The last lines of a failed cell's error: from the Slurm log of the first rank whose log holds one (a
+    multi-rank cell's rank 0 may only say that a peer went away; a packed task's log holds every cell's
+    traceback), else rank 0's, else the FAILED record the worker wrote."""
+    failed, log = Path(row["dir"]) / "FAILED", Path(row["log"]) if row["log"] else None
     try:
-        text = "\n".join(Path(row["log"]).read_text(errors="replace").strip().splitlines()[-lines:]) \
-            if row["log"] and Path(row["log"]).is_file() else \
-            json.loads(failed.read_text()).get("error", "") if failed.exists() else ""
+        if log is not None and log.is_file():
+            stem = log.name.removesuffix("_0_log.out")
+            ranks = sorted(log.parent.glob(f"{stem}_*_log.out"),
+                           key=lambda p: int(p.name.removesuffix("_log.out").rsplit("_", 1)[-1] or 0))
+            texts = [(p, p.read_text(errors="replace").strip().splitlines()) for p in ranks or [log]]
+            which, text = next(((p, t) for p, t in texts if any("Traceback" in l or l.startswith("error:")
+                                                                 for l in t)), texts[0])
+            rank = which.name.removesuffix("_log.out").rsplit("_", 1)[-1]
+            head = [f"(rank {rank}'s log: {which.name})"] if len(ranks) > 1 else []
+            text = "\n".join(head + text[-lines:])
+        else:
+            text = json.loads(failed.read_text()).get("error", "") if failed.exists() else ""
     except (OSError, ValueError, AttributeError):
         text = ""
-    return "\n".join("    " + l[:300] for l in text.splitlines()[-lines:])
+    return "\n".join("    " + l[:300] for l in text.splitlines()[-(lines + 1):])
 
 
 def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = None, out=sys.stderr) -> int:

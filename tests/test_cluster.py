@@ -292,6 +292,20 @@ def test_plan_estimates_fork_memory_and_refuses_a_profile_too_small(tmp_path):
     assert r.returncode == 0 and "llama2-7b 47 GB; train.mem_gb: 64" in r.stdout
 
 
+def test_a_failed_cells_error_comes_from_the_rank_that_failed(tmp_path):
+    """A 2-rank cell: rank 0's log only says its peer went away; status shows rank 1's traceback."""
+    from launch.slurm import error_tail
+    logs = tmp_path / "submitit" / "45_3"
+    logs.mkdir(parents=True)
+    (logs / "45_3_0_log.out").write_text("step 12\nRuntimeError: Connection closed by peer\n")
+    (logs / "45_3_1_log.out").write_text("step 12\nTraceback (most recent call last):\n  File x\n"
+                                          "torch.OutOfMemoryError: CUDA out of memory\n")
+    tail = error_tail({"dir": str(tmp_path / "cell"), "log": str(logs / "45_3_0_log.out")})
+    assert "rank 1's log" in tail and "CUDA out of memory" in tail and "peer" not in tail
+    (logs / "45_3_1_log.out").write_text("step 12\n")
+    assert "peer" in error_tail({"dir": str(tmp_path / "cell"), "log": str(logs / "45_3_0_log.out")})
+
+
 def test_log_paths_of_array_tasks():
     from launch.slurm import log_path
     assert log_path(Path("/r"), "45_3") == Path("/r/submitit/45_3/45_3_0_log.out")
