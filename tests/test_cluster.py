@@ -306,6 +306,34 @@ def test_a_failed_cells_error_comes_from_the_rank_that_failed(tmp_path):
     assert "peer" in error_tail({"dir": str(tmp_path / "cell"), "log": str(logs / "45_3_0_log.out")})
 
 
+@pytest.mark.parametrize("step_exit,marker,scontrol_rc,requeued", [
+    (137, True, 0, True),     # the first rank exited 75, srun killed the last: the marker says every rank saved
+    (75, False, 0, True),     # a single task saved and exited 75
+    (137, False, 0, False),   # killed without a save (a node failure, an OOM): resubmit, not requeue
+    (1, False, 0, False),
+    (137, True, 1, True)])    # scontrol requeue itself failed: said so on stderr
+def test_the_teardown_requeues_a_job_whose_ranks_saved(tmp_path, step_exit, marker, scontrol_rc, requeued):
+    """The job script's setup and teardown lines as bash runs them, with a stand-in scontrol that records its
+    arguments and a step that exits with `step_exit`."""
+    from launch.slurm import marker_lines, requeue_lines
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "submitit").mkdir()   # submitit's folder, where the job's logs are
+    (tmp_path / "bin" / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.log\n"
+                                               f"exit {scontrol_rc}\n")
+    (tmp_path / "bin" / "scontrol").chmod(0o755)
+    step = "touch \"$ELASTICA_PREEMPTED\"; " if marker else ""
+    script = "\n".join(marker_lines(tmp_path / "submitit") + [f"( {step}exit {step_exit} )"]
+                       + requeue_lines(3))
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+                            "SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "1"})
+    assert r.returncode == step_exit
+    log = tmp_path / "scontrol.log"
+    assert (log.exists() and log.read_text() == "requeue 77\n") == requeued, (r.stdout, r.stderr)
+    assert ("scontrol requeue 77 failed" in r.stderr) == (requeued and scontrol_rc != 0)
+    assert not (tmp_path / "submitit" / "77.preempted").exists(), "the marker is consumed"
+
+
 def test_log_paths_of_array_tasks():
     from launch.slurm import log_path
     assert log_path(Path("/r"), "45_3") == Path("/r/submitit/45_3/45_3_0_log.out")
