@@ -136,11 +136,13 @@ def test_apptainer_stand_in_sees_the_exact_command(tmp_path):
     (run / "profile.yaml").write_text("name: site\nexecutor: slurm\nhf_home: /shared/hf\nbinds: [/scratch]\n"
                                       "wandb_mode: disabled\n")
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    r = subprocess.run(["make", "-s", "debug-cell", f"RUN={run}", "CELL=eval/c1", "IMAGE=/img/e.sif"], cwd=ROOT,
+    image = tmp_path / "e.sif"
+    image.write_bytes(b"stand-in image")   # a missing image is refused before apptainer is called
+    r = subprocess.run(["make", "-s", "debug-cell", f"RUN={run}", "CELL=eval/c1", f"IMAGE={image}"], cwd=ROOT,
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     cmd, envline = log.read_text().strip().splitlines()
-    assert cmd == (f"exec --nv --bind {ROOT},{run},/shared/hf,/scratch /img/e.sif python -m launch run-cell "
+    assert cmd == (f"exec --nv --bind {ROOT},{run},/shared/hf,/scratch {image} python -m launch run-cell "
                    f"{run}/eval/c1 --rerun")
     assert envline == f"HF_HOME=/shared/hf HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONPATH={ROOT}"
 

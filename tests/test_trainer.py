@@ -96,6 +96,9 @@ def test_every_milestone_equals_a_separate_run(exp_dir, tmp_path, ranks, combos)
     counts, the engine's buffers: train.state.state_tensors) equals a separate run on that many examples, bit for
     bit, and so does the milestone's summary."""
     from fork_chain import compare
+    from launch.costs import fork_bytes_per_rank, model_params
+    from launch.spec import Model
+    params = model_params(Model(name="llama", path=str(exp_dir / "models" / "llama")))
     ms = (24, 32, 56, 64)
     port, procs = free_port(), []
     for r in range(ranks):
@@ -118,7 +121,12 @@ def test_every_milestone_equals_a_separate_run(exp_dir, tmp_path, ranks, combos)
         rec = json.loads((nested / "record.json").read_text())["runtime"]
         assert rec["precision"]["load_dtype"] == ("bfloat16" if precision == "bf16" else "float32")
         assert rec["phases"]["forks"] == 2 and rec["phases"]["checkpoints"] == 4 and rec["phases"]["steps_s"] > 0
-        assert rec["phases"]["fork_host_bytes"] > 0 and rec["optimizer"]["optimizer"] == "torch AdamW"
+        assert rec["optimizer"]["optimizer"] == "torch AdamW"
+        # what a fork held against plan's estimate (launch.costs): on one rank the same up to a few scalars; on
+        # two, ZeRO's partition padding and the small parameters ZeRO-3 keeps whole on every rank come on top
+        want = fork_bytes_per_rank(params, Recipe(zero_stage=int(zero), precision=precision), ranks)
+        got = rec["phases"]["fork_host_bytes"]
+        assert want <= got <= (want + 4096 if ranks == 1 else 1.5 * want + 4096), (combo, got, want)
 
 
 @pytest.mark.parametrize("zero", [0, 2, 3])
