@@ -2,7 +2,7 @@
 #   make demo                 the toy-world study end to end on this machine (first command of the README)
 #   make setup [PYTHON=python3.12]  the venv (on a login node: the image's Python, containers/versions.env)
 #   make test                 the test suite (second command): lint, then every test (about 34 minutes)
-#   make test-fast            lint and the unit tests (spec, plan, collector, CLI; about 25 seconds)
+#   make test-fast            lint and the unit tests (spec, plan, collector, CLI; under a minute)
 #   make lint                 ruff: pyflakes, bugbear, pycodestyle layout (pyproject.toml)
 #   make plan CONFIG=...      what a study will run, before anything runs
 #   make local CONFIG=...     run a study on this machine, stage by stage
