@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from launch.jobs import safetensors_header
-from launch.spec import Model, Profile, Recipe, source_kind
+from launch.spec import ConfigError, Model, Profile, Recipe, source_kind
 
 # Parameter counts of the paper's models (their config.json: embeddings, layers, head; tied heads counted once)
 KNOWN_PARAMS = {
@@ -65,9 +65,13 @@ def fork_bytes_per_rank(params: float, recipe: Recipe, world: int) -> float:
     return params * (weights + 12) / world
 
 
+def train_gpus(profile: Profile) -> int:
+    """The ranks of one training cell: one per GPU, one per node without GPUs."""
+    return profile.train.nodes * max(1, profile.train.gpus_per_node)
+
+
 def fork_gb_per_node(params: float, recipe: Recipe, profile: Profile) -> float:
-    world = profile.train.nodes * max(1, profile.train.gpus_per_node)
-    return fork_bytes_per_rank(params, recipe, world) * max(1, profile.train.gpus_per_node) / 1e9
+    return fork_bytes_per_rank(params, recipe, train_gpus(profile)) * max(1, profile.train.gpus_per_node) / 1e9
 
 
 def fork_memory(plan, profile: Profile) -> list[dict]:
@@ -92,31 +96,32 @@ def train_cell_gpu_hours(cell, profile: Profile) -> float | None:
         return None
     r = cell.job.recipe
     tokens = cell.examples * r.max_length * (2 if r.algorithm == "dpo" else 1)
-    gpus = profile.train.nodes * max(1, profile.train.gpus_per_node)
     fixed_min = profile.train_fixed_minutes + len(cell.outputs) * profile.train_minutes_per_checkpoint
-    return tokens / profile.train_tokens_per_gpu_hour + gpus * fixed_min / 60
+    return tokens / profile.train_tokens_per_gpu_hour + train_gpus(profile) * fixed_min / 60
 
 
 def rates(exp_dir: Path) -> dict:
     """The profile's cost rates measured on a finished study's training and eval cells (their record.json)."""
-    tokens = gpu_s = fixed_s = ckpt_s = ckpts = 0.0
+    sums = [0.0] * 5   # step tokens, step GPU-seconds, fixed seconds, checkpoint seconds, checkpoints
     cells = evals = 0
     eval_s = 0.0
     for rec_path in sorted(Path(exp_dir).glob("*/*/record.json")):
-        rt = json.loads(rec_path.read_text()).get("runtime", {})
-        ph = rt.get("phases")
-        if ph:
-            tokens += ph["step_tokens"]
-            gpu_s += ph["steps_s"] * ph["ranks"]
-            fixed_s += ph["setup_s"] + ph["load_s"] + ph["init_s"] + ph["reference_s"]
-            ckpt_s += ph["save_s"] + ph["fork_s"]
-            ckpts += ph["checkpoints"]
-            cells += 1
-        timings = json.loads((rec_path.parent / "result.json").read_text()).get("timings", {}) \
-            if (rec_path.parent / "result.json").exists() else {}
-        if "total_s" in timings:
-            eval_s += timings["total_s"]
+        try:   # a cell whose files are torn or of another shape is left out, never a traceback
+            ph = json.loads(rec_path.read_text())["runtime"].get("phases")
+            if ph:
+                one = (ph["step_tokens"], ph["steps_s"] * ph["ranks"],
+                       ph["setup_s"] + ph["load_s"] + ph["init_s"] + ph["reference_s"], ph["save_s"] + ph["fork_s"],
+                       ph["checkpoints"])
+                sums = [a + b for a, b in zip(sums, one)]
+                cells += 1
+            result = rec_path.parent / "result.json"
+            total = json.loads(result.read_text()).get("timings", {}).get("total_s") if result.exists() else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(total, (int, float)):
+            eval_s += total
             evals += 1
+    tokens, gpu_s, fixed_s, ckpt_s, ckpts = sums
     return {"train_tokens_per_gpu_hour": round(tokens / gpu_s * 3600) if gpu_s else 0,
             "train_fixed_minutes": round(fixed_s / cells / 60, 2) if cells else 0,
             "train_minutes_per_checkpoint": round(ckpt_s / ckpts / 60, 3) if ckpts else 0,
@@ -126,7 +131,6 @@ def rates(exp_dir: Path) -> dict:
 
 def check_memory(plan, profile: Profile) -> None:
     """Refuse a profile whose train.mem_gb is set and smaller than a training stage's forks hold per node."""
-    from launch.spec import ConfigError
     if not profile.train.mem_gb:
         return
     for row in fork_memory(plan, profile):
