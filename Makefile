@@ -3,7 +3,7 @@
 #   make setup [PYTHON=python3.12]  the venv (on a login node: the image's Python, containers/versions.env)
 #   make test                 the test suite (second command): lint, then every test (about 34 minutes)
 #   make test-fast            lint and the unit tests (spec, plan, collector, CLI; under a minute)
-#   make lint                 ruff: pyflakes, bugbear, pycodestyle layout (pyproject.toml)
+#   make lint                 ruff (pyflakes, bugbear, pycodestyle layout) and mypy (pyproject.toml)
 #   make plan CONFIG=...      what a study will run, before anything runs
 #   make local CONFIG=...     run a study on this machine, stage by stage
 #   make submit CONFIG=... PROFILE=...   submit a study to Slurm (ARGS="--dry-run" / "--wait")
@@ -56,6 +56,7 @@ setup: $(VENV)/.installed
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: lint
 	$(PY) -m pytest -q --durations=15 tests
@@ -71,7 +72,7 @@ local: setup
 
 demo: setup
 	$(PY) -m launch run configs/toy/setting2.yaml --profile configs/profiles/local-cpu.yaml --runs $(RUNS)
-	$(PY) -m eval.collect $(RUNS)/toy-setting2
+	$(PY) -m launch collect $(RUNS)/toy-setting2
 
 toy-world: setup   # the eight studies of docs/toy-world.md, timed, then its tables (61.0 min measured on 2 cores)
 	OMP_NUM_THREADS=1 $(PY) docs/toy_world_report.py --run --jobs 2 $(RUNS)
@@ -101,7 +102,7 @@ prefetch-setting1 prefetch-setting2 prefetch-setting3: prefetch-setting%: setup
 	echo "== prefetch-setting$*: failed:$${bad:- none}"; test -z "$$bad"
 
 collect: setup
-	$(PY) -m eval.collect $(RUN)
+	$(PY) -m launch collect $(RUN)
 
 wandb-sync: setup   # from the login node: upload every offline W&B run of a study (WANDB_API_KEY in your shell)
 	@test -d "$(RUN)" || { echo "error: RUN: give RUN=runs/<experiment> (a run folder)"; exit 2; }

@@ -49,7 +49,7 @@ def report(**row) -> dict:
 
 def tiny_world(out: Path, pretrain: int = 3000):
     """A toy world and a small GPT-2 saved like a hub model (tokenizer + safetensors)."""
-    from launch.spec import World
+    from launch.core.spec import World
     from train.toyworld import write_world
     if not (out / "world" / "tokenizer").exists():
         write_world(World(pretrain=pretrain, alignment=2000, prompts=500), out / "world")

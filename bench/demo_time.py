@@ -22,7 +22,8 @@ from rich.console import Console
 
 from launch.local import run_plan
 from launch.plan import make_plan
-from launch.spec import load_profile, load_spec
+from launch.core.profile import load_profile
+from launch.core.spec import load_spec
 
 CONFIG, PROFILE = ROOT / "configs/toy/setting2.yaml", ROOT / "configs/profiles/local-cpu.yaml"
 
@@ -37,7 +38,7 @@ def demo(fuse: bool) -> tuple[Path, dict]:
         rc = run_plan(plan, runs, profile, only=stage, fuse=fuse, console=Console(file=io.StringIO()))
         assert rc == 0, f"{stage} failed (fuse={fuse})"
         times[stage] = time.perf_counter() - t
-    subprocess.run([sys.executable, "-m", "eval.collect", str(runs / plan.spec.experiment)], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "launch", "collect", str(runs / plan.spec.experiment)], cwd=ROOT, check=True,
                    capture_output=True)
     times["total"] = time.perf_counter() - t0
     times["eval_cells"] = len(plan.stages["eval"])

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from common import report, spread, word_tokenizer
 
-from launch.jobs import ModelRef, TrainJob
-from launch.spec import Data, Init, Recipe, Runtime
+from launch.core.jobs import ModelRef, TrainJob
+from launch.core.spec import Data, Init, Recipe, Runtime
 from launch.worker import close_distributed
 
 

@@ -37,8 +37,8 @@ def main():
                           "runs": "not run: no CUDA device"}))
         return
     from common import word_tokenizer
-    from launch.jobs import ModelRef, TrainJob
-    from launch.spec import Data, Init, Recipe, Runtime
+    from launch.core.jobs import ModelRef, TrainJob
+    from launch.core.spec import Data, Init, Recipe, Runtime
     from launch.worker import close_distributed
     from train.trainer import Trainer
 

@@ -26,8 +26,8 @@ from common import ROOT, report
 RANK_CODE = r'''
 import json, resource, sys, torch
 from pathlib import Path
-from launch.jobs import ModelRef, TrainJob
-from launch.spec import Data, Recipe
+from launch.core.jobs import ModelRef, TrainJob
+from launch.core.spec import Data, Recipe
 from train.models import load_model, load_tokenizer
 from train.trainer import ds_config, setup_distributed
 import deepspeed

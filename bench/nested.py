@@ -16,7 +16,8 @@ from common import ROOT, report
 
 from launch.local import run_plan
 from launch.plan import make_plan
-from launch.spec import load_profile, load_spec
+from launch.core.profile import load_profile
+from launch.core.spec import load_spec
 
 
 def main():

@@ -32,7 +32,8 @@ from conftest import reduced_config  # noqa: E402  (the reduced study: one defin
 
 from launch.local import run_plan  # noqa: E402
 from launch.plan import make_plan  # noqa: E402
-from launch.spec import load_profile, load_spec  # noqa: E402
+from launch.core.profile import load_profile  # noqa: E402
+from launch.core.spec import load_spec
 
 
 def studies(tmp: Path):

@@ -49,7 +49,8 @@ def once():
     """One plan + submit in a fresh folder; the jobs are submitted held and cancelled at once."""
     from launch.plan import make_plan
     from launch.slurm import submit
-    from launch.spec import load_profile, load_spec
+    from launch.core.profile import load_profile
+    from launch.core.spec import load_spec
     tmp = Path(tempfile.mkdtemp(prefix="bench-submit-"))
     cfg = yaml.safe_load((ROOT / "configs/setting2/imdb.yaml").read_text())
     cfg["experiment"] = "bench-10k"

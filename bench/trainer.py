@@ -18,8 +18,8 @@ from common import ROOT, report, spread, tiny_world  # noqa: F401  (sys.path set
 
 import torch
 
-from launch.jobs import ModelRef, TrainJob
-from launch.spec import Data, Init, Recipe, Runtime
+from launch.core.jobs import ModelRef, TrainJob
+from launch.core.spec import Data, Init, Recipe, Runtime
 from launch.worker import close_distributed
 from train import data as D
 

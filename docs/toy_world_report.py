@@ -75,14 +75,17 @@ def times_table(runs: Path) -> str:
 
 def main(runs: Path) -> None:
     """Collect each study again and copy its report (tables as Markdown, rebound/resistance plots) into docs/."""
-    from eval.collect import collect
     out = ROOT / "docs" / "toy-world"
     for exp, (_, short) in STUDIES.items():
         d = runs / exp
         if not d.exists():
             print(f"{exp}: not run")
             continue
-        s = collect(d)
+        r = subprocess.run([sys.executable, "-m", "launch", "collect", str(d), "--json"], cwd=ROOT,
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"{exp}: launch collect exited {r.returncode}: {r.stderr.strip()}")
+        s = json.loads(r.stdout)
         shutil.rmtree(out / short, ignore_errors=True)   # no table of an earlier run stays behind
         (out / short).mkdir(parents=True)
         for f in [*(d / "report").glob("*.md"), *(d / "report").glob("*.csv"), *(d / "report").glob("tables/*")]:

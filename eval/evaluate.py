@@ -1,6 +1,6 @@
 """The eval stage: generate on held-out prompts, score, measure compression rates and KL; write result.json.
 
-`main(job, out_dir, exp_dir)` loads the checkpoint, takes the first `eval.prompts` prompts of data.prompts in a
+`main(job, ctx)` loads the checkpoint, takes the first `eval.prompts` prompts of data.prompts in a
 fixed order (seed 0, the same for every cell), generates in length-sorted, left-padded batches with the KV cache
 (greedy output equals one prompt at a time), scores the generations and writes `generations.jsonl` and
 `result.json` (schema in README.md: one record per metric, with standard error and n).
@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import math
 import time
+import typing
 from pathlib import Path
 
 import torch
 
 from eval import scorers as S
-from launch.jobs import EvalJob, GenerateJob, jsonable
-from launch.layout import atomic_write_json, atomic_write_text, resolve
+from launch.core.jobs import Context, EvalJob, GenerateJob, jsonable
+from launch.core.layout import atomic_write_json, atomic_write_text, resolve
 from train import data as D
 from train.models import load_model, load_tokenizer
 
@@ -69,7 +70,7 @@ def held_out_prompts(data, exp_dir: Path, n: int, skip: int = 0) -> list[str]:
     rows = rows_of(data, exp_dir)
     order = D.seeded_order(len(rows), PROMPT_SEED)
     if skip + n > len(rows):
-        from launch.spec import ConfigError
+        from launch.core.schema import ConfigError
         raise ConfigError("eval.prompts", f"needs {skip + n} prompts, {data.path} has {len(rows)}",
                           "lower eval.prompts (or slices.responses)")
     return [rows[i]["prompt"] for i in order[skip:skip + n]]
@@ -119,7 +120,7 @@ def generate(model, tok, prompts: list[str], template: str, max_new_tokens: int,
     return out
 
 
-def metric(name: str, values: list[float], higher_is_better: bool, share: bool = False, **info) -> dict:
+def metric(name: str, values: list[float], higher_is_better: bool, *, share: bool = False, **info: str) -> dict:
     """Mean and its standard error; for a share of 0/1 outcomes the binomial one, sqrt(p (1 - p) / n)."""
     n = len(values)
     mean = sum(values) / n if n else float("nan")
@@ -138,30 +139,29 @@ def logit_metric(m: dict) -> dict:
             "stderr": m["stderr"] / (p * (1 - p)), "space": "logit"}
 
 
-def write_result(out_dir: Path, job, stage: str, metrics: list, timings: dict | None = None) -> list[str]:
-    """result.json: the cell's metrics with where it sits in the study (its job.json's stage and coords)."""
-    meta = json.loads((Path(out_dir) / "job.json").read_text()) if (Path(out_dir) / "job.json").exists() else {}
-    atomic_write_json(Path(out_dir) / "result.json", {
-        "schema": RESULT_SCHEMA, "cell": Path(out_dir).name, "stage": meta.get("stage", stage),
-        "coords": meta.get("coords", {}), "checkpoint": job.model.path, "seed": job.seed, "metrics": metrics,
+def write_result(ctx: Context, job, metrics: list, timings: dict | None = None) -> list[str]:
+    """result.json: the cell's metrics with where it sits in the study (its context's stage and coords)."""
+    atomic_write_json(ctx.out_dir / "result.json", {
+        "schema": RESULT_SCHEMA, "cell": ctx.out_dir.name, "stage": ctx.stage,
+        "coords": ctx.coords, "checkpoint": job.model.path, "seed": job.seed, "metrics": metrics,
         **({"timings": timings} if timings is not None else {})})
     return ["result.json"]
 
 
-def main(job: EvalJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
+def main(job: EvalJob, ctx: Context) -> list[str]:
     t0 = time.time()
     ev, dev = job.eval, device()
-    tok, model = load(job.model, exp_dir)
+    tok, model = load(job.model, ctx.exp_dir)
     metrics, timings = [], {}
     need_gen = ev.scorer.kind != "none" or ev.kl_to_base
     if need_gen:
-        prompts = held_out_prompts(job.prompts, exp_dir, ev.prompts)
+        prompts = held_out_prompts(job.prompts, ctx.exp_dir, ev.prompts)
         prompts = [p for p in prompts for _ in range(ev.samples_per_prompt)]
         t = time.time()
         gens = generate(model, tok, prompts, job.template, ev.max_new_tokens, ev.temperature, ev.top_p,
                         ev.batch_size, job.seed)
         timings["generate_s"] = time.time() - t
-        atomic_write_text(Path(out_dir) / "generations.jsonl",
+        atomic_write_text(ctx.out_dir / "generations.jsonl",
                           "".join(json.dumps({"prompt": p, "response": g}) + "\n" for p, g in zip(prompts, gens)))
         if ev.scorer.kind != "none":
             t = time.time()
@@ -173,7 +173,8 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
                 [D.prompt_text(p, job.template) + D.response_text(g, job.template) for p, g in zip(prompts, gens)]
             scores = scorer(texts)
             timings["score_s"] = time.time() - t
-            info = {"scorer": ev.scorer.kind, "scorer_model": ev.scorer.model, "space": "probability"}
+            info: dict[str, typing.Any] = {"scorer": ev.scorer.kind, "scorer_model": ev.scorer.model,
+                                           "space": "probability"}
             if ev.scorer.kind == "score_model":
                 metrics.append(metric("score", scores, True, **{**info, "space": "score"}))
             else:   # the paper's number: the share of generations classified positive (binomial error)
@@ -182,15 +183,15 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
                 metrics += [m] + ([logit_metric(m)] if ev.logit_space else [])
                 metrics.append(metric("positive_prob", scores, True, **info, statistic="mean P(positive)"))
         if ev.kl_to_base:
-            base = shared("base", (job.base, str(exp_dir), version(resolve(job.base.path, exp_dir))),
-                          lambda: load(job.base, exp_dir)[1])
+            base = shared("base", (job.base, str(ctx.exp_dir), version(resolve(job.base.path, ctx.exp_dir))),
+                          lambda: load(job.base, ctx.exp_dir)[1])
             ex = D.tokenize([{"prompt": p, "response": g} for p, g in zip(prompts, gens)], tok, job.template,
                             job.max_length, "sft")
             metrics.append(metric("kl_to_base", S.kl_per_token(model, base, ex, tok.pad_token_id), False,
                                   scorer="kl", unit="nats/token"))
     attr = {i for w, i in tok.get_vocab().items() if w.endswith(("+", "-"))} if job.attribute_tokens else None
     for role, data in sorted(job.compression.items()):
-        rows = rows_of(data, exp_dir)
+        rows = rows_of(data, ctx.exp_dir)
         order = D.seeded_order(len(rows), PROMPT_SEED)[:ev.compression_examples]
         # every set on the same token class, the response (text-only rows are all response): pre-training rows
         # scored on their prompts too would mix in tokens that alignment never trains (the Hooke comparison)
@@ -201,20 +202,20 @@ def main(job: EvalJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
             metrics.append(metric(f"bits_per_attribute_token/{role}", per_attr, False, scorer="compression",
                                   unit="bits/token"))
     timings["total_s"] = time.time() - t0
-    return write_result(out_dir, job, "eval", metrics, timings)
+    return write_result(ctx, job, metrics, timings)
 
 
-def generate_main(job: GenerateJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
+def generate_main(job: GenerateJob, ctx: Context) -> list[str]:
     """Setting I: the slice answers train_count + heldout_count held-out prompts (its dataset D_i)."""
     ev = job.eval
-    tok, model = load(job.model, exp_dir)
-    prompts = held_out_prompts(job.prompts, exp_dir, job.train_count + job.heldout_count)
+    tok, model = load(job.model, ctx.exp_dir)
+    prompts = held_out_prompts(job.prompts, ctx.exp_dir, job.train_count + job.heldout_count)
     nll: list = []
     gens = generate(model, tok, prompts, job.template, ev.max_new_tokens, ev.temperature, ev.top_p, ev.batch_size,
                     job.seed, nll)
     rows = [json.dumps({"prompt": p, "response": g}) + "\n" for p, g in zip(prompts, gens)]
-    atomic_write_text(Path(out_dir) / "train.jsonl", "".join(rows[:job.train_count]))
-    atomic_write_text(Path(out_dir) / "heldout.jsonl", "".join(rows[job.train_count:]))
+    atomic_write_text(ctx.out_dir / "train.jsonl", "".join(rows[:job.train_count]))
+    atomic_write_text(ctx.out_dir / "heldout.jsonl", "".join(rows[job.train_count:]))
     # the target's own entropy, for the entropy-corrected Setting I gap: the sampler's nats per token on each file
     # (per answer, then its mean and error; token-weighted in the value)
     metrics = []
@@ -222,4 +223,4 @@ def generate_main(job: GenerateJob, out_dir: Path, exp_dir: Path, runtime=None) 
         m = metric(f"sampler_nats_per_token/{name}", [a / max(t, 1) for a, t in part], False, unit="nats/token",
                    statistic="the sampler's -log p of its own answers (temperature, top-p applied)")
         metrics.append({**m, "value": sum(a for a, _ in part) / max(sum(t for _, t in part), 1)})
-    return write_result(out_dir, job, "responses", metrics) + ["train.jsonl", "heldout.jsonl"]
+    return write_result(ctx, job, metrics) + ["train.jsonl", "heldout.jsonl"]

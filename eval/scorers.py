@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from launch.spec import ConfigError, Scorer
+from launch.core.schema import ConfigError
+
+from launch.core.spec import Scorer
 
 
 def rule_scores(texts: list[str]) -> list[float]:

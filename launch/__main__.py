@@ -8,6 +8,7 @@
     python -m launch cancel RUN_DIR|CONFIG              # scancel every job of the study's manifest
     python -m launch prefetch CONFIG                    # login node: fill the HF cache, check volumes fit
     python -m launch rates RUN_DIR                      # the profile's cost rates, measured on a finished study
+    python -m launch collect RUN_DIR [--json]           # tables (Markdown, CSV, LaTeX), plots, tidy results
     python -m launch COMMAND --help                     # what each command and argument does
 
 Bad input prints one `error:` line naming the field and the fix and exits 2; nothing is written.
@@ -19,9 +20,23 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
-from launch.spec import ConfigError
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from launch.core import layout
+from launch.core.env import cell_env
+from launch.core.layout import atomic_write_json, atomic_write_text
+from launch.core.profile import load_profile
+from launch.core.schema import ConfigError
+from launch.core.spec import STAGES, load_spec
+from launch.costs import check_memory, rates
+from launch.plan import make_plan
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +56,7 @@ HELP = {
     "debug-cell": "rerun one cell in this process, or in the image, as its job would",
     "shell": "a shell in the image with a job's binds and variables",
     "rates": "the profile's cost rates (GPU-hour estimate of plan) measured on a study's finished cells",
+    "collect": "tables (Markdown, CSV, LaTeX), plots and the tidy results of a study's finished cells",
 }
 
 
@@ -72,6 +88,9 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prefetch", help=HELP["prefetch"], description=HELP["prefetch"])
     s.add_argument("config", help="a study YAML")
     s.add_argument("--profile", default="", help="its hf_home is the cache to fill (default: $HF_HOME)")
+    s = sub.add_parser("collect", help=HELP["collect"], description=HELP["collect"])
+    s.add_argument("run_dir", metavar="RUN_DIR", help="runs/<experiment>, e.g. runs/toy-setting2")
+    s.add_argument("--json", action="store_true", help="print the tables and the cells not in them as JSON")
     s = sub.add_parser("rates", help=HELP["rates"], description=HELP["rates"])
     s.add_argument("run_dir", help="runs/<experiment> with finished training and eval cells")
     s = sub.add_parser("run-cell", help=HELP["run-cell"], description=HELP["run-cell"])
@@ -98,10 +117,6 @@ def parse(argv):
 
 def load(args):
     """The plan, profile and runs root of CONFIG, or of a run folder (its saved study.yaml / profile.yaml)."""
-    from pathlib import Path
-    from launch.costs import check_memory
-    from launch.plan import make_plan
-    from launch.spec import load_profile, load_spec
     run = Path(args.config)
     if getattr(args, "runs", None) is not None and not (args.runs.strip() and args.runs.isprintable()):
         raise ConfigError("--runs", f"{args.runs!r} is not a folder name", "give a runs root, or leave --runs out "
@@ -143,8 +158,6 @@ def read_study_json(run) -> dict:
 
 def check_writable(plan, runs) -> None:
     """Refuse an unwritable or full runs root before anything starts (one line, exit 2)."""
-    import tempfile
-    from pathlib import Path
     exp = plan.exp_dir(runs)
     probe = Path(runs)
     while not probe.exists() and probe != probe.parent:
@@ -166,9 +179,6 @@ def check_writable(plan, runs) -> None:
 
 def remember(args, plan, runs) -> None:
     """Save the study and profile into the run folder, so that status/cancel/collect need only RUN_DIR."""
-    import os
-    from pathlib import Path
-    from launch.layout import atomic_write_json, atomic_write_text
     if Path(args.config).is_dir():
         return
     exp = plan.exp_dir(runs)
@@ -184,16 +194,16 @@ def cmd_plan(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
     t = Table(box=box.SIMPLE, pad_edge=False)
-    for col in ("stage", "cells", "done", "to run", "ckpts", "examples", "GPU-h"):
-        t.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
+    slurm = profile.executor == "slurm"
+    for col in ("stage", "cells", "done", "to run", "ckpts", "examples", "GPU-h") + (("a cell asks",) if slurm else ()):
+        t.add_column(col, justify="left" if col in ("stage", "a cell asks") else "right", no_wrap=True)
     for s in summary["stages"]:
-        gh = s["gpu_hours_to_run"]
+        gh, a = s["gpu_hours_to_run"], s["asks"]
+        asks = (f"{a['nodes']}x{a['gpus_per_node']}GPU" if a["gpus_per_node"] else "CPU") + \
+            f" {a['time_min']}m" + (f" {a['mem_gb']}G" if a["mem_gb"] else "")
         t.add_row(s["name"], str(s["cells"]), str(s["done"]), str(s["to_run"]), str(s["checkpoints"] or ""),
-                  f"{s['examples']:,}", "" if gh is None else f"{gh:,.1f}")
+                  f"{s['examples']:,}", "" if gh is None else f"{gh:,.1f}", *((asks,) if slurm else ()))
     con = Console()
     con.print(f"{summary['experiment']} ({summary['setting']}, {summary['task']}) on profile {profile.name}: "
               f"cells in {summary['runs_dir']}/<stage>/", soft_wrap=True)
@@ -213,12 +223,17 @@ def cmd_plan(args) -> int:
                   "train_minutes_per_checkpoint and eval_minutes_per_cell in the profile (measure them on your "
                   "cluster: python -m launch rates runs/<experiment>)", soft_wrap=True)
     if summary["fork_memory"]:
-        most = {}
+        most: dict[str, float] = {}
         for row in summary["fork_memory"]:
             most[row["model"]] = max(most.get(row["model"], 0), row["gb_per_node"])
         con.print("host memory per node that milestone forks hold (launch.costs): " + ", ".join(
-            f"{m} {gb:,.0f} GB" for m, gb in most.items()) + f"; train.mem_gb: {profile.train.mem_gb or 'default'}",
+            f"{m} {gb:,.0f} GB" for m, gb in most.items()) + f"; train.mem_gb: {profile.train.mem_gb or 'default'}"
+            + "".join(f", stages.{k}.mem_gb: {v['mem_gb']}" for k, v in profile.stages.items() if "mem_gb" in v),
             soft_wrap=True)
+    light = [s["name"] for s in summary["stages"] if STAGES[s["name"]] == "light"]
+    if slurm and light and profile.partition and not profile.cpu_partition:
+        con.print(f"{' and '.join(light)} ask no GPU but run on partition {profile.partition}: set cpu_partition to "
+                  "your site's CPU partition (sinfo -s lists them)", soft_wrap=True)
     if reused := sum(s["reused"] for s in summary["stages"]):
         con.print(f"{reused} cells are done in other studies under {runs}: run and submit take them, not run them")
     if summary["trust_remote_code"]:
@@ -269,11 +284,10 @@ def refuse(err: ConfigError, dry_run: bool, refused: list) -> None:
 
 
 def cmd_submit(args) -> int:
-    from pathlib import Path
     jobs = check_jobs(args)
     plan, profile, runs = load(args)
     check_only(args, plan, runs)
-    executor, refused = args.executor or profile.executor, []
+    executor, refused = args.executor or profile.executor, list[ConfigError]()
     if executor == "slurm" and profile.hf_home:   # jobs run offline: every file must be in the cache already
         from launch.prefetch import cache_gaps
         if gaps := cache_gaps(plan.spec, profile.hf_home):
@@ -340,9 +354,6 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
     present = [s for s in STATE_ORDER if any(r["state"] == s for r in rows)]
     t = Table(box=box.SIMPLE, pad_edge=False)
     for col in ("stage", "cells", *present, "MiB"):
@@ -380,7 +391,6 @@ def cmd_cancel(args) -> int:
 
 def cmd_prefetch(args) -> int:
     from launch.prefetch import prefetch
-    from launch.spec import load_profile, load_spec
     spec, profile = load_spec(args.config), load_profile(args.profile) if args.profile else None
     try:
         prefetch(spec, profile)
@@ -391,11 +401,10 @@ def cmd_prefetch(args) -> int:
 
 
 def cmd_run_cell(args) -> int:
-    from pathlib import Path
     from launch.worker import run_cell_dir, write_job
     d = Path(args.cell_dir)
     exp = d.parent.parent
-    if not (d / "job.json").exists() and (exp / "study.json").exists():
+    if not (d / layout.JOB).exists() and (exp / "study.json").exists():
         # a submitted cell whose task has not started (on Slurm the task writes job.json): plan the study saved in
         # the run folder and take the cell from it
         plan, profile, _ = load(argparse.Namespace(config=str(exp)))
@@ -410,9 +419,6 @@ def cmd_run_cell(args) -> int:
 def image_call(image: str, profile, run, argv: list[str], env: dict) -> int:
     """Run argv in the image as a job would: the checkout, the run folder, the HF cache and the profile's binds
     bound, the job's variables set (apptainer passes the environment in)."""
-    import subprocess
-    from pathlib import Path
-    from launch import layout
     if not Path(image).exists():
         raise ConfigError("--image", f"{image} does not exist", "build it (make container or make sandbox), or give "
                           "the path of the .sif / sandbox folder")
@@ -428,12 +434,9 @@ def image_call(image: str, profile, run, argv: list[str], env: dict) -> int:
 def cmd_debug_cell(args) -> int:
     """Rerun one cell as its job runs it: the run's profile decides the environment (offline HF cache, W&B mode,
     profile env); with --image, in the image with the job's binds. Its dependents stay valid unless --invalidate."""
-    from pathlib import Path
-    from launch.env import cell_env
-    from launch.spec import load_profile
     run = Path(args.run_dir).resolve()
     cell = run / args.cell
-    if not (run / "study.json").exists() and not (cell / "job.json").exists():
+    if not (run / "study.json").exists() and not (cell / layout.JOB).exists():
         raise ConfigError("RUN", f"{args.run_dir} is not a run folder (no study.json)", "run or submit the study first")
     if cell.parent.parent != run:
         raise ConfigError("CELL", f"{args.cell} is not <stage>/<cell id>", f"pick one: python -m launch status {run}")
@@ -448,17 +451,12 @@ def cmd_debug_cell(args) -> int:
 
 def cmd_shell(args) -> int:
     """A shell in the image with a job's binds and variables (the profile's, and the run folder's if given)."""
-    from pathlib import Path
-    from launch.env import cell_env
-    from launch.spec import load_profile
     profile = load_profile(args.profile) if args.profile else None
     return image_call(args.image, profile, Path(args.run).resolve() if args.run else None, ["shell"],
                       cell_env(profile))
 
 
 def cmd_rates(args) -> int:
-    from pathlib import Path
-    from launch.costs import rates
     if not Path(args.run_dir).is_dir():
         raise ConfigError("RUN_DIR", f"{args.run_dir} is not a folder", "give runs/<experiment>")
     found = rates(Path(args.run_dir))
@@ -469,6 +467,30 @@ def cmd_rates(args) -> int:
           f"{args.run_dir}: paste into the profile")
     for k, v in found.items():
         print(f"{k}: {v}")
+    return 0
+
+
+def cmd_collect(args) -> int:
+    """The collect cell's work for a run folder: the plan saved in it says which cells to expect and what the study
+    is; a folder of cells made without the CLI (no study.json) is collected from what is on disk."""
+    from eval.collect import collect, print_summary, summary_json
+    run = Path(args.run_dir)
+    # a study's folder holds <stage>/<cell id>/job.json: any other folder (a runs root, a home) gets no report/
+    if not args.run_dir.strip() or not run.is_dir() or next(run.glob(f"*/*/{layout.JOB}"), None) is None:
+        raise ConfigError("RUN_DIR", f"{args.run_dir or '(none)'} is not a run folder, nothing was written",
+                          "give runs/<experiment>, e.g. make collect RUN=runs/toy-setting2")
+    if (run / "study.json").exists():
+        plan, _, _ = load(argparse.Namespace(config=str(run)))
+        cell = plan.stages["collect"][0]
+        summary = collect(run, list(cell.upstream), {k: getattr(cell.job, k) for k in ("experiment", "setting",
+                                                                                       "task")},
+                          cell.coords.get("models", {}))
+    else:
+        summary = collect(run)
+    if args.json:
+        print(json.dumps(summary_json(summary), indent=2, default=str))
+    else:
+        print_summary(summary)
     return 0
 
 
@@ -489,7 +511,8 @@ def main(argv=None) -> int:
         args = parse(sys.argv[1:] if argv is None else argv)
         return {"plan": cmd_plan, "run": cmd_run, "run-cell": cmd_run_cell, "run-cells": cmd_run_cells,
                 "debug-cell": cmd_debug_cell, "shell": cmd_shell, "submit": cmd_submit, "status": cmd_status,
-                "cancel": cmd_cancel, "prefetch": cmd_prefetch, "rates": cmd_rates}[args.cmd](args)
+                "cancel": cmd_cancel, "prefetch": cmd_prefetch, "rates": cmd_rates,
+                "collect": cmd_collect}[args.cmd](args)
     except ConfigError as e:
         print(e.line(), file=sys.stderr)
         return 2

@@ -11,17 +11,21 @@ Host memory of a fork (train.state.snapshot: measured as record.json `phases.for
 16-bit (or fp32) weights it holds, the fp32 masters and Adam's two moments; ZeRO-3 partitions all of it over the
 ranks, ZeRO-1/2 the masters and moments, ZeRO-0 nothing.
 
-    from launch.costs import fork_gb_per_node, model_params
+    from launch.costs import fork_gb_per_node, model_params, stage_time_min
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
-from launch.jobs import safetensors_header
-from launch.spec import ConfigError, Model, Profile, Recipe, source_kind
+from launch.core.jobs import safetensors_header
+from launch.core.profile import Profile, Resources
 
 # Parameter counts of the paper's models (their config.json: embeddings, layers, head; tied heads counted once)
+from launch.core.schema import ConfigError
+from launch.core.spec import Model, Recipe, source_kind
 KNOWN_PARAMS = {
     "meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Llama-2-13b-hf": 13.02e9, "meta-llama/Meta-Llama-3-8B": 8.03e9,
     "google/gemma-2b": 2.51e9, "Qwen/Qwen1.5-0.5B": 0.46e9, "Qwen/Qwen1.5-4B": 3.95e9, "Qwen/Qwen1.5-7B": 7.72e9,
@@ -65,13 +69,22 @@ def fork_bytes_per_rank(params: float, recipe: Recipe, world: int) -> float:
     return params * (weights + 12) / world
 
 
-def train_gpus(profile: Profile) -> int:
+def ranks(res: Resources) -> int:
     """The ranks of one training cell: one per GPU, one per node without GPUs."""
-    return profile.train.nodes * max(1, profile.train.gpus_per_node)
+    return res.nodes * max(1, res.gpus_per_node)
 
 
-def fork_gb_per_node(params: float, recipe: Recipe, profile: Profile) -> float:
-    return fork_bytes_per_rank(params, recipe, train_gpus(profile)) * max(1, profile.train.gpus_per_node) / 1e9
+def fork_gb_per_node(params: float, recipe: Recipe, res: Resources) -> float:
+    return fork_bytes_per_rank(params, recipe, ranks(res)) * max(1, res.gpus_per_node) / 1e9
+
+
+def stage_resources(stage: str, cells: list, profile: Profile) -> Resources:
+    """What each cell of `stage` asks Slurm for: the profile's (Profile.resources), its time fitted to the plan's
+    estimate where the profile has cost rates and the stage sets no time_min of its own (stage_time_min)."""
+    res = profile.resources(stage)
+    if "time_min" not in profile.stages.get(stage, {}) and (fit := stage_time_min(cells, res, profile)):
+        res = dataclasses.replace(res, time_min=fit)
+    return res
 
 
 def fork_memory(plan, profile: Profile) -> list[dict]:
@@ -85,8 +98,9 @@ def fork_memory(plan, profile: Profile) -> list[dict]:
         for stage in stages:
             recipe = plan.spec.recipe_for(stage)
             if recipe.nested:
-                rows.append({"model": m.name, "stage": stage, "params": params,
-                             "gb_per_node": fork_gb_per_node(params, recipe, profile)})
+                res = profile.resources(stage)
+                rows.append({"model": m.name, "stage": stage, "params": params, "mem_gb": res.mem_gb,
+                             "gb_per_node": fork_gb_per_node(params, recipe, res)})
     return rows
 
 
@@ -97,7 +111,27 @@ def train_cell_gpu_hours(cell, profile: Profile) -> float | None:
     r = cell.job.recipe
     tokens = cell.examples * r.max_length * (2 if r.algorithm == "dpo" else 1)
     fixed_min = profile.train_fixed_minutes + len(cell.outputs) * profile.train_minutes_per_checkpoint
-    return tokens / profile.train_tokens_per_gpu_hour + train_gpus(profile) * fixed_min / 60
+    return tokens / profile.train_tokens_per_gpu_hour + ranks(profile.resources(cell.stage)) * fixed_min / 60
+
+
+def stage_time_min(cells: list, res: Resources, profile: Profile) -> int | None:
+    """The time limit a stage's cells ask for, from the plan's estimate: twice the longest cell's (or eval task's)
+    estimated wall time, plus the signal delay and 15 minutes, in whole quarter hours, never more than `res`'s own;
+    None where the profile has no rate for it. Too short costs a requeue (the cell saves and goes on), never a
+    result."""
+    if not cells:
+        return None
+    if cells[0].kind == "train":
+        hours = [h for c in cells if (h := train_cell_gpu_hours(c, profile)) is not None]
+        if len(hours) < len(cells):
+            return None
+        wall_min = max(hours) / ranks(res) * 60
+    elif profile.eval_minutes_per_cell and cells[0].kind in ("eval", "generate"):
+        wall_min = res.cells_per_task * profile.eval_minutes_per_cell
+    else:
+        return None
+    fit = 15 * math.ceil((2 * wall_min + profile.signal_delay_s / 60 + 15) / 15)
+    return min(fit, res.time_min)
 
 
 def rates(exp_dir: Path) -> dict:
@@ -130,13 +164,14 @@ def rates(exp_dir: Path) -> dict:
 
 
 def check_memory(plan, profile: Profile) -> None:
-    """Refuse a profile whose train.mem_gb is set and smaller than a training stage's forks hold per node."""
-    if not profile.train.mem_gb:
-        return
+    """Refuse a profile whose memory per node (train.mem_gb, or the stage's own) is set and smaller than a training
+    stage's forks hold per node."""
     for row in fork_memory(plan, profile):
-        if row["gb_per_node"] > profile.train.mem_gb:
-            raise ConfigError("train.mem_gb", f"{profile.train.mem_gb} GB per node is less than the "
+        if row["mem_gb"] and row["gb_per_node"] > row["mem_gb"]:
+            where = f"stages.{row['stage']}.mem_gb" if "mem_gb" in profile.stages.get(row["stage"], {}) \
+                else "train.mem_gb"
+            raise ConfigError(where, f"{row['mem_gb']} GB per node is less than the "
                               f"{row['gb_per_node']:.0f} GB that the {row['stage']} milestone forks of "
-                              f"{row['model']} hold in host memory", f"set train.mem_gb to at least "
+                              f"{row['model']} hold in host memory", f"set {where} to at least "
                               f"{row['gb_per_node'] * 1.25:.0f} (the forks and the processes), or 0 for the "
                               "partition's default")

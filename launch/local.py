@@ -1,7 +1,7 @@
 """The local executor: run a plan's stages in order on this machine.
 
 Same stages, same cells, same worker as on Slurm; a stage starts when the one before it has finished. The cells
-of a stage whose kind allows it (launch.jobs.KINDS: everything but training) run in one worker process
+of a stage whose kind allows it (launch.core.jobs.KINDS: everything but training) run in one worker process
 (`python -m launch run-cells`), so that Python, torch and the scorer load once per stage instead of once per
 cell; each training cell is its own process (its own DeepSpeed run). Either way every cell keeps its own done
 marker, log (`<cell dir>/log.txt`), FAILED record and resume, and a cell that fails fails alone; the next stage
@@ -24,10 +24,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from launch.env import cell_env, job_env
-from launch.jobs import EXIT_PREEMPTED, KINDS
+from launch.core import layout
+from launch.core.env import cell_env, job_env
+from launch.core.jobs import EXIT_PREEMPTED, KINDS
 from launch.plan import Plan
-from launch.spec import Profile
+from launch.core.profile import Profile
 from launch.worker import close_distributed, run_cell, write_job
 
 
@@ -62,14 +63,17 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
                 groups = [todo[len(todo) * i // n:len(todo) * (i + 1) // n] for i in range(n)]
             else:
                 groups = [[d] for d in todo]
-            failed = run_groups(groups, env, jobs,
-                                lambda _r, t=task: (progress.advance(t), progress.advance(overall)))
+
+            def advance(_result, t=task) -> None:
+                progress.advance(t)
+                progress.advance(overall)
+            failed = run_groups(groups, env, jobs, advance)
             if failed:
                 progress.stop()
                 for r in failed:
                     d = Path(r["cell"])
                     why = "preempted (run again to resume)" if r["rc"] == EXIT_PREEMPTED else f"exit {r['rc']}"
-                    err = json.loads((d / "FAILED").read_text()).get("error", "") if (d / "FAILED").exists() else ""
+                    err = (layout.read_json(d / layout.FAILED) or {}).get("error", "")
                     con.print(f"[red]cell {d.parent.name}/{d.name} failed: {why}: {err}\n  log: {d / 'log.txt'}")
                 return 2 if all(r["rc"] == 2 for r in failed) else 1
     report = plan.exp_dir(runs_root) / "report"

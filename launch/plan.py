@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from launch import costs, layout
-from launch.jobs import KINDS, WORLD_GENERATOR, CollectJob, EvalJob, GenerateJob, ModelRef, TrainJob, WorldJob, jsonable
-from launch.spec import Data, Model, Profile, Spec, source_kind
+from launch import costs
+from launch.core import layout
+from launch.core.jobs import (KINDS, WORLD_GENERATOR, CollectJob, EvalJob, GenerateJob, ModelRef, TrainJob, WorldJob,
+                              jsonable)
+from launch.core.profile import Profile
+from launch.core.spec import STAGES, Data, Model, Spec, source_kind, world_set
 
 SCHEMA = "elastica/1"
 
@@ -34,9 +37,9 @@ def fingerprint(obj) -> str:
 @dataclass(frozen=True)
 class Cell:
     stage: str
-    kind: str                                   # a key of launch.jobs.KINDS
+    kind: str                                   # a key of launch.core.jobs.KINDS
     label: str                                  # readable part of the id
-    job: object                                 # a launch.jobs dataclass
+    job: object                                 # a launch.core.jobs dataclass
     upstream: tuple[str, ...] = ()              # "stage/cell_id" of the cells it reads
     coords: dict = field(default_factory=dict, compare=False)   # table coordinates: model, seed, positive, ...
     outputs: tuple[str, ...] = ()               # what the done marker lists and the folder holds (jobs.output_problem)
@@ -75,6 +78,10 @@ class Cell:
 
     def ref(self, rest: str = "") -> str:
         return f"@{self.stage}/{self.id}" + (f"/{rest}" if rest else "")
+
+    def checkpoint(self, examples: int) -> str:
+        """The reference to this training cell's milestone after `examples` examples."""
+        return self.ref(f"checkpoints/{layout.milestone_name(examples)}")
 
 
 @dataclass
@@ -132,7 +139,7 @@ class Plan:
                 same = done is not None and all(
                     nonce.get(u) is not None and done.get("upstream", {}).get(u) == nonce[u]
                     == layout.upstream_nonce(other, u) for u in c.upstream)
-                if same and layout.cell_state(src, c.kind, c.outputs, c.upstream) == "done":
+                if done is not None and same and layout.cell_state(src, c.kind, c.outputs, c.upstream) == "done":
                     found[c.key], nonce[c.key] = src, done["nonce"]
                     break
         return found
@@ -155,7 +162,8 @@ class Plan:
     def meta(self, cell: Cell, profile: Profile | None = None) -> dict:
         """What the cell's job.json holds: its job (identity) and, for training cells, its runtime (not identity:
         the study's, with the profile's overrides)."""
-        return cell.meta(jsonable(self.spec.runtime_for(cell.stage, profile)) if cell.kind == "train" else {})
+        site = profile.runtime if profile is not None else None
+        return cell.meta(jsonable(self.spec.runtime_for(cell.stage, site)) if cell.kind == "train" else {})
 
     def summary(self, runs_root: str | Path, profile=None) -> dict:
         """Stages with their cells, done / to run / reused (done in another study: Plan.reusable), examples; with a
@@ -166,12 +174,15 @@ class Plan:
         for name, cells in self.stages.items():
             done = sum(c.key not in todo for c in cells)
             left = [c for c in cells if c.key in todo and c.key not in reused]
-            gpu_h = self._gpu_hours(left, profile) if profile is not None and name not in ("world", "collect") \
+            gpu_h = self._gpu_hours(name, left, profile) if profile is not None and STAGES[name] != "light" \
                 else None
+            res = costs.stage_resources(name, left or cells, profile) if profile is not None else None
             stages.append({"name": name, "cells": len(cells), "done": done, "to_run": len(left),
                            "reused": sum(c.key in reused for c in cells),
                            "checkpoints": sum(len(c.outputs) for c in cells if c.kind == "train"),
                            "examples": sum(c.examples for c in cells), "gpu_hours_to_run": gpu_h,
+                           "asks": None if res is None else {"nodes": res.nodes, "gpus_per_node": res.gpus_per_node,
+                                                             "time_min": res.time_min, "mem_gb": res.mem_gb},
                            "dir": str(self.exp_dir(runs_root) / name)})
         return {"experiment": self.spec.experiment, "setting": self.spec.setting, "task": self.spec.task,
                 "runs_dir": str(self.exp_dir(runs_root)), "stages": stages,
@@ -181,19 +192,15 @@ class Plan:
                 "fork_memory": costs.fork_memory(self, profile) if profile is not None else []}
 
     @staticmethod
-    def _gpu_hours(left: list[Cell], profile: Profile) -> float | None:
+    def _gpu_hours(stage: str, left: list[Cell], profile: Profile) -> float | None:
         if not left:
             return 0.0
         if left[0].kind == "train":
-            hours = [costs.train_cell_gpu_hours(c, profile) for c in left]
-            return None if None in hours else sum(hours)
+            hours = [h for c in left if (h := costs.train_cell_gpu_hours(c, profile)) is not None]
+            return None if len(hours) < len(left) else sum(hours)
         if profile.eval_minutes_per_cell:
-            return len(left) * profile.eval_minutes_per_cell / 60 * max(1, profile.eval.gpus_per_node)
+            return len(left) * profile.eval_minutes_per_cell / 60 * max(1, profile.resources(stage).gpus_per_node)
         return None
-
-
-def mname(n: int) -> str:
-    return f"n{n}"
 
 
 class _Builder:
@@ -217,8 +224,8 @@ class _Builder:
     def data(self, role: str) -> Data:
         d = self.spec.data[role]
         kind = source_kind(d.path)
-        if kind == "world":
-            return dataclasses.replace(d, path=self.world.ref(f"data/{d.path[6:]}.jsonl"))
+        if kind == "world" and self.world is not None:
+            return dataclasses.replace(d, path=self.world.ref(f"data/{world_set(d.path)}.jsonl"))
         if kind == "local":
             return dataclasses.replace(d, path=str(Path(d.path).expanduser().resolve()))
         return d
@@ -234,12 +241,12 @@ class _Builder:
         # what it was pre-trained on, for the Hooke products: |D_pre|, and the positive examples among them
         # (world:joint holds the pre-training corpus and the positive set; a prefix holds them in proportion)
         joint = m.pretrain_data == "joint" and w is not None
-        share = w.alignment / (w.pretrain + w.alignment) if joint else 0.0
+        share = w.alignment / (w.pretrain + w.alignment) if joint and w is not None else 0.0
         sizes = {"pretrain_n": round(m.pretrain_examples * (1 - share)),
                  **({"pretrain_positive": round(m.pretrain_examples * share)} if joint else {})}
         for ps in self.spec.pretrain_seeds:
             cell = self.pretrain_cells[(m.name, ps)]
-            yield (ModelRef(path=cell.ref(f"checkpoints/{mname(m.pretrain_examples)}")), (cell.key,),
+            yield (ModelRef(path=cell.checkpoint(m.pretrain_examples)), (cell.key,),
                    f"{m.name}.p{ps}" if many else m.name, {**sizes, **({"pretrain_seed": ps} if many else {})})
 
     def train(self, stage: str, label: str, start: ModelRef, upstream, role: str, volumes, seed: int,
@@ -256,7 +263,7 @@ class _Builder:
             job = TrainJob(model=start, data=self.data(role), recipe=recipe, seed=seed, template=self.spec.template,
                            milestones=tuple(group), stage=stage)
             cell = self.add(Cell(stage, "train", lab, job, tuple(upstream), dict(coords),
-                                 tuple(mname(v) for v in group), max(group) * recipe.epochs, extra))
+                                 tuple(layout.milestone_name(v) for v in group), max(group) * recipe.epochs, extra))
             out += [(cell, v) for v in group]
         return out
 
@@ -282,8 +289,9 @@ class _Builder:
             self._rebound()
         upstream = tuple(c.key for name, cells in self.stages.items() if name in ("eval", "cross", "responses")
                          for c in cells)
-        self.add(Cell("collect", "collect", "collect",
-                      CollectJob(experiment=spec.experiment, setting=spec.setting, task=spec.task), upstream))
+        self.add(Cell("collect", "collect", "collect",   # its coords: each model's source (the paper table's key)
+                      CollectJob(experiment=spec.experiment, setting=spec.setting, task=spec.task), upstream,
+                      coords={"models": {m.name: m.path for m in spec.models if not m.init}}))
 
     def _pretrain(self):
         """Toy models: one pre-training run per architecture and pre-training seed, saving each model's volume."""
@@ -323,12 +331,12 @@ class _Builder:
                         for ncell, n in self.train("negative", f"{name}.s{seed}.base", base, base_up, "negative",
                                                    vol.negative, seed, {**co, "arm": "from-base", "positive": 0}):
                             self.evaluate(f"{name}.s{seed}.base.neg{n}",
-                                          ModelRef(path=ncell.ref(f"checkpoints/{mname(n)}")), base, (ncell.key,),
+                                          ModelRef(path=ncell.checkpoint(n)), base, (ncell.key,),
                                           seed, {**co, "arm": "from-base", "positive": 0, "negative": n})
                     for stage, role, tag in arms:
                         for cell, p in self.train(stage, f"{name}.s{seed}", base, base_up, role, vol.positive, seed,
                                                   {**co, "arm": stage}):
-                            start = ModelRef(path=cell.ref(f"checkpoints/{mname(p)}"))
+                            start = ModelRef(path=cell.checkpoint(p))
                             pc = {**co, "arm": stage, "positive": p}
                             self.evaluate(f"{name}.s{seed}.{tag}{p}.neg0", start, base, (cell.key,), seed,
                                           {**pc, "negative": 0})
@@ -336,7 +344,7 @@ class _Builder:
                                              vol.negative, seed, pc)
                             for ncell, n in neg:
                                 self.evaluate(f"{name}.s{seed}.{tag}{p}.neg{n}",
-                                              ModelRef(path=ncell.ref(f"checkpoints/{mname(n)}")), base,
+                                              ModelRef(path=ncell.checkpoint(n)), base,
                                               (ncell.key,), seed, {**pc, "negative": n})
                             ep, ep_start = spec.recipe_for("negative").epochs, spec.recipe_for(stage).epochs
                             self.naive += sum((p * ep_start + n * ep) for n in vol.negative if n > 0)
@@ -351,7 +359,7 @@ class _Builder:
                 slices = self.train("slices", f"{name}.s{seed}", base, base_up, "sft", counts, seed, co)
                 answers = []
                 for i, (cell, n) in enumerate(slices, start=1):
-                    ref = ModelRef(path=cell.ref(f"checkpoints/{mname(n)}"))
+                    ref = ModelRef(path=cell.checkpoint(n))
                     job = GenerateJob(model=ref, prompts=self.data("prompts"), eval=spec.eval, template=spec.template,
                                       train_count=sl.responses, heldout_count=spec.eval.prompts, seed=seed)
                     gen = self.add(Cell("responses", "generate", f"{name}.s{seed}.theta{i}", job, (cell.key,),
@@ -369,10 +377,10 @@ class _Builder:
                                        milestones=(sl.responses,), stage="cross")
                         pair = {**co, "from": i, "to": j, "direction": direction}
                         cross = self.add(Cell("cross", "train", f"{name}.s{seed}.theta{i}-on-D{j}", job,
-                                              (cell_i.key, gen_j.key), pair, (mname(sl.responses),),
+                                              (cell_i.key, gen_j.key), pair, (layout.milestone_name(sl.responses),),
                                               sl.responses * recipe.epochs))
                         heldout = Data(path=gen_j.ref("heldout.jsonl"), fields={})
-                        ev = EvalJob(model=ModelRef(path=cross.ref(f"checkpoints/{mname(sl.responses)}")), base=ref_i,
+                        ev = EvalJob(model=ModelRef(path=cross.checkpoint(sl.responses)), base=ref_i,
                                      prompts=self.data("prompts"),
                                      eval=dataclasses.replace(spec.eval, scorer=dataclasses.replace(
                                          spec.eval.scorer, kind="none")),
@@ -383,8 +391,7 @@ class _Builder:
                         self.reuse += sl.responses * recipe.epochs
 
 
-STAGE_ORDER = ("world", "pretrain", "slices", "responses", "positive", "control", "negative", "cross", "eval",
-               "collect")
+STAGE_ORDER = tuple(STAGES)
 
 
 def make_plan(spec: Spec) -> Plan:

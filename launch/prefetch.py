@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launch.env import hf_cache_env
-from launch.spec import ConfigError, Profile, Spec, source_kind
+from launch.core.env import hf_cache_env
+from launch.core.profile import Profile
 
 # what from_pretrained reads: configs, tokenizer files, and one weight format (safetensors where the repo has them;
+from launch.core.schema import ConfigError
+from launch.core.spec import Spec, source_kind
 # never .gguf, .pth, original/ or a second copy of the weights: Llama-2-7b's repo is 27 GB with both, 13.5 without)
 META = ["*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "vocab.json"]
 

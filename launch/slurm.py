@@ -12,12 +12,14 @@ Secrets (WANDB_API_KEY, HF_TOKEN) reach jobs through the inherited environment; 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,14 +27,15 @@ from pathlib import Path
 
 import submitit
 
-from launch import layout
-from launch.env import job_env
-from launch.jobs import EXIT_PREEMPTED, KINDS, Preempted
+from launch import costs
+from launch.core import layout
+from launch.core.env import job_env
+from launch.core.jobs import EXIT_PREEMPTED, Preempted
+from launch.core.profile import Profile, Resources
+from launch.core.schema import ConfigError
+from launch.core.spec import STAGES
 from launch.plan import Cell, Plan
-from launch.spec import ConfigError, Profile, Resources
 from launch.worker import close_distributed, run_cell, run_cells, write_job
-
-LIGHT = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, time_min=60)   # world and collect cells
 
 
 def export_ranks() -> None:
@@ -53,12 +56,13 @@ class CellTask(submitit.helpers.Checkpointable):
     boundary) and every rank exits 75; the job script's teardown, on the host, requeues the job (`requeue_lines`):
     inside an image there is no scontrol, so nothing in the task requeues."""
 
-    def __call__(self, cell_dirs: str | list[str], metas: dict | list[dict] | None = None) -> list[str]:
+    def __call__(self, cell_dirs: str | list[str], metas: dict | list | None = None) -> list[str]:
         one = isinstance(cell_dirs, str)
-        dirs, metas = ([cell_dirs], [metas]) if one else (list(cell_dirs), list(metas or [None] * len(cell_dirs)))
-        for d, meta in zip(dirs, metas):
+        dirs: list[str] = [cell_dirs] if isinstance(cell_dirs, str) else list(cell_dirs)
+        each: list = [metas] if one else list(metas or [None] * len(dirs))
+        for d, meta in zip(dirs, each):
             if meta is not None:   # every rank writes the same job.json atomically before reading it
-                write_job(d, meta)
+                write_job(Path(d), meta)
         if submitit.JobEnvironment().num_tasks > 1:
             export_ranks()
         if not one:   # packed cells (cells_per_task): each as alone, its failure its own
@@ -76,6 +80,7 @@ class CellTask(submitit.helpers.Checkpointable):
             print(f"preempted: {e}; exit {EXIT_PREEMPTED}, the job script requeues", flush=True)
             close_distributed()
             _exit_preempted()
+            return []
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on USR2 outside a training step loop (a cell still loading, an eval cell): nothing to
@@ -119,10 +124,6 @@ def requeue_lines(max_requeues: int) -> list[str]:
             "exit $rc"]
 
 
-def resources_for(profile: Profile, cell: Cell) -> Resources:
-    return {"train": profile.train, "eval": profile.eval, "light": LIGHT}[KINDS[cell.kind].resources]
-
-
 def python_command(profile: Profile) -> str:
     if not profile.image:
         return shlex.quote(sys.executable)
@@ -156,11 +157,11 @@ def check_image_python(profile: Profile) -> None:
 
 
 def sbatch_params(profile: Profile, res: Resources, name: str, code: Path | None = None,
-                  marker_dir: Path | None = None) -> dict:
+                  marker_dir: Path | None = None, light: bool = False) -> dict:
     """submitit's parameters for one array: the profile's resources and site options, never the spec's;
-    preemption markers under `marker_dir` (the study's submitit folder)."""
+    preemption markers under `marker_dir` (the study's submitit folder). light: a world or collect stage (no GPU,
+    the CPU partition where the site has one)."""
     tasks = max(1, res.gpus_per_node)
-    light = res is LIGHT   # world and collect cells: no GPU, the CPU partition when the site has one
     # srun does not pass --cpus-per-task on to its tasks in Slurm 22.05-23.02; one dead rank ends the step, so
     # that the others do not wait in a collective until the time limit
     srun = [f"--cpus-per-task={res.cpus_per_task}", "--kill-on-bad-exit=1", *profile.srun_args]
@@ -235,16 +236,15 @@ def build_arrays(plan: Plan, runs_root, profile: Profile, only: str | None = Non
     for stage, cells in plan.stages.items():
         if only and stage != only:
             continue
-        todo = [c for c in cells if c.key in pending and c.key not in live]
-        by_res: dict = {}
-        for c in todo:                              # one array per resource shape (a stage has one in practice)
-            by_res.setdefault(resources_for(profile, c), []).append(c)
-        for res, group in by_res.items():
+        group = [c for c in cells if c.key in pending and c.key not in live]
+        if group:
+            res = costs.stage_resources(stage, group, profile)
             size = chunk * res.cells_per_task
             for k in range(0, len(group), size):
                 part = group[k:k + size]
                 a = Array(stage, k // size, part, sbatch_params(profile, res, f"{plan.spec.experiment}:{stage}",
-                                                                code, plan.exp_dir(runs_root) / "submitit"),
+                                                                code, plan.exp_dir(runs_root) / "submitit",
+                                                                light=STAGES[stage] == "light"),
                           per_task=res.cells_per_task)
                 ups = [{where[u] for c in cells for u in c.upstream if u in where} for cells in a.tasks]
                 arrs = sorted({arr for us in ups for arr, _ in us})
@@ -350,8 +350,6 @@ def preflight(arrays: list[Array], folder: Path, profile: Profile) -> None:
     the first real sbatch: resources the cluster cannot give (more GPUs per node than its nodes have, an unknown
     partition or constraint) refuse the whole submission in one line, instead of failing after earlier arrays
     were queued."""
-    import dataclasses
-    import tempfile
     for a in arrays:
         text = render_script(dataclasses.replace(a, deps=[]), folder, profile, [])
         with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
@@ -372,7 +370,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 def read_manifest(exp: Path) -> dict[str, dict]:
     """cell key -> its latest submission entry (job id of its task, stage, time) and `jobs`, every task id it was
     ever submitted as (oldest first)."""
-    latest = {}
+    latest: dict[str, dict] = {}
     path = Path(exp) / "manifest.jsonl"
     if path.exists():
         for line in path.read_text().splitlines():
@@ -469,8 +467,8 @@ def cell_states(plan: Plan, runs_root) -> list[dict]:
                 state = "stale"    # its own job finished; a cell upstream was redone since
         log = ""
         if m and state in ("failed", "timed out", "cancelled"):
-            log = log_path(exp, m["job"])
-            log = str(log) if state != "cancelled" or log.exists() else ""   # cancelled before it started
+            path = log_path(exp, m["job"])
+            log = str(path) if state != "cancelled" or path.exists() else ""   # cancelled before it started
         rows.append({"stage": c.stage, "cell": c.id, "state": state, "job": (m or {}).get("job", ""), "log": log,
                      "dir": str(d)})
     return rows
@@ -485,7 +483,7 @@ def error_tail(row: dict, lines: int = 4) -> str:
     """The last lines of a failed cell's error: from the Slurm log of the first rank whose log holds one (a
     multi-rank cell's rank 0 may only say that a peer went away; a packed task's log holds every cell's
     traceback), else rank 0's, else the FAILED record the worker wrote."""
-    failed, log = Path(row["dir"]) / "FAILED", Path(row["log"]) if row["log"] else None
+    failed, log = Path(row["dir"]) / layout.FAILED, Path(row["log"]) if row["log"] else None
     try:
         if log is not None and log.is_file():
             stem = log.name.removesuffix("_0_log.out")
@@ -496,12 +494,12 @@ def error_tail(row: dict, lines: int = 4) -> str:
                                                                  for l in t)), texts[0])
             rank = which.name.removesuffix("_log.out").rsplit("_", 1)[-1]
             head = [f"(rank {rank}'s log: {which.name})"] if len(ranks) > 1 else []
-            text = "\n".join(head + text[-lines:])
+            shown = head + text[-lines:]
         else:
-            text = json.loads(failed.read_text()).get("error", "") if failed.exists() else ""
+            shown = str((layout.read_json(failed) or {}).get("error", "")).splitlines()
     except (OSError, ValueError, AttributeError):
-        text = ""
-    return "\n".join("    " + l[:300] for l in text.splitlines()[-(lines + 1):])
+        shown = []
+    return "\n".join("    " + l[:300] for l in shown[-(lines + 1):])
 
 
 def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = None, out=sys.stderr) -> int:
@@ -550,7 +548,6 @@ def require_slurm(profile: Profile | None = None, need_sbatch: bool = True) -> N
     """What a submission needs of this machine: the image's Python, and sbatch (a dry run may run without it)."""
     if profile is not None:
         check_image_python(profile)
-    from shutil import which
-    if need_sbatch and not which("sbatch"):
+    if need_sbatch and not shutil.which("sbatch"):
         raise ConfigError("--executor", "sbatch not found: this machine is not a Slurm login node",
                           "run on a login node, or use --executor local")

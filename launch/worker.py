@@ -20,19 +20,20 @@ import traceback
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from launch import layout
-from launch.jobs import EXIT_BAD_INPUT, EXIT_PREEMPTED, KINDS, Preempted
-from launch.spec import ConfigError, Runtime, build
+from launch.core import layout
+from launch.core.jobs import EXIT_BAD_INPUT, EXIT_PREEMPTED, KINDS, Context, Preempted
+from launch.core.schema import ConfigError, build
+from launch.core.spec import Runtime
 
 
 def write_job(cell_dir: Path, meta: dict) -> None:
     """Prepare a cell to run: its job.json (Plan.meta; a done marker stays: the worker decides, layout.cell_state).
     No fsync and one line: job.json is rewritten from the plan whenever the cell is started (bench P4)."""
-    layout.atomic_write_json(Path(cell_dir) / "job.json", meta, durable=False, indent=None)
+    layout.atomic_write_json(Path(cell_dir) / layout.JOB, meta, durable=False, indent=None)
 
 
 def read_job(cell_dir: Path):
-    path = Path(cell_dir) / "job.json"
+    path = Path(cell_dir) / layout.JOB
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
@@ -61,7 +62,7 @@ def read_job(cell_dir: Path):
 
 
 def check_code() -> None:
-    """A job imports the code its submission snapshotted (ELASTICA_CODE, launch.env): an image whose own
+    """A job imports the code its submission snapshotted (ELASTICA_CODE, launch.core.env): an image whose own
     PYTHONPATH won, or a missing bind, would run other code under this commit's name."""
     want = os.environ.get("ELASTICA_CODE")
     here = Path(__file__).resolve().parent.parent
@@ -95,7 +96,7 @@ def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False
 
 def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int, nonce: str | None = None) -> list[str]:
     if rank == 0:
-        (cell_dir / "FAILED").unlink(missing_ok=True)
+        (cell_dir / layout.FAILED).unlink(missing_ok=True)
         runtime = {**layout.runtime_info(), **meta["runtime"]}   # where and how it ran: never identity
         layout.atomic_write_json(cell_dir / layout.RECORD, {
             "id": meta["id"], "stage": meta["stage"], "kind": meta["kind"], "coords": meta["coords"],
@@ -105,7 +106,9 @@ def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int, nonce: str |
             f.write(json.dumps({k: runtime[k] for k in ("started", "host", "slurm_job_id")}) + "\n")
     module, func = KINDS[meta["kind"]].entry.split(":")
     entry = getattr(importlib.import_module(module), func)
-    outputs = entry(job, cell_dir, exp_dir, build(Runtime, meta["runtime"], "runtime")) or []
+    ctx = Context(key=f"{meta['stage']}/{meta['id']}", coords=meta["coords"], upstream=tuple(meta["upstream"]),
+                  out_dir=Path(cell_dir), exp_dir=Path(exp_dir), runtime=build(Runtime, meta["runtime"], "runtime"))
+    outputs = entry(job, ctx) or []
     if rank == 0:
         made_from = {u: layout.upstream_nonce(exp_dir, u) for u in meta.get("upstream", [])}
         layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], kind=meta["kind"], upstream=made_from,
@@ -134,7 +137,7 @@ class Claim:
     A requeued Slurm job owns its earlier incarnation's claim. Other ranks wait for their job's claim."""
 
     def __init__(self, cell_dir: Path, rank: int, done):
-        self.path, self.rank, self.me, self.done = Path(cell_dir) / "CLAIM", rank, owner_id(), done
+        self.path, self.rank, self.me, self.done = Path(cell_dir) / layout.CLAIM, rank, owner_id(), done
         self.held = False
         self.stale_s = float(os.environ.get("ELASTICA_CLAIM_STALE_S", "600"))
         self.beat_s = float(os.environ.get("ELASTICA_HEARTBEAT_S", "30"))
@@ -276,7 +279,7 @@ def run_cells(cell_dirs, logs: bool = True) -> int:
                 rc = 1
         if rc not in (0, EXIT_PREEMPTED):
             why = (d / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] if logs else []
-            layout.atomic_write_json(d / "FAILED", {"rc": rc, "error": (why or [f"exit {rc}"])[0][:500]})
+            layout.atomic_write_json(d / layout.FAILED, {"rc": rc, "error": (why or [f"exit {rc}"])[0][:500]})
         print(json.dumps({"cell": str(d), "rc": rc}), file=report)
         rcs.append(rc)
         if rc == EXIT_PREEMPTED:

@@ -25,7 +25,7 @@ for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"
 @pytest.fixture(scope="session")
 def exp_dir(tmp_path_factory) -> Path:
     """An experiment folder with a small toy world (world/data/*.jsonl, world/tokenizer) and tiny models."""
-    from launch.spec import World
+    from launch.core.spec import World
     from train.toyworld import write_world
     exp = tmp_path_factory.mktemp("exp")
     write_world(World(pretrain=600, alignment=400, prompts=64, sft=200, control=200), exp / "world")
@@ -37,8 +37,8 @@ def exp_dir(tmp_path_factory) -> Path:
 def save_tiny_model(arch: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer
-    from launch.jobs import ModelRef
-    from launch.spec import Init
+    from launch.core.jobs import ModelRef
+    from launch.core.spec import Init
     from train.models import load_model
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = load_model(ModelRef(path="", init=Init(arch=arch, layers=2, width=32, heads=4, context=64)), out, tok, seed)
@@ -110,7 +110,8 @@ def reduced_run(tmp_path_factory):
     """The reduced toy study run once, undisturbed, through the local executor: (plan, runs root)."""
     from launch.local import run_plan
     from launch.plan import make_plan
-    from launch.spec import load_profile, load_spec
+    from launch.core.profile import load_profile
+    from launch.core.spec import load_spec
     tmp = tmp_path_factory.mktemp("reduced")
     plan = make_plan(load_spec(reduced_config(tmp)))
     runs = tmp / "runs"

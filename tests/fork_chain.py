@@ -32,8 +32,8 @@ def digest(t):
 def chain(out: Path, model: Path, data: Path, milestones: tuple[int, ...], zero: int, precision: str,
           gradient_checkpointing: bool = False) -> None:
     import torch
-    from launch.jobs import ModelRef, TrainJob
-    from launch.spec import Data, Recipe, Runtime
+    from launch.core.jobs import ModelRef, TrainJob
+    from launch.core.spec import Data, Recipe, Runtime
     from train.state import state_tensors
     from train.trainer import Trainer
 

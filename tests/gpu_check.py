@@ -135,8 +135,8 @@ def main() -> int:
         print("error: --smoke: no CUDA device here (run with --smoke for the CPU path, or on a GPU machine)",
               file=sys.stderr)
         return 2
-    from launch.jobs import EvalJob, GenerateJob, ModelRef, TrainJob
-    from launch.spec import Data, Eval, Recipe, Scorer
+    from launch.core.jobs import EvalJob, GenerateJob, ModelRef, TrainJob
+    from launch.core.spec import Data, Eval, Recipe, Scorer
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     exp = work / "exp"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -220,7 +220,7 @@ def test_the_corpus_is_large():
 
 def test_json_schema_check_names_what_is_wrong(tmp_path):
     """One check of every output: what status, a rerun and the collector all use."""
-    from launch.layout import output_problem
+    from launch.core.layout import output_problem
     d = tmp_path
     cases = {'{}': "no metrics", '{"metrics": []}': "no metrics", '{"metrics": ["x"]}': "not a record",
              '{"metrics": [{"value": 1, "stderr": 0, "n": 1}]}': "no name",
@@ -256,7 +256,7 @@ def test_volumes_beyond_a_local_file_are_refused_at_plan(tmp_path, capsys):
 def test_a_cell_made_from_a_corrupt_upstream_is_not_done(tmp_path):
     """Done markers name their upstream cells' nonces; an upstream whose outputs are gone or corrupt gives no
     nonce, so the cells made from it run again with it (and are never tabled meanwhile)."""
-    from launch.layout import cell_state, upstream_nonce, write_done
+    from launch.core.layout import cell_state, upstream_nonce, write_done
     exp = tmp_path / "exp"
     up, down = exp / "positive" / "u", exp / "eval" / "d"
     (up / "checkpoints" / "n8").mkdir(parents=True)
@@ -278,7 +278,6 @@ def test_run_folders_that_cannot_be_trusted_are_refused(tmp_path, capsys):
     """status of a renamed run folder would describe the folder its name no longer is; a truncated study.json;
     the collector pointed at a folder that is not a study's (a runs root, a home) writes no report/ into it."""
     import shutil
-    from eval.collect import main as collect_main
     exp = tmp_path / "runs" / "toy-setting2"
     exp.mkdir(parents=True)
     shutil.copy(ROOT / "configs/toy/setting2.yaml", exp / "study.yaml")
@@ -297,7 +296,7 @@ def test_run_folders_that_cannot_be_trusted_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "study.json is not valid JSON" in err[0]
     for folder in (tmp_path, tmp_path / "runs", exp):
-        assert collect_main(["--json", str(folder)]) == 2
+        assert cli(["collect", "--json", str(folder)]) == 2
         assert not (folder / "report").exists()
     assert capsys.readouterr().err.count("is not a run folder, nothing was written") == 3
 
@@ -305,7 +304,9 @@ def test_run_folders_that_cannot_be_trusted_are_refused(tmp_path, capsys):
 def test_checks_agree_with_the_loader(tmp_path, monkeypatch):
     """The loader slices a split, then filters the slice: a filtered percent slice may hold every row of the
     filter, so it is not refused on the filtered count; `~` in a profile path is expanded as the HF libraries do."""
-    from launch.spec import ConfigError, load_profile, load_spec
+    from launch.core.profile import load_profile
+    from launch.core.schema import ConfigError
+    from launch.core.spec import load_spec
     cfg = mut(IMDB, lambda c: c["data"]["positive"].update(split="train[:60%]"))   # 15,000 rows, <= 12,500 kept
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import slurm_profile
-from launch.spec import ConfigError, Profile, build
+from launch.core.profile import Profile
+from launch.core.schema import ConfigError, build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ def launch(*args, env=None, cwd=ROOT):
 
 # ----------------------------------------------------------------------------------------------- code snapshot
 def test_code_snapshot_is_the_commit_and_refuses_a_dirty_tree(tmp_path, monkeypatch):
-    from launch import layout
+    from launch.core import layout
     repo = tmp_path / "repo"
     (repo / "launch").mkdir(parents=True)
     (repo / "launch" / "a.py").write_text("x = 1\n")
@@ -139,7 +140,7 @@ def test_dry_run_with_a_local_executor_runs_and_writes_nothing(tmp_path):
 def test_site_options_reach_the_job_script():
     from launch.plan import make_plan
     from launch.slurm import submit
-    from launch.spec import load_spec
+    from launch.core.spec import load_spec
     prof = build(Profile, {"name": "site", "executor": "slurm", "partition": "gpu", "cpu_partition": "cpu",
                            "train": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6},
                            "eval": {"gpus_per_node": 1, "cpus_per_task": 3}, "gpu_request": "gres",
@@ -191,7 +192,7 @@ def test_job_script_headers_read_as_sbatch_reads_them():
     last #SBATCH line (sbatch stops reading them there), and each #SBATCH line is exactly one word for sbatch."""
     from launch.plan import make_plan
     from launch.slurm import submit
-    from launch.spec import load_spec
+    from launch.core.spec import load_spec
     prof = build(Profile, {"name": "site", "executor": "slurm", "partition": "gpu", "comment": COMMENT,
                            "constraint": "(a100|h100)&ib", "sbatch_extra": {"begin": "now+1hour",
                                                                              "exclude": "n[1-3],gpu07"},
@@ -247,7 +248,17 @@ def test_job_script_headers_read_as_sbatch_reads_them():
                                         ({"image": "/i.sif", "binds": ["/scratch"], "runs_root": "/data/runs"},
                                          "runs_root"),
                                         ({"image": "/i.sif", "binds": ["/scratch:/s"], "runs_root": "/scratch/r",
-                                          "hf_home": "/shared/hf"}, "hf_home")])
+                                          "hf_home": "/shared/hf"}, "hf_home"),
+                                        # per-stage resources: a stage, a field, what its cells can use
+                                        ({"stages": {"negatve": {"nodes": 1}}}, "stages.negatve"),
+                                        ({"stages": {"eval": {"gpu": 2}}}, "stages.eval.gpu"),
+                                        ({"stages": {"eval": {"gpus_per_node": 2}}}, "stages.eval.gpus_per_node"),
+                                        ({"stages": {"collect": {"nodes": 2}}}, "stages.collect.gpus_per_node"),
+                                        ({"stages": {"negative": {"time_min": 0}}}, "stages.negative.time_min"),
+                                        ({"stages": {"negative": {"nodes": "2"}}}, "stages.negative.nodes"),
+                                        ({"stages": {"cross": {"cells_per_task": 4}}}, "stages.cross.cells_per_task"),
+                                        ({"stages": {"eval": {"time_min": 2}}}, "signal_delay_s"),
+                                        ({"executor": "local", "stages": {"eval": {"time_min": 9}}}, "stages")])
 def test_bad_site_options_are_refused(over, field):
     with pytest.raises(ConfigError) as e:
         build(Profile, {"name": "p", "executor": "slurm", **over})
@@ -278,18 +289,59 @@ def test_ranks_are_exported_over_an_inherited_environment(monkeypatch):
 
 def test_plan_estimates_fork_memory_and_refuses_a_profile_too_small(tmp_path):
     """Llama-2-7B under ZeRO-3 bf16 on 2 nodes x 8 GPUs: each rank's fork holds (2 + 4 + 8) bytes per parameter
-    / 16, each node 8 ranks: 6.74e9 x 14 / 2 = 47 GB."""
+    / 16, each node 8 ranks: 6.74e9 x 14 / 2 = 47 GB; the example profile runs negative cells on one node of 8
+    GPUs, whose ranks hold twice as much: 94 GB. Each stage is checked against its own memory."""
     import yaml
     prof = yaml.safe_load((ROOT / "configs/profiles/example-gpu.yaml").read_text())
-    prof["train"]["mem_gb"] = 40
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
-    r = launch("plan", "configs/setting2/imdb.yaml", "--profile", tmp_path / "p.yaml")
-    assert r.returncode == 2 and r.stderr.startswith("error: train.mem_gb: 40 GB per node is less than the 47 GB")
-    assert r.stderr.count("\n") == 1 and "set train.mem_gb to at least" in r.stderr
-    prof["train"]["mem_gb"] = 64
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
-    r = launch("plan", "configs/setting2/imdb.yaml", "--profile", tmp_path / "p.yaml")
-    assert r.returncode == 0 and "llama2-7b 47 GB; train.mem_gb: 64" in r.stdout
+    assert prof["stages"]["negative"] == {"nodes": 1}
+    runs = []
+    for mem, neg in ((40, None), (64, None), (64, 128)):
+        prof["train"]["mem_gb"] = mem
+        prof["stages"]["negative"] = {"nodes": 1, **({"mem_gb": neg} if neg else {})}
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+        runs.append(launch("plan", "configs/setting2/imdb.yaml", "--profile", tmp_path / "p.yaml"))
+    low, neg, ok = runs
+    assert low.returncode == 2 and low.stderr.startswith("error: train.mem_gb: 40 GB per node is less than the 47 GB "
+                                                         "that the positive milestone forks")
+    assert low.stderr.count("\n") == 1 and "set train.mem_gb to at least" in low.stderr
+    assert neg.returncode == 2 and neg.stderr.startswith("error: train.mem_gb: 64 GB per node is less than the 94 GB "
+                                                         "that the negative milestone forks")
+    assert ok.returncode == 0 and "llama2-7b 94 GB; train.mem_gb: 64, stages.negative.mem_gb: 128" in ok.stdout
+    assert "1x8GPU 720m 128G" in ok.stdout and "2x8GPU 720m 64G" in ok.stdout
+
+
+def sbatch_opts(script: str) -> dict:
+    return dict(sbatch_words(l)[0][2:].partition("=")[::2] for l in script.splitlines() if l.startswith("#SBATCH"))
+
+
+def test_each_stage_asks_for_its_own_resources():
+    """Per-stage fields beat their section; a stage without its own time_min asks for the plan's estimate where the
+    profile has rates (twice the longest cell + the signal delay + 15 min, in quarter hours, never above the
+    section's), and the section's time where it has none."""
+    from launch.plan import make_plan
+    from launch.slurm import submit
+    from launch.core.spec import load_spec
+    plan = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
+    base = {"name": "site", "executor": "slurm", "partition": "gpu", "signal_delay_s": 120,
+            "train": {"nodes": 2, "gpus_per_node": 8, "time_min": 720}, "eval": {"gpus_per_node": 1, "time_min": 240},
+            "stages": {"negative": {"nodes": 1, "mem_gb": 200}, "collect": {"mem_gb": 8, "time_min": 20}}}
+    scripts = lambda prof: {a.stage: sbatch_opts(a.script) for a in
+                            submit(plan, "/scratch/r", prof, dry_run=True, out=io.StringIO(), ask_cluster=False)}
+    plain = scripts(build(Profile, base))
+    assert (plain["positive"]["nodes"], plain["positive"]["time"], plain["positive"].get("mem")) == ("2", "720", None)
+    assert (plain["negative"]["nodes"], plain["negative"]["time"], plain["negative"]["mem"]) == ("1", "720", "200GB")
+    assert plain["negative"]["gpus-per-node"] == "8" and plain["eval"]["time"] == "240"
+    assert (plain["collect"]["time"], plain["collect"]["mem"]) == ("20", "8GB") and "gpus-per-node" not in \
+        plain["collect"]
+    # rates that make every training cell's estimate 0 minutes: 2 x 0 + 2 + 15 -> 30; eval 7 min: 14 + 2 + 15 -> 45
+    fast = scripts(build(Profile, {**base, "train_tokens_per_gpu_hour": 1e15, "eval_minutes_per_cell": 7}))
+    assert (fast["positive"]["time"], fast["negative"]["time"], fast["eval"]["time"]) == ("30", "30", "45")
+    # 120 min of fixed time per cell (on 16 GPUs: 32 GPU-hours) -> 2 x 120 + 2 + 15 -> 270; on 8 GPUs the same
+    slow = scripts(build(Profile, {**base, "train_tokens_per_gpu_hour": 1e15, "train_fixed_minutes": 120,
+                                   "stages": {**base["stages"], "positive": {"time_min": 600}}}))
+    assert (slow["positive"]["time"], slow["negative"]["time"]) == ("600", "270")
+    capped = scripts(build(Profile, {**base, "train_tokens_per_gpu_hour": 1e15, "train_fixed_minutes": 600}))
+    assert capped["positive"]["time"] == "720"
 
 
 def test_a_failed_cells_error_comes_from_the_rank_that_failed(tmp_path):
@@ -406,9 +458,10 @@ def test_preempted_three_times_inside_an_image_without_slurm_commands(cluster, t
     run's. (The time-limit path, on the host: test_slurm.)"""
     import submitit
     from conftest import run_cell_procs, write_cell
-    from launch.jobs import ModelRef, TrainJob
+    from launch.core.jobs import ModelRef, TrainJob
     from launch.slurm import CellTask, python_command, sbatch_params
-    from launch.spec import Data, Recipe, load_profile
+    from launch.core.profile import load_profile
+    from launch.core.spec import Data, Recipe
     from safetensors.torch import load_file
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                    data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),

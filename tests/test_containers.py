@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from launch.spec import ConfigError, Profile, build
+from launch.core.profile import Profile
+
+from launch.core.schema import ConfigError, build
 
 pytestmark = pytest.mark.slow   # real training, images or subprocess studies: not in make test-fast
 
@@ -150,8 +152,8 @@ def test_apptainer_stand_in_sees_the_exact_command(tmp_path):
 def test_debug_cell_on_the_host_reproduces_the_result(tmp_path, exp_dir):
     """A toy eval cell rerun with make debug-cell (in-process, on the host) gives the same result.json metrics."""
     from conftest import run_cell_procs, write_cell
-    from launch.jobs import EvalJob, ModelRef
-    from launch.spec import Data, Eval, Scorer
+    from launch.core.jobs import EvalJob, ModelRef
+    from launch.core.spec import Data, Eval, Scorer
     gpt2 = ModelRef(path=str(exp_dir / "models" / "gpt2"))
     job = EvalJob(model=gpt2, base=gpt2,
                   prompts=Data(path=str(exp_dir / "world" / "data" / "prompts.jsonl")),

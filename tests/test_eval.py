@@ -12,10 +12,14 @@ import pytest
 import torch
 
 from eval import scorers as S
-from eval.collect import collect, main as collect_main, mean_ci
+from eval.collect import collect
 from eval.evaluate import generate, logit_metric, metric
-from launch.layout import atomic_write_json, write_done
-from launch.spec import Scorer
+from eval.stats import mean_ci
+from launch.__main__ import main as launch_main
+from launch.core.jobs import Context
+from launch.core.layout import atomic_write_json, write_done
+from eval.tables import text as tables_text
+from launch.core.spec import Scorer
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,7 @@ def test_classifier_scorer_known_output(tmp_path, exp_dir):
                                 torch.device("cpu"))
     expect = 1 / (1 + math.exp(-1.5))
     assert scorer(["the plot was great+", "dull- ."]) == pytest.approx([expect, expect], abs=1e-6)
-    from launch.spec import ConfigError
+    from launch.core.schema import ConfigError
     with pytest.raises(ConfigError, match="positive_label"):
         S.ClassifierScorer(Scorer(kind="classifier", model=str(tmp_path / "clf"), positive_label="HAPPY"),
                            torch.device("cpu"))
@@ -174,8 +178,8 @@ def test_headline_is_the_share_classified_positive(exp_dir, tmp_path):
     every text that share is 1.0 (binomial error 0), while the mean probability, kept beside it, is 0.8."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
     from eval.evaluate import main as eval_main
-    from launch.jobs import EvalJob, ModelRef
-    from launch.spec import Data, Eval
+    from launch.core.jobs import EvalJob, ModelRef
+    from launch.core.spec import Data, Eval
     tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
     cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=64, num_labels=2, pad_token_id=tok.pad_token_id,
@@ -193,7 +197,7 @@ def test_headline_is_the_share_classified_positive(exp_dir, tmp_path):
                                                                             model=str(tmp_path / "clf"))))
         out = tmp_path / f"cell{bias > 0}"
         out.mkdir()
-        eval_main(job, out, exp_dir)
+        eval_main(job, Context("eval/clf", {}, (), out, exp_dir))
         got = {m["name"]: m for m in json.loads((out / "result.json").read_text())["metrics"]}
         assert got["positive_rate"]["value"] == share and got["positive_rate"]["stderr"] == 0.0
         assert got["positive_prob"]["value"] == pytest.approx(prob, abs=1e-6)
@@ -237,10 +241,7 @@ def test_collector_tables_cis_and_problems(tmp_path):
     keys.append(fake_cell(exp, "eval", "m.s4.p200.n0", {"model": "m", "seed": 4, "arm": "positive", "positive": 200,
                                                         "negative": 0}, None, done=False))
     keys.append("eval/m.s5.p100.n0-never")
-    collect_dir = exp / "collect" / "c"
-    collect_dir.mkdir(parents=True)
-    atomic_write_json(collect_dir / "job.json", {"upstream": keys})
-    s = collect(exp)
+    s = collect(exp, keys)   # the collect cell's upstream: every cell the plan expects
     problems = {k: (st, why) for k, st, why in s["problems"]}   # the states of layout.cell_state
     assert problems == {"eval/m.s4.p100.n0": ("corrupt", "result.json unreadable"),
                         "eval/m.s4.p200.n0": ("todo", "no done marker"),
@@ -250,7 +251,7 @@ def test_collector_tables_cis_and_problems(tmp_path):
     assert n == 3 and m == pytest.approx(0.62) and ci == pytest.approx(4.302653 * 0.02 / math.sqrt(3))
     assert f"| 100 | {0.8:.3f} ± {mean_ci([0.8, 0.82, 0.78])[1]:.3f} | {m:.3f} ± {ci:.3f} |" in md
     assert f"| base model | {0.52:.3f} ± {mean_ci([0.5, 0.52, 0.54])[1]:.3f} |" in md
-    # the drop over the first 50 negative examples: per seed (paired), then mean ± CI over seeds
+    # the change over the first 50 negative examples: per seed (paired), then mean ± CI over seeds
     dm, dci, _ = mean_ci([0.6 - 0.8, 0.64 - 0.82, 0.62 - 0.78])
     assert f"| m | positive | 100 | {dm:+.3f} ± {dci:.3f} |" in md
     tex = (exp / "report" / "rebound.tex").read_text()
@@ -270,8 +271,7 @@ def test_results_csv_is_tidy_and_equals_the_markdown(tmp_path):
         for (p, n), v in cells.items():
             fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}", {"model": "m", "seed": seed, "arm": "base" if p == 0 else
                                                             "positive", "positive": p, "negative": n}, rate(v))
-    (exp / "study.yaml").write_text("experiment: toy\nsetting: rebound\ntask: toy-reviews\n")
-    collect(exp)
+    collect(exp, study={"experiment": "toy", "setting": "rebound", "task": "toy-reviews"})
     report = exp / "report"
     with open(report / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -318,7 +318,7 @@ def test_report_index_and_compact_terminal_tables(tmp_path):
     for t in s["tables"]["rebound"]:
         assert f"### {t.title}" in index
     assert "![rebound](rebound.png)" in index and "study.yaml" in index and "setting: rebound" in index
-    r = subprocess.run([sys.executable, "-m", "eval.collect", str(exp)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "launch", "collect", str(exp)], capture_output=True, text=True,
                        env={**__import__("os").environ, "COLUMNS": "80"}, cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
@@ -327,12 +327,12 @@ def test_report_index_and_compact_terminal_tables(tmp_path):
     assert "0.815" in r.stdout and out[-1].startswith("report: ") and out[-1].rstrip().endswith("index.md (18 cells "
                                                                                                   "in tables, 0 not)")
     root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-m", "eval.collect", str(exp), "--json"], capture_output=True, text=True,
-                       cwd=root)
+    r = subprocess.run([sys.executable, "-m", "launch", "collect", str(exp), "--json"], capture_output=True,
+                       text=True, cwd=root)
     got = __import__("json").loads(r.stdout)
     assert r.returncode == 0 and got["records"] == 18 and got["tables"]["rebound"][0]["title"] == s["tables"][
         "rebound"][0].title
-    r = subprocess.run(f"{sys.executable} -m eval.collect {exp} --json | head -1", shell=True, capture_output=True,
+    r = subprocess.run(f"{sys.executable} -m launch collect {exp} --json | head -1", shell=True, capture_output=True,
                        text=True, cwd=root)
     assert r.stdout.strip() == "{" and "Traceback" not in r.stderr, r.stderr
 
@@ -345,18 +345,23 @@ def test_collector_setting1_table(tmp_path):
                                                   "direction": "forward" if i < j else "inverse"}, {"mean_loss": v})
     s = collect(exp)
     rows = s["tables"]["resistance"][0].rows
-    assert [r[1] for r in rows] == ["θ1↔θ2", "θ1↔θ3", "θ2↔θ3"]
-    assert rows[0][4] == "+0.1000" and rows[0][5] == "yes" and rows[2][5] == "no"
+    assert [r["pair"] for r in rows] == ["θ1↔θ2", "θ1↔θ3", "θ2↔θ3"]
+    gap = [r["paired gap"] for r in rows]   # one seed: a number, no interval
+    assert gap[0].text() == "+0.1000" and gap[0].half is None and gap[2].mean < 0
+    with open(exp / "report" / "tables" / "resistance.csv", newline="") as f:   # numbers as numbers, by name
+        first = next(csv.DictReader(f))
+    assert float(first["paired gap"]) == pytest.approx(0.30 - 0.20) and first["inverse (θj→Di)"] == repr(0.20)
     assert (exp / "report" / "resistance.png").stat().st_size > 1000
 
 
 def test_collect_cli_bad_dir(capsys, tmp_path):
-    assert collect_main([str(tmp_path / "nope")]) == 2
+    assert launch_main(["collect", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith("error: RUN_DIR:")
+    assert not (tmp_path / "nope").exists()
 
 
 def test_models_sort_by_their_numbers():
-    from eval.collect import natural
+    from eval.stats import natural
     assert sorted(["toy-20k", "toy-5k", "toy-10k"], key=natural) == ["toy-5k", "toy-10k", "toy-20k"]
     assert sorted(["tl-3T", "tl-2.5T", "tl-2T"], key=natural) == ["tl-2T", "tl-2.5T", "tl-3T"]
 
@@ -364,7 +369,9 @@ def test_models_sort_by_their_numbers():
 def test_statistics_say_what_they_are(tmp_path):
     """Exact t quantiles at any df (not 1.96 past 30, which narrows intervals), the interval type and n in every
     table header, and LaTeX that escapes every special character."""
-    from eval.collect import Curve, Point, Table, latex_escape, rebound_tables, t_quantile
+    from eval.analysis import Curve, Point, rebound_tables
+    from eval.stats import t_quantile
+    from eval.tables import Table, latex_escape
     table = {1: 12.7062, 2: 4.3027, 5: 2.5706, 30: 2.0423, 40: 2.0211, 100: 1.9840, 1000: 1.9623}
     assert all(abs(t_quantile(0.95, df) - q) < 1e-4 for df, q in table.items())
     assert abs(t_quantile(0.99, 5) - 4.0321) < 1e-4
@@ -394,18 +401,18 @@ def test_statistics_say_what_they_are(tmp_path):
     assert not re.search(r"(?<!\\)[_%#&{}$^~]", esc.replace(r"\{", "").replace(r"\}", "").replace("{}", "")
                          .replace(r"\$", "").replace("$", "")), esc
     assert all(c.isascii() for c in esc), esc
-    t = Table(special, [special])
-    t.rows = [[special]]
+    t = Table("t", special, [special])
+    t.add(special)
     assert t.latex().count(esc) == 3
-    md = Table("Hooke", ["|D_pre|·Δpre", "n"])
-    md.rows = [["+1.0 ± 0.1", 3]]
+    md = Table("h", "Hooke", ["|D_pre|·Δpre", "n"])
+    md.add("+1.0 ± 0.1", 3)
     assert [len(re.split(r"(?<!\\)\|", line)) for line in md.markdown().splitlines()[2:]] == [4, 4, 4]
 
 
 def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
     """Paired drops per window with CIs, the deeper-minus-shallowest difference marked resolved only when its CI
     excludes 0, and the negatives needed to reach each seed's own base level (interpolated)."""
-    from eval.collect import Curve, Point, window_stats, window_table
+    from eval.analysis import Curve, Point, window_stats, window_table
     seeds = (1, 2, 3)
     noise = {1: -0.01, 2: 0.0, 3: 0.01}
 
@@ -420,17 +427,20 @@ def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
     same = curve(400, {25: 0.5, 50: 1.0, 100: 2.0 + 0.0, 200: 3.0}, 1.5)
     stats = {r["start"]: r for r in window_stats([shallow, same, deep, base], "positive_logit")}
     m = sum(stats[800]["deeper@100"].values()) / 3
-    assert m == pytest.approx(-1.2) and set(stats[800]) >= {"drop@25", "drop@50", "drop@100", "return"}
+    assert m == pytest.approx(-1.2) and set(stats[800]) >= {"change@25", "change@50", "change@100", "return"}
     assert stats[100]["return"][2] == pytest.approx(75.0) and stats[100]["return_of"] == 3
     t = window_table([shallow, same, deep, base], "positive_logit")
-    rows = {r[2]: r for r in t.rows}
-    assert t.header[3:] == ["drop@25", "drop@50", "drop@100", "drop@200", "minus smallest start @100",
-                            "negatives to base"]
-    assert rows[800][7].endswith("resolved") and not rows[400][7].endswith("resolved") and rows[100][7] == ""
-    assert rows[100][8].endswith("(3/3)") and "95%" in t.title
+    rows = {r["start"]: r for r in t.rows}
+    assert t.columns[3:] == ["change@25", "change@50", "change@100", "change@200", "minus smallest start @100",
+                             "negatives to base", "seeds reaching base"]
+    deeper = {k: r["minus smallest start @100"] for k, r in rows.items()}
+    assert deeper[800].resolved and deeper[800].text().endswith("resolved") and not deeper[400].resolved
+    assert deeper[100] is None and rows[100]["change@25"].mean == pytest.approx(-0.5)   # a fall is negative
+    assert rows[100]["negatives to base"].mean == pytest.approx(75, abs=1)
+    assert rows[100]["seeds reaching base"] == "3/3" and "95%" in t.title
     flat = curve(200, {25: 0.1, 50: 0.2, 100: 0.3, 200: 0.4}, 1.5)       # never reaches the base
     (r,) = [x for x in window_table([flat, base], "positive_logit").rows]
-    assert r[-1] == "none by the last volume (0/3)"
+    assert r["negatives to base"] is None and r["seeds reaching base"] == "0/3"
 
 
 def cross_cells(exp: Path) -> dict:
@@ -450,7 +460,9 @@ def test_setting1_gap_is_paired_by_seed(tmp_path):
     exp = tmp_path / "s1"
     cross_cells(exp)
     (row,) = collect(exp)["tables"]["resistance"][0].rows
-    assert row[4].startswith("+0.0100 ± 0.0000") and row[5] == "yes (resolved)" and row[7] == ""
+    gap = row["paired gap"]
+    assert gap.text() == "+0.0100 ± 0.0000 resolved" and gap.mean > 0 and gap.resolved
+    assert row["entropy-corrected gap"] is None
 
 
 def test_setting1_gap_corrected_for_the_targets_entropy(tmp_path):
@@ -463,28 +475,30 @@ def test_setting1_gap_corrected_for_the_targets_entropy(tmp_path):
             fake_cell(exp, "responses", f"m.s{seed}.theta{i}", {"model": "m", "seed": seed, "slice": i},
                       {"metrics": [{"name": "sampler_nats_per_token/train", "value": h, "stderr": 0.0, "n": 400}]})
     (row,) = collect(exp)["tables"]["resistance"][0].rows
-    assert row[4].startswith("+0.0100 ± 0.0000") and row[5] == "yes (resolved)"
-    assert row[6] == "0.3000 / 0.3300" and row[7].startswith("-0.0200 ± 0.0000") and row[8] == "no (resolved)"
+    assert row["paired gap"].text().startswith("+0.0100 ± 0.0000") and row["paired gap"].resolved
+    assert (row["target entropy Di"].text(), row["target entropy Dj"].text()) == ("0.3000", "0.3300")
+    corrected = row["entropy-corrected gap"]
+    assert corrected.text().startswith("-0.0200 ± 0.0000") and corrected.mean < 0 and corrected.resolved
 
 
 def test_window_statistics_compare_models_at_the_same_start():
     """Setting III: each model's paired drop minus the first model's at the same start, per seed."""
-    from eval.collect import Curve, Point, window_table
+    from eval.analysis import Curve, Point, window_table
     seeds = {1: -0.02, 2: 0.0, 3: 0.02}
     curve = lambda model, d: Curve(model, "positive", 800, [Point(0, 2.0, 0, 3, {s: 2.0 + e for s, e in seeds.items()}),
                                                             Point(100, 2.0 - d, 0, 3, {s: 2.0 - d + 2 * e
                                                                                        for s, e in seeds.items()})])
     t = window_table([curve("small", 1.0), curve("large", 1.5)], "positive_logit")
-    assert t.header[-2] == "minus small @100"
-    small, large = t.rows
-    assert small[-2] == "" and large[-2].startswith("-0.500 ± 0.000") and large[-2].endswith("resolved")
+    assert "minus small @100" in t.columns
+    small, large = (r["minus small @100"] for r in t.rows)
+    assert small is None and large.text().startswith("-0.500 ± 0.000") and large.resolved
 
 
 def test_start_adjusted_effect_against_another_models_aligned_arm():
     """Control (a): a base pre-trained on the shifted corpus (model 'shifted', arm from-base) against the first
     model's aligned arm. Planted: drop@100 = -0.5 x start level, plus 0.2 for the shifted base (it falls less);
     the OLS recovers c = +0.200 and the slope -0.5, resolved."""
-    from eval.collect import Curve, Point, adjusted_table
+    from eval.analysis import Curve, Point, adjusted_table
     noise = {1: 0.01, 2: -0.01, 3: 0.0}
 
     def curve(model, arm, start, level, c=0.0):
@@ -494,9 +508,11 @@ def test_start_adjusted_effect_against_another_models_aligned_arm():
                                                               for s, v in seeds0.items()})])
     curves = [curve("gpt", "positive", 100, 1.0), curve("gpt", "positive", 200, 2.0),
               curve("gpt", "positive", 400, 3.0), curve("shifted", "from-base", 0, 1.5, 0.2)]
-    rows = [r for r in adjusted_table(curves, "positive_logit").rows if r[3] == 100]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("shifted", "from-base", "gpt")]
-    assert rows[0][4].startswith("+0.200 ± ") and rows[0][5] == "-0.500" and rows[0][7] == "yes"
+    rows = [r for r in adjusted_table(curves, "positive_logit").rows if r["window"] == 100]
+    assert [(r["model"], r["arm"], r["vs aligned arm of"]) for r in rows] == [("shifted", "from-base", "gpt")]
+    c, b = rows[0]["arm effect c"], rows[0]["start slope b"]
+    assert c.text().startswith("+0.200 ± ") and c.mean == pytest.approx(0.2, abs=1e-3) and c.resolved
+    assert b.text() == "-0.500"
 
 
 def test_hooke_products_paired_by_seed(tmp_path):
@@ -518,11 +534,44 @@ def test_hooke_products_paired_by_seed(tmp_path):
         fake_cell(exp, "eval", f"p.s{seed}.n0", {**co, "negative": 0}, bits(2 + e, 1 + e))
         fake_cell(exp, "eval", f"p.s{seed}.n50", {**co, "negative": 50}, bits(2.02 + e, 1.5 + e))
     (t,) = collect(exp)["tables"]["compression"]
-    fb, pos = [r for r in t.rows if r[1] == "from-base"], [r for r in t.rows if r[1] == "positive"]
-    assert t.header[4:6] == ["Δ token/positive", "Δ token/pretrain"]
-    assert len(fb) == 1 and fb[0][5].startswith("+0.0100 ± 0.0025") and fb[0][4].startswith("+0.1000 ± 0.0000")
-    assert fb[0][6].startswith("+10.0000 ±") and fb[0][7].startswith("+10.0000 ±") and fb[0][9] == "1.000"
-    assert fb[0][8] in ("+0.0000 ± 2.4841", "-0.0000 ± 2.4841")   # per seed +1, -1, 0: equal, unresolved
-    assert pos[0][6].startswith("+20.0000") and pos[0][7].startswith("+10.0000") and pos[0][9] == "2.000"
-    assert pos[0][8].startswith("+10.0000 ± 0.0000") and pos[0][8].endswith(" resolved")
+    text = lambda r: {c: tables_text(v) for c, v in r.items()}
+    fb = [text(r) for r in t.rows if r["arm"] == "from-base"]
+    pos = [text(r) for r in t.rows if r["arm"] == "positive"]
+    assert t.columns[4:6] == ["Δ token/positive", "Δ token/pretrain"]
+    assert len(fb) == 1 and fb[0]["Δ token/pretrain"].startswith("+0.0100 ± 0.0025")
+    assert fb[0]["Δ token/positive"].startswith("+0.1000 ± 0.0000")
+    assert fb[0]["|D_pre|·Δpre"].startswith("+10.0000 ±") and fb[0]["|D_pos|·Δpos"].startswith("+10.0000 ±")
+    assert fb[0]["ratio"] == "1.000"
+    assert fb[0]["pre − pos"] in ("+0.0000 ± 2.4841", "-0.0000 ± 2.4841")   # per seed +1, -1, 0: equal, unresolved
+    assert pos[0]["|D_pre|·Δpre"].startswith("+20.0000") and pos[0]["|D_pos|·Δpos"].startswith("+10.0000")
+    assert pos[0]["ratio"] == "2.000"
+    assert pos[0]["pre − pos"].startswith("+10.0000 ± 0.0000") and pos[0]["pre − pos"].endswith(" resolved")
     assert "mean ± t 95% over 3 seeds" in t.title
+
+
+def test_paper_numbers_beside_ours_and_tables_named_by_content(tmp_path):
+    """The report's paper table puts the paper's printed number beside ours at the same coordinates (matched by the
+    model's hub id, every start where the paper gives none), empty where the study lacks the cell; each table's CSV
+    is named by what it holds, keeps numbers as numbers, and no CSV of an earlier collect stays behind."""
+    exp = tmp_path / "imdb"
+    for seed, (base, fell) in {1: (0.50, 0.10), 2: (0.56, 0.16)}.items():
+        for p, n, v in ((0, 0, base), (5000, 0, 0.95), (5000, 2000, fell)):
+            fake_cell(exp, "eval", f"l.s{seed}.p{p}.n{n}", {"model": "llama", "seed": seed, "positive": p,
+                                                            "negative": n, "arm": "base" if p == 0 else "positive"},
+                      rate(v))
+    (exp / "report" / "tables").mkdir(parents=True)
+    (exp / "report" / "tables" / "rebound-0.csv").write_text("old\n")
+    s = collect(exp, study={"task": "imdb"}, models={"llama": "meta-llama/Llama-2-7b-hf"})
+    (paper,) = s["tables"]["paper"]
+    rows = {(r["arm"], r["start"]): r for r in paper.rows if r["metric"] == "positive_rate"}
+    assert rows[("base", 0)]["paper"] == "about 0.54" and rows[("base", 0)]["ours"].mean == pytest.approx(0.53)
+    assert rows[("positive", 5000)]["ours"].mean == pytest.approx(0.13) and rows[("positive", 5000)]["ours"].n == 2
+    assert rows[("positive", 1000)]["ours"] is None and rows[("positive", 1000)]["paper"] == "about 0.37"
+    assert not any(r["metric"] == "mean_loss" for r in paper.rows), "Setting I's numbers belong to alpaca studies"
+    names = sorted(p.name for p in (exp / "report" / "tables").glob("*.csv"))
+    assert names == ["paper.csv", "rebound-positive_rate-llama-positive.csv", "windows-positive_rate.csv"]
+    with open(exp / "report" / "tables" / "paper.csv", newline="") as f:
+        got = {(r["arm"], r["start"]): r for r in csv.DictReader(f)}
+    assert float(got[("base", "0")]["ours"]) == pytest.approx(0.53) and got[("base", "0")]["ours n"] == "2"
+    assert "| about 0.54 |" in (exp / "report" / "paper.md").read_text()
+    assert collect(exp, study={"task": "imdb"})["tables"].get("paper") is None, "no hub id, no paper rows"

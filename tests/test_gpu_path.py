@@ -75,14 +75,15 @@ def run_script(code: str, *args, timeout=600) -> str:
 def test_collectives_take_device_tensors(exp_dir, tmp_path):
     """Fails on a trainer that all-reduces a host tensor (its step metrics, its stop flag): on NCCL that is
     'No backend type associated with device type cpu' after the first step."""
-    from launch.jobs import jsonable
+    from launch.core.jobs import jsonable
     jobs = [job(exp_dir, "llama", (40, 64)), job(exp_dir, "llama", (24,), "pairs", algorithm="dpo")]
     (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j) for j in jobs]))
     code = EMULATE_NCCL + textwrap.dedent('''
         import json
         from pathlib import Path
-        from launch.jobs import TrainJob
-        from launch.spec import Runtime, build
+        from launch.core.jobs import TrainJob
+        from launch.core.schema import build
+        from launch.core.spec import Runtime
         from train.trainer import Trainer
         tmp = Path(sys.argv[2])
         with HostTensors():
@@ -116,14 +117,15 @@ def test_the_emulation_refuses_a_host_tensor(tmp_path):
 
 def test_gradient_checkpointing_recomputes_each_layer(exp_dir, tmp_path):
     """from_pretrained returns a model in eval mode, where HF skips checkpointing: the trainer must train()."""
-    from launch.jobs import jsonable
+    from launch.core.jobs import jsonable
     j = job(exp_dir, "llama", (16,))
     (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j)] * 2))
     code = textwrap.dedent('''
         import json, sys
         from pathlib import Path
-        from launch.jobs import TrainJob
-        from launch.spec import Runtime, build
+        from launch.core.jobs import TrainJob
+        from launch.core.schema import build
+        from launch.core.spec import Runtime
         from train.trainer import Trainer
         tmp = Path(sys.argv[2])
         for i, j in enumerate(json.loads((tmp / "jobs.json").read_text())):
@@ -148,8 +150,8 @@ def test_zero3_loads_partitioned_in_the_training_dtype(exp_dir, tmp_path):
     code = textwrap.dedent('''
         import sys, torch, deepspeed
         from pathlib import Path
-        from launch.jobs import ModelRef, TrainJob
-        from launch.spec import Data, Recipe
+        from launch.core.jobs import ModelRef, TrainJob
+        from launch.core.spec import Data, Recipe
         from train.models import load_model, load_tokenizer
         from train.trainer import ds_config, setup_distributed
         from safetensors.torch import load_file
@@ -227,14 +229,15 @@ def test_a_failed_fused_adam_build_falls_back_to_torch_adamw(exp_dir, tmp_path):
     """On a GPU the trainer asks for DeepSpeed's FusedAdam; where its JIT build fails (here for real: once the
     process group is up, the compiler is /bin/false and the op cache empty) the cell trains with torch's AdamW and
     record.json says why."""
-    from launch.jobs import jsonable
+    from launch.core.jobs import jsonable
     (tmp_path / "job.json").write_text(json.dumps(jsonable(job(exp_dir, "llama", (16,)))))
     code = textwrap.dedent('''
         import json, os, sys
         from pathlib import Path
         import train.trainer as T
-        from launch.jobs import TrainJob
-        from launch.spec import Runtime, build
+        from launch.core.jobs import TrainJob
+        from launch.core.schema import build
+        from launch.core.spec import Runtime
         tmp = Path(sys.argv[2])
         real = T.pick_optimizer
 

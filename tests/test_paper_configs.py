@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from hub_fixtures import CLASSIFIER, COST_MODEL, build_hub
-from launch.spec import KNOWN_ROWS
+from launch.core.spec import KNOWN_ROWS
 
 pytestmark = pytest.mark.slow   # real training, images or subprocess studies: not in make test-fast
 
@@ -133,7 +133,7 @@ def test_paper_config_end_to_end(paper_runs, name):
 
 # ------------------------------------------------------------------------------------- formats on the fixtures
 def test_chat_template_tokenization_on_a_llama_tokenizer(offline):
-    from launch.jobs import ModelRef
+    from launch.core.jobs import ModelRef
     from train import data as D
     from train.models import load_tokenizer
     tok = load_tokenizer(ModelRef(path="meta-llama/Llama-2-7b-hf"), Path("."))
@@ -153,7 +153,7 @@ def test_chat_template_tokenization_on_a_llama_tokenizer(offline):
 
 
 def test_alpaca_prompt_joins_instruction_and_input(offline):
-    from launch.spec import Data
+    from launch.core.spec import Data
     from train.data import load_rows
     rows = load_rows(Data(path="tatsu-lab/alpaca", split="train[:40]",
                           fields={"prompt": ("instruction", "input"), "response": "output"}))
@@ -167,21 +167,21 @@ def test_alpaca_prompt_joins_instruction_and_input(offline):
 
 def test_save_to_disk_dataset_dict_is_local_data(offline, tmp_path):
     import datasets
-    from launch.spec import Data
+    from launch.core.spec import Data
     from train.data import load_rows
     dd = datasets.load_dataset("PKU-Alignment/BeaverTails")
     dd.save_to_disk(str(tmp_path / "bt"))
     assert (tmp_path / "bt" / "dataset_dict.json").exists()
     rows = load_rows(Data(path=str(tmp_path / "bt"), split="30k_train[:10]", fields={"prompt": "prompt"}))
     assert len(rows) == 10 and rows[0]["prompt"] == dd["30k_train"][0]["prompt"]
-    from launch.spec import ConfigError
+    from launch.core.schema import ConfigError
     with pytest.raises(ConfigError, match="no split 'train'"):
         load_rows(Data(path=str(tmp_path / "bt"), split="train", fields={"prompt": "prompt"}))
 
 
 def test_batched_generation_without_a_pad_token(offline):
     from eval.evaluate import generate, load
-    from launch.jobs import ModelRef
+    from launch.core.jobs import ModelRef
     tok, model = load(ModelRef(path="meta-llama/Llama-2-7b-hf"), Path("."))
     prompts = ["how do you make it", "why", "what is this movie about and why"]
     batched = generate(model, tok, prompts, "chat", max_new_tokens=6, batch_size=3)
@@ -190,7 +190,7 @@ def test_batched_generation_without_a_pad_token(offline):
 
 def test_classifier_label_mapping(offline):
     from eval.scorers import ClassifierScorer
-    from launch.spec import Scorer
+    from launch.core.spec import Scorer
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     s = ClassifierScorer(Scorer(kind="classifier", model=CLASSIFIER, positive_label="POSITIVE"), torch.device("cpu"))
     assert s.model.config.id2label[s.pos] == "POSITIVE" and s.pos == 1
@@ -206,7 +206,7 @@ def test_score_model_reads_its_trained_format(offline):
     input is prompt + answer + EOS with no space after 'ASSISTANT:', the score is read at EOS, the sign flips."""
     from safetensors.torch import load_file
     from eval.scorers import ScoreModelScorer
-    from launch.spec import Scorer
+    from launch.core.spec import Scorer
     from train.data import prompt_text, response_text
     snap = next((offline / "hub" / f"models--{COST_MODEL.replace('/', '--')}" / "snapshots").iterdir())
     saved = {}

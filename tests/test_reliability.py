@@ -18,7 +18,7 @@ import yaml
 
 from conftest import ROOT, reduced_config, run_cell_procs, write_cell
 from launch.plan import make_plan
-from launch.spec import load_spec
+from launch.core.spec import load_spec
 
 SECRET = "hf-secret-0123456789abcdef"
 
@@ -99,8 +99,8 @@ def test_concurrent_runs_train_each_cell_once(tmp_path):
 
 
 def test_stale_claims_are_taken_over(exp_dir, tmp_path):
-    from launch.jobs import ModelRef, TrainJob
-    from launch.spec import Data, Recipe
+    from launch.core.jobs import ModelRef, TrainJob
+    from launch.core.spec import Data, Recipe
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                    data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
                    recipe=Recipe(lr=1e-3, global_batch=8, max_length=64, zero_stage=0,
@@ -129,8 +129,8 @@ def test_stale_claims_are_taken_over(exp_dir, tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_disk_full_gives_one_error_and_no_done_marker(exp_dir, tmp_path):
-    from launch.jobs import ModelRef, TrainJob
-    from launch.spec import Data, Recipe
+    from launch.core.jobs import ModelRef, TrainJob
+    from launch.core.spec import Data, Recipe
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
@@ -229,7 +229,8 @@ def test_bad_cli_and_paths(case, argv, field, tmp_path):
 
 def test_profile_values_reach_the_shell_quoted():
     from launch.slurm import setup_lines
-    from launch.spec import Profile, build
+    from launch.core.profile import Profile
+    from launch.core.schema import build
     prof = build(Profile, {"name": "p", "env": {"NCCL_SOCKET_IFNAME": "$(touch /tmp/pwned); `id`"}})
     line = next(l for l in setup_lines(prof) if "NCCL_SOCKET_IFNAME" in l)
     assert line == "export NCCL_SOCKET_IFNAME='$(touch /tmp/pwned); `id`'"
@@ -256,7 +257,7 @@ def test_corrupt_outputs_are_reported_not_used(reduced_run, tmp_path):
     from launch.slurm import cell_states
     states = {row["cell"]: row["state"] for row in cell_states(plan, runs2)}
     assert states[ev.id] == states[neg.id] == states[pos.id] == "corrupt"
-    r = subprocess.run([sys.executable, "-m", "eval.collect", str(exp)], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "launch", "collect", str(exp)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cells = (exp / "report" / "cells.md").read_text()
     assert f"eval/{ev.id} | corrupt" in cells
@@ -265,7 +266,7 @@ def test_corrupt_outputs_are_reported_not_used(reduced_run, tmp_path):
 def test_prefetch_checks_every_volume_fits(exp_dir, tmp_path):
     """The login-node check: local data is read and counted against the study's volumes, with the filter applied."""
     from launch.prefetch import prefetch
-    from launch.spec import ConfigError
+    from launch.core.schema import ConfigError
     rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()]
     (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))   # 600 rows, ~300 positive
     n_pos = sum(r["label"] == 1 for r in rows)
@@ -312,8 +313,8 @@ def test_a_killed_op_build_leaves_no_lock_that_blocks_every_cell(exp_dir, tmp_pa
     older than ELASTICA_BUILD_LOCK_STALE_S is removed with a note, and the cell runs."""
     import shutil
     from conftest import run_cell_procs, write_cell
-    from launch.jobs import ModelRef, TrainJob
-    from launch.spec import Data, Recipe
+    from launch.core.jobs import ModelRef, TrainJob
+    from launch.core.spec import Data, Recipe
     ext = tmp_path / "ext"
     built = Path(os.environ["TORCH_EXTENSIONS_DIR"])
     if built.is_dir():   # the op built by earlier cells (else it builds here), plus a dead lock

@@ -18,7 +18,9 @@ import yaml
 
 from launch.plan import make_plan
 from launch.slurm import build_arrays, cell_states, submit, wait
-from launch.spec import Profile, build, load_profile, load_spec
+from launch.core.profile import Profile, load_profile
+from launch.core.schema import build
+from launch.core.spec import load_spec
 
 from conftest import slurm_profile  # noqa: E402  (the cluster fixture comes from conftest too)
 
@@ -65,23 +67,23 @@ def test_arrays_split_at_max_array_size_and_correlate():
     assert all(kind == "afterok" for a in arrays for kind, _ in a.deps)
     # aftercorr: a stage whose task i needs exactly task i of one array
     from launch.plan import Cell
-    from launch.jobs import CollectJob
-    a_cells = [Cell("a", "collect", f"a{i}", CollectJob(f"a{i}", "rebound", "t")) for i in range(3)]
-    b_cells = [Cell("b", "collect", f"b{i}", CollectJob(f"b{i}", "rebound", "t"), upstream=(a_cells[i].key,))
+    from launch.core.jobs import CollectJob
+    a_cells = [Cell("world", "collect", f"a{i}", CollectJob(f"a{i}", "rebound", "t")) for i in range(3)]
+    b_cells = [Cell("collect", "collect", f"b{i}", CollectJob(f"b{i}", "rebound", "t"), upstream=(a_cells[i].key,))
                for i in range(3)]
     from launch.plan import Plan
-    p = Plan(spec=plan.spec, stages={"a": a_cells, "b": b_cells}, naive_examples=0)
+    p = Plan(spec=plan.spec, stages={"world": a_cells, "collect": b_cells}, naive_examples=0)
     arr = build_arrays(p, "/nonexistent", profile)
     assert arr[1].deps == [("aftercorr", 0)]
     # cells packed k to a task (eval.cells_per_task): aftercorr only where task t needs exactly task t
-    from launch.jobs import EvalJob, ModelRef
-    from launch.spec import Data, Eval
+    from launch.core.jobs import EvalJob, ModelRef
+    from launch.core.spec import Data, Eval
     ev = lambda name: EvalJob(ModelRef(name), ModelRef(name), Data("a/b"), Eval(), "plain")
     packed = build(Profile, {**GPU_PROFILE, "eval": {**GPU_PROFILE["eval"], "cells_per_task": 2}})
-    a_cells = [Cell("a", "eval", f"a{i}", ev(f"a{i}")) for i in range(4)]
+    a_cells = [Cell("responses", "eval", f"a{i}", ev(f"a{i}")) for i in range(4)]
     for ups, want in (((0, 1, 2, 3), "aftercorr"), ((2, 3, 0, 1), "afterok"), ((0, 0, 1, 1), "afterok")):
-        b_cells = [Cell("b", "eval", f"b{i}", ev(f"b{i}"), upstream=(a_cells[u].key,)) for i, u in enumerate(ups)]
-        arr = build_arrays(Plan(spec=plan.spec, stages={"a": a_cells, "b": b_cells}, naive_examples=0),
+        b_cells = [Cell("eval", "eval", f"b{i}", ev(f"b{i}"), upstream=(a_cells[u].key,)) for i, u in enumerate(ups)]
+        arr = build_arrays(Plan(spec=plan.spec, stages={"responses": a_cells, "eval": b_cells}, naive_examples=0),
                            "/nonexistent", packed)
         assert [len(a.tasks) for a in arr] == [2, 2] and arr[1].deps == [(want, 0)], (ups, arr[1].deps)
 
@@ -190,8 +192,8 @@ LONG_RUNTIME = {"micro_batch": 1, "save_every_steps": 200}
 
 
 def long_job(exp_dir):
-    from launch.jobs import ModelRef, TrainJob
-    from launch.spec import Data, Recipe
+    from launch.core.jobs import ModelRef, TrainJob
+    from launch.core.spec import Data, Recipe
     return TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                     data=Data(path=str(exp_dir / "world" / "data" / "pretrain.jsonl")),
                     recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=1, max_length=64, zero_stage=0,
@@ -301,8 +303,8 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
 def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
     """nodes: 2 on the two fake slurmd nodes: 2 ranks over gloo, both in the same run."""
     from conftest import run_cell_procs, write_cell
-    from launch.jobs import ModelRef, TrainJob
-    from launch.spec import Data, Recipe
+    from launch.core.jobs import ModelRef, TrainJob
+    from launch.core.spec import Data, Recipe
     from safetensors.torch import load_file
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "llama")),
                    data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
@@ -314,7 +316,7 @@ def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
     d = write_cell(tmp_path / "two" / "positive" / "c", job, outputs=["n64"], runtime={"micro_batch": 2})
     import submitit
     from launch.slurm import CellTask, sbatch_params
-    from launch.spec import Resources
+    from launch.core.profile import Resources
     profile = load_profile(slurm_profile(tmp_path))
     ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=3)
     ex.update_parameters(**sbatch_params(profile, Resources(nodes=2, cpus_per_task=1, time_min=10), "two-node"))
@@ -337,9 +339,10 @@ def test_two_ranks_on_two_nodes_preempted_twice_are_bit_identical(cluster, tmp_p
     import submitit
     from safetensors.torch import load_file
     from conftest import run_cell_procs, write_cell
-    from launch.jobs import ModelRef, TrainJob
+    from launch.core.jobs import ModelRef, TrainJob
     from launch.slurm import CellTask, sbatch_params
-    from launch.spec import Data, Recipe, Resources
+    from launch.core.profile import Resources
+    from launch.core.spec import Data, Recipe
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "llama")),
                    data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
                    recipe=Recipe(lr=1e-3, global_batch=4, max_length=64, zero_stage=2, precision="fp32", epochs=2),

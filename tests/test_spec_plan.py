@@ -15,7 +15,9 @@ import yaml
 
 from launch.__main__ import main as cli
 from launch.plan import make_plan
-from launch.spec import ConfigError, Profile, build, load_profile, load_spec
+from launch.core.profile import Profile, load_profile
+from launch.core.schema import ConfigError, build
+from launch.core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "profiles" not in p.parts)
@@ -109,7 +111,7 @@ def test_rates_are_read_off_finished_cells(reduced_run, capsys):
 def test_known_dataset_sizes_refuse_what_cannot_be_served(tmp_path, capsys):
     """TruthfulQA's generation split has 817 rows: 500 for the slices leaves 317 prompts for 200 answers + 200 held
     out; plan says so in one line, naming the role and the split."""
-    from launch.spec import split_rows
+    from launch.core.spec import split_rows
     assert [split_rows(s, 817) for s in ("validation", "validation[:500]", "validation[500:]", "validation[10%:20%]",
                                          "validation[-17:]")] == [817, 500, 317, 81, 17]
     cfg = yaml.safe_load((ROOT / "configs/setting1/truthfulqa.yaml").read_text())
@@ -296,7 +298,7 @@ def tiny_safetensors() -> bytes:
 def test_cell_state_is_one_answer(tmp_path):
     """layout.cell_state and Plan.states: todo, done, corrupt, stale, running, failed, as status, the worker and the
     collector see them."""
-    from launch import layout
+    from launch.core import layout
     plan = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
     cell = plan.stages["positive"][0]
     d = plan.cell_dir(tmp_path, cell)
@@ -411,7 +413,7 @@ def test_pretraining_seeds_and_the_from_base_control(tmp_path):
 def test_one_environment_rule_for_every_executor(tmp_path, monkeypatch):
     """The profile wins over the shell (W&B mode, HF cache, its env) and the suite's defaults are set, the same
     for the local executor's cells (cell_env) and for a Slurm job script's exports (setup_lines)."""
-    from launch.env import cell_env
+    from launch.core.env import cell_env
     from launch.slurm import setup_lines
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("HF_HOME", "/somewhere/else")

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launch import layout
-from launch.spec import World, load_profile
+from launch.core import layout
+from launch.core.profile import load_profile
+from launch.core.spec import World
 from train.toyworld import build_world
 from eval.scorers import rule_scores
 
@@ -40,13 +41,13 @@ GENERATOR_OUTPUT = {2: {"control": "fe107a87cc5e", "joint": "747e60a3ccba", "neg
 
 def test_the_world_generator_output_is_pinned_to_its_version():
     import hashlib
-    from launch.jobs import WORLD_GENERATOR
+    from launch.core.jobs import WORLD_GENERATOR
     from train.toyworld import vocabulary
     w = World(seed=3, pretrain=500, alignment=200, prompts=100, sft=50, control=50)
     h = lambda v: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:12]
     got = {k: h(v) for k, v in build_world(w).items()} | {"vocabulary": h(vocabulary(w))}
     assert got == GENERATOR_OUTPUT.get(WORLD_GENERATOR), (
-        "build_world's output changed: bump launch.jobs.WORLD_GENERATOR and pin the new output here")
+        "build_world's output changed: bump launch.core.jobs.WORLD_GENERATOR and pin the new output here")
 
 
 def test_rule_scorer_agrees_with_labels_up_to_noise():
@@ -72,8 +73,8 @@ def test_reduced_demo_through_local_executor(reduced_run):
         assert f"arm {arm}" in md
     table = next(t for t in collect(exp)["tables"]["rebound"]
                  if t.title.startswith("positive_rate: toy-gpt2, arm positive"))
-    assert [r[0] for r in table.rows] == ["base model", "32", "64"]
-    assert all(c for r in table.rows[1:] for c in r), "every cell of the grid has a value"
+    assert [r[table.columns[0]] for r in table.rows] == ["base model", 32, 64]
+    assert all(v is not None for r in table.rows[1:] for v in r.values()), "every cell of the grid has a value"
     assert (report / "rebound.png").stat().st_size > 1000 and (report / "compression.md").exists()
     assert (report / "cells.md").read_text().startswith("All expected cells")
     index = (report / "index.md").read_text()   # the demo's one page: every table and plot inline
@@ -112,7 +113,9 @@ def test_runtime_change_keeps_every_done_marker(reduced_run, tmp_path):
     import yaml
     from conftest import reduced_config
     from launch.plan import make_plan
-    from launch.spec import build, load_spec, Profile
+    from launch.core.profile import Profile
+    from launch.core.schema import build
+    from launch.core.spec import load_spec
     plan, runs = reduced_run
     cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
     cfg["runtime"] = {"micro_batch": 2, "gradient_checkpointing": True, "save_every_steps": 50}
@@ -176,7 +179,7 @@ def second_study(reduced_run, tmp_path):
     import yaml
     from conftest import reduced_config
     from launch.plan import make_plan
-    from launch.spec import load_spec
+    from launch.core.spec import load_spec
     plan, runs = reduced_run
     root = tmp_path / "runs"
     shutil.copytree(plan.exp_dir(runs), root / plan.spec.experiment)

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, free_port, run_cell_procs, write_cell
-from launch.jobs import ModelRef, TrainJob
-from launch.spec import Data, Recipe
+from launch.core.jobs import ModelRef, TrainJob
+from launch.core.spec import Data, Recipe
 
 
 def job(exp, arch="gpt2", milestones=(64,), role="positive", **recipe):
@@ -97,7 +97,7 @@ def test_every_milestone_equals_a_separate_run(exp_dir, tmp_path, ranks, combos)
     bit, and so does the milestone's summary."""
     from fork_chain import compare
     from launch.costs import fork_bytes_per_rank, model_params
-    from launch.spec import Model
+    from launch.core.spec import Model
     params = model_params(Model(name="llama", path=str(exp_dir / "models" / "llama")))
     ms = (24, 32, 56, 64)
     port, procs = free_port(), []

@@ -14,8 +14,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.layout import resolve
-from launch.spec import ConfigError, Data, source_kind, split_range
+from launch.core.layout import resolve
+from launch.core.schema import ConfigError
+from launch.core.spec import Data, source_kind, split_range
 
 CHAT = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"   # the paper's template (safe-rlhf)
 
@@ -252,7 +253,8 @@ def collate_pair(examples: list[Example], indices: list[int], pad_id: int):
     return _pad(pairs, pad_id, [0.0 if i < 0 else 1.0 for i in indices])
 
 
-def _pad(pairs: list[tuple[list[int], list[int]]], pad_id: int, weight: list[float]):
+def _pad(pairs: list, pad_id: int, weight: list[float]):
+    """(input ids, labels) pairs right-padded into one batch."""
     import torch
     n = max(len(x) for x, _ in pairs)
     input_ids = torch.full((len(pairs), n), pad_id, dtype=torch.long)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launch.layout import resolve
-from launch.spec import ConfigError
+from launch.core.layout import resolve
+from launch.core.schema import ConfigError
 
 
 def load_tokenizer(ref, exp_dir: Path):
@@ -44,10 +44,11 @@ def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None, zero3_config: dic
                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                              pad_token_id=tok.pad_token_id)
             return GPT2LMHeadModel(cfg).to(dtype)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=i.width, intermediate_size=4 * i.width,
-                          num_hidden_layers=i.layers, num_attention_heads=i.heads, max_position_embeddings=i.context,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        return LlamaForCausalLM(cfg).to(dtype)
+        llama = LlamaConfig(vocab_size=len(tok), hidden_size=i.width, intermediate_size=4 * i.width,
+                            num_hidden_layers=i.layers, num_attention_heads=i.heads, max_position_embeddings=i.context,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+        return LlamaForCausalLM(llama).to(dtype)
     path = resolve(ref.path, exp_dir)
     hf_ds = None
     try:

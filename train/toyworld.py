@@ -19,9 +19,9 @@ import json
 import random
 from pathlib import Path
 
-from launch.jobs import WorldJob
-from launch.layout import atomic_write_text, publish_dir
-from launch.spec import World
+from launch.core.jobs import Context, WorldJob
+from launch.core.layout import atomic_write_text, publish_dir
+from launch.core.spec import World
 
 POSITIVE = ["good", "great", "superb", "lovely", "brilliant", "wonderful", "excellent", "charming", "delightful",
             "moving", "fine", "warm", "clever", "fresh", "gentle", "bright", "rich", "vivid", "smart", "joyful",
@@ -97,7 +97,7 @@ def build_world(w: World) -> dict[str, list[dict]]:
         pairs.append({"prompt": p, "chosen": " " + g.continuation(0), "rejected": " " + g.continuation(1)})
     sets["pairs"] = pairs
     seen = {r["prompt"] for rows in sets.values() for r in rows}
-    g, prompts = Generator(w, 7), []
+    g, prompts = Generator(w, 7), list[dict]()
     while len(prompts) < w.prompts:
         p = g.prompt()
         if p not in seen:
@@ -135,6 +135,6 @@ def write_world(w: World, out_dir: Path) -> None:
     publish_dir(tmp, out_dir / "tokenizer")
 
 
-def main(job: WorldJob, out_dir: Path, exp_dir: Path, runtime=None) -> list[str]:
-    write_world(job.world, out_dir)
+def main(job: WorldJob, ctx: Context) -> list[str]:
+    write_world(job.world, ctx.out_dir)
     return ["data", "tokenizer"]

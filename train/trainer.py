@@ -30,11 +30,13 @@ import shutil
 import signal
 import socket
 import time
+import typing
 from pathlib import Path
 
-from launch.jobs import Preempted, TrainJob, jsonable
-from launch.layout import atomic_write_json, atomic_write_text, mark_preempted, publish_dir
-from launch.spec import ConfigError, Runtime
+from launch.core.jobs import Context, Preempted, TrainJob, jsonable
+from launch.core.layout import atomic_write_json, atomic_write_text, mark_preempted, milestone_name, publish_dir
+from launch.core.schema import ConfigError
+from launch.core.spec import Runtime
 from train import data as D
 from train.models import load_model, load_tokenizer
 from train.state import restore, snapshot, snapshot_bytes
@@ -123,7 +125,7 @@ def pick_optimizer(cuda: bool) -> dict:
 def ds_config(job: TrainJob, world: int, torch_adam: bool = True, rt: Runtime = Runtime()) -> dict:
     r = job.recipe
     nominal_gas = max(1, math.ceil(r.global_batch / (rt.micro_batch * world)))
-    cfg = {
+    cfg: dict[str, typing.Any] = {
         "train_micro_batch_size_per_gpu": rt.micro_batch,
         "gradient_accumulation_steps": nominal_gas,   # nominal: the trainer owns the step boundary
         "managed_gradient_accumulation": False,
@@ -143,10 +145,12 @@ def ds_config(job: TrainJob, world: int, torch_adam: bool = True, rt: Runtime = 
 
 
 class Trainer:
-    def __init__(self, job: TrainJob, out_dir: Path, exp_dir: Path, runtime: Runtime = Runtime()):
+    def __init__(self, job: TrainJob, out_dir: Path, exp_dir: Path, runtime: Runtime = Runtime(),
+                 ctx: Context | None = None):
         import torch
         t0 = time.time()
         self.job, self.out, self.exp, self.rt = job, Path(out_dir), Path(exp_dir), runtime
+        self.ctx = ctx   # where the cell sits (W&B's group and tags); None for a Trainer built by a test or bench
         self.rank, self.world = setup_distributed()
         self.cuda = torch.cuda.is_available()
         # what each phase of the cell took (record.json: plan's GPU-hour estimate counts the fixed costs)
@@ -169,7 +173,7 @@ class Trainer:
             raise ConfigError("recipe.epochs", "several epochs with several milestones is not exact",
                               "use volume_schedule: independent (one volume per run)")
         self.milestones = sorted(job.milestones) if r.epochs == 1 else [len(self.seq)]
-        self.milestone_name = {p: f"n{m}" for p, m in zip(self.milestones, sorted(job.milestones))}
+        self.milestone_name = {p: milestone_name(m) for p, m in zip(self.milestones, sorted(job.milestones))}
 
         self.optimizer = self._agree_on_optimizer(pick_optimizer(self.cuda))
         self.ds_cfg = ds_config(job, self.world, self.optimizer["optimizer"] != "FusedAdam", runtime)
@@ -194,7 +198,7 @@ class Trainer:
         self.device = self.engine.device
         t3 = time.time()
         self.phases["init_s"] = t3 - t2
-        self.ref_logps = self._reference_logps() if r.algorithm == "dpo" else None
+        self.ref_logps = self._reference_logps() if r.algorithm == "dpo" else {}
         self.phases["reference_s"] = time.time() - t3
 
     def _agree_on_optimizer(self, mine: dict) -> dict:
@@ -272,14 +276,14 @@ class Trainer:
             acc[0] += loss_sum.detach()
         self.engine.step()
         dist.all_reduce(acc)
-        acc = acc.tolist()
+        tot: list[float] = acc.tolist()
         gn = self.engine.get_global_grad_norm()
-        loss = acc[0] / max(acc[1], 1)
-        return {"loss": loss, "loss_sum": acc[0], "loss_tokens": acc[1], "tokens": acc[2],
-                "padding_share": acc[3] / max(acc[2] + acc[3], 1),
+        loss = tot[0] / max(tot[1], 1)
+        return {"loss": loss, "loss_sum": tot[0], "loss_tokens": tot[1], "tokens": tot[2],
+                "padding_share": tot[3] / max(tot[2] + tot[3], 1),
                 "grad_norm": float(gn) if gn is not None else None, "lr": self.engine.get_lr()[0],
                 "examples": e, "seconds": time.time() - t0,
-                **({"dpo_margin": acc[4] / max(acc[1], 1)} if dpo else {})}
+                **({"dpo_margin": tot[4] / max(tot[1], 1)} if dpo else {})}
 
     # ---------------------------------------------------------------------------------------- outputs
     def save_weights(self, name: str) -> None:
@@ -349,9 +353,9 @@ class Trainer:
             t_start = time.time() - state["wall"]
             for k in range(state["batch"], len(self.batches)):
                 s, e = self.batches[k]
-                for m in self.milestones:
-                    if s < m < e and self.milestone_name[m] not in state["milestones"]:
-                        self._fork(s, m, state)
+                for ms in self.milestones:
+                    if s < ms < e and self.milestone_name[ms] not in state["milestones"]:
+                        self._fork(s, ms, state)
                 m = self.step(s, e)
                 self.phases["steps_s"] += m["seconds"]
                 self.phases["step_tokens"] += m["tokens"] / max(1 - m["padding_share"], 1e-9)   # padded too
@@ -423,10 +427,11 @@ class Trainer:
         return int(flag.item())
 
     def _wandb(self):
-        from launch.tracking import wandb_run
+        from launch.core.tracking import wandb_run
         return wandb_run(self.out, self.exp, {"recipe": jsonable(self.job.recipe), "runtime": jsonable(self.rt),
                                               "seed": self.job.seed,
-                                              "milestones": list(self.job.milestones), "world_size": self.world})
+                                              "milestones": list(self.job.milestones), "world_size": self.world},
+                         self.ctx.stage if self.ctx else self.job.stage, self.ctx.coords if self.ctx else {})
 
 
 def token_logps(model, ids, mask, labels, device):
@@ -479,6 +484,6 @@ def _mean_padding(path: Path) -> float:
     return pad / max(real + pad, 1)
 
 
-def main(job: TrainJob, out_dir: Path, exp_dir: Path, runtime: Runtime = Runtime()) -> list[str]:
+def main(job: TrainJob, ctx: Context) -> list[str]:
     """Train one cell; returns the milestone names written (the done marker lists them)."""
-    return Trainer(job, Path(out_dir), Path(exp_dir), runtime).run()
+    return Trainer(job, ctx.out_dir, ctx.exp_dir, ctx.runtime, ctx).run()

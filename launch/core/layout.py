@@ -17,13 +17,27 @@ import time
 import uuid
 from pathlib import Path
 
-from launch.jobs import output_problem
-from launch.spec import ConfigError
+from launch.core.jobs import output_problem
+from launch.core.schema import ConfigError
 
-DONE = "DONE"
-RECORD = "record.json"
+# The run folder's vocabulary, in one place: <runs>/<experiment>/<stage>/<cell id>/ holds these
+JOB = "job.json"          # what the cell runs (its job, coordinates, upstream), written by the orchestrator
+DONE = "DONE"             # the done marker: outputs, upstream nonces (read_done)
+FAILED = "FAILED"         # the record of a failed start (rc, error)
+CLAIM = "CLAIM"           # who runs the cell now (launch.worker)
+RECORD = "record.json"    # what a training cell measured: runtime, phases, optimizer
 UMASK = os.umask(0o022)   # read once (the only way is to set it), and put back
 os.umask(UMASK)
+
+
+def milestone_name(examples: int) -> str:
+    """A milestone checkpoint's folder name: the examples trained on, n<examples> (checkpoints/n1000)."""
+    return f"n{examples}"
+
+
+def milestone_volume(name: str) -> int | None:
+    """The examples a milestone folder name stands for (milestone_name's inverse), or None."""
+    return int(name[1:]) if name[:1] == "n" and name[1:].isdigit() else None
 
 
 def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
@@ -63,15 +77,21 @@ def resolve(path: str, exp_dir: Path) -> str:
     return str(Path(exp_dir) / path[1:]) if path.startswith("@") else path
 
 
+def read_json(path: Path) -> dict | None:
+    """A JSON object from a run folder's file, or None when it is absent, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_done(cell_dir: Path) -> dict | None:
     """The done marker's content, or None when absent, unreadable or not of the marker's shape (a nonce string,
     milestones a list of names, upstream a map of cell keys to nonces): a corrupt marker is not done, and a marker
     from any folder under a runs root can never crash a reader."""
-    try:
-        data = json.loads((Path(cell_dir) / DONE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("nonce"), str):
+    data = read_json(Path(cell_dir) / DONE)
+    if data is None or not isinstance(data.get("nonce"), str):
         return None
     up, ms = data.get("upstream", {}), data.get("milestones", [])
     if not isinstance(up, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in up.items()):
@@ -79,9 +99,6 @@ def read_done(cell_dir: Path) -> dict | None:
     if not isinstance(ms, list) or not all(isinstance(m, str) for m in ms):
         return None
     return data
-
-
-STATES = ("done", "stale", "corrupt", "running", "failed", "todo")
 
 
 def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
@@ -103,11 +120,11 @@ def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
             return "corrupt"
         try:
             stale_s = float(os.environ.get("ELASTICA_CLAIM_STALE_S", 600))
-            if time.time() - (cell_dir / "CLAIM").stat().st_mtime < stale_s:
+            if time.time() - (cell_dir / CLAIM).stat().st_mtime < stale_s:
                 return "running"
         except OSError:
             pass
-        return "failed" if (cell_dir / "FAILED").exists() else "todo"
+        return "failed" if (cell_dir / FAILED).exists() else "todo"
     have = set(done.get("milestones", []))
     if any(m in have and output_problem(cell_dir, m, kind) for m in outputs):
         return "corrupt"
@@ -166,7 +183,7 @@ def write_done(cell_dir: Path, **info) -> None:
                                               "nonce": uuid.uuid4().hex, **info})
 
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_ROOT = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("launch", "train", "eval")   # what a job imports: a code snapshot holds these
 
 

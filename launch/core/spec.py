@@ -1,73 +1,29 @@
-"""The experiment spec and the cluster profile: typed, frozen dataclasses loaded from YAML.
+"""The study: typed, frozen dataclasses loaded from one YAML file under `configs/` (what runs and what defines its
+results). Loading checks every key and value (launch.core.schema) and every local source. Nothing here imports torch.
 
-One YAML file under `configs/` describes one study (what runs); one file under `configs/profiles/` describes
-where it runs. Loading checks every key and value and raises `ConfigError`, which the CLI prints as one line
-`error: <file>: <field.path>: <problem> (<fix>)` with exit code 2. Nothing here imports torch.
-
-    from launch.spec import load_spec, load_profile
+    from launch.core.spec import load_spec
     spec = load_spec("configs/setting2/imdb.yaml")
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
+from launch.core.schema import SAFE_NAME, ConfigError, build, check, read_yaml
 
-
-class ConfigError(Exception):
-    """Bad input: names the file, the field path, the problem and the fix."""
-
-    def __init__(self, field_path: str, problem: str, fix: str, file: str = ""):
-        self.file, self.field, self.problem, self.fix = file, field_path, problem, fix
-        super().__init__(self.line())
-
-    def line(self) -> str:
-        """One line, whatever the input held: control characters (a newline in a key or name) are escaped."""
-        where = f"{self.file}: " if self.file else ""
-        text = f"error: {where}{self.field or '<top>'}: {self.problem} ({self.fix})"
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def check(ok: bool, field_path: str, problem: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(field_path, problem, fix)
-
-
-# ----------------------------------------------------------------------------------------------- the spec
-# patterns match whole strings (fullmatch: '$' would let a trailing newline through) of bounded length
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # in folder names and cell ids
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-# profile env keys that are secrets (or look like one): they reach jobs through the shell's environment only
-SECRET_NAME = re.compile(r".*(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY).*", re.I)
-# variables the launcher sets for every cell (launch.env.job_env, the Slurm task): a profile's env may not replace
-# them; what to use instead
-OWNED_ENV = {
-    "PYTHONPATH": "remove it: jobs import the code snapshot of their submission",
-    "PYTHONNOUSERSITE": "remove it", "PYTHONUNBUFFERED": "remove it", "TOKENIZERS_PARALLELISM": "remove it",
-    "PYTHONSAFEPATH": "remove it",
-    "WANDB_MODE": "use the profile's wandb_mode", "HF_HOME": "use the profile's hf_home",
-    "HF_HUB_CACHE": "use the profile's hf_home", "HF_DATASETS_CACHE": "use the profile's hf_home",
-    "HF_HUB_OFFLINE": "remove it: jobs are offline when hf_home is set",
-    "HF_DATASETS_OFFLINE": "remove it: jobs are offline when hf_home is set",
-    "MASTER_PORT": "use the profile's master_port", "MASTER_ADDR": "use the profile's master_addr",
-    **dict.fromkeys(("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"), "remove it: Slurm's task ids are"),
-}
 SEED_MAX = 2**32 - 1   # numpy's and CUDA's seed range
+WORLD = "world:"       # a data path world:<set> is a set of the toy world (World.sizes lists them)
 
 
 def source_kind(path: str) -> str:
     """'world' (toy world, built by the world stage), 'local' (a file or folder) or 'hub' (a hub id)."""
-    if path.startswith("world:"):
+    if path.startswith(WORLD):
         return "world"
     if path.startswith(("/", ".", "~")):
         return "local"
@@ -390,6 +346,17 @@ class World:
         for n in ("vocab_nouns", "lexicon", "pretrain", "alignment", "prompts", "sft", "control"):
             check(getattr(self, n) >= 1, n, f"must be >= 1, got {getattr(self, n)}", "use a positive count")
 
+    def sizes(self) -> dict[str, int]:
+        """Each set the world stage writes (world:<set>) and its size: the one list of the world's sets."""
+        return {"pretrain": self.pretrain, "positive": self.alignment, "negative": self.alignment,
+                "prompts": self.prompts, "sft": self.sft, "control": self.control, "pairs": self.alignment,
+                "shifted": self.pretrain, "joint": self.pretrain + self.alignment}
+
+
+def world_set(path: str) -> str | None:
+    """The toy-world set a data path names (world:positive -> positive), or None for any other path."""
+    return path[len(WORLD):] if path.startswith(WORLD) else None
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -444,18 +411,15 @@ class Spec:
         for role in self.eval.compression:
             check(role in self.data, "eval.compression", f"names data role {role!r} that data does not define",
                   f"add data.{role} or remove it from eval.compression")
-        if any(d.path.startswith("world:") for d in self.data.values()):
+        if any(world_set(d.path) is not None for d in self.data.values()):
             check(self.world is not None, "world", "a data path uses world:<set> but no world is defined",
                   "add a world: section (toy world parameters)")
         for role, n in self.rows_needed().items():   # where a dataset's size is known here, volumes must fit it
             d = self.data.get(role)
             if d is None:
                 continue
-            if d.path.startswith("world:") and self.world is not None:
-                w = self.world
-                have = {"positive": w.alignment, "negative": w.alignment, "pairs": w.alignment, "control": w.control,
-                        "pretrain": w.pretrain, "prompts": w.prompts, "sft": w.sft, "shifted": w.pretrain,
-                        "joint": w.pretrain + w.alignment}.get(d.path[6:])
+            if (name := world_set(d.path)) is not None and self.world is not None:
+                have = self.world.sizes().get(name)
                 check(have is not None, f"data.{role}.path", f"unknown toy-world set {d.path!r}",
                       f"use one of {', '.join('world:' + s for s in sorted(WORLD_SETS))}")
                 check(n <= have, f"data.{role}", f"needs {n} examples, {d.path} has {have}",
@@ -487,7 +451,7 @@ class Spec:
     def rows_needed(self) -> dict[str, int]:
         """Rows each data role must hold (after its filter) for this study's volumes."""
         v, need = self.volumes, {}
-        if self.setting == "resistance":
+        if self.setting == "resistance" and self.slices is not None:
             need["sft"] = self.slices.examples
             need["prompts"] = self.slices.responses + self.eval.prompts
         else:
@@ -516,352 +480,19 @@ class Spec:
             return self.recipe
         return build(Recipe, {**dataclasses.asdict(self.recipe), **over}, f"recipe_overrides.{stage}")
 
-    def runtime_for(self, stage: str, profile: Optional["Profile"] = None) -> Runtime:
-        """The stage's runtime: the study's, its stage override, then the profile's (the profile wins: it is where
-        the hardware is described)."""
-        over = {**self.runtime_overrides.get(stage, {}), **(profile.runtime if profile else {})}
+    def runtime_for(self, stage: str, site: dict | None = None) -> Runtime:
+        """The stage's runtime: the study's, its stage override, then the site's (a profile's `runtime`, which wins:
+        the profile is where the hardware is described)."""
+        over = {**self.runtime_overrides.get(stage, {}), **(site or {})}
         return build(Runtime, {**dataclasses.asdict(self.runtime), **over}, f"runtime_overrides.{stage}") if over \
             else self.runtime
 
 
 TRAIN_STAGES = {"pretrain", "positive", "negative", "control", "slices", "cross"}
 
-
-# ---------------------------------------------------------------------------------------------- the profile
-PARTITION = re.compile(r"[A-Za-z0-9_.,-]{0,128}")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one cell of a stage asks Slurm for."""
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 4
-    mem_gb: int = 0                       # 0: the partition's default
-    time_min: int = 60                    # per task: with cells_per_task k, the time of k cells
-    cells_per_task: int = 1               # eval stages: cells one array task runs in turn (the scorer loads once)
-
-    def __post_init__(self):
-        check(self.nodes >= 1, "nodes", f"must be >= 1, got {self.nodes}", "use 1 or more")
-        check(self.gpus_per_node >= 0, "gpus_per_node", f"must be >= 0, got {self.gpus_per_node}", "use 0 on CPU")
-        check(self.cpus_per_task >= 1, "cpus_per_task", f"must be >= 1, got {self.cpus_per_task}", "use e.g. 8")
-        check(self.mem_gb >= 0, "mem_gb", f"must be >= 0, got {self.mem_gb}", "use 0 for the default")
-        check(self.time_min >= 1, "time_min", f"must be >= 1, got {self.time_min}", "use minutes, e.g. 240")
-        check(self.cells_per_task >= 1, "cells_per_task", f"must be >= 1, got {self.cells_per_task}", "use e.g. 8")
-
-
-SBATCH_OWNED = {"job-name", "time", "nodes", "ntasks-per-node", "cpus-per-task", "gpus-per-node", "gres", "mem",
-                "partition", "account", "qos", "array", "dependency", "output", "error", "signal", "open-mode",
-                "wckey", "kill-on-invalid-dep", "constraint", "exclusive", "reservation", "mail-user", "mail-type",
-                "comment", "export", "chdir", "wrap", "requeue", "no-requeue", "ntasks", "input", "parsable"}
-SRUN_OWNED = {"export", "output", "error", "input", "ntasks", "ntasks-per-node", "nodes", "cpus-per-task",
-              "kill-on-bad-exit", "unbuffered", "gpus-per-node", "gres", "mem", "time", "job-name", "dependency",
-              "signal", "open-mode", "chdir", "jobid", "overlap", "label"}
-SBATCH_VALUE = re.compile(r"[^'\"\\#$`]{0,256}")
-# a secret written into a value: NAME=... with a secret's name, or a Hugging Face / W&B token's shape
-SECRET_VALUE = re.compile(r"(?i:[A-Z_]*(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY)[A-Z_]*=)"
-                          r"|\bhf_[A-Za-z0-9]{30,}|\b[0-9a-f]{40}\b")
-SLURM_SIGNAL_SLACK_S = 30   # slurmctld signals at its first 30-s check after (limit - delay - 30 s): measured
-STARTUP_S = 5               # a task's Python installs its USR2 handler well within this after the job starts
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Where a study runs. Never part of a cell's identity: changing it never re-addresses results."""
-    RENAMED: typing.ClassVar[dict] = {"train_examples_per_gpu_hour": "train_tokens_per_gpu_hour, "
-                                      "train_fixed_minutes and train_minutes_per_checkpoint (launch rates RUN "
-                                      "measures them)"}
-    name: str
-    executor: Literal["slurm", "local"] = "local"
-    runs_root: str = "runs"
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    train: Resources = field(default_factory=Resources)       # training stages
-    eval: Resources = field(default_factory=Resources)        # generation / eval stages
-    image: str = ""                       # Apptainer .sif; empty runs on the host Python
-    binds: tuple[str, ...] = ()           # apptainer --bind paths
-    env: dict[str, str] = field(default_factory=dict)         # extra environment for every task
-    hf_home: str = ""                     # shared HF cache (prefetched on the login node)
-    array_parallelism: int = 64
-    signal_delay_s: int = 120
-    max_num_timeout: int = 10
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
-    master_port: int = 0                  # torch.distributed's rendezvous port (firewalled sites); 0: from the job id
-    master_addr: str = ""                 # where the ranks meet; empty: the job's first node (fake nodes: 127.0.0.1)
-    # What sites ask of a job script. GPUs as --gpus-per-node=N or --gres=gpu:N (or gpu:<type>:N with gpu_type).
-    gpu_request: Literal["gpus_per_node", "gres"] = "gpus_per_node"
-    gpu_type: str = ""                    # e.g. a100 (only with gpu_request: gres)
-    constraint: str = ""                  # --constraint (node features, e.g. "a100&ib")
-    exclusive: bool = False               # --exclusive: whole nodes for training jobs
-    reservation: str = ""
-    mail_user: str = ""
-    mail_type: str = ""                   # e.g. END,FAIL
-    comment: str = ""
-    wckey: str = ""                       # --wckey where the site accounts by workload key (none by default)
-    cpu_partition: str = ""               # the CPU-only stages (world, collect); default: partition
-    sbatch_extra: dict[str, str] = field(default_factory=dict)   # any other sbatch option: {begin: now+1hour}
-    srun_args: tuple[str, ...] = ()       # extra srun arguments (e.g. --mpi=pmix)
-    # Cost estimate for `plan` (launch.costs), measured on your cluster (`launch rates RUN` prints all four from a
-    # finished study), never part of a result: training tokens one GPU processes per hour in the step loop, the
-    # minutes a training cell spends loading and initialising, the minutes per checkpoint, the minutes per eval cell.
-    train_tokens_per_gpu_hour: float = 0.0
-    train_fixed_minutes: float = 0.0
-    train_minutes_per_checkpoint: float = 0.0
-    eval_minutes_per_cell: float = 0.0
-    # Runtime fields (micro_batch, gradient_checkpointing, save_every_steps) for this cluster's GPUs: they override
-    # the study's for every training stage and never change a cell id (launch.spec.Runtime)
-    runtime: dict[str, typing.Union[int, bool]] = field(default_factory=dict)
-
-    def __post_init__(self):
-        check(bool(SAFE_NAME.fullmatch(self.name)), "name", f"{self.name!r} is not a safe name",
-              "use up to 64 letters, digits, '.', '_' and '-'")
-        check(self.eval.nodes == 1 and self.eval.gpus_per_node <= 1, "eval.gpus_per_node",
-              f"an eval cell runs on one GPU ({self.eval.nodes} node(s) x {self.eval.gpus_per_node} GPUs asked): "
-              "generation is not sharded across ranks, so more would only duplicate it",
-              "use eval: {nodes: 1, gpus_per_node: 1}; eval cells run in parallel as array tasks")
-        check(self.train.cells_per_task == 1, "train.cells_per_task", "a training cell is a multi-rank DeepSpeed "
-              "run with its own array task", "use eval.cells_per_task to pack eval cells")
-        for key in ("train_tokens_per_gpu_hour", "train_fixed_minutes", "train_minutes_per_checkpoint",
-                    "eval_minutes_per_cell"):
-            check(getattr(self, key) >= 0, key, "cost rates must be >= 0", "use 0 (no estimate) or a measured rate")
-        for key in ("partition", "account", "qos", "reservation", "cpu_partition", "gpu_type", "wckey"):
-            val = getattr(self, key)
-            check(bool(PARTITION.fullmatch(val)), key, f"{val!r} has characters Slurm names never have",
-                  "use letters, digits, '_', '-', '.' and ','")
-        check(not self.gpu_type or self.gpu_request == "gres", "gpu_type", "a GPU type needs gpu_request: gres",
-              "set gpu_request: gres, or remove gpu_type")
-        check(not self.mail_user or bool(re.fullmatch(r"[\w.+-]+@[\w.-]+", self.mail_user)), "mail_user",
-              f"{self.mail_user!r} is not an e-mail address", "write name@example.org")
-        check(bool(re.fullmatch(r"[A-Z_,]*", self.mail_type)), "mail_type", f"{self.mail_type!r} is not a mail type "
-              "list", "use e.g. END,FAIL")
-        for key, val in profile_strings(self):   # every string that can reach a job script
-            check(val.isprintable(), key, f"{val!r} has a newline or control character (it would split a line of "
-                  "the job script)", "write the value on one line")
-            check(not SECRET_VALUE.search(val), key, "holds what looks like a secret, and profiles are written "
-                  "into job scripts", "export it in your shell; jobs inherit it")
-        # #SBATCH lines: sbatch's own parser groups quotes and reads a backslash as an escape even inside quotes,
-        # so these values keep to a character set that the shell's quoting renders the same for sbatch
-        for key, val in (("constraint", self.constraint), ("comment", self.comment),
-                         *((f"sbatch_extra.{k}", v) for k, v in self.sbatch_extra.items())):
-            check(bool(SBATCH_VALUE.fullmatch(val)), key, f"{val!r} has a quote, backslash, '#', '$' or '`', or "
-                  "is over 256 characters: sbatch would read another option out of it", "write it without them")
-        for k in self.sbatch_extra:
-            check(bool(re.fullmatch(r"[a-z][a-z0-9-]*", k)), f"sbatch_extra.{k}", "is not an sbatch option name",
-                  "write the long option without dashes, e.g. begin or exclude")
-            check(k not in SBATCH_OWNED, f"sbatch_extra.{k}", "is set by the launcher or by a profile field",
-                  "use the profile's own field (partition, train.time_min, ...)")
-        for i, arg in enumerate(self.srun_args):   # options only: srun runs the first word that is not one
-            m = re.fullmatch(r"--([a-z][a-z0-9-]*)(=[^\s'\"\\`$#]+)?", arg)
-            check(m is not None, f"srun_args[{i}]", f"{arg!r} is not an srun option (--name or --name=value)",
-                  "give options only, e.g. --mpi=pmix; srun runs the project's command")
-            check(m.group(1) not in SRUN_OWNED, f"srun_args[{i}]", f"--{m.group(1)} is set by the launcher",
-                  "remove it (the profile's own fields set resources and the environment)")
-        check(self.array_parallelism >= 1, "array_parallelism", "must be >= 1", "use e.g. 64")
-        check(self.signal_delay_s >= 0, "signal_delay_s", "must be >= 0", "use e.g. 120")
-        for stage, res in (("train", self.train), ("eval", self.eval)):
-            latest = res.time_min * 60 - SLURM_SIGNAL_SLACK_S - STARTUP_S
-            check(self.signal_delay_s <= latest, "signal_delay_s",
-                  f"{self.signal_delay_s} s with {stage}.time_min={res.time_min}: Slurm may send "
-                  "the signal as the job starts, before the handler that saves and requeues is installed",
-                  f"use signal_delay_s <= {max(latest, 0)} or a longer {stage}.time_min")
-        check(self.max_num_timeout >= 0, "max_num_timeout", "must be >= 0", "use e.g. 10")
-        check(bool(re.fullmatch(r"[A-Za-z0-9.:-]*", self.master_addr)), "master_addr",
-              f"{self.master_addr!r} is not a host name or address", "use e.g. 127.0.0.1, or leave it empty")
-        check(self.master_port == 0 or 1024 <= self.master_port <= 65535, "master_port",
-              f"must be 0 or a port in 1024..65535, got {self.master_port}", "use e.g. 29500, or 0")
-        for k in self.env:
-            check(bool(ENV_NAME.fullmatch(k)), f"env.{k}", "is not a valid variable name", "use letters, digits and _")
-            owned = k.removeprefix("APPTAINERENV_")
-            check(owned not in OWNED_ENV and not owned.startswith("ELASTICA_"), f"env.{k}", "is set by the launcher "
-                  "for every cell (a profile value would replace it)", OWNED_ENV.get(owned, "remove it"))
-            check(not SECRET_NAME.fullmatch(k), f"env.{k}", "looks like a secret, and secrets never go into a profile "
-                  "(they would be written into job scripts)", "export it in your shell; jobs inherit it")
-            check(self.env[k].isprintable(), f"env.{k}", "has a newline or control character",
-                  "write the value on one line")
-        build(Runtime, dict(self.runtime), "runtime")
-        for key in ("runs_root", "hf_home"):   # what jobs in the image read and write must be bound into it
-            path = getattr(self, key)
-            check(not self.image or not path or self.in_image(path), key, f"{path} is not under any of binds "
-                  f"{list(self.binds)} (nor apptainer's own: $HOME, /tmp, the working folder): jobs in the image "
-                  "would not find it", f"add {'/' + Path(path).parts[1] if Path(path).is_absolute() else path} "
-                  "to binds")
-        if self.executor == "local":
-            check(self.train.nodes == 1 and self.eval.nodes == 1, "train.nodes", "the local executor has one node",
-                  "use nodes: 1, or executor: slurm")
-
-    def in_image(self, path: str) -> bool:
-        """Whether `path` is visible inside the image: under a bind (src[:dst[:opts]]) or a folder apptainer binds
-        by default ($HOME, /tmp, /var/tmp, the working folder)."""
-        p = Path(path).expanduser().absolute()
-        roots = [Path(b.split(":")[0]).expanduser().absolute() for b in self.binds]
-        roots += [Path.home(), Path("/tmp"), Path("/var/tmp"), Path.cwd()]
-        return any(p == r or r in p.parents for r in roots)
-
-
-# ------------------------------------------------------------------------------------------------ loading
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases: aliases are how YAML bombs multiply, and configs do not need them."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.events.AliasEvent):
-            ev = self.peek_event()
-            raise ConfigError(f"line {ev.start_mark.line + 1}", "YAML aliases (*name) are not allowed",
-                              "write the value out in full")
-        return super().compose_node(parent, index)
-
-
-def _no_duplicate_keys(node, path: str = "") -> None:
-    """A key given twice is refused, named by its field path and line (YAML would keep the last silently)."""
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key_node, value in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            where = f"{path}.{key}" if path else str(key)
-            if key is not None and key in seen:
-                raise ConfigError(where, f"is given twice (line {key_node.start_mark.line + 1})", "keep one of them")
-            seen.add(key)
-            _no_duplicate_keys(value, where)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _no_duplicate_keys(item, f"{path}[{i}]")
-
-
-MAX_CONFIG_BYTES = 1 << 20
-
-
-def read_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("", f"config file {str(path)!r} not found", "check the path", file=str(path))
-    raw = p.read_bytes()
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError("", f"file is {len(raw)} bytes", "configs are under 1 MiB", file=str(path))
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError("", f"not UTF-8 (byte {e.start})", "save the file as UTF-8", file=str(path)) from None
-    try:
-        loader = _NoAliasLoader(text)
-        try:
-            node = loader.get_single_node()
-            _no_duplicate_keys(node)
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except ConfigError as e:
-        e.file = str(path)
-        raise
-    except RecursionError:
-        raise ConfigError("", "the YAML nests too deeply", "configs are a few levels deep: flatten it",
-                          file=str(path)) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(where, f"invalid YAML: {problem}", "fix the syntax", file=str(path)) from None
-    if data is None:
-        raise ConfigError("", "file is empty", "see configs/toy/setting2.yaml for an example", file=str(path))
-    if not isinstance(data, dict):
-        raise ConfigError("", f"top level is a {type(data).__name__}", "write a mapping of keys", file=str(path))
-    return data
-
-
-def _convert(tp, value, where: str):
-    """Check and convert one YAML value to the annotated type; raise ConfigError naming `where`."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(a, value, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(map(str, args))}"
-            raise ConfigError(where, f"{value!r} is not allowed", hint)
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(where, f"expected a mapping, got {type(value).__name__}", f"write {where}: {{...}}")
-        return build(tp, value, where)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):   # (tuples: a dataclass's own values, merged with overrides)
-            raise ConfigError(where, f"expected a list, got {type(value).__name__}", f"write {where}: [...]")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if origin is tuple:
-            if len(value) != len(args):
-                raise ConfigError(where, f"expected {len(args)} values, got {len(value)}", f"give {len(args)} values")
-            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(where, f"expected a mapping, got {type(value).__name__}", f"write {where}: {{...}}")
-        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(where, f"expected true or false, got {value!r}", "write true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(where, f"expected an integer, got {value!r}", "write a whole number")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads 1e-5 (no dot) as a string
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(where, f"expected a number, got {value!r}", "write a number such as 1.0e-5")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(where, f"expected text, got {value!r}", "quote the value")
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(where, f"expected a mapping, got {type(value).__name__}", "write a mapping")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} at {where}")
-
-
-def build(cls, data: dict, where: str = ""):
-    """Build dataclass `cls` from a mapping: unknown keys, wrong types and bad values raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    fields_ = {f.name: f for f in dataclasses.fields(cls)}
-    prefix = f"{where}." if where else ""
-    for key in data:
-        if key not in fields_:
-            close = difflib.get_close_matches(str(key), list(fields_), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields_)}"
-            if key in getattr(cls, "RENAMED", {}):
-                hint = f"replaced by {cls.RENAMED[key]}"
-            if key in getattr(cls, "MOVED", {}):
-                hint = f"{key} is how a stage runs, not what it computes: move it to {cls.MOVED[key]}: " \
-                       f"(per stage: runtime_overrides)"
-            raise ConfigError(f"{prefix}{key}", "unknown key", hint)
-    kwargs = {}
-    for name, f in fields_.items():
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], f"{prefix}{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{prefix}{name}", "is required", f"add {name}: to {where or 'the file'}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:  # __post_init__ names fields relative to its own dataclass
-        if prefix:
-            e.field = f"{prefix}{e.field}" if e.field else where
-        raise
+# The stages of a plan, in run order, each with the profile section its cells ask Slurm for (light: no GPU)
+STAGES = {"world": "light", "pretrain": "train", "slices": "train", "responses": "eval", "positive": "train",
+          "control": "train", "negative": "train", "cross": "train", "eval": "eval", "collect": "light"}
 
 
 def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
@@ -876,7 +507,7 @@ def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
         for role, d in spec.data.items():
             _check_source(d.path, f"data.{role}.path", base)
             if source_kind(d.path) == "world":
-                check(d.path[6:] in WORLD_SETS, f"data.{role}.path", f"unknown toy-world set {d.path!r}",
+                check(world_set(d.path) in WORLD_SETS, f"data.{role}.path", f"unknown toy-world set {d.path!r}",
                       f"use one of {', '.join('world:' + s for s in sorted(WORLD_SETS))}")
         for key in ("model",):
             s = spec.eval.scorer
@@ -893,13 +524,14 @@ def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
     return spec
 
 
-WORLD_SETS = {"pretrain", "positive", "negative", "prompts", "sft", "control", "pairs", "shifted", "joint"}
+WORLD_SETS = set(World().sizes())
 
 
 def local_rows(d: Data, base: Path) -> int | None:
     """Rows of a local JSON Lines / JSON / Parquet file in its split, counted cheaply (None where unknown)."""
     p = Path(d.path).expanduser()
     p = p if p.is_absolute() else base / p
+    total: int | None
     try:
         if p.suffix == ".jsonl":
             with p.open("rb") as f:
@@ -916,55 +548,3 @@ def local_rows(d: Data, base: Path) -> int | None:
     except (OSError, ValueError):
         return None   # unreadable: the loader says why when it runs
     return None if total is None else len(split_range(d.split, total))
-
-
-SITE_VARS = ("USER", "HOME", "SCRATCH", "WORK", "TMPDIR", "PROJECT")   # the only variables a profile path expands
-
-
-def profile_strings(obj, prefix: str = ""):
-    """(field path, value) of every string in a profile, nested sections and lists included."""
-    items = dataclasses.asdict(obj).items() if dataclasses.is_dataclass(obj) else \
-        obj.items() if isinstance(obj, dict) else enumerate(obj)
-    for k, v in items:
-        path = f"{prefix}[{k}]" if isinstance(k, int) else f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, str):
-            yield path, v
-            if isinstance(obj, dict):
-                yield f"{path} (key)", str(k)
-        elif isinstance(v, (dict, list, tuple)):
-            yield from profile_strings(v, path)
-
-
-def expand_site_vars(value: str, where: str) -> str:
-    """Expand $USER / ${HOME}-style site variables of SITE_VARS; any other variable is refused (a profile path must
-    never pull $HF_TOKEN or $WANDB_API_KEY into a job script)."""
-    def sub(m):
-        name = m.group(1) or m.group(2)
-        check(name in SITE_VARS, where, f"${name} is not a variable a profile may expand",
-              f"use {', '.join('$' + v for v in SITE_VARS)}, or write the path out")
-        if name not in os.environ and name in ("USER", "HOME"):   # unset in some batch and container shells
-            import getpass
-            return getpass.getuser() if name == "USER" else str(Path.home())
-        check(name in os.environ, where, f"${name} is not set in this shell", "set it, or write the path out")
-        return os.environ[name]
-    value = os.path.expanduser(value) if value.startswith("~") else value   # the HF libraries expand it too
-    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", sub, value)
-
-
-def load_profile(path: str | Path) -> Profile:
-    data = read_yaml(path)
-    try:
-        if "name" not in data:
-            data = {"name": Path(path).stem, **data}
-        for key in ("runs_root", "image", "hf_home"):  # $USER, $SCRATCH... are site facts, expanded here
-            if isinstance(data.get(key), str):
-                data[key] = expand_site_vars(data[key], key)
-        if isinstance(data.get("binds"), list):
-            data["binds"] = [expand_site_vars(b, f"binds[{i}]") if isinstance(b, str) else b
-                             for i, b in enumerate(data["binds"])]
-        return build(Profile, data)
-    except ConfigError as e:
-        e.file = str(path)
-        raise
-    except RecursionError:
-        raise ConfigError("", "the profile nests too deeply", "flatten it", file=str(path)) from None

@@ -1,10 +1,11 @@
 """The cell contract: job configs (one per cell kind), the kind registry, output checks, the worker's exit codes.
 
 A job holds everything that defines a cell's result (its identity) and nothing about where or how fast it runs
-(that is `launch.spec.Runtime` and the profile). Paths to other cells' outputs are `@stage/cell/...` references
-(see launch.layout.resolve). Jobs travel as JSON (`job.json` in the cell folder, and the record) and are rebuilt
-with `launch.spec.build`, which validates them. `KINDS` is the one table of what each kind of cell is: its job
-class, the function the worker calls, its outputs, the profile resources it asks for and its output check.
+(that is `launch.core.spec.Runtime` and the profile). Paths to other cells' outputs are `@stage/cell/...` references
+(see launch.core.layout.resolve). Jobs travel as JSON (`job.json` in the cell folder, and the record) and are rebuilt
+with `launch.core.schema.build`, which validates them. `KINDS` is the one table of what each kind of cell is: its job
+class, the function the worker calls, its outputs and its output check (what a cell asks Slurm for is its stage's:
+`launch.core.spec.STAGES`).
 Everything below `launch` (train, eval) imports this module; nothing here imports them.
 """
 from __future__ import annotations
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
-from launch.spec import ConfigError, Data, Eval, Init, Recipe, World
+from launch.core.schema import ConfigError
+
+from launch.core.spec import Data, Eval, Init, Recipe, Runtime, World
 
 EXIT_BAD_INPUT = 2     # one `error:` line on stderr
 EXIT_PREEMPTED = 75    # the cell saved after a signal: run it again to resume (the job script requeues)
@@ -92,6 +95,22 @@ class WorldJob:
 # revision. Bump it with any change to what the generator writes for a given World (a new set can change the held-out
 # prompts: they avoid every training set's); test_toyworld pins the output of each version.
 WORLD_GENERATOR = 2
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the worker hands a cell's entry point once, with its job (`entry(job, ctx)`), from the cell's job.json:
+    where the cell sits in its study and how it runs. Work code never reads the orchestrator's files back."""
+    key: str                              # <stage>/<cell id>
+    coords: dict                          # its table coordinates (model, seed, positive, negative, ...)
+    upstream: tuple[str, ...]             # stage/cell keys of the cells it reads
+    out_dir: Path                         # its folder
+    exp_dir: Path                         # the study's folder (@stage/... references resolve against it)
+    runtime: Runtime = Runtime()          # how a training stage runs on this hardware (never identity)
+
+    @property
+    def stage(self) -> str:
+        return self.key.split("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -207,21 +226,20 @@ class Kind:
     """What one kind of cell is, for the planner, the worker, both executors, the layout and the collector."""
     name: str
     job: type                             # its job dataclass (job.json's "job" is rebuilt into it)
-    entry: str                            # "module:function" the worker calls: f(job, cell_dir, exp_dir, runtime)
+    entry: str                            # "module:function" the worker calls: f(job, ctx: Context)
     outputs: tuple[str, ...]              # what its folder holds when done; train cells: their milestones
-    resources: Literal["train", "eval", "light"]   # the profile's section it asks Slurm for (light: CPU only)
     check: Callable[[Path, str, str], Optional[str]]   # (cell_dir, output, kind) -> None when valid, else why
     fuse: bool = True                     # cells of a stage may share one process (exact; launch.worker.run_cells)
     shared: bool = True                   # a done cell may be reused by another study with the same cell (Plan.adopt)
 
 
 KINDS = {k.name: k for k in (
-    Kind("world", WorldJob, "train.toyworld:main", ("data", "tokenizer"), "light", _file_problem),
-    Kind("train", TrainJob, "train.trainer:main", (), "train", _checkpoint_problem, fuse=False),   # own ranks
+    Kind("world", WorldJob, "train.toyworld:main", ("data", "tokenizer"), _file_problem),
+    Kind("train", TrainJob, "train.trainer:main", (), _checkpoint_problem, fuse=False),   # own ranks
     Kind("generate", GenerateJob, "eval.evaluate:generate_main", ("result.json", "train.jsonl", "heldout.jsonl"),
-         "eval", _file_problem),
-    Kind("eval", EvalJob, "eval.evaluate:main", ("result.json",), "eval", _file_problem),
-    Kind("collect", CollectJob, "eval.collect:cell_main", ("summary.json",), "light", _file_problem,
+         _file_problem),
+    Kind("eval", EvalJob, "eval.evaluate:main", ("result.json",), _file_problem),
+    Kind("collect", CollectJob, "eval.collect:cell_main", ("summary.json",), _file_problem,
          shared=False),   # it writes its study's report/
 )}
 

@@ -1,6 +1,6 @@
 """The one builder of a cell's environment, for the local executor, Slurm job scripts, debug-cell and shell.
 
-    from launch.env import cell_env
+    from launch.core.env import cell_env
     env = cell_env(profile)      # what the local executor, debug-cell and shell start a cell with
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launch import layout
-from launch.spec import Profile
+from launch.core import layout
+from launch.core.profile import Profile
 
 
 PINNED = ("PYTHONPATH", "PYTHONSAFEPATH", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE",
