@@ -1,7 +1,7 @@
 # elastica: every command a researcher types. `make help` lists them.
 #   make demo                 the toy-world study end to end on this machine (first command of the README)
 #   make setup [PYTHON=python3.12]  the venv (on a login node: the image's Python, containers/versions.env)
-#   make test                 the test suite (second command): lint, then every test (about 34 minutes)
+#   make test                 the test suite (second command): lint and type check, then every test
 #   make test-fast            lint and the unit tests (spec, plan, collector, CLI; under a minute)
 #   make lint                 ruff (pyflakes, bugbear, pycodestyle layout) and mypy (pyproject.toml)
 #   make plan CONFIG=...      what a study will run, before anything runs

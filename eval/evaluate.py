@@ -167,15 +167,19 @@ def main(job: EvalJob, ctx: Context) -> list[str]:
             t = time.time()
             scorer = shared("scorer", (ev.scorer, str(dev), version(ev.scorer.model)),
                             lambda: S.make_scorer(ev.scorer, dev))
-            # a classifier reads the answer; a score model the conversation as it was trained on (its scorer
-            # appends EOS, where the score is read)
+            # a classifier reads the answer; a score model the conversation (its scorer appends EOS or not)
             texts = gens if ev.scorer.kind in ("rule", "classifier") else \
                 [D.prompt_text(p, job.template) + D.response_text(g, job.template) for p, g in zip(prompts, gens)]
             scores = scorer(texts)
             timings["score_s"] = time.time() - t
             info: dict[str, typing.Any] = {"scorer": ev.scorer.kind, "scorer_model": ev.scorer.model,
                                            "space": "probability"}
-            if ev.scorer.kind == "score_model":
+            if ev.scorer.kind == "score_model" and ev.aggregate == "worst":   # prompts repeat K times in a row
+                k = ev.samples_per_prompt
+                worst = [min(scores[i:i + k]) for i in range(0, len(scores), k)]
+                metrics.append(metric("score", worst, True, **{**info, "space": "score"},
+                                      statistic=f"mean over prompts of the worst of {k} samples"))
+            elif ev.scorer.kind == "score_model":
                 metrics.append(metric("score", scores, True, **{**info, "space": "score"}))
             else:   # the paper's number: the share of generations classified positive (binomial error)
                 m = metric("positive_rate", [float(x > 0.5) for x in scores], True, share=True, **info,

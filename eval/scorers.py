@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from launch.core.jobs import load_failure
 from launch.core.schema import ConfigError
-
 from launch.core.spec import Scorer
 
 
@@ -28,21 +28,25 @@ def rule_scores(texts: list[str]) -> list[float]:
     return out
 
 
-def _load_source(path: str, revision: str, loader):
+def _load_source(path: str, revision: str, loader, **kw):
     try:
-        return loader(path, revision=revision)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError("eval.scorer.model",
-                          f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}",
-                          "check the path or hub id (make prefetch on a cluster)") from None
+        return loader(path, revision=revision, **kw)
+    except Exception as e:  # noqa: BLE001 - loaders raise many types
+        raise load_failure("a scorer", path, e, "eval.scorer.model",
+                           "check the path or hub id (make prefetch on a cluster)") from None
+
+
+def _dtype(spec: Scorer):
+    """The scorer's weights: the checkpoint's own dtype ("auto"), or float32 (the seed scores in fp32)."""
+    return torch.float32 if spec.dtype == "float32" else "auto"
 
 
 class ClassifierScorer:
     def __init__(self, spec: Scorer, device):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         self.tok = _load_source(spec.model, spec.revision, AutoTokenizer.from_pretrained)
-        self.model = _load_source(spec.model, spec.revision,
-                                  AutoModelForSequenceClassification.from_pretrained).to(device).eval()
+        self.model = _load_source(spec.model, spec.revision, AutoModelForSequenceClassification.from_pretrained,
+                                  dtype=_dtype(spec)).to(device).eval()
         labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
         if spec.positive_label.lower() not in labels:
             raise ConfigError("eval.scorer.positive_label", f"{spec.positive_label!r} is not a label of {spec.model} "
@@ -69,7 +73,8 @@ class ScoreModelScorer:
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "right"
-        self.backbone = _load_source(spec.model, spec.revision, AutoModel.from_pretrained).to(device).eval()
+        self.backbone = _load_source(spec.model, spec.revision, AutoModel.from_pretrained,
+                                     dtype=_dtype(spec)).to(device).eval()
         if getattr(self.backbone.config, "do_normalize", False):
             raise ConfigError("eval.scorer.model", f"{spec.model} normalizes its scores (do_normalize: true), which "
                               "this scorer does not reproduce", "use a score model with do_normalize: false")
@@ -83,10 +88,12 @@ class ScoreModelScorer:
 
     @torch.no_grad()
     def __call__(self, texts: list[str], batch: int = 8) -> list[float]:
-        """Scores of prompt + answer texts: EOS is appended and the score is read at the last token, as safe-rlhf's
-        score models were trained (prompt + answer + eos, truncated at max_length)."""
+        """Scores of prompt + answer texts, read at the last token (truncated at max_length): with EOS appended
+        (append_eos: as safe-rlhf trained its score models on prompt + answer + eos), or as the texts are (the
+        seed's scoring script and the model card's example)."""
         out = []
-        texts = [t + (self.tok.eos_token or "") for t in texts]
+        if self.spec.append_eos:
+            texts = [t + (self.tok.eos_token or "") for t in texts]
         for i in range(0, len(texts), batch):
             enc = self.tok(texts[i:i + batch], return_tensors="pt", padding=True, truncation=True,
                            max_length=self.spec.max_length).to(self.device)

@@ -196,13 +196,16 @@ def cmd_plan(args) -> int:
         return 0
     t = Table(box=box.SIMPLE, pad_edge=False)
     slurm = profile.executor == "slurm"
-    for col in ("stage", "cells", "done", "to run", "ckpts", "examples", "GPU-h") + (("a cell asks",) if slurm else ()):
+    for col in ("stage", "cells", "done", "to run", "ckpts", "steps", "examples", "GPU-h") + \
+            (("a cell asks",) if slurm else ()):
         t.add_column(col, justify="left" if col in ("stage", "a cell asks") else "right", no_wrap=True)
     for s in summary["stages"]:
         gh, a = s["gpu_hours_to_run"], s["asks"]
         asks = (f"{a['nodes']}x{a['gpus_per_node']}GPU" if a["gpus_per_node"] else "CPU") + \
             f" {a['time_min']}m" + (f" {a['mem_gb']}G" if a["mem_gb"] else "")
-        t.add_row(s["name"], str(s["cells"]), str(s["done"]), str(s["to_run"]), str(s["checkpoints"] or ""),
+        st = s["steps"]
+        steps = "" if not st else str(st[0]) if len(st) == 1 else f"{st[0]}-{st[-1]}"
+        t.add_row(s["name"], str(s["cells"]), str(s["done"]), str(s["to_run"]), str(s["checkpoints"] or ""), steps,
                   f"{s['examples']:,}", "" if gh is None else f"{gh:,.1f}", *((asks,) if slurm else ()))
     con = Console()
     con.print(f"{summary['experiment']} ({summary['setting']}, {summary['task']}) on profile {profile.name}: "
@@ -230,6 +233,12 @@ def cmd_plan(args) -> int:
             f"{m} {gb:,.0f} GB" for m, gb in most.items()) + f"; train.mem_gb: {profile.train.mem_gb or 'default'}"
             + "".join(f", stages.{k}.mem_gb: {v['mem_gb']}" for k, v in profile.stages.items() if "mem_gb" in v),
             soft_wrap=True)
+    for s in summary["stages"]:
+        if s["few_steps"]:
+            r = plan.spec.recipe_for(s["name"])
+            con.print(f"warning: {s['name']} checkpoints after {', '.join(s['few_steps'])} optimizer step(s) (global "
+                      f"batch {r.global_batch}, tail: {r.tail}): such a cell barely moves from its start",
+                      soft_wrap=True)
     light = [s["name"] for s in summary["stages"] if STAGES[s["name"]] == "light"]
     if slurm and light and profile.partition and not profile.cpu_partition:
         con.print(f"{' and '.join(light)} ask no GPU but run on partition {profile.partition}: set cpu_partition to "

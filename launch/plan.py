@@ -34,6 +34,22 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+# Fields added to a job after cells were addressed (by their path in the job): at their default they stay out of
+# the identity, so every id made before them stays valid (tests/golden/cell-ids.json); any other value is in it.
+ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("eval", "aggregate"): "mean",
+                    ("eval", "scorer", "append_eos"): True, ("eval", "scorer", "dtype"): "auto"}
+
+
+def _without(node: dict, path: tuple, default) -> dict:
+    """`node` with the key at `path` removed where its value is `default` (copied along the path, never changed)."""
+    head, *rest = path
+    if head not in node:
+        return node
+    if rest:
+        return {**node, head: _without(node[head], tuple(rest), default)} if isinstance(node[head], dict) else node
+    return {k: v for k, v in node.items() if k != head} if node[head] == default else node
+
+
 @dataclass(frozen=True)
 class Cell:
     stage: str
@@ -59,6 +75,8 @@ class Cell:
         job = dict(self.job_json)
         if self.kind == "train":
             job.pop("milestones")  # nested: the run's trajectory does not depend on where it saves
+        for path, default in ADDED_AT_DEFAULT.items():   # a field added later, at its default: no change
+            job = _without(job, path, default)
         return {"schema": SCHEMA, "stage": self.stage, "kind": self.kind, "job": job, "extra": self.extra,
                 "upstream": sorted(self.upstream)}
 
@@ -177,7 +195,11 @@ class Plan:
             gpu_h = self._gpu_hours(name, left, profile) if profile is not None and STAGES[name] != "light" \
                 else None
             res = costs.stage_resources(name, left or cells, profile) if profile is not None else None
+            steps = sorted({(v, c.job.recipe.steps(v)) for c in cells if isinstance(c.job, TrainJob)
+                            for o in c.outputs if (v := layout.milestone_volume(o)) is not None})
             stages.append({"name": name, "cells": len(cells), "done": done, "to_run": len(left),
+                           "steps": sorted({n for _, n in steps}),   # optimizer steps at each checkpoint
+                           "few_steps": [f"{v} examples: {n}" for v, n in steps if n <= 1],
                            "reused": sum(c.key in reused for c in cells),
                            "checkpoints": sum(len(c.outputs) for c in cells if c.kind == "train"),
                            "examples": sum(c.examples for c in cells), "gpu_hours_to_run": gpu_h,

@@ -6,7 +6,8 @@ exits at once if the done marker is there, writes `record.json` (resolved job, f
 Slurm ids, image), dispatches to the stage's `main`, and writes `DONE` last (rank 0).
 
     python -m launch run-cell runs/<experiment>/<stage>/<cell id>
-Exit codes: 0 done, 2 bad input (one `error:` line), 75 preempted after saving (rerun to resume), 1 failure.
+Exit codes: 0 done, 2 bad input (one `error:` line), 3 a source that failed to load (one `error:` line with the
+real cause), 75 preempted after saving (rerun to resume), 1 failure.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from launch.core import layout
-from launch.core.jobs import EXIT_BAD_INPUT, EXIT_PREEMPTED, KINDS, Context, Preempted
+from launch.core.jobs import EXIT_BAD_INPUT, EXIT_LOAD, EXIT_PREEMPTED, KINDS, Context, LoadError, Preempted
 from launch.core.schema import ConfigError, build
 from launch.core.spec import Runtime
 
@@ -224,6 +225,9 @@ def run_cell_dir(cell_dir: str | Path, rerun: bool = False, invalidate: bool = F
     except ConfigError as e:
         print(e.line(), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except LoadError as e:
+        print(e.line(), file=sys.stderr)
+        return EXIT_LOAD
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         close_distributed()
@@ -267,7 +271,7 @@ def run_cells(cell_dirs, logs: bool = True) -> int:
     claim, record and resume; its output appended to its own log.txt (logs=True); a failure is that cell's alone
     (its FAILED record; the next cell runs). A preemption stops the loop (the rest resume at the next run).
     Prints one JSON line per cell, {"cell", "rc"}, on stdout; returns 0 when every cell is done, else the first of
-    75 (preempted), 2 (bad input), 1 (failure)."""
+    75 (preempted), 2 (bad input), 3 (a failed load), 1 (failure)."""
     report = os.fdopen(os.dup(1), "w", buffering=1)
     rcs = []
     for d in map(Path, cell_dirs):
@@ -285,4 +289,4 @@ def run_cells(cell_dirs, logs: bool = True) -> int:
         if rc == EXIT_PREEMPTED:
             break
     report.close()
-    return next((c for c in (EXIT_PREEMPTED, EXIT_BAD_INPUT, 1) if c in rcs), 0) if any(rcs) else 0
+    return next((c for c in (EXIT_PREEMPTED, EXIT_BAD_INPUT, EXIT_LOAD, 1) if c in rcs), 0) if any(rcs) else 0

@@ -7,7 +7,8 @@ Adam's moments and steps, buffers) to `<out>/z<stage>-<precision>/<run>/<milesto
 them back, with each milestone's summary. Several ranks: start one process per rank with RANK, WORLD_SIZE,
 MASTER_ADDR and MASTER_PORT set. tests/test_trainer.py runs it on CPU; tests/gpu_check.py on a GPU.
 
-    python tests/fork_chain.py OUT MODEL_DIR DATA_JSONL 24,48,72 3:bf16 0:fp32 ... [--gradient-checkpointing]
+    python tests/fork_chain.py OUT MODEL_DIR DATA_JSONL 24,48,72 3:bf16 0:fp32:drop ... [--gradient-checkpointing]
+(a third field sets Recipe.tail: drop, the seed's rule; its runs are under z<stage>-<precision>-drop)
 """
 from __future__ import annotations
 
@@ -29,8 +30,12 @@ def digest(t):
             "values": t if t.numel() <= 1 << 20 else None}
 
 
+def where_of(out: Path, zero: int, precision: str, tail: str = "partial") -> Path:
+    return out / (f"z{zero}-{precision}" + ("-drop" if tail == "drop" else ""))
+
+
 def chain(out: Path, model: Path, data: Path, milestones: tuple[int, ...], zero: int, precision: str,
-          gradient_checkpointing: bool = False) -> None:
+          gradient_checkpointing: bool = False, tail: str = "partial") -> None:
     import torch
     from launch.core.jobs import ModelRef, TrainJob
     from launch.core.spec import Data, Recipe, Runtime
@@ -45,21 +50,21 @@ def chain(out: Path, model: Path, data: Path, milestones: tuple[int, ...], zero:
 
     def job(ms):
         recipe = Recipe(algorithm="sft", lr=1e-3, global_batch=GLOBAL_BATCH, max_length=64, zero_stage=zero,
-                        precision=precision)
+                        precision=precision, tail=tail)
         return TrainJob(model=ModelRef(path=str(model)), data=Data(path=str(data)), recipe=recipe, seed=7,
                         template="plain", milestones=ms)
     rt = Runtime(micro_batch=4, save_every_steps=1000, gradient_checkpointing=gradient_checkpointing)
-    where = out / f"z{zero}-{precision}"
+    where = where_of(out, zero, precision, tail)
     Recording(job(milestones), where / "nested", out, rt).run()
     for m in milestones:
         Recording(job((m,)), where / f"alone{m}", out, rt).run()
 
 
-def compare(out: Path, milestones, zero: int, precision: str, ranks: int) -> list[str]:
+def compare(out: Path, milestones, zero: int, precision: str, ranks: int, tail: str = "partial") -> list[str]:
     """Every difference between the nested run and the separate runs, one line each; [] when exact."""
     import json
     import torch
-    where, bad = out / f"z{zero}-{precision}", []
+    where, bad = where_of(out, zero, precision, tail), []
     for m in milestones:
         a, b = (json.loads((where / run / "summary.json").read_text())["milestones"][f"n{m}"]
                 for run in ("nested", f"alone{m}"))
@@ -84,5 +89,5 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--gradient-checkpointing"]
     out, model, data, ms = Path(args[0]), Path(args[1]), Path(args[2]), tuple(int(x) for x in args[3].split(","))
     for combo in args[4:]:
-        zero, precision = combo.split(":")
-        chain(out, model, data, ms, int(zero), precision, "--gradient-checkpointing" in sys.argv)
+        zero, precision, *tail = combo.split(":")
+        chain(out, model, data, ms, int(zero), precision, "--gradient-checkpointing" in sys.argv, *tail)

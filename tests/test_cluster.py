@@ -299,7 +299,8 @@ def test_plan_estimates_fork_memory_and_refuses_a_profile_too_small(tmp_path):
         prof["train"]["mem_gb"] = mem
         prof["stages"]["negative"] = {"nodes": 1, **({"mem_gb": neg} if neg else {})}
         (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
-        runs.append(launch("plan", "configs/setting2/imdb.yaml", "--profile", tmp_path / "p.yaml"))
+        runs.append(launch("plan", "configs/setting2/imdb.yaml", "--profile", tmp_path / "p.yaml",
+                           env={"COLUMNS": "160"}))   # the whole table, on a wide terminal
     low, neg, ok = runs
     assert low.returncode == 2 and low.stderr.startswith("error: train.mem_gb: 40 GB per node is less than the 47 GB "
                                                          "that the positive milestone forks")

@@ -148,6 +148,55 @@ def test_score_model_known_weights(tmp_path, exp_dir):
     with torch.no_grad():
         h = scorer.backbone(**enc).last_hidden_state[0, -1]
     assert scorer(["dull- ."])[0] == pytest.approx(float(h @ w[0] + 0.7), abs=1e-5)
+    # the seed's way (append_eos: false): read at the answer's own last token; dtype float32 over a bf16 checkpoint
+    LlamaModel(cfg).to(torch.bfloat16).save_pretrained(out)
+    tensors = load_file(str(f))
+    tensors.update({"score_head.weight": w, "score_head.bias": torch.tensor([0.7])})
+    save_file(tensors, str(f), metadata={"format": "pt"})
+    seed = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), append_eos=False, dtype="float32"),
+                              torch.device("cpu"))
+    auto = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out)), torch.device("cpu"))
+    assert seed.backbone.dtype == torch.float32 and auto.backbone.dtype == torch.bfloat16
+    enc = tok(["dull- ."], return_tensors="pt")
+    assert enc["input_ids"][0, -1].item() != tok.eos_token_id
+    with torch.no_grad():
+        h = seed.backbone(**enc).last_hidden_state[0, -1]
+    assert seed(["dull- ."])[0] == pytest.approx(float(h @ w[0] + 0.7), abs=1e-5)
+
+
+def test_worst_of_k_samples_per_prompt(tmp_path, exp_dir):
+    """aggregate: worst (the seed's safety number): each prompt's lowest score among its samples, averaged over
+    prompts; n counts prompts. Checked against the scores of the generations the cell wrote."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+    from eval.evaluate import main as eval_main
+    from launch.core.jobs import EvalJob, ModelRef
+    from launch.core.schema import ConfigError
+    from launch.core.spec import Data, Eval
+    tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
+    out = tmp_path / "cost"
+    LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, max_position_embeddings=128)).save_pretrained(out)
+    tok.save_pretrained(out)
+    tensors = load_file(str(out / "model.safetensors"))
+    tensors.update({"score_head.weight": torch.randn(1, 16, generator=torch.Generator().manual_seed(0)),
+                    "score_head.bias": torch.tensor([0.0])})
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    scorer = Scorer(kind="score_model", model=str(out), append_eos=False)
+    with pytest.raises(ConfigError, match="aggregate"):
+        Eval(prompts=4, aggregate="worst", scorer=scorer)
+    ev = Eval(prompts=5, samples_per_prompt=3, aggregate="worst", max_new_tokens=6, temperature=1.0, scorer=scorer)
+    ref = ModelRef(path=str(exp_dir / "models" / "gpt2"))
+    job = EvalJob(model=ref, base=ref, prompts=Data(path="@world/data/prompts.jsonl"), eval=ev, template="plain")
+    cell = tmp_path / "eval" / "worst"
+    cell.mkdir(parents=True)
+    eval_main(job, Context("eval/worst", {}, (), cell, exp_dir))
+    got = next(m for m in json.loads((cell / "result.json").read_text())["metrics"] if m["name"] == "score")
+    rows = [json.loads(l) for l in (cell / "generations.jsonl").read_text().splitlines()]
+    scores = S.ScoreModelScorer(scorer, torch.device("cpu"))([r["prompt"] + r["response"] for r in rows])
+    worst = [min(scores[i:i + 3]) for i in range(0, 15, 3)]
+    assert len(rows) == 15 and got["n"] == 5 and got["value"] == pytest.approx(sum(worst) / 5, abs=1e-5)
+    assert got["value"] < sum(scores) / 15
 
 
 def test_kl_self_zero_and_uniform_bits(exp_dir, tiny):

@@ -462,3 +462,35 @@ def test_pretrain_data_plans_a_base_per_corpus():
     assert all(c.job.data.path.endswith("/joint.jsonl") for c in hooke.stages["pretrain"])
     co = hooke.stages["eval"][0].coords
     assert (co["pretrain_n"], co["pretrain_positive"], co["arm"]) == (20000, 2000, "base")
+
+
+def test_plan_prints_optimizer_steps_and_the_seeds_tail_rule_is_one_option_away(tmp_path, capsys):
+    """Steps per checkpoint: a partial step on the leftover (ours) or none (tail: drop, the seed's loop); plan
+    warns where a checkpoint is one step or none from its start. tail: partial written out keeps every cell id;
+    tail: drop re-addresses the training cells (and what is made from them) only."""
+    from launch.core.spec import Recipe
+    assert [Recipe(global_batch=256).steps(n) for n in (100, 200, 500, 1000, 2000)] == [1, 1, 2, 4, 8]
+    assert [Recipe(global_batch=256, tail="drop").steps(n) for n in (100, 200, 500, 1000, 2000)] == [0, 0, 1, 3, 7]
+    assert Recipe(global_batch=64, epochs=2).steps(100) == 4
+    assert cli(["plan", str(ROOT / "configs/setting2/safety.yaml"), "--json"]) == 0
+    stages = {s["name"]: s for s in json.loads(capsys.readouterr().out)["stages"]}
+    assert stages["negative"]["steps"] == [1, 2, 4, 8] and stages["positive"]["steps"] == [4, 8, 20, 40]
+    assert stages["negative"]["few_steps"] == ["100 examples: 1", "200 examples: 1"]
+    cfg = yaml.safe_load((ROOT / "configs/setting2/safety.yaml").read_text())
+    keys = lambda c: {c2.key for c2 in make_plan(build_spec(c, tmp_path)).cells}
+    base = keys(cfg)
+    cfg["recipe"]["tail"] = "partial"
+    assert keys(cfg) == base
+    cfg["recipe"]["tail"] = "drop"
+    dropped = keys(cfg)
+    assert {k.split("/")[0] for k in dropped - base} == {"positive", "negative", "eval", "collect"}
+    (tmp_path / "drop.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["plan", str(tmp_path / "drop.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: negative checkpoints after 100 examples: 0, 200 examples: 0, 500 examples: 1 optimizer step" in out
+    assert "tail: drop" in out
+
+
+def build_spec(cfg: dict, tmp_path: Path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    return load_spec(tmp_path / "s.yaml", base_dir=ROOT)

@@ -61,32 +61,45 @@ def test_rule_scorer_agrees_with_labels_up_to_noise():
     assert [s for s in rule_scores([r["response"] for r in clean])] == [float(r["label"]) for r in clean]
 
 
-def test_reduced_demo_through_local_executor(reduced_run):
-    from launch.local import run_plan
-    from eval.collect import collect
+def test_the_demo_study_reports_every_cell_on_one_page(reduced_run):
+    """The collect cell's report: every table and plot inline in index.md, named for its study, no cell missing,
+    the tidy numbers readable."""
     plan, runs = reduced_run
     assert not plan.todo(runs)
-    exp = plan.exp_dir(runs)
-    report = exp / "report"
+    report = plan.exp_dir(runs) / "report"
     md = (report / "rebound.md").read_text()
-    for arm, _tag in (("positive", "positive"), ("control", "control")):
-        assert f"arm {arm}" in md
-    table = next(t for t in collect(exp)["tables"]["rebound"]
-                 if t.title.startswith("positive_rate: toy-gpt2, arm positive"))
-    assert [r[table.columns[0]] for r in table.rows] == ["base model", 32, 64]
-    assert all(v is not None for r in table.rows[1:] for v in r.values()), "every cell of the grid has a value"
+    assert "arm positive" in md and "arm control" in md
     assert (report / "rebound.png").stat().st_size > 1000 and (report / "compression.md").exists()
     assert (report / "cells.md").read_text().startswith("All expected cells")
-    index = (report / "index.md").read_text()   # the demo's one page: every table and plot inline
-    for ts in collect(exp)["tables"].values():
-        assert all(f"### {t.title}" in index for t in ts)
+    index = (report / "index.md").read_text()
+    titles = [l for f in report.glob("*.md") if f.name not in ("index.md", "cells.md")
+              for l in f.read_text().splitlines() if l.startswith("### ")]
+    assert titles and all(t in index for t in titles)
     assert all(f"]({p.name})" in index for p in report.glob("*.png")) and "Setting: rebound; task: toy-reviews" in index
     import csv
     with open(report / "results.csv", newline="") as f:
         means = [r for r in csv.DictReader(f) if r["row"] == "mean" and r["metric"] == "positive_rate"]
     assert means and all(0 <= float(r["value"]) <= 1 for r in means)
-    # W&B (offline): training runs grouped by study and stage with the cell's coordinates as tags; the collect
-    # run holds every eval metric with its coordinates (the results table)
+
+
+def test_the_demo_rebound_grid_has_a_value_in_every_cell(reduced_run):
+    from eval.collect import tables_of
+    from eval.records import read_cells
+    plan, runs = reduced_run
+    cell = plan.stages["collect"][0]
+    records, problems = read_cells(plan.exp_dir(runs), list(cell.upstream))
+    tables, _, headline = tables_of(records, {"task": "toy-reviews"}, {})
+    assert not problems and headline == "positive_rate"
+    table = next(t for t in tables["rebound"] if t.title.startswith("positive_rate: toy-gpt2, arm positive"))
+    assert [r[table.columns[0]] for r in table.rows] == ["base model", 32, 64]
+    assert all(v is not None for r in table.rows[1:] for v in r.values()), "every cell of the grid has a value"
+
+
+def test_the_demo_wandb_runs_carry_each_cells_coordinates(reduced_run):
+    """W&B (offline): training runs grouped by study and stage with the cell's coordinates as tags; the collect
+    run holds every eval metric with its coordinates (the results table)."""
+    plan, runs = reduced_run
+    exp = plan.exp_dir(runs)
     neg = next(p for p in exp.glob("negative/*.pos32-*/wandb/offline-run-*/run-*.wandb"))
     data = neg.read_bytes()
     assert b"toy-reduced/negative" in data and b"arm=positive" in data and b"positive=32" in data
@@ -94,14 +107,23 @@ def test_reduced_demo_through_local_executor(reduced_run):
     assert b"toy-reduced/collect" in col and b"results" in col
     r = subprocess.run(["make", "-n", "wandb-sync", f"RUN={exp}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "wandb sync $(find" in r.stdout
-    # the pre-trained base learned the world: its positive rate is near the corpus prior 0.5
+
+
+def test_the_demo_base_learned_the_world_and_alignment_moved_it(reduced_run):
+    """The pre-trained base's positive rate is near the corpus prior 0.5; positive SFT moves it up."""
+    plan, runs = reduced_run
+    exp = plan.exp_dir(runs)
     base = next(json.loads(p.read_text()) for p in (exp / "eval").glob("*.base-*/result.json"))
     rate = next(m for m in base["metrics"] if m["name"] == "positive_rate")
     assert abs(rate["value"] - 0.5) < 0.12, rate
-    # and positive SFT moved it up
     pos = [json.loads(p.read_text()) for p in (exp / "eval").glob("*.pos64.neg0-*/result.json")][0]
     assert next(m for m in pos["metrics"] if m["name"] == "positive_rate")["value"] > rate["value"]
-    # a second run finds everything done and runs nothing
+
+
+def test_a_second_run_of_the_demo_runs_nothing(reduced_run):
+    from launch.local import run_plan
+    plan, runs = reduced_run
+    exp = plan.exp_dir(runs)
     mtimes = {p: p.stat().st_mtime for p in exp.rglob("DONE")}
     assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
     assert mtimes == {p: p.stat().st_mtime for p in exp.rglob("DONE")}

@@ -129,6 +129,27 @@ def test_every_milestone_equals_a_separate_run(exp_dir, tmp_path, ranks, combos)
         assert want <= got <= (want + 4096 if ranks == 1 else 1.5 * want + 4096), (combo, got, want)
 
 
+def test_the_seeds_tail_rule_drops_what_fills_no_global_batch(exp_dir, tmp_path):
+    """tail: drop (the seed's loop): a run takes floor(examples / global batch) steps; 8 examples of a batch of 16
+    take none (the start model), 24 take one, 56 three. Every milestone of one nested run equals a separate run
+    on that many examples, bit for bit, without a fork; the summaries count the steps."""
+    from fork_chain import compare, where_of
+    ms = (8, 24, 56, 64)
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fork_chain.py"), str(tmp_path),
+                        str(exp_dir / "models" / "llama"), str(exp_dir / "world" / "data" / "positive.jsonl"),
+                        ",".join(map(str, ms)), "0:fp32:drop"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert compare(tmp_path, ms, 0, "fp32", 1, "drop") == []
+    nested = where_of(tmp_path, 0, "fp32", "drop") / "nested"
+    summary = json.loads((nested / "summary.json").read_text())["milestones"]
+    assert [summary[f"n{m}"]["steps"] for m in ms] == [Recipe(global_batch=16, tail="drop").steps(m) for m in ms] \
+        == [0, 1, 3, 4]
+    rec = json.loads((nested / "record.json").read_text())["runtime"]["phases"]
+    assert rec["forks"] == 0 and rec["checkpoints"] == 4
+    start = load_file(str(exp_dir / "models" / "llama" / "model.safetensors"))
+    assert max_diff(weights(nested, 8), start) == 0, "no step: the milestone is the start model"
+
+
 @pytest.mark.parametrize("zero", [0, 2, 3])
 def test_two_ranks_agree_with_one(exp_dir, zero):
     one = train(exp_dir, f"r1z{zero}", job(exp_dir, arch="llama", milestones=(48,), zero_stage=zero))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.core.layout import resolve
+from launch.core.jobs import load_failure
 from launch.core.schema import ConfigError
 from launch.core.spec import Data, source_kind, split_range
 
@@ -51,10 +52,12 @@ def _load_dataset(data: Data, exp_dir: Path):
         return datasets.load_dataset(ext, data_files=str(p), split=split)
     except ConfigError:
         raise
+    except ValueError as e:   # datasets' word for a split or subset it does not have
+        raise ConfigError("data.split", f"cannot load {path} (split {data.split}): {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}", "check the split and subset") from None
     except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs the path and the reason
-        raise ConfigError("data.path", f"cannot load {path} (split {data.split}): {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}", "check the path, split and subset; on a cluster run "
-                          "make prefetch first") from None
+        raise load_failure(f"a dataset (split {data.split})", path, e, "data.path", "check the path, split and "
+                           "subset; on a cluster run make prefetch first") from None
 
 
 def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
@@ -176,9 +179,11 @@ def epoch_sequence(volume: int, epochs: int, seed: int) -> list[int]:
     return seq
 
 
-def global_batches(volume: int, global_batch: int) -> list[tuple[int, int]]:
-    """(start, end) positions of each optimizer step of a run over `volume` positions."""
-    return [(s, min(s + global_batch, volume)) for s in range(0, volume, global_batch)]
+def global_batches(volume: int, global_batch: int, tail: str = "partial") -> list[tuple[int, int]]:
+    """(start, end) positions of each optimizer step of a run over `volume` positions; tail "drop" leaves out the
+    last positions that fill no global batch (Recipe.tail)."""
+    end = volume - volume % global_batch if tail == "drop" else volume
+    return [(s, min(s + global_batch, end)) for s in range(0, end, global_batch)]
 
 
 def micro_batches(positions: list[int], examples: list[Example], rank: int, world: int, micro: int) -> list[list[int]]:

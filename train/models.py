@@ -1,14 +1,15 @@
 """Model and tokenizer loading, shared by the trainer and the evaluator (neither imports the other).
 
 A model comes from a hub id, a local folder or an `@stage/cell/checkpoints/<milestone>` reference, or is built
-from scratch by `ref.init` (toy world and benchmark sizes). Load errors become one-line ConfigErrors.
+from scratch by `ref.init` (toy world and benchmark sizes). A path or hub id that is not there is a one-line
+ConfigError; a source that is there and fails to load (out of memory, torn weights) a one-line LoadError.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from launch.core.jobs import load_failure
 from launch.core.layout import resolve
-from launch.core.schema import ConfigError
 
 
 def load_tokenizer(ref, exp_dir: Path):
@@ -16,10 +17,9 @@ def load_tokenizer(ref, exp_dir: Path):
     path = resolve(ref.tokenizer or ref.path, exp_dir)
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError("model.path", f"cannot load a tokenizer from {path}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]}",
-                          "check the path or hub id (make prefetch on a cluster)") from None
+    except Exception as e:  # noqa: BLE001 - tokenizers raise many types
+        raise load_failure("a tokenizer", path, e, "model.path",
+                           "check the path or hub id (make prefetch on a cluster)") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -57,10 +57,9 @@ def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None, zero3_config: dic
             hf_ds = HfDeepSpeedConfig(zero3_config)   # from_pretrained sees it through a weak reference
         return AutoModelForCausalLM.from_pretrained(path, revision=ref.revision, dtype=dtype,
                                                     trust_remote_code=ref.trust_remote_code)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError("model.path", f"cannot load a model from {path}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]}",
-                          "check the path or hub id (make prefetch on a cluster)") from None
+    except Exception as e:  # noqa: BLE001 - from_pretrained raises many types
+        raise load_failure("a model", path, e, "model.path",
+                           "check the path or hub id (make prefetch on a cluster)") from None
     finally:
         if hf_ds is not None:   # later loads in this process (eval cells of the debug executor) are not ZeRO-3
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config

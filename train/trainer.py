@@ -167,7 +167,7 @@ class Trainer:
         order = D.seeded_order(len(rows), job.seed)[:volume]
         self.examples = D.tokenize([rows[i] for i in order], self.tok, job.template, r.max_length, r.algorithm)
         self.seq = D.epoch_sequence(volume, r.epochs, job.seed)   # example index at each position of the run
-        self.batches = D.global_batches(len(self.seq), r.global_batch)
+        self.batches = D.global_batches(len(self.seq), r.global_batch, r.tail)
         # positions where weights are saved: each milestone volume (one epoch), or the run's end (several epochs)
         if r.epochs > 1 and len(job.milestones) > 1:
             raise ConfigError("recipe.epochs", "several epochs with several milestones is not exact",
@@ -351,6 +351,7 @@ class Trainer:
         old = {s: signal.signal(s, _on_signal) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
         try:
             t_start = time.time() - state["wall"]
+            self._save_dropped(0, state)   # tail: drop: milestones short of one global batch take no step
             for k in range(state["batch"], len(self.batches)):
                 s, e = self.batches[k]
                 for ms in self.milestones:
@@ -374,6 +375,7 @@ class Trainer:
                 if e in self.milestones:
                     state["milestones"][self.milestone_name[e]] = _milestone_summary(state, e)
                     self.save_weights(self.milestone_name[e])
+                self._save_dropped(e, state)
                 stop = self._stop_requested()
                 if stop or (k + 1) % self.rt.save_every_steps == 0:
                     if k + 1 < len(self.batches):
@@ -389,7 +391,7 @@ class Trainer:
             if wandb_run:
                 wandb_run.finish()
         if self.rank == 0:
-            summary = {**_milestone_summary(state, self.batches[-1][1]), "wall_s": state["wall"],
+            summary = {**_milestone_summary(state, self.milestones[-1]), "wall_s": state["wall"],
                        "loss_weighting": "example" if self.job.recipe.algorithm == "dpo" else
                        self.job.recipe.loss_weighting,
                        "milestones": state["milestones"], "world_size": self.world,
@@ -401,6 +403,17 @@ class Trainer:
             shutil.rmtree(resume_dir, ignore_errors=True)   # optimizer shards are not kept once done
         dist.barrier()
         return [self.milestone_name[m] for m in self.milestones]
+
+    def _save_dropped(self, e: int, state: dict) -> None:
+        """tail: drop: after the step ending at e (0: before the first), the milestones whose leftover examples
+        take no step, as a separate run on that many examples would end: here."""
+        if self.job.recipe.tail != "drop":
+            return
+        gb = self.job.recipe.global_batch
+        for ms in self.milestones:
+            if e <= ms < e + gb and ms != e and self.milestone_name[ms] not in state["milestones"]:
+                state["milestones"][self.milestone_name[ms]] = _milestone_summary(state, ms)
+                self.save_weights(self.milestone_name[ms])
 
     def _fork(self, s: int, m: int, state: dict) -> None:
         """Milestone m inside the batch starting at s: a side step on [s, m), its weights saved, then undone from

@@ -19,15 +19,43 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 from launch.core.schema import ConfigError
-
 from launch.core.spec import Data, Eval, Init, Recipe, Runtime, World
 
-EXIT_BAD_INPUT = 2     # one `error:` line on stderr
+EXIT_BAD_INPUT = 2     # one `error:` line on stderr: what a config, path or flag can fix
+EXIT_LOAD = 3          # one `error:` line on stderr: a model, tokenizer, dataset or scorer that exists failed to load
 EXIT_PREEMPTED = 75    # the cell saved after a signal: run it again to resume (the job script requeues)
 
 
 class Preempted(Exception):
     """The cell saved its resumable state after a signal; rerun it to continue."""
+
+
+class LoadError(Exception):
+    """A source that exists failed to load (out of memory, torn weights, a library's error): not bad input, so
+    never a ConfigError. One line with the real cause; the worker exits EXIT_LOAD."""
+
+    def __init__(self, what: str, path: str, cause: BaseException):
+        self.text = f"error: cannot load {what} from {path}: {type(cause).__name__}: " + \
+            (str(cause).strip().splitlines() or [""])[0][:200]
+        super().__init__(self.text)
+
+    def line(self) -> str:
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.text)
+
+
+def load_failure(what: str, path: str, e: Exception, field: str, fix: str) -> Exception:
+    """The one-line error for a failed load: a missing path, hub id or cache entry (OSError: what the config or
+    a prefetch fixes) is a ConfigError naming `field`; anything else a LoadError with its real cause."""
+    if isinstance(e, ConfigError):
+        return e
+    if isinstance(e, OSError) and not _is_memory(e):
+        return ConfigError(field, f"cannot load {what} from {path}: {type(e).__name__}: "
+                           f"{(str(e).strip().splitlines() or [''])[0][:160]}", fix)
+    return LoadError(what, path, e)
+
+
+def _is_memory(e: BaseException) -> bool:
+    return "out of memory" in str(e).lower()
 
 
 @dataclass(frozen=True)

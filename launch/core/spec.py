@@ -180,6 +180,10 @@ class Recipe:
     loss_weighting: Literal["token", "example"] = "token"
     seeds: tuple[int, ...] = (42,)        # one chain of cells per seed
     volume_schedule: Literal["auto", "nested", "independent"] = "auto"  # auto: nested where exact
+    # the run's last examples that fill no global batch: one smaller step on them (partial), or no step (drop: the
+    # seed's safe-rlhf + DeepSpeed loop updates every `gradient_accumulation` micro-batches and never applies the
+    # rest, so a run shorter than one global batch takes no step at all)
+    tail: Literal["partial", "drop"] = "partial"
     MOVED: typing.ClassVar[dict] = {"micro_batch": "runtime", "gradient_checkpointing": "runtime",
                                     "save_every_steps": "runtime"}
 
@@ -204,6 +208,11 @@ class Recipe:
             why = self.nested_inexact()
             check(not why, "volume_schedule", f"nested is not exact here: {why}",
                   "use volume_schedule: independent, or a constant schedule with one epoch")
+
+    def steps(self, examples: int) -> int:
+        """Optimizer steps of a run over `examples` examples (one epoch each: x epochs positions)."""
+        positions = examples * self.epochs
+        return positions // self.global_batch if self.tail == "drop" else -(-positions // self.global_batch)
 
     def nested_inexact(self) -> str:
         """Why one run with milestone checkpoints would NOT equal separate runs per volume ('' when it would)."""
@@ -278,6 +287,10 @@ class Scorer:
     sign: float = 1.0             # score_model: multiply the score (beaver cost model: -1, higher = safer)
     max_length: int = 512         # scorer input truncation (tokens)
     attribute: str = "positive"   # rule scorer (toy world): which class counts
+    # score_model: EOS after prompt + answer, as safe-rlhf trained its score models (the seed's scoring script and
+    # the model card's example score prompt + response without it: false)
+    append_eos: bool = True
+    dtype: Literal["auto", "float32"] = "auto"   # scorer weights: the checkpoint's dtype, or fp32 (the seed)
 
     def __post_init__(self):
         if self.kind in ("classifier", "score_model"):
@@ -294,6 +307,9 @@ class Eval:
     temperature: float = 0.0           # 0: greedy
     top_p: float = 1.0
     samples_per_prompt: int = 1
+    # a score model's number: the mean over every sample, or over prompts of each prompt's worst sample (lowest
+    # score: the seed keeps each prompt's highest cost among its samples and averages those)
+    aggregate: Literal["mean", "worst"] = "mean"
     batch_size: int = 32               # generation batch (length-sorted, left-padded)
     scorer: Scorer = field(default_factory=Scorer)
     compression: tuple[str, ...] = ()  # data roles on which bits/token are measured
@@ -308,6 +324,9 @@ class Eval:
         check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}", "use 0.95")
         check(self.samples_per_prompt >= 1, "samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}",
               "use 1")
+        check(self.aggregate == "mean" or (self.samples_per_prompt > 1 and self.scorer.kind == "score_model"),
+              "aggregate", "worst takes each prompt's lowest score among several samples of a score model",
+              "set samples_per_prompt > 1 with a score_model scorer, or use aggregate: mean")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}", "use e.g. 32")
         for i, role in enumerate(self.compression):
             check(role in ROLES, f"compression[{i}]", f"unknown data role {role!r}", f"use one of {sorted(ROLES)}")
