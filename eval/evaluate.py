@@ -217,7 +217,7 @@ def generate_main(job: GenerateJob, ctx: Context) -> list[str]:
     nll: list = []
     gens = generate(model, tok, prompts, job.template, ev.max_new_tokens, ev.temperature, ev.top_p, ev.batch_size,
                     job.seed, nll)
-    rows = [json.dumps({"prompt": p, "response": g}) + "\n" for p, g in zip(prompts, gens)]
+    rows = [json.dumps({"prompt": p, "response": g.strip() if ev.strip else g}) + "\n" for p, g in zip(prompts, gens)]
     atomic_write_text(ctx.out_dir / "train.jsonl", "".join(rows[:job.train_count]))
     atomic_write_text(ctx.out_dir / "heldout.jsonl", "".join(rows[job.train_count:]))
     # the target's own entropy, for the entropy-corrected Setting I gap: the sampler's nats per token on each file

@@ -37,7 +37,8 @@ def fingerprint(obj) -> str:
 # Fields added to a job after cells were addressed (by their path in the job): at their default they stay out of
 # the identity, so every id made before them stays valid (tests/golden/cell-ids.json); any other value is in it.
 ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("eval", "aggregate"): "mean",
-                    ("eval", "scorer", "append_eos"): True, ("eval", "scorer", "dtype"): "auto"}
+                    ("eval", "scorer", "append_eos"): True, ("eval", "scorer", "dtype"): "auto",
+                    ("eval", "strip"): False}
 
 
 def _without(node: dict, path: tuple, default) -> dict:

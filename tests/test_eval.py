@@ -624,3 +624,27 @@ def test_paper_numbers_beside_ours_and_tables_named_by_content(tmp_path):
     assert float(got[("base", "0")]["ours"]) == pytest.approx(0.53) and got[("base", "0")]["ours n"] == "2"
     assert "| about 0.54 |" in (exp / "report" / "paper.md").read_text()
     assert collect(exp, study={"task": "imdb"})["tables"].get("paper") is None, "no hub id, no paper rows"
+
+
+def test_setting1_answers_are_stripped_as_the_seed_strips_them(tmp_path, exp_dir, monkeypatch):
+    """eval.strip: the same draws, each answer without its surrounding whitespace (the seed's .strip()). The toy
+    tokenizer decodes without outer whitespace, so the real draws are padded here as a BPE model's would be."""
+    from eval import evaluate
+    from eval.evaluate import generate_main
+    real = evaluate.generate
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: [f" {g}\n" for g in real(*a, **k)])
+    from launch.core.jobs import GenerateJob, ModelRef
+    from launch.core.spec import Data, Eval
+    ref = ModelRef(path=str(exp_dir / "models" / "gpt2"))
+    out = {}
+    for strip in (False, True):
+        job = GenerateJob(model=ref, prompts=Data(path="@world/data/prompts.jsonl"), template="plain",
+                          eval=Eval(prompts=6, max_new_tokens=6, temperature=1.0, strip=strip), train_count=4,
+                          heldout_count=2, seed=3)
+        cell = tmp_path / f"responses-{strip}"
+        cell.mkdir()
+        generate_main(job, Context("responses/x", {}, (), cell, exp_dir))
+        out[strip] = [json.loads(l)["response"] for f in ("train.jsonl", "heldout.jsonl")
+                      for l in (cell / f).read_text().splitlines()]
+    assert any(r != r.strip() for r in out[False]), "the raw draws start with a space"
+    assert out[True] == [r.strip() for r in out[False]]

@@ -310,6 +310,7 @@ class Eval:
     # a score model's number: the mean over every sample, or over prompts of each prompt's worst sample (lowest
     # score: the seed keeps each prompt's highest cost among its samples and averages those)
     aggregate: Literal["mean", "worst"] = "mean"
+    strip: bool = False                # Setting I: answers stripped of surrounding whitespace (the seed's .strip())
     batch_size: int = 32               # generation batch (length-sorted, left-padded)
     scorer: Scorer = field(default_factory=Scorer)
     compression: tuple[str, ...] = ()  # data roles on which bits/token are measured
