@@ -159,13 +159,8 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
     vs_model = [f"minus {models[0]} @{w}" for w in fixed] if len(models) > 1 else []
     t = Table(slug("windows", metric_name), "", ["model", "arm", "start"] + [f"change@{w}" for w in wins] +
               [f"minus smallest start @{w}" for w in fixed] + vs_model + ["negatives to base", "seeds reaching base"])
-    ns = []
-
-    def cell(vals, digits=3, test=False, signed=True):
-        s = stat(vals, digits, test, signed)
-        if s is not None:
-            ns.append(s.n)
-        return s
+    ns: list[int] = []
+    cell = lambda vals, digits=3, test=False, signed=True: stat(vals, digits, test, signed, ns)
     for r in stats:
         ret = r.get("return", {})
         t.add(r["model"], r["arm"], r["start"], *[cell(r.get(f"change@{w}", {})) for w in wins],
@@ -246,10 +241,7 @@ def resistance_table(records):
 
     def gap(fwd: dict, inv: dict, shift=None) -> Stat | None:
         seeds = [s for s in inv if s in fwd and (shift is None or s in shift)]
-        s = stat([fwd[k] - inv[k] - (shift[k] if shift else 0.0) for k in seeds], 4, test=True)
-        if s is not None:
-            ns.append(s.n)
-        return s
+        return stat([fwd[k] - inv[k] - (shift[k] if shift else 0.0) for k in seeds], 4, test=True, ns=ns)
     mean = lambda d: Stat(sum(d.values()) / len(d), None, len(d), 4, signed=False) if d else None
     for model in sorted({k[0] for k in loss}, key=natural):
         for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
@@ -291,13 +283,8 @@ def compression_table(records, pretrain_sizes: dict):
     roles = sorted({n for v in by.values() for m in v.values() for n in m})
     t = Table("compression", "", ["model", "arm", "start", "negative"] + [f"Δ {r.split('_per_')[1]}" for r in roles] +
               ["|D_pre|·Δpre", "|D_pos|·Δpos", "pre − pos", "ratio"])
-    ns = []
-
-    def cell(values, test=False):
-        s = stat(values, 4, test)
-        if s is not None:
-            ns.append(s.n)
-        return s
+    ns: list[int] = []
+    cell = lambda values, test=False: stat(values, 4, test, ns=ns)
     for key in sorted(by, key=lambda k: tuple(natural(str(x)) for x in k)):
         model, arm, p, n = key
         start = by.get((model, arm, p, 0)) or by.get((model, "base", 0, 0) if arm == "from-base" else (), {})
@@ -336,7 +323,7 @@ def paper_table(records, task: str, models: dict[str, str]) -> Table:
     empty where the study has no such cell."""
     entries = yaml.safe_load(PAPER_NUMBERS.read_text()) or []
     t = Table("paper", "", ["source", "model", "arm", "start", "negative", "slices", "metric", "paper", "ours"])
-    ns = []
+    ns: list[int] = []
     for e in entries:
         if e["task"] != task:
             continue
@@ -355,9 +342,7 @@ def paper_table(records, task: str, models: dict[str, str]) -> Table:
             found: list[tuple | None] = list(keys)
             for coords in found or [None]:
                 at = dict(zip(COORDS, coords)) if coords is not None else e
-                s = stat(values[coords], 4, signed=False) if coords else None
-                if s is not None:
-                    ns.append(s.n)
+                s = stat(values[coords], 4, signed=False, ns=ns) if coords else None
                 slices = f"θ{at['from']}→D{at['to']}" if at.get("from") is not None else ""
                 t.add(e["source"], model, at.get("arm"), at.get("positive"), at.get("negative"), slices, e["metric"],
                       e["paper"], s)

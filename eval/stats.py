@@ -70,12 +70,15 @@ class Stat:
                                                                               self.resolved else "")
 
 
-def stat(values, digits: int = 3, test: bool = False, signed: bool = True) -> Stat | None:
-    """The Stat of paired per-seed values (a dict or a list; None when there are none); one value has no interval."""
+def stat(values, digits: int = 3, test: bool = False, signed: bool = True, ns: list | None = None) -> Stat | None:
+    """The Stat of paired per-seed values (a dict or a list; None when there are none); one value has no interval.
+    ns: a table's list of seed counts (for its title's interval label), which this one's n joins."""
     values = list(values.values()) if isinstance(values, dict) else list(values)
     if not values:
         return None
     m, half, n = mean_ci(values)
+    if ns is not None:
+        ns.append(n)
     return Stat(m, half if n > 1 else None, n, digits, signed, test)
 
 
