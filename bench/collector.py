@@ -1,4 +1,5 @@
-"""P5: the collector over 10,000 eval cells (result.json + job.json + DONE each): tables, plots and status.
+"""P5: the collector over 10,000 eval cells (result.json + job.json + DONE each): tables, plots and
+status.
 
     .venv/bin/python bench/collector.py
 """
@@ -25,15 +26,18 @@ def make_run(exp: Path) -> int:
                 for k in range(NEG):
                     d = exp / "eval" / f"m{m}.s{s}.p{p}.n{k}-{n:010d}"
                     d.mkdir(parents=True)
-                    coords = {"model": f"m{m}", "seed": s, "arm": "positive", "positive": (p + 1) * 100,
-                              "negative": k * 10}
-                    (d / "job.json").write_text(json.dumps({"stage": "eval", "coords": coords, "upstream": []}))
+                    coords = {"model": f"m{m}", "seed": s, "arm": "positive",
+                              "positive": (p + 1) * 100, "negative": k * 10}
+                    (d / "job.json").write_text(json.dumps({"stage": "eval", "coords": coords,
+                                                            "upstream": []}))
                     v = rng.random()
                     (d / "result.json").write_text(json.dumps({"metrics": [
-                        {"name": "positive_rate", "value": v, "stderr": 0.02, "n": 400, "higher_is_better": True},
-                        {"name": "bits_per_token/positive", "value": 2 + v, "stderr": 0.01, "n": 200,
-                         "higher_is_better": False}]}))
-                    (d / "DONE").write_text(json.dumps({"milestones": ["result.json"], "nonce": str(n)}))
+                        {"name": "positive_rate", "value": v, "stderr": 0.02, "n": 400,
+                         "higher_is_better": True},
+                        {"name": "bits_per_token/positive", "value": 2 + v, "stderr": 0.01,
+                         "n": 200, "higher_is_better": False}]}))
+                    (d / "DONE").write_text(json.dumps({"milestones": ["result.json"],
+                                                        "nonce": str(n)}))
                     n += 1
     return n
 
@@ -45,9 +49,10 @@ def main():
     s = collect(exp)
     assert s["records"] == n and not s["problems"]
     best = min(times)
-    report(id="P5", measure=f"collector over {n:,} result files (tables in 3 formats, plots, status)",
-           value=round(sorted(times)[1], 2), baseline="-", ratio=None, target="< 2 s", met=sorted(times)[1] < 2.0,
-           runs=f"{spread(times)} s; best {best:.2f} s")
+    report(id="P5", measure=f"collector over {n:,} result files (tables in 3 formats, plots, "
+                            "status)",
+           value=round(sorted(times)[1], 2), baseline="-", ratio=None, target="< 2 s",
+           met=sorted(times)[1] < 2.0, runs=f"{spread(times)} s; best {best:.2f} s")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Shared helpers of the benchmarks: repeated timing, the machine description, and a tiny local world + model.
+"""Shared helpers of the benchmarks: repeated timing, the machine description, and a tiny local
+world + model.
 
-Each benchmark prints one JSON line per measure ({"id", "measure", "value", "baseline", "ratio", "target", "met",
-"runs", ...}); bench/run_all.py collects them into docs/benchmarks.md. Run one: .venv/bin/python bench/<name>.py
+Each benchmark prints one JSON line per measure ({"id", "measure", "value", "baseline", "ratio",
+"target", "met", "runs", ...}); bench/run_all.py collects them into docs/benchmarks.md. Run one:
+.venv/bin/python bench/<name>.py
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def machine() -> str:
     import torch
     cpu = platform.processor() or platform.machine()
     try:
-        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                     if l.startswith("model name"))
     except (OSError, StopIteration):
         model = cpu
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
@@ -57,14 +60,14 @@ def tiny_world(out: Path, pretrain: int = 3000):
 
 
 def word_tokenizer(out: Path, words: int = 32000) -> Path:
-    """A word-level tokenizer over 'w0'..'w<words-1>' (+ PAD, EOS, BOS, UNK), saved like a hub repo's: synthetic
-    text of any length without a download."""
+    """A word-level tokenizer over 'w0'..'w<words-1>' (+ PAD, EOS, BOS, UNK), saved like a hub
+    repo's: synthetic text of any length without a download."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     vocab = {f"w{i}": i for i in range(words)}
     vocab.update({"[PAD]": words, "</s>": words + 1, "<s>": words + 2, "[UNK]": words + 3})
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
-                            unk_token="[UNK]").save_pretrained(out)
+    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                            pad_token="[PAD]", unk_token="[UNK]").save_pretrained(out)
     return out

@@ -1,8 +1,9 @@
-"""P7 and P11 (#20): `make demo` end to end, and its eval stage's seconds per cell, with each stage's cells fused
-into one worker process (the local executor's default: Python, torch and the scorer load once per stage) against
-one process per cell (what the executor did before, `run_plan(fuse=False)`: what a user would otherwise run),
-side by side in one run, each into a fresh runs folder, the environment already set up (no `make setup`).
-Results are compared bit for bit: every eval cell's result.json metrics, every generation, results.csv.
+"""P7 and P11 (#20): `make demo` end to end, and its eval stage's seconds per cell, with each
+stage's cells fused into one worker process (the local executor's default: Python, torch and the
+scorer load once per stage) against one process per cell (what the executor did before,
+`run_plan(fuse=False)`: what a user would otherwise run), side by side in one run, each into a fresh
+runs folder, the environment already set up (no `make setup`). Results are compared bit for bit:
+every eval cell's result.json metrics, every generation, results.csv.
 
     .venv/bin/python bench/demo_time.py
 """
@@ -35,19 +36,22 @@ def demo(fuse: bool) -> tuple[Path, dict]:
     times, t0 = {}, time.perf_counter()
     for stage in plan.stages:
         t = time.perf_counter()
-        rc = run_plan(plan, runs, profile, only=stage, fuse=fuse, console=Console(file=io.StringIO()))
+        rc = run_plan(plan, runs, profile, only=stage, fuse=fuse,
+                      console=Console(file=io.StringIO()))
         assert rc == 0, f"{stage} failed (fuse={fuse})"
         times[stage] = time.perf_counter() - t
-    subprocess.run([sys.executable, "-m", "launch", "collect", str(runs / plan.spec.experiment)], cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "launch", "collect", str(runs / plan.spec.experiment)],
+                   cwd=ROOT, check=True, capture_output=True)
     times["total"] = time.perf_counter() - t0
     times["eval_cells"] = len(plan.stages["eval"])
     return runs / plan.spec.experiment, times
 
 
 def outputs(exp: Path) -> dict:
-    out = {f"{p.parent.name}/{p.name}": p.read_text() for p in sorted(exp.glob("eval/*/generations.jsonl"))}
-    out |= {f"{p.parent.name}/metrics": json.loads(p.read_text())["metrics"] for p in exp.glob("eval/*/result.json")}
+    out = {f"{p.parent.name}/{p.name}": p.read_text()
+           for p in sorted(exp.glob("eval/*/generations.jsonl"))}
+    out |= {f"{p.parent.name}/metrics": json.loads(p.read_text())["metrics"]
+            for p in exp.glob("eval/*/result.json")}
     out["results.csv"] = (exp / "report" / "results.csv").read_text()
     return out
 
@@ -57,15 +61,21 @@ def main():
     percell, t_percell = demo(False)
     same = outputs(fused) == outputs(percell)
     n = t_fused["eval_cells"]
-    stages = ", ".join(f"{s} {t_percell[s]:.0f} -> {t_fused[s]:.0f} s" for s in t_fused if s not in ("total",
-                                                                                                       "eval_cells"))
-    report(id="P7", measure="make demo end to end without setup (toy Setting II, 1 seed, matched-start control)",
-           value=round(t_fused["total"] / 60, 2), baseline=f"one process per cell {t_percell['total'] / 60:.2f} min",
-           ratio=round(t_fused["total"] / t_percell["total"], 2), target="< 4 min, results identical",
+    stages = ", ".join(f"{s} {t_percell[s]:.0f} -> {t_fused[s]:.0f} s" for s in t_fused
+                       if s not in ("total", "eval_cells"))
+    report(id="P7", measure="make demo end to end without setup (toy Setting II, 1 seed, "
+                            "matched-start control)",
+           value=round(t_fused["total"] / 60, 2), baseline="one process per cell "
+                                                           f"{t_percell['total'] / 60:.2f} min",
+           ratio=round(t_fused["total"] / t_percell["total"], 2),
+           target="< 4 min, results identical",
            met=same and t_fused["total"] < 240, runs=f"one run each; per stage: {stages}")
-    report(id="P11", measure=f"eval stage, seconds per cell ({n} cells, one worker process per stage)",
-           value=round(t_fused["eval"] / n, 2), baseline=f"one process per cell {t_percell['eval'] / n:.2f} s/cell",
-           ratio=round(t_fused["eval"] / t_percell["eval"], 2), target="fewer s/cell, results identical bit for bit",
+    report(id="P11", measure=f"eval stage, seconds per cell ({n} cells, one worker process per "
+                             "stage)",
+           value=round(t_fused["eval"] / n, 2), baseline="one process per cell "
+                                                         f"{t_percell['eval'] / n:.2f} s/cell",
+           ratio=round(t_fused["eval"] / t_percell["eval"], 2),
+           target="fewer s/cell, results identical bit for bit",
            met=same and t_fused["eval"] < t_percell["eval"],
            runs=f"every result.json metric, generation and results.csv identical: {same}")
     for exp in (fused, percell):

@@ -1,12 +1,13 @@
-"""P10: what a milestone fork costs (a milestone inside a global batch: the trainer takes a side step to the
-milestone, saves its weights, and undoes the step). Bytes written and seconds per fork for the trainer's way
-(snapshot this rank's state into host memory, restore it in place) against the previous way (a DeepSpeed
-checkpoint of the whole engine state saved to disk and loaded back), side by side in one process, alternately,
-on a ~66 M-parameter Llama under ZeRO-3 (1 CPU rank, fp32, after one optimizer step so the Adam moments exist).
-Exactness is checked after a LATER step, on the whole training state (train.state.state_tensors: weights, fp32
-masters, moments, buffers): a run that forks at example 12 and then takes its step to 16 against a run that never
-forked, for each way (the benchmark prints how many state tensors differ, and by how much). The milestone's own
-weights are written either way and are not counted.
+"""P10: what a milestone fork costs (a milestone inside a global batch: the trainer takes a side
+step to the milestone, saves its weights, and undoes the step). Bytes written and seconds per fork
+for the trainer's way (snapshot this rank's state into host memory, restore it in place) against the
+previous way (a DeepSpeed checkpoint of the whole engine state saved to disk and loaded back), side
+by side in one process, alternately, on a ~66 M-parameter Llama under ZeRO-3 (1 CPU rank, fp32,
+after one optimizer step so the Adam moments exist). Exactness is checked after a LATER step, on the
+whole training state (train.state.state_tensors: weights, fp32 masters, moments, buffers): a run
+that forks at example 12 and then takes its step to 16 against a run that never forked, for each way
+(the benchmark prints how many state tensors differ, and by how much). The milestone's own weights
+are written either way and are not counted.
 
     .venv/bin/python bench/fork.py [--repeats 3]
 """
@@ -38,19 +39,23 @@ def main():
     word_tokenizer(tmp / "tok")
     with open(tmp / "data.jsonl", "w") as f:
         for i in range(16):
-            f.write(json.dumps({"text": " ".join(f"w{(i * 7 + k) % 32000}" for k in range(30))}) + "\n")
-    job = TrainJob(model=ModelRef(path="", init=Init(arch="llama", layers=8, width=512, heads=8, context=64),
+            f.write(json.dumps({"text": " ".join(f"w{(i * 7 + k) % 32000}"
+                                                 for k in range(30))}) + "\n")
+    job = TrainJob(model=ModelRef(path="",
+                                  init=Init(arch="llama", layers=8, width=512, heads=8, context=64),
                                   tokenizer=str(tmp / "tok")),
-                   data=Data(path=str(tmp / "data.jsonl")), seed=0, template="plain", milestones=(16,),
-                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=8, max_length=64, zero_stage=3,
-                                 precision="fp32"))
+                   data=Data(path=str(tmp / "data.jsonl")), seed=0, template="plain",
+                   milestones=(16,),
+                   recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=8, max_length=64,
+                                 zero_stage=3, precision="fp32"))
     rt = Runtime(micro_batch=4, save_every_steps=10 ** 6)
     t = Trainer(job, tmp / "cell", tmp, rt)
     params = sum(getattr(p, "ds_numel", p.numel()) for p in t.engine.module.parameters())
     t.step(0, 8)   # Adam moments exist from here on, as at any real milestone
 
     def weights():
-        return torch.cat([p.ds_tensor.detach().flatten().clone() for p in t.engine.module.parameters()])
+        return torch.cat([p.ds_tensor.detach().flatten().clone()
+                          for p in t.engine.module.parameters()])
 
     ours, disk, written, disk_off = [], [], [], []
     for _ in range(args.repeats):
@@ -78,7 +83,8 @@ def main():
         disk_off.append((weights() - before).abs().max().item())
 
     def later_state(way: str) -> dict:
-        """The whole state after the step to 16, with a fork at 12 taken `way` (or none) before it."""
+        """The whole state after the step to 16, with a fork at 12 taken `way` (or none) before it.
+        """
         tr = Trainer(job, tmp / f"cell-{way}", tmp, rt)
         tr.step(0, 8)
         if way == "memory":
@@ -90,24 +96,31 @@ def main():
             tr.step(8, 12)
             tr.engine.load_checkpoint(str(tmp / "fork2"), tag="fork")
         tr.step(8, 16)
-        return {k: v for k, v in state_tensors(tr.engine).items() if v.numel() < 1 << 26}   # not the 1 GB bucket
+        # not the 1 GB bucket
+        return {k: v for k, v in state_tensors(tr.engine).items() if v.numel() < 1 << 26}
     ref = later_state("none")
     off = {}
     for way in ("memory", "disk"):
         got = later_state(way)
-        diffs = [(got[k].double() - ref[k].double()).abs().max().item() for k in ref if not torch.equal(got[k], ref[k])]
+        diffs = [(got[k].double() - ref[k].double()).abs().max().item() for k in ref
+                 if not torch.equal(got[k], ref[k])]
         off[way] = (len(diffs), max(diffs, default=0.0), len(ref))
     close_distributed()
     o, d = statistics.median(ours), statistics.median(disk)
-    report(id="P10", measure=f"milestone fork, Llama {params / 1e6:.0f}M, ZeRO-3, 1 CPU rank: seconds per fork "
+    report(id="P10", measure=f"milestone fork, Llama {params / 1e6:.0f}M, ZeRO-3, 1 CPU rank: "
+                             "seconds per fork "
            "(bytes written: 0)", value=round(o, 3),
-           baseline=f"DeepSpeed checkpoint to disk and back: {d:.3f} s, {statistics.median(written) / 2**20:.0f} MiB "
+           baseline=f"DeepSpeed checkpoint to disk and back: {d:.3f} s, "
+                    f"{statistics.median(written) / 2**20:.0f} MiB "
                     "written and read per fork", ratio=round(d / max(o, 1e-9), 1),
            target="no bytes written, faster, the whole state exact after the next step",
            met=o < d and off["memory"][0] == 0,
-           runs=f"in memory {spread(ours)} s, after the next step {off['memory'][0]} of {off['memory'][2]} state "
-                f"tensors differ from a run that never forked; disk {spread(disk)} s, weights after load_checkpoint "
-                f"off by up to {max(disk_off):.2g}, after the next step {off['disk'][0]} of {off['disk'][2]} state "
+           runs=f"in memory {spread(ours)} s, after the next step {off['memory'][0]} of "
+                f"{off['memory'][2]} state "
+                f"tensors differ from a run that never forked; disk {spread(disk)} s, weights "
+                "after load_checkpoint "
+                f"off by up to {max(disk_off):.2g}, after the next step {off['disk'][0]} of "
+                f"{off['disk'][2]} state "
                 f"tensors differ (by up to {off['disk'][1]:.2g})")
 
 

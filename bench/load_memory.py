@@ -1,12 +1,13 @@
-"""P9: host memory per rank when a training cell loads its model under ZeRO-3: peak RSS of each of 2 CPU ranks
-(gloo) from start to a ready DeepSpeed engine, for a ~220 M-parameter Llama saved like a hub repo (bf16
-safetensors, tokenizer), bf16 training.
+"""P9: host memory per rank when a training cell loads its model under ZeRO-3: peak RSS of each of 2
+CPU ranks (gloo) from start to a ready DeepSpeed engine, for a ~220 M-parameter Llama saved like a
+hub repo (bf16 safetensors, tokenizer), bf16 training.
 
-Side by side, alternately, each in fresh processes: the trainer's loading (training dtype, partitioned as it is
-built: transformers' DeepSpeed integration runs from_pretrained under zero.Init) against the previous loading
-(every rank builds the whole model in fp32, then DeepSpeed casts and partitions it). The measure is the peak up to
-the built model: what follows (the engine's partitions, master weights and gradient buffers) lives in device memory
-on a GPU, in host memory only on CPU.
+Side by side, alternately, each in fresh processes: the trainer's loading (training dtype,
+partitioned as it is built: transformers' DeepSpeed integration runs from_pretrained under
+zero.Init) against the previous loading (every rank builds the whole model in fp32, then DeepSpeed
+casts and partitions it). The measure is the peak up to the built model: what follows (the engine's
+partitions, master weights and gradient buffers) lives in device memory on a GPU, in host memory
+only on CPU.
 
     .venv/bin/python bench/load_memory.py [--repeats 2]
 """
@@ -59,7 +60,8 @@ def make_model(out: Path) -> int:
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
                             unk_token="<unk>").save_pretrained(out)
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
+                      num_hidden_layers=12,
                       num_attention_heads=16, max_position_embeddings=512, dtype="bfloat16")
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)   # stored in 16 bits, as Llama-2's hub repo
@@ -73,9 +75,12 @@ def run(mode: str, path: Path) -> list[dict]:
         port = s.getsockname()[1]
     procs = []
     for r in range(2):
-        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-        procs.append(subprocess.Popen([sys.executable, "-c", RANK_CODE, mode, str(path)], cwd=ROOT, env=env,
+        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
+                   PYTHONPATH=str(ROOT))
+        procs.append(subprocess.Popen([sys.executable, "-c", RANK_CODE, mode, str(path)], cwd=ROOT,
+                                      env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     peaks = []
     for p in procs:
@@ -98,12 +103,15 @@ def main():
         before += run("fp32-whole", tmp / "model")
     o, b = max(r["built"] for r in ours), max(r["built"] for r in before)
     oe, be = max(r["engine"] for r in ours), max(r["engine"] for r in before)
-    report(id="P9", measure=f"peak host RSS per rank until the model is built, Llama {params / 1e6:.0f}M (bf16 "
+    report(id="P9", measure="peak host RSS per rank until the model is built, Llama "
+                            f"{params / 1e6:.0f}M (bf16 "
            "safetensors in 5 shards), ZeRO-3, bf16, 2 CPU ranks (MiB)", value=round(o),
            baseline=f"whole fp32 model on every rank {round(b)} MiB", ratio=round(o / b, 3),
            target="< 1 (no rank holds the whole model in fp32)", met=o < b,
-           runs=f"max over ranks and {args.repeats} runs; the fp32 model alone is {params * 4 / 2**20:.0f} MiB; "
-                f"peak with the engine built {round(oe)} vs {round(be)} MiB (on CPU the engine's partitions, master "
+           runs=f"max over ranks and {args.repeats} runs; the fp32 model alone is "
+                f"{params * 4 / 2**20:.0f} MiB; "
+                f"peak with the engine built {round(oe)} vs {round(be)} MiB (on CPU the engine's "
+                "partitions, master "
                 "weights and gradient buffers are host memory; on a GPU they are device memory)")
 
 

@@ -1,6 +1,7 @@
-"""`make bench`: run every benchmark under bench/ (each prints JSON lines), and write docs/benchmarks.md with the
-measured values, the ratio to the baseline, the target, whether it is met, and on every row its date and machine
-(with --only, the rows of benchmarks not rerun keep theirs).
+"""`make bench`: run every benchmark under bench/ (each prints JSON lines), and write
+docs/benchmarks.md with the measured values, the ratio to the baseline, the target, whether it is
+met, and on every row its date and machine (with --only, the rows of benchmarks not rerun keep
+theirs).
 
     .venv/bin/python bench/run_all.py [--only trainer,generation,...]
 """
@@ -14,8 +15,8 @@ import time
 
 from common import ROOT, machine
 
-BENCHES = ["trainer", "padding", "load_memory", "fork", "nested", "submit_10k", "collector", "generation", "demo_time",
-           "study_jobs", "gpu_mfu"]
+BENCHES = ["trainer", "padding", "load_memory", "fork", "nested", "submit_10k", "collector",
+           "generation", "demo_time", "study_jobs", "gpu_mfu"]
 
 
 def order(row_id: str) -> tuple:
@@ -32,30 +33,37 @@ def main():
     rows = []
     for name in names:
         t = time.time()
-        r = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py")], cwd=ROOT, capture_output=True,
-                           text=True)
-        got = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{"id"')]   # (HF prints dicts too)
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py")], cwd=ROOT,
+                           capture_output=True, text=True)
+        # (HF prints dicts too)
+        got = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{"id"')]
         if r.returncode != 0 or not got:
             got = [{"id": name, "measure": name, "value": None, "met": False,
-                    "runs": f"failed (exit {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1][:200]}"}]
+                    "runs": f"failed (exit {r.returncode}): "
+                            f"{(r.stderr.strip().splitlines() or [''])[-1][:200]}"}]
         for g in got:
             g["bench"], g["seconds"] = name, round(time.time() - t)
             print(json.dumps(g), flush=True)
         rows += got
     lines = ["# Benchmarks", "",
-             "Written by `make bench` (bench/run_all.py); every ratio is measured side by side in one run, and each "
+             "Written by `make bench` (bench/run_all.py); every ratio is measured side by side in "
+             "one run, and each "
              "row names the date and machine of its run.", "",
              "| id | measure | value | baseline | ratio | target | met | runs | measured |",
              "|---|---|---|---|---|---|---|---|---|"]
     when = f"{time.strftime('%Y-%m-%d')}, {machine()}"
     for g in sorted(rows, key=lambda g: order(g["id"])):
         met = {True: "yes", False: "**no**", None: "not run"}[g.get("met")]
-        lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | {g.get('baseline', '')} | "
-                     f"{'-' if g.get('ratio') is None else g['ratio']} | {g.get('target', '')} | {met} | "
+        lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | "
+                     f"{g.get('baseline', '')} | "
+                     f"{'-' if g.get('ratio') is None else g['ratio']} | {g.get('target', '')} | "
+                     f"{met} | "
                      f"{g.get('runs', '')} | {when} |")
     lines += ["", "Commands: `make bench` (all), or `.venv/bin/python bench/<name>.py` for one "
-              f"({', '.join(BENCHES)}). P4 needs the local Slurm cluster (`tests/slurm/up.sh`); P8 needs a GPU.", ""]
-    notes = ROOT / "bench" / "notes.md"   # hand-written: what was profiled and changed, what was not measured
+              f"({', '.join(BENCHES)}). P4 needs the local Slurm cluster (`tests/slurm/up.sh`); P8 "
+              "needs a GPU.", ""]
+    # hand-written: what was profiled and changed, what was not measured
+    notes = ROOT / "bench" / "notes.md"
     if notes.exists():
         lines += [notes.read_text()]
     (ROOT / "docs").mkdir(exist_ok=True)

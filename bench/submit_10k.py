@@ -1,8 +1,8 @@
-"""P4: plan + submit of a ~10,000-cell grid to the local Slurm cluster: wall time and the number of sbatch calls
-(one per stage chunk). Jobs are submitted held and cancelled at once;
-the median of three runs is reported, with the time spent inside sbatch (the controller's share). Each run
-leaves ~10,000 cancelled job records in the controller for MinJobAge: start from a fresh cluster. Needs the cluster
-of tests/slurm/up.sh.
+"""P4: plan + submit of a ~10,000-cell grid to the local Slurm cluster: wall time and the number of
+sbatch calls (one per stage chunk). Jobs are submitted held and cancelled at once; the median of
+three runs is reported, with the time spent inside sbatch (the controller's share). Each run leaves
+~10,000 cancelled job records in the controller for MinJobAge: start from a fresh cluster. Needs the
+cluster of tests/slurm/up.sh.
 
     WITH_DBD=1 CPUS=8 NODES=2 bash tests/slurm/up.sh && .venv/bin/python bench/submit_10k.py
 """
@@ -25,8 +25,10 @@ REPEATS = 3
 
 def main():
     if not shutil.which("sbatch"):
-        report(id="P4", measure="plan + submit of a 10,000-cell grid", value=None, baseline="-", ratio=None,
-               target="< 5 s, one sbatch per stage chunk", met=None, runs="not run: sbatch not found")
+        report(id="P4", measure="plan + submit of a 10,000-cell grid", value=None, baseline="-",
+               ratio=None,
+               target="< 5 s, one sbatch per stage chunk", met=None,
+               runs="not run: sbatch not found")
         return
     from launch.slurm import max_array_size
     walls, in_sbatch = [], []
@@ -37,11 +39,14 @@ def main():
     wall = statistics.median(walls)
     cells = sum(len(a.cells) for a in arrays)
     chunks = {s: sum(1 for a in arrays if a.stage == s) for s in plan.stages}
-    report(id="P4", measure=f"plan + submit of a {cells:,}-cell grid (local Slurm, MaxArraySize {max_array_size()})",
-           value=round(wall, 2), baseline="-", ratio=None, target="< 5 s, one sbatch per stage chunk",
-           met=wall < 5 and calls == len(arrays),
-           runs=f"median of {REPEATS} ({', '.join(f'{w:.2f}' for w in walls)} s, of which in sbatch "
-                f"{', '.join(f'{w:.2f}' for w in in_sbatch)} s); {calls} sbatch calls for {len(arrays)} arrays "
+    report(id="P4", measure=f"plan + submit of a {cells:,}-cell grid (local Slurm, MaxArraySize "
+                            f"{max_array_size()})",
+           value=round(wall, 2), baseline="-", ratio=None,
+           target="< 5 s, one sbatch per stage chunk", met=wall < 5 and calls == len(arrays),
+           runs=f"median of {REPEATS} ({', '.join(f'{w:.2f}' for w in walls)} s, of which in "
+                "sbatch "
+                f"{', '.join(f'{w:.2f}' for w in in_sbatch)} s); {calls} sbatch calls for "
+                f"{len(arrays)} arrays "
                 f"(chunks per stage {chunks})")
 
 
@@ -59,7 +64,8 @@ def once():
     wrap = tmp / "bin"
     wrap.mkdir()
     real = shutil.which("sbatch")
-    (wrap / "sbatch").write_text(   # log each call's duration in ns: the controller's share of the wall time
+    # log each call's duration in ns: the controller's share of the wall time
+    (wrap / "sbatch").write_text(
         f"#!/bin/bash\nt=$(date +%s%N); {real} --hold \"$@\"; rc=$?\n"
         f"echo $(( $(date +%s%N) - t )) >> {tmp}/sbatch.calls; exit $rc\n")
     (wrap / "sbatch").chmod(0o755)

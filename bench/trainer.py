@@ -1,6 +1,6 @@
-"""P1 and P1b: the trainer's tokens/s against a bare PyTorch loop (same model, batches, optimizer, loss; CPU fp32)
-and against the HF Trainer with the same DeepSpeed config. All three trainers run alternately in one process,
-three times each. (P2, the micro-batch cut, is bench/padding.py.)
+"""P1 and P1b: the trainer's tokens/s against a bare PyTorch loop (same model, batches, optimizer,
+loss; CPU fp32) and against the HF Trainer with the same DeepSpeed config. All three trainers run
+alternately in one process, three times each. (P2, the micro-batch cut, is bench/padding.py.)
 
     .venv/bin/python bench/trainer.py
 """
@@ -45,7 +45,8 @@ def make_data(world: Path, out: Path, n: int) -> Path:
 
 
 def setup(job: TrainJob, exp: Path):
-    """What every side starts from: the tokenizer, the job's examples in its seeded order, the seeded model."""
+    """What every side starts from: the tokenizer, the job's examples in its seeded order, the
+    seeded model."""
     from train.models import load_model, load_tokenizer
     tok = load_tokenizer(job.model, exp)
     rows = D.load_rows(job.data, exp)
@@ -58,7 +59,8 @@ def bare_loop(job: TrainJob, exp: Path) -> float:
     """The same maths as the trainer, with nothing around it: tokens/s over the steps."""
     tok, ex, model = setup(job, exp)
     r = job.recipe
-    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=r.betas, eps=1e-8, weight_decay=r.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=r.betas, eps=1e-8,
+                            weight_decay=r.weight_decay)
     tokens, t0 = 0, time.perf_counter()
     for s, e in D.global_batches(len(ex), r.global_batch):
         denom = sum(ex[i].loss_tokens for i in range(s, e))
@@ -67,7 +69,8 @@ def bare_loop(job: TrainJob, exp: Path) -> float:
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             tgt = labels[:, 1:]
             keep = tgt != -100
-            lp = torch.log_softmax(logits, -1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+            lp = torch.log_softmax(logits,
+                                   -1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
             (-(lp.sum(-1) * w).sum() / denom).backward()
             tokens += int(mask.sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
@@ -88,12 +91,13 @@ def trainer_run(job: TrainJob, exp: Path) -> float:
 
 
 def hf_trainer_run(job: TrainJob, exp: Path, sampling: str) -> float:
-    """The HF Trainer on the same examples, model init, optimizer and DeepSpeed config (without the one key that
-    lets our trainer own the step boundary: the HF Trainer relies on DeepSpeed's own accumulation). sampling
-    "sequential" feeds the examples in our seeded order, so both train on the same global batches (the HF Trainer
-    pads each micro-batch to its longest); "group_by_length" is its own padding remedy, which changes the batches
-    (it sorts megabatches of 50 micro-batches by length). Timed from train begin (after the engine is built, as
-    for ours) to train end; tokens/s counts real (non-pad) tokens."""
+    """The HF Trainer on the same examples, model init, optimizer and DeepSpeed config (without the
+    one key that lets our trainer own the step boundary: the HF Trainer relies on DeepSpeed's own
+    accumulation). sampling "sequential" feeds the examples in our seeded order, so both train on
+    the same global batches (the HF Trainer pads each micro-batch to its longest); "group_by_length"
+    is its own padding remedy, which changes the batches (it sorts megabatches of 50 micro-batches
+    by length). Timed from train begin (after the engine is built, as for ours) to train end;
+    tokens/s counts real (non-pad) tokens."""
     import transformers
     from train.trainer import ds_config
     tok, ex, model = setup(job, exp)
@@ -106,7 +110,8 @@ def hf_trainer_run(job: TrainJob, exp: Path, sampling: str) -> float:
         n = max(len(b["input_ids"]) for b in batch)
         ids = torch.tensor([b["input_ids"] + [pad] * (n - len(b["input_ids"])) for b in batch])
         labels = torch.tensor([b["labels"] + [-100] * (n - len(b["labels"])) for b in batch])
-        mask = torch.tensor([[1] * len(b["input_ids"]) + [0] * (n - len(b["input_ids"])) for b in batch])
+        mask = torch.tensor([[1] * len(b["input_ids"]) + [0] * (n - len(b["input_ids"]))
+                             for b in batch])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     class Timer(transformers.TrainerCallback):
@@ -120,10 +125,13 @@ def hf_trainer_run(job: TrainJob, exp: Path, sampling: str) -> float:
     with tempfile.TemporaryDirectory() as out:
         args = transformers.TrainingArguments(
             output_dir=out, per_device_train_batch_size=RUNTIME.micro_batch,
-            gradient_accumulation_steps=r.global_batch // RUNTIME.micro_batch, num_train_epochs=1, learning_rate=r.lr,
+            gradient_accumulation_steps=r.global_batch // RUNTIME.micro_batch, num_train_epochs=1,
+                                              learning_rate=r.lr,
             lr_scheduler_type="constant", max_grad_norm=r.grad_clip, weight_decay=r.weight_decay,
-            adam_beta1=r.betas[0], adam_beta2=r.betas[1], adam_epsilon=1e-8, train_sampling_strategy=sampling,
-            deepspeed=cfg, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+            adam_beta1=r.betas[0], adam_beta2=r.betas[1], adam_epsilon=1e-8,
+                                              train_sampling_strategy=sampling,
+            deepspeed=cfg, report_to=[], save_strategy="no", logging_strategy="no",
+                                              disable_tqdm=True,
             dataloader_num_workers=0, seed=job.seed, use_cpu=True)
         data = [{"input_ids": e.input_ids, "labels": e.labels} for e in ex]
         t = transformers.Trainer(model=model, args=args, train_dataset=data, data_collator=collate,
@@ -136,7 +144,8 @@ def main():
     exp = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     world = tiny_world(exp)
     make_data(world, exp / "reviews.jsonl", GLOBAL * STEPS)
-    job = TrainJob(model=ModelRef(path="", init=Init(arch="gpt2", layers=4, width=256, heads=4, context=MAXLEN),
+    job = TrainJob(model=ModelRef(path="", init=Init(arch="gpt2", layers=4, width=256, heads=4,
+                                                     context=MAXLEN),
                                   tokenizer=str(world / "tokenizer")),
                    data=Data(path=str(exp / "reviews.jsonl")),
                    recipe=Recipe(algorithm="lm", lr=1e-4, global_batch=GLOBAL, max_length=MAXLEN,
@@ -158,7 +167,8 @@ def main():
     close_distributed()
     ratio = statistics.median(ours) / statistics.median(bare)
     report(id="P1", measure="trainer tokens/s (CPU fp32, GPT-2 4x256, IMDb-like lengths, ZeRO 0)",
-           value=round(statistics.median(ours)), baseline=f"bare PyTorch loop {round(statistics.median(bare))} tok/s",
+           value=round(statistics.median(ours)), baseline="bare PyTorch loop "
+                                                          f"{round(statistics.median(bare))} tok/s",
            ratio=round(ratio, 3), target=">= 0.90", met=ratio >= 0.90,
            runs=f"ours {spread(ours)}; bare {spread(bare)}")
     if hf is None:
@@ -168,10 +178,13 @@ def main():
     else:
         ratio = statistics.median(ours) / statistics.median(hf)
         group = statistics.median(ours) / statistics.median(hf_group)
-        report(id="P1b", measure="trainer tokens/s vs the HF Trainer (same model, global batches, optimizer, "
+        report(id="P1b", measure="trainer tokens/s vs the HF Trainer (same model, global batches, "
+                                 "optimizer, "
                "DeepSpeed ZeRO 0 config)", value=round(statistics.median(ours)),
-               baseline=f"HF Trainer {round(statistics.median(hf))} tok/s", ratio=round(ratio, 3), target=">= 1.0",
-               met=ratio >= 1.0, runs=f"ours {spread(ours)}; HF {spread(hf)}; HF with group_by_length (other "
+               baseline=f"HF Trainer {round(statistics.median(hf))} tok/s", ratio=round(ratio, 3),
+               target=">= 1.0",
+               met=ratio >= 1.0, runs=f"ours {spread(ours)}; HF {spread(hf)}; HF with "
+                                      "group_by_length (other "
                f"batches) {spread(hf_group)}, ratio {group:.3f}")
 
 

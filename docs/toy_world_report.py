@@ -1,13 +1,15 @@
-"""Run the toy-world studies behind docs/toy-world.md and refresh its tables and plots from their run folders.
+"""Run the toy-world studies behind docs/toy-world.md and refresh its tables and plots from their
+run folders.
 
     make toy-world      # = OMP_NUM_THREADS=1 .venv/bin/python docs/toy_world_report.py --run --jobs 2 runs
     .venv/bin/python docs/toy_world_report.py runs      # only refresh docs/toy-world/ from runs that exist
 
---run runs the studies one after another in STUDIES order (`python -m launch run <config> --runs <runs> --jobs N`),
-timing each: a study takes the cells an earlier one under the same runs root has done (the same content-addressed
-cells: the shared world, bases and Setting I slices; launch.plan.Plan.reusable), so the order decides which study
-pays for them. The times go to <runs>/toy-world-times.json and docs/toy-world/times.md (seconds, cells run, cells
-taken). Numbers come only from the run folders (collector tables as Markdown and CSV, results.csv); the prose of
+--run runs the studies one after another in STUDIES order (`python -m launch run <config> --runs
+<runs> --jobs N`), timing each: a study takes the cells an earlier one under the same runs root has
+done (the same content-addressed cells: the shared world, bases and Setting I slices;
+launch.plan.Plan.reusable), so the order decides which study pays for them. The times go to
+<runs>/toy-world-times.json and docs/toy-world/times.md (seconds, cells run, cells taken). Numbers
+come only from the run folders (collector tables as Markdown and CSV, results.csv); the prose of
 docs/toy-world.md is written by a person.
 """
 from __future__ import annotations
@@ -38,22 +40,26 @@ STUDIES = {   # run folder -> (config, docs/toy-world/<folder>); run in this ord
 
 
 def run_all(runs: Path, jobs: int) -> None:
-    """Run every study (a done study runs nothing) and record each one's wall time and how many cells it ran."""
+    """Run every study (a done study runs nothing) and record each one's wall time and how many
+    cells it ran."""
     times_path = runs / "toy-world-times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     for exp, (config, _) in STUDIES.items():
         before = {p.parent for p in (runs / exp).glob("*/*/DONE")}
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "launch", "run", config, "--runs", str(runs), "--jobs", str(jobs)],
+        r = subprocess.run([sys.executable, "-m", "launch", "run", config, "--runs", str(runs),
+                            "--jobs", str(jobs)],
                            cwd=ROOT)
         seconds = time.perf_counter() - t0
         if r.returncode:
             sys.exit(f"{exp}: launch run exited {r.returncode}")
         cells = [p.parent for p in (runs / exp).glob("*/*/DONE") if p.parent not in before]
-        taken = sum(any('"adopted_from"' in line for line in (d / "attempts.jsonl").read_text().splitlines())
+        taken = sum(any('"adopted_from"' in line
+                        for line in (d / "attempts.jsonl").read_text().splitlines())
                     for d in cells if (d / "attempts.jsonl").exists())
         if cells:   # a study that had nothing left to do keeps the time of the run that did it
-            times[exp] = {"seconds": round(seconds, 1), "cells_run": len(cells) - taken, "cells_taken": taken,
+            times[exp] = {"seconds": round(seconds, 1), "cells_run": len(cells) - taken,
+                          "cells_taken": taken,
                           "jobs": jobs, "omp_threads": os.environ.get("OMP_NUM_THREADS", ""),
                           "cpus": os.cpu_count(), "machine": platform.machine(),
                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -66,7 +72,8 @@ def times_table(runs: Path) -> str:
             "|---|---:|---:|---:|---:|---:|"]
     for exp in STUDIES:
         if t := times.get(exp):
-            rows.append(f"| {exp} | {t['seconds'] / 60:.1f} | {t['cells_run']} | {t['cells_taken']} | {t['jobs']} "
+            rows.append(f"| {exp} | {t['seconds'] / 60:.1f} | {t['cells_run']} | "
+                        f"{t['cells_taken']} | {t['jobs']} "
                         f"| {t['cpus']} |")
     total = sum(times[e]["seconds"] for e in STUDIES if e in times)
     rows.append(f"| all, one after another | {total / 60:.1f} | | | | |")
@@ -74,7 +81,8 @@ def times_table(runs: Path) -> str:
 
 
 def main(runs: Path) -> None:
-    """Collect each study again and copy its report (tables as Markdown, rebound/resistance plots) into docs/."""
+    """Collect each study again and copy its report (tables as Markdown, rebound/resistance plots)
+    into docs/."""
     out = ROOT / "docs" / "toy-world"
     for exp, (_, short) in STUDIES.items():
         d = runs / exp
@@ -88,21 +96,27 @@ def main(runs: Path) -> None:
         s = json.loads(r.stdout)
         shutil.rmtree(out / short, ignore_errors=True)   # no table of an earlier run stays behind
         (out / short).mkdir(parents=True)
-        for f in [*(d / "report").glob("*.md"), *(d / "report").glob("*.csv"), *(d / "report").glob("tables/*")]:
-            if f.name != "index.md":   # its plots live in the run folder; docs/toy-world.md is the page here
-                shutil.copy(f, out / short / f.name)   # tables (Markdown, CSV) and the tidy numbers (results.csv)
+        for f in [*(d / "report").glob("*.md"), *(d / "report").glob("*.csv"),
+                  *(d / "report").glob("tables/*")]:
+            # its plots live in the run folder; docs/toy-world.md is the page here
+            if f.name != "index.md":
+                # tables (Markdown, CSV) and the tidy numbers (results.csv)
+                shutil.copy(f, out / short / f.name)
         for png in (d / "report").glob("*.png"):
             shutil.copy(png, out / f"{exp}-{png.name}")
-        print(f"{exp}: {s['records']} cells, {len(s['problems'])} not in the tables -> {out / short}")
+        print(f"{exp}: {s['records']} cells, {len(s['problems'])} not in the tables -> "
+              f"{out / short}")
     if (runs / "toy-world-times.json").exists():
         (out / "times.md").write_text(times_table(runs))
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runs", nargs="?", default=str(ROOT / "runs"), help="the runs root (default: runs/)")
+    ap.add_argument("runs", nargs="?", default=str(ROOT / "runs"),
+                    help="the runs root (default: runs/)")
     ap.add_argument("--run", action="store_true", help="run the studies first, timing each")
-    ap.add_argument("--jobs", type=int, default=2, help="cells at once within a study (launch run --jobs)")
+    ap.add_argument("--jobs", type=int, default=2, help="cells at once within a study (launch run "
+                                                        "--jobs)")
     a = ap.parse_args()
     if a.run:
         run_all(Path(a.runs), a.jobs)

@@ -1,6 +1,7 @@
-"""The report's tables, computed from the collector's records (eval/records.py): rebound curves and their window
-statistics, the start-adjusted arm effect, Setting I's resistance gaps, the Hooke products of compression, and the
-paper's printed numbers beside ours. Every cell is a number (eval.stats.Stat) until a writer renders it.
+"""The report's tables, computed from the collector's records (eval/records.py): rebound curves and
+their window statistics, the start-adjusted arm effect, Setting I's resistance gaps, the Hooke
+products of compression, and the paper's printed numbers beside ours. Every cell is a number
+(eval.stats.Stat) until a writer renders it.
 
     from eval.analysis import rebound_tables, window_table
     tables, curves = rebound_tables(records, "positive_rate")
@@ -19,7 +20,8 @@ from eval.records import metric_of, seed_of
 from eval.stats import Stat, ci_label, mean_ci, natural, stat, t_quantile
 from eval.tables import Table
 
-WINDOWS = (25, 50, 100)   # negative examples after which paired changes are reported (those on the study's grid)
+# negative examples after which paired changes are reported (those on the study's grid)
+WINDOWS = (25, 50, 100)
 
 
 def slug(*parts) -> str:
@@ -29,7 +31,8 @@ def slug(*parts) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One point of a rebound curve: a negative volume, the mean over seeds and its 95 % CI half-width."""
+    """One point of a rebound curve: a negative volume, the mean over seeds and its 95 % CI
+    half-width."""
     negative: int
     mean: float
     half: float
@@ -39,17 +42,19 @@ class Point:
 
 @dataclass(frozen=True)
 class Curve:
-    """One start model under negative fine-tuning: its points by negative volume (the base model: one point)."""
+    """One start model under negative fine-tuning: its points by negative volume (the base model:
+    one point)."""
     model: str
     arm: str                              # positive | control | from-base | base
     start: int                            # the start's positive volume (0 for the base model)
     points: list
 
 
-# --------------------------------------------------------------------------------------------- rebound
+# ---------------------------------------------------------------------------------------------
+# rebound
 def rebound_tables(records, metric_name: str) -> tuple[list[Table], list[Curve]]:
-    """Per model and arm: positive volume x negative volume matrix of mean ± CI over seeds (+ the base row), and
-    the same numbers as curves."""
+    """Per model and arm: positive volume x negative volume matrix of mean ± CI over seeds (+ the
+    base row), and the same numbers as curves."""
     # (model, arm) -> (pos, neg) -> [(value, stderr, seed)]
     groups: dict[tuple, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     sizes = {}
@@ -67,14 +72,17 @@ def rebound_tables(records, metric_name: str) -> tuple[list[Table], list[Curve]]
     cell = lambda q: Stat(q.mean, q.half, q.n, signed=False)
     tables, curves = [], []
     negs = sorted({k[1] for g in groups.values() for k in g})
-    for model in sorted({k[0] for k in groups}, key=lambda m: (natural(sizes.get(m) or ""), natural(m))):
+    for model in sorted({k[0] for k in groups},
+                        key=lambda m: (natural(sizes.get(m) or ""), natural(m))):
         base = groups.get((model, "base"), {}).get((0, 0), [])
         for arm in sorted(a for (mm, a) in groups if mm == model and a != "base"):
             cells = groups[(model, arm)]
-            if arm == "from-base" and base:   # negative fine-tuning from the base: its start is the base
+            # negative fine-tuning from the base: its start is the base
+            if arm == "from-base" and base:
                 cells = {**cells, (0, 0): base}
             label = f"{model}" + (f" ({sizes[model]})" if sizes.get(model) else "") + f", arm {arm}"
-            t = Table(slug("rebound", metric_name, model, arm), "", [f"{arm} \\ negative"] + [str(n) for n in negs])
+            t = Table(slug("rebound", metric_name, model, arm), "",
+                      [f"{arm} \\ negative"] + [str(n) for n in negs])
             ns = []
             if base:
                 b = point(0, base)
@@ -99,7 +107,8 @@ def base_level(curves: list[Curve], model: str) -> float | None:
 
 
 def crossing(points: list, seed, level: float) -> float | None:
-    """Negative examples at which one seed's curve first reaches `level` (linear between grid points), or None."""
+    """Negative examples at which one seed's curve first reaches `level` (linear between grid
+    points), or None."""
     prev = None
     for q in points:
         v = q.seeds.get(seed)
@@ -116,13 +125,13 @@ def crossing(points: list, seed, level: float) -> float | None:
 
 def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
     """Window-robust rebound statistics per start curve, each a mean over seeds with its 95 % CI:
-    - change@w: per seed, the value after w negative examples minus the value at 0 (paired; a fall is negative),
-      for w in WINDOWS and the last volume;
-    - deeper@w: that change minus the same seed's change from the arm's smallest start (does deeper alignment fall
-      more?); model@w: minus the same start's change in the study's first model (Setting III: a larger model, more
-      pre-training); both 'resolved' when the CI excludes 0;
-    - return: negative examples until the seed's curve reaches its own base eval's level (linear between grid
-      points), over the seeds that get there (of return_of)."""
+    - change@w: per seed, the value after w negative examples minus the value at 0 (paired; a fall
+      is negative), for w in WINDOWS and the last volume;
+    - deeper@w: that change minus the same seed's change from the arm's smallest start (does deeper
+      alignment fall more?); model@w: minus the same start's change in the study's first model
+      (Setting III: a larger model, more pre-training); both 'resolved' when the CI excludes 0;
+    - return: negative examples until the seed's curve reaches its own base eval's level (linear
+      between grid points), over the seeds that get there (of return_of)."""
     out: list[dict] = []
     first: dict[tuple, Curve] = {}
     base = {c.model: c.points[0].seeds for c in curves if c.arm == "base"}
@@ -139,26 +148,31 @@ def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
         row = {"metric": metric_name, "model": c.model, "arm": c.arm, "start": c.start}
         for w in sorted({w for w in WINDOWS if w in at} | {max(at)} - {0}):
             row[f"change@{w}"] = change = changes(c, w)
-            for key, ref in (("deeper", first[(c.model, c.arm)]), ("model", first[(c.arm, c.start)])):
+            for key, ref in (("deeper", first[(c.model, c.arm)]),
+                             ("model", first[(c.arm, c.start)])):
                 if ref is not c and (other := changes(ref, w)):
                     row[f"{key}@{w}"] = {s: change[s] - other[s] for s in change if s in other}
         if c.model in base and c.arm != "from-base":
             seeds = [s for s in c.points[0].seeds if s in base[c.model]]
-            row["return"] = {s: x for s in seeds if (x := crossing(c.points, s, base[c.model][s])) is not None}
+            row["return"] = {s: x for s in seeds
+                             if (x := crossing(c.points, s, base[c.model][s])) is not None}
             row["return_of"] = len(seeds)
         out.append(row)
     return out
 
 
 def window_table(curves: list[Curve], metric_name: str) -> Table:
-    """window_stats as a table: mean ± CI per statistic; 'resolved' marks a difference whose CI excludes 0."""
+    """window_stats as a table: mean ± CI per statistic; 'resolved' marks a difference whose CI
+    excludes 0."""
     stats = window_stats(curves, metric_name)
     wins = sorted({int(k.split("@")[1]) for r in stats for k in r if k.startswith("change@")})
     fixed = [w for w in WINDOWS if w in wins][-1:] or wins[:1]   # the ordering test's window
     models = list(dict.fromkeys(r["model"] for r in stats))
     vs_model = [f"minus {models[0]} @{w}" for w in fixed] if len(models) > 1 else []
-    t = Table(slug("windows", metric_name), "", ["model", "arm", "start"] + [f"change@{w}" for w in wins] +
-              [f"minus smallest start @{w}" for w in fixed] + vs_model + ["negatives to base", "seeds reaching base"])
+    t = Table(slug("windows", metric_name), "",
+              ["model", "arm", "start"] + [f"change@{w}" for w in wins] +
+              [f"minus smallest start @{w}" for w in fixed] + vs_model + ["negatives to base",
+                                                                          "seeds reaching base"])
     ns: list[int] = []
     cell = lambda vals, digits=3, test=False, signed=True: stat(vals, digits, test, signed, ns)
     for r in stats:
@@ -167,23 +181,29 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
               *[cell(r.get(f"deeper@{w}", {}), test=True) for w in fixed],
               *[cell(r.get(f"model@{w}", {}), test=True) for w in fixed if vs_model],
               cell(ret, 0, signed=False), f"{len(ret)}/{r['return_of']}" if "return" in r else None)
-    t.title = (f"{metric_name}: paired change from the start (after − start: a fall is negative) after "
-               f"{', '.join(map(str, wins))} negative examples, the change minus the smallest start's, and the "
-               f"negatives to reach the base; mean ± {ci_label(ns or [1])}; resolved: the CI excludes 0")
+    t.title = (f"{metric_name}: paired change from the start (after − start: a fall is negative) "
+               "after "
+               f"{', '.join(map(str, wins))} negative examples, the change minus the smallest "
+               "start's, and the "
+               f"negatives to reach the base; mean ± {ci_label(ns or [1])}; resolved: the CI "
+               "excludes 0")
     return t
 
 
 def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
-    """Does a control arm fall differently from the aligned arm once the start level is accounted for? Per window w:
-    ordinary least squares over every (start, seed) of an aligned (positive) arm and one other arm,
-    change@w = a + b * start level + c * [other arm]; c with its 95 % t interval (n - 3 degrees of freedom). The
-    aligned arm is the model's own and, for every other model, also the study's first model's (a base pre-trained
-    on the shifted corpus against the aligned base). The observations share bases and seeds, so the interval
-    treats as independent what is not quite."""
+    """Does a control arm fall differently from the aligned arm once the start level is accounted
+    for? Per window w: ordinary least squares over every (start, seed) of an aligned (positive) arm
+    and one other arm, change@w = a + b * start level + c * [other arm]; c with its 95 % t interval
+    (n - 3 degrees of freedom). The aligned arm is the model's own and, for every other model, also
+    the study's first model's (a base pre-trained on the shifted corpus against the aligned base).
+    The observations share bases and seeds, so the interval treats as independent what is not quite.
+    """
     import numpy as np
     t = Table(slug("adjusted", metric_name),
-              f"{metric_name}: start-adjusted arm effect on the paired change (OLS: change ~ start level + arm; "
-              "c = the arm's change minus the aligned arm's at the same start; 95% t CI over starts x seeds)",
+              f"{metric_name}: start-adjusted arm effect on the paired change (OLS: change ~ start "
+              "level + arm; "
+              "c = the arm's change minus the aligned arm's at the same start; 95% t CI over "
+              "starts x seeds)",
               ["model", "arm", "vs aligned arm of", "window", "arm effect c", "start slope b", "n"])
     obs = defaultdict(list)   # (model, arm, w) -> [(start level, change)]
     for c in curves:
@@ -194,8 +214,10 @@ def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
             for sd in (sd for sd in at.get(w, {}) if sd in at[0]):
                 obs[(c.model, c.arm, w)].append((at[0][sd], at[w][sd] - at[0][sd]))
     first = next((c.model for c in curves if c.arm == "positive"), "")
-    pairs = [(k, k[0]) for k in obs if k[1] != "positive"] + [(k, first) for k in obs if k[0] != first]
-    for (model, arm, w), ref in sorted(pairs, key=lambda p: (natural(p[0][0]), p[0][1], p[1] != p[0][0], p[0][2])):
+    pairs = [(k, k[0]) for k in obs if k[1] != "positive"] + [(k, first) for k in obs
+                                                              if k[0] != first]
+    for (model, arm, w), ref in sorted(pairs, key=lambda p: (natural(p[0][0]), p[0][1],
+                                                             p[1] != p[0][0], p[0][2])):
         pos, other = obs.get((ref, "positive", w), []), obs[(model, arm, w)]
         n = len(pos) + len(other)
         if not pos or n < 5:
@@ -206,17 +228,21 @@ def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
         resid = y - x @ coef
         cov = float(resid @ resid) / (n - 3) * np.linalg.pinv(x.T @ x)
         half = t_quantile(0.95, n - 3) * math.sqrt(max(cov[2, 2], 0.0))
-        t.add(model, arm, ref, w, Stat(float(coef[2]), half, n, test=True), Stat(float(coef[1]), None, n), n)
+        t.add(model, arm, ref, w, Stat(float(coef[2]), half, n, test=True),
+              Stat(float(coef[1]), None, n), n)
     return t
 
 
-# --------------------------------------------------------------------------------------------- Setting I
+# ---------------------------------------------------------------------------------------------
+# Setting I
 def resistance_table(records):
-    """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward (theta_i on D_j);
-    every gap is paired by seed (forward minus inverse within each seed's chain) and its CI resolves the direction.
-    The entropy-corrected gap subtracts each target's own entropy (its sampler's nats/token on the answers trained
-    on): a loss is bounded below by its target's entropy, so the corrected gap compares the excess, KL(D || model)."""
-    loss, ent = defaultdict(dict), defaultdict(dict)   # (model, from, to) -> {seed: loss}; (model, slice) -> ...
+    """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward
+    (theta_i on D_j); every gap is paired by seed (forward minus inverse within each seed's chain)
+    and its CI resolves the direction. The entropy-corrected gap subtracts each target's own entropy
+    (its sampler's nats/token on the answers trained on): a loss is bounded below by its target's
+    entropy, so the corrected gap compares the excess, KL(D || model)."""
+    # (model, from, to) -> {seed: loss}; (model, slice) -> ...
+    loss, ent = defaultdict(dict), defaultdict(dict)
     ce, ce_attr = defaultdict(dict), defaultdict(dict)
     for r in records:
         c = r["coords"]
@@ -231,27 +257,35 @@ def resistance_table(records):
             ce[k][seed_of(c)] = m["value"]
             if a := metric_of(r, "bits_per_attribute_token/target"):
                 ce_attr[k][seed_of(c)] = a["value"]
-    weights = sorted({r["data"].get("loss_weighting", "token") for r in records if r["stage"] == "cross"}) or ["token"]
-    t = Table("resistance", f"Setting I: mean training loss ({'/'.join(weights)}-weighted, nats), inverse vs forward "
-              "(lower = easier); gaps paired by seed, forward − inverse (> 0: inverse easier; resolved: the CI "
+    weights = sorted({r["data"].get("loss_weighting", "token") for r in records
+                      if r["stage"] == "cross"}) or ["token"]
+    t = Table("resistance", f"Setting I: mean training loss ({'/'.join(weights)}-weighted, nats), "
+                            "inverse vs forward "
+              "(lower = easier); gaps paired by seed, forward − inverse (> 0: inverse easier; "
+              "resolved: the CI "
               "excludes 0)",
-              ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "paired gap", "target entropy Di",
-               "target entropy Dj", "entropy-corrected gap", "held-out bits gap", "attribute bits gap"])
+              ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "paired gap",
+               "target entropy Di",
+               "target entropy Dj", "entropy-corrected gap", "held-out bits gap",
+               "attribute bits gap"])
     ns = []
 
     def gap(fwd: dict, inv: dict, shift=None) -> Stat | None:
         seeds = [s for s in inv if s in fwd and (shift is None or s in shift)]
-        return stat([fwd[k] - inv[k] - (shift[k] if shift else 0.0) for k in seeds], 4, test=True, ns=ns)
+        return stat([fwd[k] - inv[k] - (shift[k] if shift else 0.0) for k in seeds], 4, test=True,
+                    ns=ns)
     mean = lambda d: Stat(sum(d.values()) / len(d), None, len(d), 4, signed=False) if d else None
     for model in sorted({k[0] for k in loss}, key=natural):
         for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
             inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
             if not inv or not fwd:
                 continue
-            (mi, ci_i, n_i), (mf, ci_f, n_f) = mean_ci(list(inv.values())), mean_ci(list(fwd.values()))
+            (mi, ci_i, n_i), (mf, ci_f,
+                              n_f) = mean_ci(list(inv.values())), mean_ci(list(fwd.values()))
             ns += [n_i, n_f]
             hi, hj = ent.get((model, i), {}), ent.get((model, j), {})
-            dh = {s: hj[s] - hi[s] for s in hi if s in hj}   # forward's target (D_j) minus inverse's (D_i)
+            # forward's target (D_j) minus inverse's (D_i)
+            dh = {s: hj[s] - hi[s] for s in hi if s in hj}
             t.add(model, f"θ{i}↔θ{j}", Stat(mi, ci_i if n_i > 1 else None, n_i, 4, signed=False),
                   Stat(mf, ci_f if n_f > 1 else None, n_f, 4, signed=False),
                   gap(fwd, inv), mean(hi), mean(hj), gap(fwd, inv, dh) if dh else None,
@@ -262,15 +296,18 @@ def resistance_table(records):
     return t
 
 
-# --------------------------------------------------------------------------------------------- Hooke
+# ---------------------------------------------------------------------------------------------
+# Hooke
 def compression_table(records, pretrain_sizes: dict):
-    """Hooke's law as the theorem states it: under a perturbation (negative fine-tuning) the change of a model's
-    compression rate on each dataset it was trained on is inversely proportional to the dataset's size, so
-    |D_pre|·Δpre = |D_pos|·Δpos. Per start and negative volume: every bits/token change from the start, paired by
-    seed (mean ± CI), and the two products with the ratio of their means. |D_pre| is the base's pre-training
-    volume (coords pretrain_n; else its checkpoint's); |D_pos| the positive examples trained on: the start's volume
-    in the aligned arm, those inside the pre-training corpus (world:joint) from the base itself."""
-    by: dict[tuple, dict] = defaultdict(dict)   # (model, arm, positive, negative) -> {seed: {metric: bits}}
+    """Hooke's law as the theorem states it: under a perturbation (negative fine-tuning) the change
+    of a model's compression rate on each dataset it was trained on is inversely proportional to the
+    dataset's size, so |D_pre|·Δpre = |D_pos|·Δpos. Per start and negative volume: every bits/token
+    change from the start, paired by seed (mean ± CI), and the two products with the ratio of their
+    means. |D_pre| is the base's pre-training volume (coords pretrain_n; else its checkpoint's);
+    |D_pos| the positive examples trained on: the start's volume in the aligned arm, those inside
+    the pre-training corpus (world:joint) from the base itself."""
+    # (model, arm, positive, negative) -> {seed: {metric: bits}}
+    by: dict[tuple, dict] = defaultdict(dict)
     info = {}
     for r in records:
         c = r["coords"]
@@ -281,54 +318,64 @@ def compression_table(records, pretrain_sizes: dict):
                                if m["name"].startswith("bits_per_")}
         info[key[:3]] = c
     roles = sorted({n for v in by.values() for m in v.values() for n in m})
-    t = Table("compression", "", ["model", "arm", "start", "negative"] + [f"Δ {r.split('_per_')[1]}" for r in roles] +
+    t = Table("compression", "",
+              ["model", "arm", "start", "negative"] + [f"Δ {r.split('_per_')[1]}" for r in roles] +
               ["|D_pre|·Δpre", "|D_pos|·Δpos", "pre − pos", "ratio"])
     ns: list[int] = []
     cell = lambda values, test=False: stat(values, 4, test, ns=ns)
     for key in sorted(by, key=lambda k: tuple(natural(str(x)) for x in k)):
         model, arm, p, n = key
-        start = by.get((model, arm, p, 0)) or by.get((model, "base", 0, 0) if arm == "from-base" else (), {})
+        start = by.get((model, arm, p, 0)) or by.get((model, "base", 0, 0) if arm == "from-base"
+                                                     else (), {})
         if not n or not start:   # (the from-base arm starts at the base model's own eval)
             continue
         c = info[key[:3]]
         d_pre = c.get("pretrain_n") or pretrain_sizes.get(model)
         d_pos = c.get("pretrain_positive") if arm == "from-base" else p if arm == "positive" else None
         seeds = [s for s in by[key] if s in start]
-        delta = {r: {s: by[key][s][r] - start[s][r] for s in seeds if r in by[key][s] and r in start[s]}
+        delta = {r: {s: by[key][s][r] - start[s][r] for s in seeds if r in by[key][s]
+                     and r in start[s]}
                  for r in roles}
         row = [model, arm, p, n] + [cell(delta[r]) for r in roles]
-        pre, pos = delta.get("bits_per_token/pretrain", {}), delta.get("bits_per_token/positive", {})
+        pre, pos = delta.get("bits_per_token/pretrain", {}), delta.get("bits_per_token/positive",
+                                                                       {})
         if d_pre and d_pos and pre and pos:
-            a, b = [d_pre * pre[s] for s in pre if s in pos], [d_pos * pos[s] for s in pre if s in pos]
+            a, b = [d_pre * pre[s] for s in pre if s in pos], [d_pos * pos[s] for s in pre
+                                                               if s in pos]
             row += [cell(a), cell(b), cell([x - y for x, y in zip(a, b)], test=True),
                     Stat(sum(a) / sum(b), None, len(a), signed=False) if sum(b) else None]
         else:
             row += [None] * 4
         t.add(*row)
-    t.title = ("Compression (bits/token) under negative fine-tuning: each change from the start, paired by seed, and "
-               "the Hooke products |D|·Δ (equal in the theorem; their paired difference, resolved where its CI "
+    t.title = ("Compression (bits/token) under negative fine-tuning: each change from the start, "
+               "paired by seed, and "
+               "the Hooke products |D|·Δ (equal in the theorem; their paired difference, resolved "
+               "where its CI "
                f"excludes 0, and the ratio of their means); mean ± {ci_label(ns or [1])}")
     return t
 
 
-# --------------------------------------------------------------------------------------------- the paper's numbers
+# --------------------------------------------------------------------------------------------- the
+# paper's numbers
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
 COORDS = ("arm", "positive", "negative", "from", "to")
 
 
 def paper_table(records, task: str, models: dict[str, str]) -> Table:
-    """The paper's printed numbers (eval/paper_numbers.yaml) beside ours at the same coordinates, for the study's
-    task and the models it ran (`models`: label -> hub id; matched by hub id). A number the paper gives without a
-    start volume is compared with every start the study has; ours is the mean over seeds with its 95 % interval,
-    empty where the study has no such cell."""
+    """The paper's printed numbers (eval/paper_numbers.yaml) beside ours at the same coordinates,
+    for the study's task and the models it ran (`models`: label -> hub id; matched by hub id). A
+    number the paper gives without a start volume is compared with every start the study has; ours
+    is the mean over seeds with its 95 % interval, empty where the study has no such cell."""
     entries = yaml.safe_load(PAPER_NUMBERS.read_text()) or []
-    t = Table("paper", "", ["source", "model", "arm", "start", "negative", "slices", "metric", "paper", "ours"])
+    t = Table("paper", "",
+              ["source", "model", "arm", "start", "negative", "slices", "metric", "paper", "ours"])
     ns: list[int] = []
     for e in entries:
         if e["task"] != task:
             continue
         for model in sorted((m for m, h in models.items() if h == e["model"]), key=natural):
-            values: dict[tuple, dict] = defaultdict(dict)   # the coordinates the entry leaves open -> {seed: value}
+            # the coordinates the entry leaves open -> {seed: value}
+            values: dict[tuple, dict] = defaultdict(dict)
             for r in records:
                 c = r["coords"]
                 if r["stage"] != e.get("stage", "eval") or c.get("model") != model or \
@@ -344,9 +391,11 @@ def paper_table(records, task: str, models: dict[str, str]) -> Table:
                 at = dict(zip(COORDS, coords)) if coords is not None else e
                 s = stat(values[coords], 4, signed=False, ns=ns) if coords else None
                 slices = f"θ{at['from']}→D{at['to']}" if at.get("from") is not None else ""
-                t.add(e["source"], model, at.get("arm"), at.get("positive"), at.get("negative"), slices, e["metric"],
-                      e["paper"], s)
-    t.title = (f"The paper's numbers ({task}) beside this study's at the same coordinates; ours: mean ± "
-               f"{ci_label(ns or [1])}, empty where the study has no such cell; the paper reports no seeds or "
+                t.add(e["source"], model, at.get("arm"), at.get("positive"), at.get("negative"),
+                      slices, e["metric"], e["paper"], s)
+    t.title = (f"The paper's numbers ({task}) beside this study's at the same coordinates; ours: "
+               "mean ± "
+               f"{ci_label(ns or [1])}, empty where the study has no such cell; the paper reports "
+               "no seeds or "
                "intervals")
     return t

@@ -1,5 +1,6 @@
-"""The report's plots (PNG and PDF): rebound curves with their 95 % bands, and Setting I's inverse vs forward
-losses. matplotlib is imported inside each function, so that reading and tabling never pay for it.
+"""The report's plots (PNG and PDF): rebound curves with their 95 % bands, and Setting I's inverse
+vs forward losses. matplotlib is imported inside each function, so that reading and tabling never
+pay for it.
 
     from eval.plots import plot_rebound
     plot_rebound({"positive_rate": curves}, Path("runs/x/report/rebound"))
@@ -15,8 +16,9 @@ from eval.tables import Table
 
 
 def _save(fig, out: Path, tight: bool = True) -> list[Path]:
-    """PNG and PDF, each written to a temp name and renamed. tight=False keeps the figure's own margins
-    (tight_layout renders the figure once more to measure it: a third of the collector's time, bench P5)."""
+    """PNG and PDF, each written to a temp name and renamed. tight=False keeps the figure's own
+    margins (tight_layout renders the figure once more to measure it: a third of the collector's
+    time, bench P5)."""
     import matplotlib.pyplot as plt
     out.parent.mkdir(parents=True, exist_ok=True)
     if tight:
@@ -31,22 +33,24 @@ def _save(fig, out: Path, tight: bool = True) -> list[Path]:
 
 
 def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
-    """One figure: a row per model, a column per metric of `panels` (the probability and, beside it, the log-odds
-    of the same rate). x is symmetric-log so that the aligned start sits at 0 negative examples; bands are the
-    tables' 95 % CIs, labelled with their kind and number of seeds; the base model's level is a labelled line."""
+    """One figure: a row per model, a column per metric of `panels` (the probability and, beside it,
+    the log-odds of the same rate). x is symmetric-log so that the aligned start sits at 0 negative
+    examples; bands are the tables' 95 % CIs, labelled with their kind and number of seeds; the base
+    model's level is a labelled line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
     names = list(panels)
     first = panels[names[0]]
-    models = list(dict.fromkeys(c.model for c in first))   # the tables' order: by size label, then name
+    # the tables' order: by size label, then name
+    models = list(dict.fromkeys(c.model for c in first))
     if not models:
         return []
     width, height = 5.0 * len(names), 3.6 * len(models)
     fig, axes = plt.subplots(len(models), len(names), figsize=(width, height), squeeze=False)
-    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.35 / height,
-                        wspace=1.0 / (5 - 1.0), hspace=0.9 / 3.6)
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.5 / height,
+                        top=1 - 0.35 / height, wspace=1.0 / (5 - 1.0), hspace=0.9 / 3.6)
     cmap = plt.get_cmap("viridis")
     for i, model in enumerate(models):
         for j, name in enumerate(names):
@@ -62,14 +66,15 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
                 color = cmap(vols.index(c.start) / max(1, len(vols) - 1))
                 ax.plot(x, y, "-" if c.arm == "positive" else ":", marker="o", color=color,
                         label=f"{c.arm} {c.start}")
-                ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)], color=color,
-                                alpha=0.15)
+                ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)],
+                                color=color, alpha=0.15)
             if (level := base_level(mine, model)) is not None:
                 ax.axhline(level, ls="--", color="gray", label="base model")
             small = min((n for n in negs if n > 0), default=1)
             ax.set_xscale("symlog", linthresh=small, linscale=0.5)
             ax.set_xlim(left=0)
-            ax.set_xticks(negs, [str(n) for n in negs], fontsize=7)   # the volumes measured, 0 included
+            # the volumes measured, 0 included
+            ax.set_xticks(negs, [str(n) for n in negs], fontsize=7)
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_xlabel("negative examples")
             ax.set_ylabel(name)
@@ -80,7 +85,8 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
 
 
 def plot_resistance(t: Table, out: Path) -> list[Path]:
-    """Setting I: inverse and forward mean training loss per model and slice pair (resistance_table's numbers)."""
+    """Setting I: inverse and forward mean training loss per model and slice pair
+    (resistance_table's numbers)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

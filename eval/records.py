@@ -1,5 +1,5 @@
-"""What the collector reads: every expected cell's output (never a log), with its coordinates from its job.json, or
-the reason it is not in the tables (layout.cell_state, jobs.output_problem).
+"""What the collector reads: every expected cell's output (never a log), with its coordinates from
+its job.json, or the reason it is not in the tables (layout.cell_state, jobs.output_problem).
 
     from eval.records import read_cells
     records, problems = read_cells(Path("runs/toy-setting2"), upstream)
@@ -14,23 +14,28 @@ from launch.core.layout import read_json
 
 
 def on_disk(exp: Path) -> list[str]:
-    """stage/cell keys of the result cells on disk: the expected list of a run folder no collect cell describes."""
-    return [f"{s}/{p.name}" for s in ("eval", "cross", "responses") for p in sorted((exp / s).glob("*")) if p.is_dir()]
+    """stage/cell keys of the result cells on disk: the expected list of a run folder no collect
+    cell describes."""
+    return [f"{s}/{p.name}" for s in ("eval", "cross", "responses")
+            for p in sorted((exp / s).glob("*")) if p.is_dir()]
 
 
 def read_cells(exp: Path, expected: list[str]):
-    """(records, problems): records are dicts with coords and metrics; problems are (key, state, detail) of the
-    expected cells that are not done (layout.cell_state) or whose output fails its check; they never enter a table."""
+    """(records, problems): records are dicts with coords and metrics; problems are (key, state,
+    detail) of the expected cells that are not done (layout.cell_state) or whose output fails its
+    check; they never enter a table."""
     records, problems = [], []
     for key in expected:
         d = exp / key
         meta = read_json(d / layout.JOB) or {}
         kind = meta.get("kind", "eval" if key.startswith("eval/") else "train")
         want = KINDS[kind].outputs[0] if KINDS[kind].outputs else "summary.json"
-        # (outputs are checked below on the data read once: a done cell costs three reads and no stat)
+        # (outputs are checked below on the data read once: a done cell costs three reads and no
+        # stat)
         state = layout.cell_state(d, kind, (), meta.get("upstream", []))
         data = read_json(d / want) if state in ("done", "stale") else None
-        if state in ("done", "stale"):   # its own output first: a corrupt cell is corrupt, whatever its upstream
+        # its own output first: a corrupt cell is corrupt, whatever its upstream
+        if state in ("done", "stale"):
             problem = f"{layout.JOB} unreadable" if not meta else f"{want} unreadable" if data is None else \
                 json_problem(data, want, kind)
             state, detail = ("corrupt", problem) if problem else \
@@ -43,8 +48,8 @@ def read_cells(exp: Path, expected: list[str]):
             problems.append((key, state, detail))
             continue
         base = ((meta.get("job") or {}).get("base") or {}).get("path", "")
-        records.append({"key": key, "stage": key.split("/")[0], "coords": meta.get("coords", {}), "data": data,
-                        "base": base})
+        records.append({"key": key, "stage": key.split("/")[0], "coords": meta.get("coords", {}),
+                        "data": data, "base": base})
     return records, problems
 
 
@@ -54,13 +59,15 @@ def metric_of(rec: dict, name: str) -> dict | None:
 
 
 def seed_of(coords: dict):
-    """What pairs a cell with the same chain's other cells: its seed, or (pre-training seed, seed) where the study
-    has several pre-training seeds (then every mean and CI is over both)."""
-    return (coords["pretrain_seed"], coords.get("seed")) if "pretrain_seed" in coords else coords.get("seed")
+    """What pairs a cell with the same chain's other cells: its seed, or (pre-training seed, seed)
+    where the study has several pre-training seeds (then every mean and CI is over both)."""
+    return (coords["pretrain_seed"],
+            coords.get("seed")) if "pretrain_seed" in coords else coords.get("seed")
 
 
 def pretrain_sizes(records) -> dict:
-    """Toy models' pre-training volume (|D_pre|): the milestone of the pretrain checkpoint each eval's base is."""
+    """Toy models' pre-training volume (|D_pre|): the milestone of the pretrain checkpoint each
+    eval's base is."""
     sizes = {}
     for r in records:
         path = r.get("base", "")

@@ -1,11 +1,14 @@
 """Scorers and likelihood metrics: what the eval stage measures on a checkpoint.
 
-- `rule_scores`: toy world, exact: +1 per positive attribute word ('...+'), -1 per negative ('...-').
-- `ClassifierScorer`: any HF sequence classifier (e.g. the sentiment RoBERTa for IMDb): P(positive label).
-- `ScoreModelScorer`: a causal-LM backbone with a scalar `score_head` read from the checkpoint's weights, the
-  form of PKU-Alignment/beaver-7b-v1.0-cost (score at the last token, inputs truncated), without safe-rlhf.
-- `token_logps` / `bits_per_token` / `kl_per_token`: compression rate of a model on a dataset (bits per
-  response token) and token-level KL(model || base).
+- `rule_scores`: toy world, exact: +1 per positive attribute word ('...+'), -1 per negative
+  ('...-').
+- `ClassifierScorer`: any HF sequence classifier (e.g. the sentiment RoBERTa for IMDb): P(positive
+  label).
+- `ScoreModelScorer`: a causal-LM backbone with a scalar `score_head` read from the checkpoint's
+  weights, the form of PKU-Alignment/beaver-7b-v1.0-cost (score at the last token, inputs
+  truncated), without safe-rlhf.
+- `token_logps` / `bits_per_token` / `kl_per_token`: compression rate of a model on a dataset (bits
+  per response token) and token-level KL(model || base).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ def _load_source(path: str, revision: str, loader, **kw):
 
 
 def _dtype(spec: Scorer):
-    """The scorer's weights: the checkpoint's own dtype ("auto"), or float32 (the seed scores in fp32)."""
+    """The scorer's weights: the checkpoint's own dtype ("auto"), or float32 (the seed scores in
+    fp32)."""
     return torch.float32 if spec.dtype == "float32" else "auto"
 
 
@@ -45,11 +49,13 @@ class ClassifierScorer:
     def __init__(self, spec: Scorer, device):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         self.tok = _load_source(spec.model, spec.revision, AutoTokenizer.from_pretrained)
-        self.model = _load_source(spec.model, spec.revision, AutoModelForSequenceClassification.from_pretrained,
+        self.model = _load_source(spec.model, spec.revision,
+                                  AutoModelForSequenceClassification.from_pretrained,
                                   dtype=_dtype(spec)).to(device).eval()
         labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
         if spec.positive_label.lower() not in labels:
-            raise ConfigError("eval.scorer.positive_label", f"{spec.positive_label!r} is not a label of {spec.model} "
+            raise ConfigError("eval.scorer.positive_label", f"{spec.positive_label!r} is not a "
+                                                            f"label of {spec.model} "
                               f"(labels: {sorted(labels)})", "set positive_label to one of them")
         self.pos, self.spec, self.device = labels[spec.positive_label.lower()], spec, device
 
@@ -76,21 +82,24 @@ class ScoreModelScorer:
         self.backbone = _load_source(spec.model, spec.revision, AutoModel.from_pretrained,
                                      dtype=_dtype(spec)).to(device).eval()
         if getattr(self.backbone.config, "do_normalize", False):
-            raise ConfigError("eval.scorer.model", f"{spec.model} normalizes its scores (do_normalize: true), which "
-                              "this scorer does not reproduce", "use a score model with do_normalize: false")
+            raise ConfigError("eval.scorer.model", f"{spec.model} normalizes its scores "
+                                                   "(do_normalize: true), which "
+                              "this scorer does not reproduce", "use a score model with "
+                                                                "do_normalize: false")
         head = _read_tensors(spec.model, spec.revision, "score_head.")
         if "score_head.weight" not in head:
             raise ConfigError("eval.scorer.model", f"{spec.model} has no score_head.weight tensor",
-                              "use a score model checkpoint (LlamaForScore form) or kind: classifier")
+                              "use a score model checkpoint (LlamaForScore form) or kind: "
+                              "classifier")
         self.w = head["score_head.weight"].float().to(device)
         self.b = head.get("score_head.bias", torch.zeros(self.w.shape[0])).float().to(device)
         self.spec, self.device = spec, device
 
     @torch.no_grad()
     def __call__(self, texts: list[str], batch: int = 8) -> list[float]:
-        """Scores of prompt + answer texts, read at the last token (truncated at max_length): with EOS appended
-        (append_eos: as safe-rlhf trained its score models on prompt + answer + eos), or as the texts are (the
-        seed's scoring script and the model card's example)."""
+        """Scores of prompt + answer texts, read at the last token (truncated at max_length): with
+        EOS appended (append_eos: as safe-rlhf trained its score models on prompt + answer + eos),
+        or as the texts are (the seed's scoring script and the model card's example)."""
         out = []
         if self.spec.append_eos:
             texts = [t + (self.tok.eos_token or "") for t in texts]
@@ -105,8 +114,9 @@ class ScoreModelScorer:
 
 
 def _read_tensors(model: str, revision: str, prefix: str) -> dict:
-    """Tensors whose names start with `prefix`, from a local folder or the hub cache (safetensors, else PyTorch
-    shards); the backbone's from_pretrained has already put the weights in the cache, so nothing is downloaded."""
+    """Tensors whose names start with `prefix`, from a local folder or the hub cache (safetensors,
+    else PyTorch shards); the backbone's from_pretrained has already put the weights in the cache,
+    so nothing is downloaded."""
     from safetensors import safe_open
     p = Path(model)
     if not p.is_dir():
@@ -120,7 +130,8 @@ def _read_tensors(model: str, revision: str, prefix: str) -> dict:
                     out[k] = sf.get_tensor(k)
     if not out:   # older score-model repos ship PyTorch shards (pytorch_model-0000x-of-0000y.bin)
         for f in sorted(p.glob("*.bin")):
-            out.update({k: v for k, v in torch.load(f, map_location="cpu", weights_only=True).items()
+            out.update({k: v for k,
+                        v in torch.load(f, map_location="cpu", weights_only=True).items()
                         if k.startswith(prefix)})
     return out
 
@@ -137,16 +148,19 @@ def make_scorer(spec: Scorer, device):
 
 @torch.no_grad()
 def token_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1].float()
+    return model(input_ids=ids.to(model.device),
+                 attention_mask=mask.to(model.device)).logits[:, :-1].float()
 
 
 @torch.no_grad()
-def bits_per_token(model, examples, pad_id: int, batch: int = 16, attribute_ids: set[int] | None = None):
+def bits_per_token(model, examples, pad_id: int, batch: int = 16,
+                   attribute_ids: set[int] | None = None):
     """Per-example bits per loss token (and per attribute token, when ids are given)."""
     from train.data import collate
     per, per_attr = [], []
     for i in range(0, len(examples), batch):
-        ids, mask, labels, _ = collate(examples, list(range(i, min(i + batch, len(examples)))), pad_id)
+        ids, mask, labels, _ = collate(examples, list(range(i, min(i + batch, len(examples)))),
+                                       pad_id)
         logp = torch.log_softmax(token_logits(model, ids, mask), dim=-1)
         tgt = labels[:, 1:].to(logp.device)
         keep = tgt != -100
@@ -155,7 +169,8 @@ def bits_per_token(model, examples, pad_id: int, batch: int = 16, attribute_ids:
             if keep[k].any():
                 per.append((nll[k] * keep[k]).sum().item() / keep[k].sum().item())
             if attribute_ids:
-                a = keep[k] & torch.isin(tgt[k], torch.tensor(sorted(attribute_ids), device=tgt.device))
+                a = keep[k] & torch.isin(tgt[k],
+                                         torch.tensor(sorted(attribute_ids), device=tgt.device))
                 if a.any():
                     per_attr.append((nll[k] * a).sum().item() / a.sum().item())
     return per, per_attr
@@ -167,7 +182,8 @@ def kl_per_token(model, base, examples, pad_id: int, batch: int = 16) -> list[fl
     from train.data import collate
     out = []
     for i in range(0, len(examples), batch):
-        ids, mask, labels, _ = collate(examples, list(range(i, min(i + batch, len(examples)))), pad_id)
+        ids, mask, labels, _ = collate(examples, list(range(i, min(i + batch, len(examples)))),
+                                       pad_id)
         lp = torch.log_softmax(token_logits(model, ids, mask), dim=-1)
         lq = torch.log_softmax(token_logits(base, ids, mask).to(lp.device), dim=-1)
         kl = (lp.exp() * (lp - lq)).sum(-1)

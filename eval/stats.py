@@ -1,5 +1,6 @@
-"""The collector's statistics: exact Student-t quantiles, means over seeds with 95 % intervals, and `Stat`, the
-number every table cell holds until a writer renders it (eval/tables.py). No scipy, no numpy.
+"""The collector's statistics: exact Student-t quantiles, means over seeds with 95 % intervals, and
+`Stat`, the number every table cell holds until a writer renders it (eval/tables.py). No scipy, no
+numpy.
 
     from eval.stats import mean_ci, stat
     stat([0.51, 0.55, 0.49])      # Stat(mean=0.5166..., half=0.0758..., n=3)
@@ -12,12 +13,13 @@ from dataclasses import dataclass
 
 
 def t_quantile(p: float, df: int) -> float:
-    """The Student-t quantile t with P(|T| < t) = p (two-sided: p = 0.95 gives the 97.5 % point) for integer df,
-    exact: the t distribution's closed form for integer df, inverted by bisection."""
+    """The Student-t quantile t with P(|T| < t) = p (two-sided: p = 0.95 gives the 97.5 % point) for
+    integer df, exact: the t distribution's closed form for integer df, inverted by bisection."""
     def inside(t):
         th = math.atan(t / math.sqrt(df))
         c2, term, total = math.cos(th) ** 2, 1.0, 1.0
-        for k in range(1 + df % 2, df - 1, 2):   # odd df: 1 + 2/3 c2 + 2*4/(3*5) c2^2 ...; even: 1 + 1/2 c2 ...
+        # odd df: 1 + 2/3 c2 + 2*4/(3*5) c2^2 ...; even: 1 + 1/2 c2 ...
+        for k in range(1 + df % 2, df - 1, 2):
             term *= c2 * k / (k + 1)
             total += term
         if df % 2:
@@ -34,7 +36,8 @@ Z95 = 1.959963984540054   # the normal 97.5 % point
 
 
 def mean_ci(values: list[float], stderr_one: float | None = None) -> tuple[float, float, int]:
-    """Mean and 95 % half-width over seeds; with one seed, the normal 97.5 % point x the cell's own standard error."""
+    """Mean and 95 % half-width over seeds; with one seed, the normal 97.5 % point x the cell's own
+    standard error."""
     n = len(values)
     m = sum(values) / n
     if n == 1:
@@ -45,9 +48,9 @@ def mean_ci(values: list[float], stderr_one: float | None = None) -> tuple[float
 
 @dataclass(frozen=True)
 class Stat:
-    """One number of a table: a mean over n seeds with its 95 % half-width (None: no interval, e.g. one seed of a
-    paired statistic, or a plain number), and how it prints: `digits` decimals, a sign when `signed`, and the word
-    'resolved' when `test` and the interval excludes 0."""
+    """One number of a table: a mean over n seeds with its 95 % half-width (None: no interval, e.g.
+    one seed of a paired statistic, or a plain number), and how it prints: `digits` decimals, a sign
+    when `signed`, and the word 'resolved' when `test` and the interval excludes 0."""
     mean: float
     half: float | None = None
     n: int = 1
@@ -66,13 +69,16 @@ class Stat:
     def text(self) -> str:
         if self.half is None:
             return self.number(self.mean)
-        return f"{self.number(self.mean)} ± {self.half:.{self.digits}f}" + (" resolved" if self.test and
+        return f"{self.number(self.mean)} ± {self.half:.{self.digits}f}" + (" resolved" if self.test
+                                                                            and
                                                                               self.resolved else "")
 
 
-def stat(values, digits: int = 3, test: bool = False, signed: bool = True, ns: list | None = None) -> Stat | None:
-    """The Stat of paired per-seed values (a dict or a list; None when there are none); one value has no interval.
-    ns: a table's list of seed counts (for its title's interval label), which this one's n joins."""
+def stat(values, digits: int = 3, test: bool = False, signed: bool = True,
+         ns: list | None = None) -> Stat | None:
+    """The Stat of paired per-seed values (a dict or a list; None when there are none); one value
+    has no interval. ns: a table's list of seed counts (for its title's interval label), which this
+    one's n joins."""
     values = list(values.values()) if isinstance(values, dict) else list(values)
     if not values:
         return None
@@ -96,5 +102,7 @@ def ci_label(ns) -> str:
 
 
 def natural(name) -> list:
-    """Sort key that reads numbers as numbers: toy-5k < toy-10k < toy-20k, tinyllama-2T < 2.5T < 3T."""
-    return [(0, float(t)) if t[0].isdigit() else (1, t) for t in re.findall(r"\d+(?:\.\d+)?|\D+", str(name))]
+    """Sort key that reads numbers as numbers: toy-5k < toy-10k < toy-20k, tinyllama-2T < 2.5T < 3T.
+    """
+    return [(0, float(t)) if t[0].isdigit() else (1, t) for t in re.findall(r"\d+(?:\.\d+)?|\D+",
+                                                                            str(name))]

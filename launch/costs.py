@@ -1,15 +1,17 @@
-"""What a study will cost before it runs: GPU-hours from the profile's measured rates, and the host memory that a
-training cell's milestone forks hold per node. `plan` prints both and says how it estimated; `plan` and `submit`
-refuse a profile whose train.mem_gb is set and smaller than the forks need.
+"""What a study will cost before it runs: GPU-hours from the profile's measured rates, and the host
+memory that a training cell's milestone forks hold per node. `plan` prints both and says how it
+estimated; `plan` and `submit` refuse a profile whose train.mem_gb is set and smaller than the forks
+need.
 
-GPU-hours of a training cell = its tokens / train_tokens_per_gpu_hour (the step loop; every example counted at the
-recipe's max_length, twice for DPO's pairs: an upper bound) + its GPUs x (train_fixed_minutes: load, DeepSpeed
-init, DPO's reference pass + checkpoints x train_minutes_per_checkpoint) / 60. An eval cell: eval_minutes_per_cell
-x its GPUs. The rates come from a finished cell's record.json `runtime.phases` (`launch rates RUN` prints them).
+GPU-hours of a training cell = its tokens / train_tokens_per_gpu_hour (the step loop; every example
+counted at the recipe's max_length, twice for DPO's pairs: an upper bound) + its GPUs x
+(train_fixed_minutes: load, DeepSpeed init, DPO's reference pass + checkpoints x
+train_minutes_per_checkpoint) / 60. An eval cell: eval_minutes_per_cell x its GPUs. The rates come
+from a finished cell's record.json `runtime.phases` (`launch rates RUN` prints them).
 
-Host memory of a fork (train.state.snapshot: measured as record.json `phases.fork_host_bytes`): per rank, the
-16-bit (or fp32) weights it holds, the fp32 masters and Adam's two moments; ZeRO-3 partitions all of it over the
-ranks, ZeRO-1/2 the masters and moments, ZeRO-0 nothing.
+Host memory of a fork (train.state.snapshot: measured as record.json `phases.fork_host_bytes`): per
+rank, the 16-bit (or fp32) weights it holds, the fp32 masters and Adam's two moments; ZeRO-3
+partitions all of it over the ranks, ZeRO-1/2 the masters and moments, ZeRO-0 nothing.
 
     from launch.costs import fork_gb_per_node, model_params, stage_time_min
 """
@@ -23,15 +25,19 @@ from pathlib import Path
 from launch.core.jobs import safetensors_header
 from launch.core.profile import Profile, Resources
 
-# Parameter counts of the paper's models (their config.json: embeddings, layers, head; tied heads counted once)
+# Parameter counts of the paper's models (their config.json: embeddings, layers, head; tied heads
+# counted once)
 from launch.core.schema import ConfigError
 from launch.core.spec import Model, Recipe, source_kind
 KNOWN_PARAMS = {
-    "meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Llama-2-13b-hf": 13.02e9, "meta-llama/Meta-Llama-3-8B": 8.03e9,
-    "google/gemma-2b": 2.51e9, "Qwen/Qwen1.5-0.5B": 0.46e9, "Qwen/Qwen1.5-4B": 3.95e9, "Qwen/Qwen1.5-7B": 7.72e9,
+    "meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Llama-2-13b-hf": 13.02e9,
+                "meta-llama/Meta-Llama-3-8B": 8.03e9,
+    "google/gemma-2b": 2.51e9, "Qwen/Qwen1.5-0.5B": 0.46e9, "Qwen/Qwen1.5-4B": 3.95e9,
+                "Qwen/Qwen1.5-7B": 7.72e9,
     **{f"TinyLlama/TinyLlama-1.1B-{s}": 1.10e9 for s in (
         "step-50K-105b", "intermediate-step-240k-503b", "intermediate-step-480k-1T",
-        "intermediate-step-955k-token-2T", "intermediate-step-1195k-token-2.5T", "intermediate-step-1431k-3T")},
+        "intermediate-step-955k-token-2T", "intermediate-step-1195k-token-2.5T",
+                                                         "intermediate-step-1431k-3T")},
 }
 
 
@@ -48,8 +54,8 @@ def _safetensors_params(path: Path) -> int:
 
 
 def model_params(m: Model) -> float | None:
-    """A model's parameter count: the table above for hub ids, the safetensors headers of a local folder; None
-    for a toy model (built by `init`: small) or a hub id not in the table."""
+    """A model's parameter count: the table above for hub ids, the safetensors headers of a local
+    folder; None for a toy model (built by `init`: small) or a hub id not in the table."""
     if m.init is not None:
         return None
     if source_kind(m.path) == "hub":
@@ -61,10 +67,12 @@ def model_params(m: Model) -> float | None:
 def fork_bytes_per_rank(params: float, recipe: Recipe, world: int) -> float:
     """Host bytes one rank's fork snapshot holds (train.state.snapshot)."""
     weights = 2 if recipe.precision == "bf16" else 4
-    masters = 4 if recipe.precision == "bf16" else 0   # fp32 training updates the weights themselves (ZeRO-0)
+    # fp32 training updates the weights themselves (ZeRO-0)
+    masters = 4 if recipe.precision == "bf16" else 0
     if recipe.zero_stage == 0:
         return params * (weights + masters + 8)
-    if recipe.zero_stage in (1, 2):   # full weights on every rank; fp32 partitions (masters, moments) split
+    # full weights on every rank; fp32 partitions (masters, moments) split
+    if recipe.zero_stage in (1, 2):
         return params * (weights + 12 / world)
     return params * (weights + 12) / world
 
@@ -79,18 +87,22 @@ def fork_gb_per_node(params: float, recipe: Recipe, res: Resources) -> float:
 
 
 def stage_resources(stage: str, cells: list, profile: Profile) -> Resources:
-    """What each cell of `stage` asks Slurm for: the profile's (Profile.resources), its time fitted to the plan's
-    estimate where the profile has cost rates and the stage sets no time_min of its own (stage_time_min)."""
+    """What each cell of `stage` asks Slurm for: the profile's (Profile.resources), its time fitted
+    to the plan's estimate where the profile has cost rates and the stage sets no time_min of its
+    own (stage_time_min)."""
     res = profile.resources(stage)
-    if "time_min" not in profile.stages.get(stage, {}) and (fit := stage_time_min(cells, res, profile)):
+    if "time_min" not in profile.stages.get(stage, {}) and (fit := stage_time_min(cells, res,
+                                                                                  profile)):
         res = dataclasses.replace(res, time_min=fit)
     return res
 
 
 def fork_memory(plan, profile: Profile) -> list[dict]:
-    """Per base model and training stage whose runs fork (nested volumes): the fork's host GB per node."""
+    """Per base model and training stage whose runs fork (nested volumes): the fork's host GB per
+    node."""
     rows = []
-    stages = [name for name, cells in plan.stages.items() if cells and cells[0].kind == "train" and name != "pretrain"]
+    stages = [name for name, cells in plan.stages.items() if cells and cells[0].kind == "train"
+              and name != "pretrain"]
     for m in plan.spec.models:
         params = model_params(m)
         if params is None:
@@ -99,7 +111,8 @@ def fork_memory(plan, profile: Profile) -> list[dict]:
             recipe = plan.spec.recipe_for(stage)
             if recipe.nested:
                 res = profile.resources(stage)
-                rows.append({"model": m.name, "stage": stage, "params": params, "mem_gb": res.mem_gb,
+                rows.append({"model": m.name, "stage": stage, "params": params,
+                             "mem_gb": res.mem_gb,
                              "gb_per_node": fork_gb_per_node(params, recipe, res)})
     return rows
 
@@ -115,10 +128,10 @@ def train_cell_gpu_hours(cell, profile: Profile) -> float | None:
 
 
 def stage_time_min(cells: list, res: Resources, profile: Profile) -> int | None:
-    """The time limit a stage's cells ask for, from the plan's estimate: twice the longest cell's (or eval task's)
-    estimated wall time, plus the signal delay and 15 minutes, in whole quarter hours, never more than `res`'s own;
-    None where the profile has no rate for it. Too short costs a requeue (the cell saves and goes on), never a
-    result."""
+    """The time limit a stage's cells ask for, from the plan's estimate: twice the longest cell's
+    (or eval task's) estimated wall time, plus the signal delay and 15 minutes, in whole quarter
+    hours, never more than `res`'s own; None where the profile has no rate for it. Too short costs a
+    requeue (the cell saves and goes on), never a result."""
     if not cells:
         return None
     if cells[0].kind == "train":
@@ -135,8 +148,10 @@ def stage_time_min(cells: list, res: Resources, profile: Profile) -> int | None:
 
 
 def rates(exp_dir: Path) -> dict:
-    """The profile's cost rates measured on a finished study's training and eval cells (their record.json)."""
-    sums = [0.0] * 5   # step tokens, step GPU-seconds, fixed seconds, checkpoint seconds, checkpoints
+    """The profile's cost rates measured on a finished study's training and eval cells (their
+    record.json)."""
+    # step tokens, step GPU-seconds, fixed seconds, checkpoint seconds, checkpoints
+    sums = [0.0] * 5
     cells = evals = 0
     eval_s = 0.0
     for rec_path in sorted(Path(exp_dir).glob("*/*/record.json")):
@@ -144,8 +159,8 @@ def rates(exp_dir: Path) -> dict:
             ph = json.loads(rec_path.read_text())["runtime"].get("phases")
             if ph:
                 one = (ph["step_tokens"], ph["steps_s"] * ph["ranks"],
-                       ph["setup_s"] + ph["load_s"] + ph["init_s"] + ph["reference_s"], ph["save_s"] + ph["fork_s"],
-                       ph["checkpoints"])
+                       ph["setup_s"] + ph["load_s"] + ph["init_s"] + ph["reference_s"],
+                       ph["save_s"] + ph["fork_s"], ph["checkpoints"])
                 sums = [a + b for a, b in zip(sums, one)]
                 cells += 1
             result = rec_path.parent / "result.json"
@@ -164,14 +179,17 @@ def rates(exp_dir: Path) -> dict:
 
 
 def check_memory(plan, profile: Profile) -> None:
-    """Refuse a profile whose memory per node (train.mem_gb, or the stage's own) is set and smaller than a training
-    stage's forks hold per node."""
+    """Refuse a profile whose memory per node (train.mem_gb, or the stage's own) is set and smaller
+    than a training stage's forks hold per node."""
     for row in fork_memory(plan, profile):
         if row["mem_gb"] and row["gb_per_node"] > row["mem_gb"]:
-            where = f"stages.{row['stage']}.mem_gb" if "mem_gb" in profile.stages.get(row["stage"], {}) \
+            where = f"stages.{row['stage']}.mem_gb" if "mem_gb" in profile.stages.get(row["stage"],
+                                                                                      {}) \
                 else "train.mem_gb"
             raise ConfigError(where, f"{row['mem_gb']} GB per node is less than the "
-                              f"{row['gb_per_node']:.0f} GB that the {row['stage']} milestone forks of "
+                              f"{row['gb_per_node']:.0f} GB that the {row['stage']} milestone "
+                              "forks of "
                               f"{row['model']} hold in host memory", f"set {where} to at least "
-                              f"{row['gb_per_node'] * 1.25:.0f} (the forks and the processes), or 0 for the "
+                              f"{row['gb_per_node'] * 1.25:.0f} (the forks and the processes), or "
+                              "0 for the "
                               "partition's default")

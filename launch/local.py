@@ -1,13 +1,14 @@
 """The local executor: run a plan's stages in order on this machine.
 
-Same stages, same cells, same worker as on Slurm; a stage starts when the one before it has finished. The cells
-of a stage whose kind allows it (launch.core.jobs.KINDS: everything but training) run in one worker process
-(`python -m launch run-cells`), so that Python, torch and the scorer load once per stage instead of once per
-cell; each training cell is its own process (its own DeepSpeed run). Either way every cell keeps its own done
-marker, log (`<cell dir>/log.txt`), FAILED record and resume, and a cell that fails fails alone; the next stage
-does not start after a failure. Cells whose done marker exists are skipped, so running again continues where a
-crash or Ctrl-C left off. Cells another study under the same runs root has done are taken first (Plan.adopt).
-`--jobs N` runs up to N workers at once within a stage (a fused stage cut into N contiguous parts).
+Same stages, same cells, same worker as on Slurm; a stage starts when the one before it has
+finished. The cells of a stage whose kind allows it (launch.core.jobs.KINDS: everything but
+training) run in one worker process (`python -m launch run-cells`), so that Python, torch and the
+scorer load once per stage instead of once per cell; each training cell is its own process (its own
+DeepSpeed run). Either way every cell keeps its own done marker, log (`<cell dir>/log.txt`), FAILED
+record and resume, and a cell that fails fails alone; the next stage does not start after a failure.
+Cells whose done marker exists are skipped, so running again continues where a crash or Ctrl-C left
+off. Cells another study under the same runs root has done are taken first (Plan.adopt). `--jobs N`
+runs up to N workers at once within a stage (a fused stage cut into N contiguous parts).
 
     python -m launch run configs/toy/setting2.yaml [--jobs 2]   # or: make local CONFIG=...
 """
@@ -34,20 +35,22 @@ from launch.worker import close_distributed, run_cell, write_job
 
 def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | None = None,
              console: Console | None = None, fuse: bool = True, jobs: int = 1) -> int:
-    """fuse=False runs every cell as its own process (the unfused baseline of bench/demo_time.py). jobs: how many
-    worker processes run at once (cells of one stage; a fused stage is cut into that many parts), each with
-    cpus/jobs threads unless OMP_NUM_THREADS is set. Runtime only: at equal threads per cell every result is the same
-    bit for bit (the thread count itself changes float summation order, as another machine does)."""
+    """fuse=False runs every cell as its own process (the unfused baseline of bench/demo_time.py).
+    jobs: how many worker processes run at once (cells of one stage; a fused stage is cut into that
+    many parts), each with cpus/jobs threads unless OMP_NUM_THREADS is set. Runtime only: at equal
+    threads per cell every result is the same bit for bit (the thread count itself changes float
+    summation order, as another machine does)."""
     con = console or Console(stderr=True)
     env = cell_env(profile)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     if reused := plan.adopt(runs_root, profile):
-        con.print(f"{len(reused)} cells taken from other studies under {runs_root} (the same cells, done there)")
+        con.print(f"{len(reused)} cells taken from other studies under {runs_root} (the same "
+                  "cells, done there)")
     stages = {k: v for k, v in plan.stages.items() if only in (None, k)}
     total = sum(len(v) for v in stages.values())
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=con, transient=False) as progress:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=con, transient=False) as progress:
         overall = progress.add_task(f"[bold]{plan.spec.experiment}", total=total)
         pending = plan.todo(runs_root)
         for name, cells in stages.items():
@@ -57,8 +60,10 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
             progress.advance(overall, done)
             todo = [plan.cell_dir(runs_root, c) for c in cells if c.key in pending]
             for c in (c for c in cells if c.key in pending):
-                write_job(plan.cell_dir(runs_root, c), plan.meta(c, profile))   # (write_job makes the folder)
-            if fuse and KINDS[cells[0].kind].fuse and todo:   # one worker per part, each part a contiguous run
+                # (write_job makes the folder)
+                write_job(plan.cell_dir(runs_root, c), plan.meta(c, profile))
+            # one worker per part, each part a contiguous run
+            if fuse and KINDS[cells[0].kind].fuse and todo:
                 n = min(jobs, len(todo))
                 groups = [todo[len(todo) * i // n:len(todo) * (i + 1) // n] for i in range(n)]
             else:
@@ -74,17 +79,19 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
                     d = Path(r["cell"])
                     why = "preempted (run again to resume)" if r["rc"] == EXIT_PREEMPTED else f"exit {r['rc']}"
                     err = (layout.read_json(d / layout.FAILED) or {}).get("error", "")
-                    con.print(f"[red]cell {d.parent.name}/{d.name} failed: {why}: {err}\n  log: {d / 'log.txt'}")
+                    con.print(f"[red]cell {d.parent.name}/{d.name} failed: {why}: {err}\n  log: "
+                              f"{d / 'log.txt'}")
                 return 2 if all(r["rc"] == 2 for r in failed) else 1
     report = plan.exp_dir(runs_root) / "report"
-    con.print(f"done: {plan.exp_dir(runs_root)}" + (f"  (report: {report})" if report.exists() else ""))
+    con.print(f"done: {plan.exp_dir(runs_root)}" + (f"  (report: {report})" if report.exists()
+                                                    else ""))
     return 0
 
 
 def run_groups(groups: list[list[Path]], env: dict, jobs: int, on_cell) -> list[dict]:
-    """Run each group of cells in a `python -m launch run-cells` worker, at most `jobs` workers at once; on_cell is
-    called once per finished cell. Returns the failed cells ({"cell", "rc"}); after a preemption no new worker
-    starts (the running ones finish)."""
+    """Run each group of cells in a `python -m launch run-cells` worker, at most `jobs` workers at
+    once; on_cell is called once per finished cell. Returns the failed cells ({"cell", "rc"}); after
+    a preemption no new worker starts (the running ones finish)."""
     events: queue.Queue = queue.Queue()
     failed: list[dict] = []
 
@@ -96,8 +103,8 @@ def run_groups(groups: list[list[Path]], env: dict, jobs: int, on_cell) -> list[
     while waiting or running:
         while waiting and running < jobs and not stop:
             group = waiting.pop(0)
-            proc = subprocess.Popen([sys.executable, "-m", "launch", "run-cells", *map(str, group)], env=env,
-                                    stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([sys.executable, "-m", "launch", "run-cells", *map(str, group)],
+                                    env=env, stdout=subprocess.PIPE, text=True)
             threading.Thread(target=watch, args=(group, proc), daemon=True).start()
             running += 1
         if not running:
@@ -111,14 +118,17 @@ def run_groups(groups: list[list[Path]], env: dict, jobs: int, on_cell) -> list[
             on_cell(r)
         else:
             running -= 1
-            # a worker that died (killed, out of memory) leaves its unreported cells failed, not done
+            # a worker that died (killed, out of memory) leaves its unreported cells failed, not
+            # done
             failed += [{"cell": str(d), "rc": r or 1} for d in group if str(d) not in reported]
             stop |= r == EXIT_PREEMPTED
     return failed
 
 
-def run_inprocess(plan: Plan, runs_root: str | Path, profile: Profile, only: str | None = None) -> int:
-    """The debug executor: every cell in this process, in order, so that pdb and breakpoints work."""
+def run_inprocess(plan: Plan, runs_root: str | Path, profile: Profile,
+                  only: str | None = None) -> int:
+    """The debug executor: every cell in this process, in order, so that pdb and breakpoints work.
+    """
     os.environ.update(job_env(profile))
     plan.adopt(runs_root, profile)
     pending = plan.todo(runs_root)

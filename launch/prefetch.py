@@ -1,10 +1,11 @@
-"""Prefetch: on the login node, fill the profile's HF cache (`hf_home`) with every model, tokenizer, dataset and
-scorer a study names, downloading only what the suite loads, and check that every volume fits its dataset (after
-its filter); and `cache_gaps`, which `submit` runs before the first sbatch so that no job starts without its files.
+"""Prefetch: on the login node, fill the profile's HF cache (`hf_home`) with every model, tokenizer,
+dataset and scorer a study names, downloading only what the suite loads, and check that every volume
+fits its dataset (after its filter); and `cache_gaps`, which `submit` runs before the first sbatch
+so that no job starts without its files.
 
     make prefetch CONFIG=configs/setting2/imdb.yaml PROFILE=configs/profiles/mysite.yaml
-Toy-world sets are made by the world stage and are not fetched; local files are read and counted. A hub failure
-is one `error:` line naming the source.
+Toy-world sets are made by the world stage and are not fetched; local files are read and counted. A
+hub failure is one `error:` line naming the source.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pathlib import Path
 from launch.core.env import hf_cache_env
 from launch.core.profile import Profile
 
-# what from_pretrained reads: configs, tokenizer files, and one weight format (safetensors where the repo has them;
+# what from_pretrained reads: configs, tokenizer files, and one weight format (safetensors where the
+# repo has them;
 from launch.core.schema import ConfigError
 from launch.core.spec import Spec, source_kind
-# never .gguf, .pth, original/ or a second copy of the weights: Llama-2-7b's repo is 27 GB with both, 13.5 without)
+# never .gguf, .pth, original/ or a second copy of the weights: Llama-2-7b's repo is 27 GB with
+# both, 13.5 without)
 META = ["*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "vocab.json"]
 
 
@@ -39,8 +42,10 @@ def weight_patterns(files: list[str]) -> list[str]:
 
 
 def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict]:
-    if profile is not None and profile.hf_home:   # before huggingface_hub or datasets read it; the same
-        os.environ.update(hf_cache_env(profile.hf_home))   # variables the jobs get (a shell's HF_HUB_CACHE loses)
+    # before huggingface_hub or datasets read it; the same
+    if profile is not None and profile.hf_home:
+        # variables the jobs get (a shell's HF_HUB_CACHE loses)
+        os.environ.update(hf_cache_env(profile.hf_home))
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.utils import logging as hf_logging
     from train.data import load_rows
@@ -49,8 +54,10 @@ def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict
     for field, repo, rev in hub_sources(spec):
         try:
             files = HfApi().list_repo_files(repo, revision=rev)
-            where = snapshot_download(repo, revision=rev, allow_patterns=META + weight_patterns(files))
-        except Exception as e:  # noqa: BLE001 - network, auth, missing repo: the user needs the source and why
+            where = snapshot_download(repo, revision=rev,
+                                      allow_patterns=META + weight_patterns(files))
+        # noqa: BLE001 - network, auth, missing repo: the user needs the source and why
+        except Exception as e:
             raise ConfigError(field, f"cannot download {repo}@{rev}: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}",
                               "check the id, HF_TOKEN for gated repos, and this node's network") from None
@@ -58,31 +65,39 @@ def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict
     for role, need in spec.rows_needed().items():
         d = spec.data[role]
         if source_kind(d.path) == "world":
-            rows.append({"what": f"data.{role}", "source": d.path, "status": "made by the world stage"})
+            rows.append({"what": f"data.{role}", "source": d.path,
+                         "status": "made by the world stage"})
             continue
         n = len(load_rows(d, Path.cwd()))
         if n < need:
-            raise ConfigError(f"data.{role}", f"{d.path} (split {d.split}) has {n} rows after the filter, the study "
-                              f"needs {need}", "lower the volumes / prompts or choose a larger split")
-        rows.append({"what": f"data.{role}", "source": d.path, "status": f"{n} rows, needs {need}: ok"})
+            raise ConfigError(f"data.{role}", f"{d.path} (split {d.split}) has {n} rows after the "
+                                              "filter, the study "
+                              f"needs {need}", "lower the volumes / prompts or choose a larger "
+                                               "split")
+        rows.append({"what": f"data.{role}", "source": d.path,
+                     "status": f"{n} rows, needs {need}: ok"})
     for r in rows:
         log(f"{r['what']:<16} {r['source']:<50} {r['status']}")
     return rows
 
 
 def cache_gaps(spec: Spec, hf_home: str) -> list[str]:
-    """What the HF cache at `hf_home` lacks for this study: '<repo> (model)' / '<repo> (dataset)'. Jobs run offline
-    from it; submit refuses to start a grid whose files are not there."""
+    """What the HF cache at `hf_home` lacks for this study: '<repo> (model)' / '<repo> (dataset)'.
+    Jobs run offline from it; submit refuses to start a grid whose files are not there."""
     from datasets.naming import camelcase_to_snakecase
     from huggingface_hub import try_to_load_from_cache
     hub = Path(hf_home) / "hub"
     gaps = []
     for _, repo, rev in hub_sources(spec):
-        if not isinstance(try_to_load_from_cache(repo, "config.json", cache_dir=hub, revision=rev), str):
+        if not isinstance(try_to_load_from_cache(repo, "config.json", cache_dir=hub, revision=rev),
+                          str):
             gaps.append(f"{repo} (model)")
-    for path, subset in sorted({(d.path, d.subset) for d in spec.data.values() if source_kind(d.path) == "hub"}):
-        ns, _, name = path.rpartition("/")   # where load_dataset leaves a hub dataset: <ns>___<name>/<config>/...
-        root = Path(hf_home) / "datasets" / ((f"{ns}___" if ns else "") + camelcase_to_snakecase(name))
+    for path, subset in sorted({(d.path, d.subset) for d in spec.data.values()
+                                if source_kind(d.path) == "hub"}):
+        # where load_dataset leaves a hub dataset: <ns>___<name>/<config>/...
+        ns, _, name = path.rpartition("/")
+        root = Path(hf_home) / "datasets" / ((f"{ns}___" if ns
+                                              else "") + camelcase_to_snakecase(name))
         if not any(root.glob(f"{subset or '*'}/*/*/dataset_info.json")):
             gaps.append(f"{path} (dataset)")
     return gaps

@@ -1,13 +1,15 @@
-"""Run one cell: the function every executor calls (local subprocess, submitit on Slurm, debug in-process).
+"""Run one cell: the function every executor calls (local subprocess, submitit on Slurm, debug
+in-process).
 
-A cell folder holds `job.json` (stage, kind, id, job, coords, upstream), written by the local executor before it
-starts the cell and by the Slurm task itself (the launcher passes it in the task's pickle). The worker
-exits at once if the done marker is there, writes `record.json` (resolved job, fingerprint, git commit, argv,
-Slurm ids, image), dispatches to the stage's `main`, and writes `DONE` last (rank 0).
+A cell folder holds `job.json` (stage, kind, id, job, coords, upstream), written by the local
+executor before it starts the cell and by the Slurm task itself (the launcher passes it in the
+task's pickle). The worker exits at once if the done marker is there, writes `record.json` (resolved
+job, fingerprint, git commit, argv, Slurm ids, image), dispatches to the stage's `main`, and writes
+`DONE` last (rank 0).
 
     python -m launch run-cell runs/<experiment>/<stage>/<cell id>
-Exit codes: 0 done, 2 bad input (one `error:` line), 3 a source that failed to load (one `error:` line with the
-real cause), 75 preempted after saving (rerun to resume), 1 failure.
+Exit codes: 0 done, 2 bad input (one `error:` line), 3 a source that failed to load (one `error:`
+line with the real cause), 75 preempted after saving (rerun to resume), 1 failure.
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ from launch.core.spec import Runtime
 
 
 def write_job(cell_dir: Path, meta: dict) -> None:
-    """Prepare a cell to run: its job.json (Plan.meta; a done marker stays: the worker decides, layout.cell_state).
-    No fsync and one line: job.json is rewritten from the plan whenever the cell is started (bench P4)."""
+    """Prepare a cell to run: its job.json (Plan.meta; a done marker stays: the worker decides,
+    layout.cell_state). No fsync and one line: job.json is rewritten from the plan whenever the cell
+    is started (bench P4)."""
     layout.atomic_write_json(Path(cell_dir) / layout.JOB, meta, durable=False, indent=None)
 
 
@@ -38,49 +41,61 @@ def read_job(cell_dir: Path):
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError("cell_dir", f"{cell_dir} has no job.json", "plan and submit the study first") from None
+        raise ConfigError("cell_dir", f"{cell_dir} has no job.json",
+                          "plan and submit the study first") from None
     except ValueError:
-        raise ConfigError("cell_dir", f"{path} is not valid JSON", "delete the cell folder and resubmit") from None
+        raise ConfigError("cell_dir", f"{path} is not valid JSON",
+                          "delete the cell folder and resubmit") from None
     if not isinstance(meta, dict):
         raise ConfigError("job.json", f"{path} holds a {type(meta).__name__}, not a cell's job",
                           "delete the cell folder and resubmit")
     missing = [k for k in ("stage", "kind", "id", "job") if k not in meta]
     if missing:
-        raise ConfigError("job.json", f"{path} lacks {', '.join(missing)}", "delete the cell folder and resubmit")
+        raise ConfigError("job.json", f"{path} lacks {', '.join(missing)}",
+                          "delete the cell folder and resubmit")
     kind = meta.get("kind")
     if kind not in KINDS:
-        raise ConfigError("job.kind", f"unknown cell kind {kind!r} in {path}", "delete the cell folder and resubmit")
-    if not isinstance(meta["job"], dict):
-        raise ConfigError("job.job", f"{path}: the job is a {type(meta['job']).__name__}, not a mapping",
+        raise ConfigError("job.kind", f"unknown cell kind {kind!r} in {path}",
                           "delete the cell folder and resubmit")
-    for key, typ in (("outputs", list), ("upstream", list), ("coords", dict), ("identity", dict), ("runtime", dict)):
+    if not isinstance(meta["job"], dict):
+        raise ConfigError("job.job", f"{path}: the job is a {type(meta['job']).__name__}, not a "
+                                     "mapping",
+                          "delete the cell folder and resubmit")
+    for key, typ in (("outputs", list), ("upstream", list), ("coords", dict), ("identity", dict),
+                     ("runtime", dict)):
         meta.setdefault(key, typ())
-        if not isinstance(meta[key], typ) or typ is list and not all(isinstance(x, str) for x in meta[key]):
+        if not isinstance(meta[key], typ) or typ is list and not all(isinstance(x, str)
+                                                                     for x in meta[key]):
             raise ConfigError(f"job.{key}", f"{path}: {key} is {json.dumps(meta[key])[:60]}, not a "
-                              f"{'list of names' if typ is list else 'mapping'}", "delete the cell folder and resubmit")
+                              f"{'list of names' if typ is list else 'mapping'}",
+                              "delete the cell folder and resubmit")
     build(Runtime, meta["runtime"], "runtime")
     return meta, build(KINDS[kind].job, meta["job"], "job")
 
 
 def check_code() -> None:
-    """A job imports the code its submission snapshotted (ELASTICA_CODE, launch.core.env): an image whose own
-    PYTHONPATH won, or a missing bind, would run other code under this commit's name."""
+    """A job imports the code its submission snapshotted (ELASTICA_CODE, launch.core.env): an image
+    whose own PYTHONPATH won, or a missing bind, would run other code under this commit's name."""
     want = os.environ.get("ELASTICA_CODE")
     here = Path(__file__).resolve().parent.parent
     if want and Path(want).resolve() != here:
-        raise ConfigError("PYTHONPATH", f"this job imported the code in {here}, not its snapshot {want}",
-                          "bind the runs root into the image, and rebuild an image that sets PYTHONPATH without it")
+        raise ConfigError("PYTHONPATH", f"this job imported the code in {here}, not its snapshot "
+                                        f"{want}",
+                          "bind the runs root into the image, and rebuild an image that sets "
+                          "PYTHONPATH without it")
 
 
 def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False) -> list[str]:
     """Run the cell in this process; returns its outputs. Raises ConfigError / Preempted.
 
-    rerun: run a done cell again (debugging). Its new done marker keeps the old nonce, so the cells made from it
-    stay valid; with invalidate it gets a new one, and they run again at the next run or submit."""
+    rerun: run a done cell again (debugging). Its new done marker keeps the old nonce, so the cells
+    made from it stay valid; with invalidate it gets a new one, and they run again at the next run
+    or submit."""
     cell_dir = Path(cell_dir).resolve()
     check_code()
     meta, job = read_job(cell_dir)
-    done = lambda: layout.cell_state(cell_dir, meta["kind"], meta["outputs"], meta["upstream"]) == "done"
+    done = lambda: layout.cell_state(cell_dir, meta["kind"], meta["outputs"],
+                                     meta["upstream"]) == "done"
     old = layout.read_done(cell_dir) if rerun else None
     nonce = old.get("nonce") if old and not invalidate else None
     if rerun:
@@ -95,25 +110,32 @@ def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False
         return _run(cell_dir, meta, job, exp_dir, rank, nonce)
 
 
-def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int, nonce: str | None = None) -> list[str]:
+def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int,
+         nonce: str | None = None) -> list[str]:
     if rank == 0:
         (cell_dir / layout.FAILED).unlink(missing_ok=True)
-        runtime = {**layout.runtime_info(), **meta["runtime"]}   # where and how it ran: never identity
+        # where and how it ran: never identity
+        runtime = {**layout.runtime_info(), **meta["runtime"]}
         layout.atomic_write_json(cell_dir / layout.RECORD, {
-            "id": meta["id"], "stage": meta["stage"], "kind": meta["kind"], "coords": meta["coords"],
-            "upstream": meta["upstream"], "fingerprint": meta["id"].rsplit("-", 1)[-1], "identity": meta["identity"],
+            "id": meta["id"], "stage": meta["stage"], "kind": meta["kind"],
+                                                            "coords": meta["coords"],
+            "upstream": meta["upstream"], "fingerprint": meta["id"].rsplit("-", 1)[-1],
+                                                            "identity": meta["identity"],
             "git_commit": layout.git_commit(), "runtime": runtime})
-        with open(cell_dir / "attempts.jsonl", "a") as f:   # one line per start: requeues, resumes, reruns
+        # one line per start: requeues, resumes, reruns
+        with open(cell_dir / "attempts.jsonl", "a") as f:
             f.write(json.dumps({k: runtime[k] for k in ("started", "host", "slurm_job_id")}) + "\n")
     module, func = KINDS[meta["kind"]].entry.split(":")
     entry = getattr(importlib.import_module(module), func)
-    ctx = Context(key=f"{meta['stage']}/{meta['id']}", coords=meta["coords"], upstream=tuple(meta["upstream"]),
-                  out_dir=Path(cell_dir), exp_dir=Path(exp_dir), runtime=build(Runtime, meta["runtime"], "runtime"))
+    ctx = Context(key=f"{meta['stage']}/{meta['id']}", coords=meta["coords"],
+                  upstream=tuple(meta["upstream"]),
+                  out_dir=Path(cell_dir), exp_dir=Path(exp_dir),
+                  runtime=build(Runtime, meta["runtime"], "runtime"))
     outputs = entry(job, ctx) or []
     if rank == 0:
         made_from = {u: layout.upstream_nonce(exp_dir, u) for u in meta.get("upstream", [])}
-        layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], kind=meta["kind"], upstream=made_from,
-                          **({"nonce": nonce} if nonce else {}))
+        layout.write_done(cell_dir, milestones=list(outputs), id=meta["id"], kind=meta["kind"],
+                          upstream=made_from, **({"nonce": nonce} if nonce else {}))
     return list(outputs)
 
 
@@ -124,7 +146,8 @@ def owner_id() -> str:
         os.environ.get("SLURM_JOB_ID")
     if job:
         return f"slurm:{job}"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # ranks started together (torchrun-like): one owner
+    # ranks started together (torchrun-like): one owner
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return f"dist:{os.uname().nodename}:{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
     return f"pid:{os.uname().nodename}:{os.getpid()}"
 
@@ -132,10 +155,11 @@ def owner_id() -> str:
 class Claim:
     """A per-cell claim so that two submissions never train one cell twice.
 
-    Rank 0 creates `CLAIM` with O_EXCL and a heartbeat thread refreshes its mtime. A claim held by another owner
-    is waited on until the cell is done there (then nothing to do) or the claim goes stale (its holder crashed:
-    no heartbeat for ELASTICA_CLAIM_STALE_S seconds, or its local process is gone); then it is taken over.
-    A requeued Slurm job owns its earlier incarnation's claim. Other ranks wait for their job's claim."""
+    Rank 0 creates `CLAIM` with O_EXCL and a heartbeat thread refreshes its mtime. A claim held by
+    another owner is waited on until the cell is done there (then nothing to do) or the claim goes
+    stale (its holder crashed: no heartbeat for ELASTICA_CLAIM_STALE_S seconds, or its local process
+    is gone); then it is taken over. A requeued Slurm job owns its earlier incarnation's claim.
+    Other ranks wait for their job's claim."""
 
     def __init__(self, cell_dir: Path, rank: int, done):
         self.path, self.rank, self.me, self.done = Path(cell_dir) / layout.CLAIM, rank, owner_id(), done
@@ -163,7 +187,8 @@ class Claim:
         return time.time() - mtime > self.stale_s
 
     def __enter__(self):
-        if self.rank != 0:   # wait until rank 0 of this job holds the claim (or the cell is done elsewhere)
+        # wait until rank 0 of this job holds the claim (or the cell is done elsewhere)
+        if self.rank != 0:
             while (h := self._holder()) is None or h[0] != self.me:
                 if self.done():
                     return self
@@ -205,10 +230,11 @@ class Claim:
 
 
 def close_distributed() -> None:
-    """Destroy the process group while the interpreter is still whole. Left to interpreter teardown, gloo's worker
-    threads can release tensors after the GIL is gone and abort a rank that finished its cell (SIGABRT, "terminate
-    called without an active exception"; pytorch/pytorch#190489, torchtitan#1342). Call it only where every rank
-    ends together (done, or a saved preemption): after a failure another rank may still be inside a collective."""
+    """Destroy the process group while the interpreter is still whole. Left to interpreter teardown,
+    gloo's worker threads can release tensors after the GIL is gone and abort a rank that finished
+    its cell (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489,
+    torchtitan#1342). Call it only where every rank ends together (done, or a saved preemption):
+    after a failure another rank may still be inside a collective."""
     if "torch.distributed" not in sys.modules:   # world and collect cells never import torch
         return
     import torch.distributed as dist
@@ -232,20 +258,23 @@ def run_cell_dir(cell_dir: str | Path, rerun: bool = False, invalidate: bool = F
         print(f"preempted: {e}", file=sys.stderr)
         close_distributed()
         return EXIT_PREEMPTED
-    except Exception as e:  # noqa: BLE001 - disk full reaches us as OSError or wrapped by a writer library
+    # noqa: BLE001 - disk full reaches us as OSError or wrapped by a writer library
+    except Exception as e:
         why = str(e)
         if not isinstance(e, OSError) and "No space left on device" not in why and "Disk quota" not in why:
             raise
         what = (f"{e.strerror} writing {e.filename}" if isinstance(e, OSError) and e.strerror else
                 "No space left on device" if "No space left" in why else why.splitlines()[0][:200])
-        print(f"error: {cell_dir}: {what} (free space or fix permissions, then rerun: the cell resumes)",
+        print(f"error: {cell_dir}: {what} (free space or fix permissions, then rerun: the cell "
+              "resumes)",
               file=sys.stderr)
         return 1
 
 
 @contextmanager
 def _output_to(path: Path):
-    """This process's stdout and stderr (file descriptors: libraries and subprocesses too) appended to path."""
+    """This process's stdout and stderr (file descriptors: libraries and subprocesses too) appended
+    to path."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -265,13 +294,14 @@ def _output_to(path: Path):
 
 
 def run_cells(cell_dirs, logs: bool = True) -> int:
-    """Run cells in this process, in order: what the local executor runs (a stage's eval cells in one process, so
-    that the interpreter, torch and the scorer load once; eval.evaluate caches what cells share) and what a Slurm
-    task that packs several cells runs (logs=False: its log is the task's). Per cell as alone: its done marker,
-    claim, record and resume; its output appended to its own log.txt (logs=True); a failure is that cell's alone
-    (its FAILED record; the next cell runs). A preemption stops the loop (the rest resume at the next run).
-    Prints one JSON line per cell, {"cell", "rc"}, on stdout; returns 0 when every cell is done, else the first of
-    75 (preempted), 2 (bad input), 3 (a failed load), 1 (failure)."""
+    """Run cells in this process, in order: what the local executor runs (a stage's eval cells in
+    one process, so that the interpreter, torch and the scorer load once; eval.evaluate caches what
+    cells share) and what a Slurm task that packs several cells runs (logs=False: its log is the
+    task's). Per cell as alone: its done marker, claim, record and resume; its output appended to
+    its own log.txt (logs=True); a failure is that cell's alone (its FAILED record; the next cell
+    runs). A preemption stops the loop (the rest resume at the next run). Prints one JSON line per
+    cell, {"cell", "rc"}, on stdout; returns 0 when every cell is done, else the first of 75
+    (preempted), 2 (bad input), 3 (a failed load), 1 (failure)."""
     report = os.fdopen(os.dup(1), "w", buffering=1)
     rcs = []
     for d in map(Path, cell_dirs):
@@ -283,10 +313,12 @@ def run_cells(cell_dirs, logs: bool = True) -> int:
                 rc = 1
         if rc not in (0, EXIT_PREEMPTED):
             why = (d / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] if logs else []
-            layout.atomic_write_json(d / layout.FAILED, {"rc": rc, "error": (why or [f"exit {rc}"])[0][:500]})
+            layout.atomic_write_json(d / layout.FAILED,
+                                     {"rc": rc, "error": (why or [f"exit {rc}"])[0][:500]})
         print(json.dumps({"cell": str(d), "rc": rc}), file=report)
         rcs.append(rc)
         if rc == EXIT_PREEMPTED:
             break
     report.close()
-    return next((c for c in (EXIT_PREEMPTED, EXIT_BAD_INPUT, EXIT_LOAD, 1) if c in rcs), 0) if any(rcs) else 0
+    return next((c for c in (EXIT_PREEMPTED, EXIT_BAD_INPUT, EXIT_LOAD, 1) if c in rcs),
+                0) if any(rcs) else 0

@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny toy world and tiny real-architecture models built locally (no hub), and a helper that
-runs a cell as real processes (1 or 2 ranks, gloo) exactly as the executors do.
+"""Shared fixtures: a tiny toy world and tiny real-architecture models built locally (no hub), and a
+helper that runs a cell as real processes (1 or 2 ranks, gloo) exactly as the executors do.
 
     .venv/bin/python -m pytest -q tests
 """
@@ -17,14 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_NUM_THREADS", "1")   # one float-summation order everywhere (local, 2 ranks, Slurm)
+# one float-summation order everywhere (local, 2 ranks, Slurm)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
     os.environ.setdefault(var, str(ROOT / ".cache" / "wandb"))
 
 
 @pytest.fixture(scope="session")
 def exp_dir(tmp_path_factory) -> Path:
-    """An experiment folder with a small toy world (world/data/*.jsonl, world/tokenizer) and tiny models."""
+    """An experiment folder with a small toy world (world/data/*.jsonl, world/tokenizer) and tiny
+    models."""
     from launch.core.spec import World
     from train.toyworld import write_world
     exp = tmp_path_factory.mktemp("exp")
@@ -41,7 +43,8 @@ def save_tiny_model(arch: str, tokenizer_dir: Path, out: Path, seed: int = 0) ->
     from launch.core.spec import Init
     from train.models import load_model
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = load_model(ModelRef(path="", init=Init(arch=arch, layers=2, width=32, heads=4, context=64)), out, tok, seed)
+    model = load_model(ModelRef(path="", init=Init(arch=arch, layers=2, width=32, heads=4,
+                                                   context=64)), out, tok, seed)
     with torch.no_grad():
         model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -54,10 +57,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-TEST_RUNTIME = {"micro_batch": 4, "save_every_steps": 1000}   # what the trainer tests run with unless they say
+# what the trainer tests run with unless they say
+TEST_RUNTIME = {"micro_batch": 4, "save_every_steps": 1000}
 
 
-def write_cell(cell_dir: Path, job, kind: str = "train", stage: str = "positive", outputs=(), runtime=None) -> Path:
+def write_cell(cell_dir: Path, job, kind: str = "train", stage: str = "positive", outputs=(),
+               runtime=None) -> Path:
     """A cell folder with the job.json the executors write (launch.plan.Cell.meta)."""
     from launch.plan import Cell
     from launch.worker import write_job
@@ -68,7 +73,8 @@ def write_cell(cell_dir: Path, job, kind: str = "train", stage: str = "positive"
 
 
 def run_cell_procs(cell_dir: Path, ranks: int = 1, env: dict | None = None, wait: bool = True):
-    """Run `python -m launch run-cell` as `ranks` real processes; returns their CompletedProcess/Popen objects."""
+    """Run `python -m launch run-cell` as `ranks` real processes; returns their
+    CompletedProcess/Popen objects."""
     port = free_port()
     procs = []
     for r in range(ranks):
@@ -77,7 +83,8 @@ def run_cell_procs(cell_dir: Path, ranks: int = 1, env: dict | None = None, wait
         if ranks > 1:
             e.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
                      MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "launch", "run-cell", str(cell_dir)], cwd=ROOT, env=e,
+        procs.append(subprocess.Popen([sys.executable, "-m", "launch", "run-cell", str(cell_dir)],
+                                      cwd=ROOT, env=e,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     if not wait:
         return procs
@@ -89,16 +96,19 @@ def run_cell_procs(cell_dir: Path, ranks: int = 1, env: dict | None = None, wait
 
 
 def reduced_config(tmp_path: Path) -> Path:
-    """The toy Setting II study at its smallest: what the reduced-demo, reliability and Slurm tests run."""
+    """The toy Setting II study at its smallest: what the reduced-demo, reliability and Slurm tests
+    run."""
     import yaml
     cfg = yaml.safe_load((ROOT / "configs/toy/setting2.yaml").read_text())
     cfg["experiment"] = "toy-reduced"
     cfg["world"].update(pretrain=4000, alignment=200, prompts=200, control=200)
-    cfg["models"][0].update(init={"arch": "gpt2", "layers": 2, "width": 64, "heads": 4, "context": 64},
+    cfg["models"][0].update(init={"arch": "gpt2", "layers": 2, "width": 64, "heads": 4,
+                                  "context": 64},
                             pretrain_examples=4000)
     cfg["volumes"] = {"positive": [32, 64], "negative": [0, 16, 32]}
     cfg["eval"].update(prompts=200, compression_examples=50)
-    cfg["runtime"]["save_every_steps"] = 4    # rolling checkpoints often, so that a kill finds one to resume
+    # rolling checkpoints often, so that a kill finds one to resume
+    cfg["runtime"]["save_every_steps"] = 4
     cfg["recipe_overrides"]["pretrain"].update(lr=3e-3)
     p = tmp_path / "reduced.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -107,7 +117,8 @@ def reduced_config(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def reduced_run(tmp_path_factory):
-    """The reduced toy study run once, undisturbed, through the local executor: (plan, runs root)."""
+    """The reduced toy study run once, undisturbed, through the local executor: (plan, runs root).
+    """
     from launch.local import run_plan
     from launch.plan import make_plan
     from launch.core.profile import load_profile
@@ -121,13 +132,16 @@ def reduced_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cluster():
-    """The real one-machine Slurm cluster (tests/slurm/up.sh, idempotent): every test that needs Slurm takes this
-    fixture, so that `make test` alone works on a machine where nothing was installed before."""
+    """The real one-machine Slurm cluster (tests/slurm/up.sh, idempotent): every test that needs
+    Slurm takes this fixture, so that `make test` alone works on a machine where nothing was
+    installed before."""
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (tests/slurm/up.sh)")
-    if os.environ.get("ELASTICA_NO_SLURM"):   # to check that no other test needs Slurm (README, "make test")
+    # to check that no other test needs Slurm (README, "make test")
+    if os.environ.get("ELASTICA_NO_SLURM"):
         pytest.skip("ELASTICA_NO_SLURM is set")
-    r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")], env=dict(os.environ, WITH_DBD="1", CPUS="8",
+    r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")],
+                       env=dict(os.environ, WITH_DBD="1", CPUS="8",
                        NODES="2"), capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         pytest.fail(f"tests/slurm/up.sh failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
@@ -135,23 +149,27 @@ def cluster():
 
 
 def slurm_profile(tmp_path: Path, **over) -> Path:
-    """The local-slurm profile with the runs root under tmp_path; mapping values merge into the profile's."""
+    """The local-slurm profile with the runs root under tmp_path; mapping values merge into the
+    profile's."""
     import yaml
     prof = yaml.safe_load((ROOT / "configs/profiles/local-slurm.yaml").read_text())
     prof["runs_root"] = str(tmp_path / "runs")
     for k, v in over.items():
-        prof[k] = {**prof.get(k, {}), **v} if isinstance(v, dict) and isinstance(prof.get(k), dict) else v
+        prof[k] = {**prof.get(k, {}), **v} if isinstance(v, dict) and isinstance(prof.get(k),
+                                                                                 dict) else v
     p = tmp_path / "profile.yaml"
     p.write_text(yaml.safe_dump(prof))
     return p
 
 
-HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}   # tiny models, a whole study, the Slurm cluster
+# tiny models, a whole study, the Slurm cluster
+HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}
 
 
 def pytest_collection_modifyitems(items):
-    """The test tiers: a test that takes a heavy fixture is `slow` (make test-fast runs the others, under a
-    minute); modules that run training, images or subprocess studies mark themselves (pytestmark)."""
+    """The test tiers: a test that takes a heavy fixture is `slow` (make test-fast runs the others,
+    under a minute); modules that run training, images or subprocess studies mark themselves
+    (pytestmark)."""
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -1,4 +1,5 @@
-"""`make gpu-check`: prove the GPU path on one GPU in a few minutes, with no network and random local weights.
+"""`make gpu-check`: prove the GPU path on one GPU in a few minutes, with no network and random
+local weights.
 
 Checks (one PASS/FAIL line each, then a JSON summary, also written to --out):
   train    a random-init tiny Llama saved like a hub repo, bf16, ZeRO-3, NCCL, gradient checkpointing: a nested
@@ -14,9 +15,9 @@ Checks (one PASS/FAIL line each, then a JSON summary, also written to --out):
   mfu      bench/gpu_mfu.py (P8): a ~0.5 B random-init Llama, bf16, ZeRO-3: model FLOPs utilisation; FAILS below
            the target (--mfu-target, default 0.40). In --smoke mode it is a measurement of the code path, no check
 
-It runs on whatever torch / transformers the machine has; DeepSpeed, submitit and wandb must be importable (on a
-bare GPU machine, install them from wheels: docs/gpu-check.md). Every cell runs as `python -m launch run-cell`,
-the command every executor runs.
+It runs on whatever torch / transformers the machine has; DeepSpeed, submitit and wandb must be
+importable (on a bare GPU machine, install them from wheels: docs/gpu-check.md). Every cell runs as
+`python -m launch run-cell`, the command every executor runs.
 
     python tests/gpu_check.py [--out runs/gpu-check.json]      # needs a CUDA GPU
     python tests/gpu_check.py --smoke                          # the same code path on CPU (gloo, fp32): CI runs it
@@ -40,22 +41,26 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def word_tokenizer(out: Path, words: int = 200):
-    """A word-level tokenizer in the hub layout (tokenizer.json + tokenizer_config.json) with BOS/EOS/PAD."""
+    """A word-level tokenizer in the hub layout (tokenizer.json + tokenizer_config.json) with
+    BOS/EOS/PAD."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(words)])}
+    vocab = {w: i for i,
+             w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(words)])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>")
+    core.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                        special_tokens=[("<s>", 2)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", unk_token="<unk>")
     tok.save_pretrained(out)
     return tok
 
 
 def make_fixtures(root: Path, words: int = 200) -> dict:
-    """Random local weights: a causal Llama, a RoBERTa classifier, a score model; a text and a prompt set."""
+    """Random local weights: a causal Llama, a RoBERTa classifier, a score model; a text and a
+    prompt set."""
     import random
     import torch
     from safetensors.torch import load_file, save_file
@@ -63,12 +68,13 @@ def make_fixtures(root: Path, words: int = 200) -> dict:
     torch.manual_seed(0)
     tok = word_tokenizer(root / "tok", words)
     n = len(tok)
-    llama = dict(vocab_size=n, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=128, bos_token_id=2, eos_token_id=3)
+    llama = dict(vocab_size=n, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=128, bos_token_id=2, eos_token_id=3)
     LlamaForCausalLM(LlamaConfig(**llama)).save_pretrained(root / "llama")
     tok.save_pretrained(root / "llama")
     clf = RobertaForSequenceClassification(RobertaConfig(
-        vocab_size=n, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        vocab_size=n, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                         intermediate_size=64,
         max_position_embeddings=140, pad_token_id=0, bos_token_id=2, eos_token_id=3, num_labels=2,
         id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1}))
     clf.save_pretrained(root / "classifier")
@@ -76,14 +82,16 @@ def make_fixtures(root: Path, words: int = 200) -> dict:
     LlamaModel(LlamaConfig(**llama)).save_pretrained(root / "score")
     tok.save_pretrained(root / "score")
     tensors = load_file(str(root / "score" / "model.safetensors"))
-    tensors.update({"score_head.weight": torch.randn(1, 64) * 0.1, "score_head.bias": torch.zeros(1)})
+    tensors.update({"score_head.weight": torch.randn(1, 64) * 0.1,
+                    "score_head.bias": torch.zeros(1)})
     save_file(tensors, str(root / "score" / "model.safetensors"), metadata={"format": "pt"})
     rng = random.Random(0)
     with open(root / "text.jsonl", "w") as f:
         for _ in range(400):
             k = rng.randint(8, 40)
             f.write(json.dumps({"prompt": " ".join(f"w{rng.randrange(words)}" for _ in range(4)),
-                                "response": " ".join(f"w{rng.randrange(words)}" for _ in range(k))}) + "\n")
+                                "response": " ".join(f"w{rng.randrange(words)}"
+                                                     for _ in range(k))}) + "\n")
     return {"llama": root / "llama", "classifier": root / "classifier", "score": root / "score",
             "data": root / "text.jsonl"}
 
@@ -124,15 +132,18 @@ def max_diff(a: dict, b: dict) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true", help="CPU, gloo, fp32: the same code path, no GPU claim")
+    ap.add_argument("--smoke", action="store_true", help="CPU, gloo, fp32: the same code path, no "
+                                                         "GPU claim")
     ap.add_argument("--out", default=str(ROOT / "runs" / "gpu-check.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
-    ap.add_argument("--mfu-target", type=float, default=0.40, help="the mfu check fails below it (bench P8)")
+    ap.add_argument("--mfu-target", type=float, default=0.40,
+                    help="the mfu check fails below it (bench P8)")
     args = ap.parse_args()
     import torch
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:
-        print("error: --smoke: no CUDA device here (run with --smoke for the CPU path, or on a GPU machine)",
+        print("error: --smoke: no CUDA device here (run with --smoke for the CPU path, or on a GPU "
+              "machine)",
               file=sys.stderr)
         return 2
     from launch.core.jobs import EvalJob, GenerateJob, ModelRef, TrainJob
@@ -156,30 +167,35 @@ def main() -> int:
             detail, ok = f"{type(e).__name__}: {e}"[-1500:], False
             if os.environ.get("GPU_CHECK_TRACEBACK"):
                 traceback.print_exc()
-        results.append({"check": name, "ok": ok, "seconds": round(time.time() - t, 1), "detail": detail})
+        results.append({"check": name, "ok": ok, "seconds": round(time.time() - t, 1),
+                        "detail": detail})
         print(f"{'PASS' if ok else 'FAIL'} {name} ({time.time() - t:.0f} s): {detail}", flush=True)
 
     def train_job(milestones, **kw):
-        r = dict(algorithm="sft", lr=1e-3, global_batch=16, max_length=64, zero_stage=3, precision=precision)
+        r = dict(algorithm="sft", lr=1e-3, global_batch=16, max_length=64, zero_stage=3,
+                 precision=precision)
         r.update(kw)
-        return TrainJob(model=ModelRef(path=str(fx["llama"])), data=Data(path=str(fx["data"])), recipe=Recipe(**r),
-                        seed=1, template="chat", milestones=tuple(milestones))
+        return TrainJob(model=ModelRef(path=str(fx["llama"])), data=Data(path=str(fx["data"])),
+                        recipe=Recipe(**r), seed=1, template="chat", milestones=tuple(milestones))
 
     def must_run(d: Path, **kw) -> str:
         rc, out = run_cell(d, env, **kw)
         if rc != 0:
-            raise RuntimeError(f"{d.name} exit {rc}: {out.strip().splitlines()[-1:] or ''} ... {out[-1200:]}")
+            raise RuntimeError(f"{d.name} exit {rc}: {out.strip().splitlines()[-1:] or ''} ... "
+                               f"{out[-1200:]}")
         return out
 
     def train():
         from fork_chain import compare
         ms, combo = (24, 32, 56, 64), f"3:{precision}"
-        r = subprocess.run([sys.executable, str(ROOT / "tests" / "fork_chain.py"), str(work / "chain"),
+        r = subprocess.run([sys.executable, str(ROOT / "tests" / "fork_chain.py"),
+                            str(work / "chain"),
                             str(fx["llama"]), str(fx["data"]), ",".join(map(str, ms)), combo,
-                            "--gradient-checkpointing"], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=1800)
+                            "--gradient-checkpointing"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=1800)
         if r.returncode != 0:
-            raise RuntimeError(f"tests/fork_chain.py exit {r.returncode}: {(r.stdout + r.stderr)[-1200:]}")
+            raise RuntimeError(f"tests/fork_chain.py exit {r.returncode}: "
+                               f"{(r.stdout + r.stderr)[-1200:]}")
         bad = compare(work / "chain", ms, 3, precision, 1)
         if bad:
             raise AssertionError(f"{len(bad)} differences from separate runs, first: {bad[:3]}")
@@ -187,9 +203,12 @@ def main() -> int:
         rt = json.loads((nested / "record.json").read_text())["runtime"]
         rec, ds = rt["precision"], json.loads((nested / "ds_config.json").read_text())
         summary["optimizer"] = rt["optimizer"]
-        if ds["zero_optimization"]["stage"] != 3 or cuda and (rec["load_dtype"] != "bfloat16" or not rec["tf32"]):
-            raise AssertionError(f"not the recipe's numerics: {rec}, zero {ds['zero_optimization']['stage']}")
-        return (f"milestones {ms} (24 and 56 inside a batch): the whole state equals separate runs at every one; "
+        if ds["zero_optimization"]["stage"] != 3 or cuda and (rec["load_dtype"] != "bfloat16"
+                                                              or not rec["tf32"]):
+            raise AssertionError(f"not the recipe's numerics: {rec}, zero "
+                                 f"{ds['zero_optimization']['stage']}")
+        return (f"milestones {ms} (24 and 56 inside a batch): the whole state equals separate runs "
+                "at every one; "
                 f"{rec['device']}, load {rec['load_dtype']}, tf32 {rec['tf32']}; optimizer "
                 f"{rt['optimizer']['optimizer']} ({rt['optimizer']['why']})")
 
@@ -201,7 +220,8 @@ def main() -> int:
         must_run(full)
         rc, out = run_cell(cut, env, signal_after_steps=4)
         if rc != 75:
-            raise AssertionError(f"after SIGUSR2 the cell should save and exit 75, got {rc}: {out[-800:]}")
+            raise AssertionError(f"after SIGUSR2 the cell should save and exit 75, got {rc}: "
+                                 f"{out[-800:]}")
         steps = len((cut / "metrics.jsonl").read_text().splitlines())
         must_run(cut)
         diffs = {m: max_diff(weights(full, m), weights(cut, m)) for m in ms}
@@ -212,35 +232,45 @@ def main() -> int:
     def evaluate():
         out = []
         for name, scorer in (("clf", Scorer(kind="classifier", model=str(fx["classifier"]))),
-                             ("score", Scorer(kind="score_model", model=str(fx["score"]), sign=-1.0))):
-            ev = Eval(prompts=48, max_new_tokens=16, temperature=0.05, top_p=0.95, batch_size=16, scorer=scorer)
+                             ("score",
+                              Scorer(kind="score_model", model=str(fx["score"]), sign=-1.0))):
+            ev = Eval(prompts=48, max_new_tokens=16, temperature=0.05, top_p=0.95, batch_size=16,
+                      scorer=scorer)
             ref = ModelRef(path=str(fx["llama"]))
-            job = EvalJob(model=ref, base=ref, prompts=Data(path=str(fx["data"])), eval=ev, template="chat",
-                          compression={"positive": Data(path=str(fx["data"]))}, seed=1, max_length=64)
+            job = EvalJob(model=ref, base=ref, prompts=Data(path=str(fx["data"])), eval=ev,
+                          template="chat",
+                          compression={"positive": Data(path=str(fx["data"]))}, seed=1,
+                          max_length=64)
             d = cell(exp, "eval", name, "eval", job, ["result.json"])
             must_run(d)
             res = json.loads((d / "result.json").read_text())
             head = next(m for m in res["metrics"] if m["name"] in ("positive_rate", "score"))
             if head["n"] != 48 or not all(isinstance(m["value"], float) for m in res["metrics"]):
                 raise AssertionError(f"{name}: unexpected metrics {res['metrics']}")
-            gens = [json.loads(l)["response"] for l in (d / "generations.jsonl").read_text().splitlines()]
-            out.append(f"{head['name']} {head['value']:.3f} (n {head['n']}, {sum(map(bool, gens))}/48 non-empty, "
+            gens = [json.loads(l)["response"]
+                    for l in (d / "generations.jsonl").read_text().splitlines()]
+            out.append(f"{head['name']} {head['value']:.3f} (n {head['n']}, "
+                       f"{sum(map(bool, gens))}/48 non-empty, "
                        f"{res['timings']['total_s']:.1f} s)")
-        # Setting I's answers: sampled in bf16, each drawn token's -log p read from the processed scores in fp32
+        # Setting I's answers: sampled in bf16, each drawn token's -log p read from the processed
+        # scores in fp32
         ev = Eval(prompts=48, max_new_tokens=16, temperature=0.05, top_p=0.95, batch_size=16)
-        job = GenerateJob(model=ModelRef(path=str(fx["llama"])), prompts=Data(path=str(fx["data"])), eval=ev,
-                          template="chat", train_count=32, heldout_count=16, seed=1)
-        d = cell(exp, "responses", "gen", "generate", job, ["result.json", "train.jsonl", "heldout.jsonl"])
+        job = GenerateJob(model=ModelRef(path=str(fx["llama"])), prompts=Data(path=str(fx["data"])),
+                          eval=ev, template="chat", train_count=32, heldout_count=16, seed=1)
+        d = cell(exp, "responses", "gen", "generate", job,
+                 ["result.json", "train.jsonl", "heldout.jsonl"])
         must_run(d)
         ent = {m["name"]: m for m in json.loads((d / "result.json").read_text())["metrics"]}
         h = ent["sampler_nats_per_token/train"]
-        if not (0 <= h["value"] < 20 and h["n"] == 32 and ent["sampler_nats_per_token/heldout"]["n"] == 16):
+        if not (0 <= h["value"] < 20 and h["n"] == 32
+                and ent["sampler_nats_per_token/heldout"]["n"] == 16):
             raise AssertionError(f"sampler entropy: {ent}")
         out.append(f"Setting I answers: sampler {h['value']:.3f} nats/token")
         return "; ".join(out)
 
     def mfu():
-        r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_mfu.py")] + (["--smoke"] if not cuda else []),
+        r = subprocess.run([sys.executable,
+                            str(ROOT / "bench" / "gpu_mfu.py")] + (["--smoke"] if not cuda else []),
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         row = next((json.loads(l) for l in r.stdout.splitlines() if l.startswith('{"id"')), None)
         if r.returncode != 0 or row is None:
@@ -248,17 +278,21 @@ def main() -> int:
         if not cuda:
             return {**row, "note": "a measurement of the code path on CPU, not a check"}
         if row["ratio"] < args.mfu_target:
-            raise AssertionError(f"MFU {row['ratio']:.3f} is below the target {args.mfu_target}: {row}")
+            raise AssertionError(f"MFU {row['ratio']:.3f} is below the target {args.mfu_target}: "
+                                 f"{row}")
         return row
 
-    summary = {"mode": "smoke (CPU, gloo, fp32)" if not cuda else "gpu", "device": torch.cuda.get_device_name()
-               if cuda else "cpu", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC",
+    summary = {"mode": "smoke (CPU, gloo, fp32)" if not cuda else "gpu",
+               "device": torch.cuda.get_device_name()
+               if cuda else "cpu", "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                       time.gmtime())}
     check("train", train)
     check("resume", resume)
     check("eval", evaluate)
     check("mfu", mfu)
-    summary.update(passed=sum(r["ok"] for r in results), failed=sum(not r["ok"] for r in results), checks=results)
+    summary.update(passed=sum(r["ok"] for r in results), failed=sum(not r["ok"] for r in results),
+                   checks=results)
     try:
         import deepspeed
         import transformers

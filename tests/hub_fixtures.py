@@ -1,17 +1,17 @@
-"""Tiny stand-ins for the hub repos the paper's studies name, written where a cluster's `make prefetch` leaves them,
-so that the paper configs load through the very code path a hub id takes on a compute node (HF_HUB_OFFLINE=1,
-HF_DATASETS_OFFLINE=1, HF_HOME=<cache>). Nothing is downloaded.
+"""Tiny stand-ins for the hub repos the paper's studies name, written where a cluster's `make
+prefetch` leaves them, so that the paper configs load through the very code path a hub id takes on a
+compute node (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1, HF_HOME=<cache>). Nothing is downloaded.
 
-- Models in the huggingface_hub cache layout (`hub/models--org--name/refs/main`, `snapshots/<sha>/...`):
-  causal LMs with a Llama-style `tokenizer.json` (SentencePiece-like BPE with '▁', BOS added, no EOS added, no pad
-  token); the sentiment classifier as a RoBERTa sequence classifier with POSITIVE/NEGATIVE labels and a byte-level
-  BPE tokenizer; the beaver cost model as safe-rlhf's `LlamaForScore` (backbone `model.*`, `score_head`,
-  `normalizer.*`, config score_dim / bias / score_type, a `<pad>` added to the vocabulary) in sharded safetensors
-  with an index.
-- Datasets in the `datasets` cache layout that an online `load_dataset` leaves (`datasets/org___name/<config>/
-  0.0.0/<sha>/<name>-<split>.arrow` + dataset_info.json), with the real column names, configs and splits: IMDb,
-  BeaverTails (30k_train / 30k_test), PKU-SafeRLHF, Alpaca (about 40 % of rows with an input), TruthfulQA
-  (generation / validation).
+- Models in the huggingface_hub cache layout (`hub/models--org--name/refs/main`,
+  `snapshots/<sha>/...`): causal LMs with a Llama-style `tokenizer.json` (SentencePiece-like BPE
+  with '▁', BOS added, no EOS added, no pad token); the sentiment classifier as a RoBERTa sequence
+  classifier with POSITIVE/NEGATIVE labels and a byte-level BPE tokenizer; the beaver cost model as
+  safe-rlhf's `LlamaForScore` (backbone `model.*`, `score_head`, `normalizer.*`, config score_dim /
+  bias / score_type, a `<pad>` added to the vocabulary) in sharded safetensors with an index.
+- Datasets in the `datasets` cache layout that an online `load_dataset` leaves
+  (`datasets/org___name/<config>/ 0.0.0/<sha>/<name>-<split>.arrow` + dataset_info.json), with the
+  real column names, configs and splits: IMDb, BeaverTails (30k_train / 30k_test), PKU-SafeRLHF,
+  Alpaca (about 40 % of rows with an input), TruthfulQA (generation / validation).
 
     from hub_fixtures import build_hub
     build_hub(tmp_path / "hf")      # then HF_HOME=tmp_path/hf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -25,13 +25,18 @@ import string
 from pathlib import Path
 
 SHA = "0123456789abcdef0123456789abcdef01234567"   # one fake commit for every repo
-WORDS = ("the a movie film plot actor story was is great bad awful wonderful boring funny I it and but not very "
-         "how do make can you help me with what why safe unsafe answer question please sure sorry cannot tell "
+WORDS = ("the a movie film plot actor story was is great bad awful wonderful boring funny I it and "
+         "but not very "
+         "how do make can you help me with what why safe unsafe answer question please sure sorry "
+         "cannot tell "
          "about this that good terrible love hate watch again never").split()
 
-CAUSAL = ["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf", "meta-llama/Meta-Llama-3-8B", "google/gemma-2b",
-          "Qwen/Qwen1.5-0.5B", "Qwen/Qwen1.5-4B", "Qwen/Qwen1.5-7B", "TinyLlama/TinyLlama-1.1B-step-50K-105b",
-          "TinyLlama/TinyLlama-1.1B-intermediate-step-240k-503b", "TinyLlama/TinyLlama-1.1B-intermediate-step-480k-1T",
+CAUSAL = ["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf", "meta-llama/Meta-Llama-3-8B",
+          "google/gemma-2b",
+          "Qwen/Qwen1.5-0.5B", "Qwen/Qwen1.5-4B", "Qwen/Qwen1.5-7B",
+          "TinyLlama/TinyLlama-1.1B-step-50K-105b",
+          "TinyLlama/TinyLlama-1.1B-intermediate-step-240k-503b",
+          "TinyLlama/TinyLlama-1.1B-intermediate-step-480k-1T",
           "TinyLlama/TinyLlama-1.1B-intermediate-step-955k-token-2T",
           "TinyLlama/TinyLlama-1.1B-intermediate-step-1195k-token-2.5T",
           "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"]
@@ -44,26 +49,33 @@ def sentence(rng: random.Random, lo: int = 4, hi: int = 20) -> str:
 
 
 def llama_tokenizer(pad: bool = False):
-    """Llama-style: BPE over '▁'-joined words, <unk>=0 <s>=1 </s>=2, '<s> $A' (BOS added, EOS not)."""
+    """Llama-style: BPE over '▁'-joined words, <unk>=0 <s>=1 </s>=2, '<s> $A' (BOS added, EOS not).
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(unk_token="<unk>"))
-    core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                            normalizers.Replace(" ", "▁")])
     core.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
-    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
+                                      decoders.Strip(" ", 1, 0)])
     rng = random.Random(0)
-    chat = "BEGINNING OF CONVERSATION: USER: {} ASSISTANT:{}"   # the template the paper's chat studies use
+    # the template the paper's chat studies use
+    chat = "BEGINNING OF CONVERSATION: USER: {} ASSISTANT:{}"
     core.train_from_iterator([chat.format(sentence(rng), sentence(rng)) for _ in range(100)] +
                              [sentence(rng) + rng.choice(".?!,") for _ in range(300)] + list(WORDS),
-                             trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                             trainers.BpeTrainer(vocab_size=400,
+                                                 special_tokens=["<unk>", "<s>", "</s>"],
                                                  initial_alphabet=list(string.ascii_letters + string.digits +
                                                                        string.punctuation),
                                                  show_progress=False))
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  clean_up_tokenization_spaces=False)
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                        special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", clean_up_tokenization_spaces=False)
     if pad:
-        tok.add_special_tokens({"pad_token": "<pad>"})   # safe-rlhf's score models add one (vocab 32001)
+        # safe-rlhf's score models add one (vocab 32001)
+        tok.add_special_tokens({"pad_token": "<pad>"})
     return tok
 
 
@@ -76,11 +88,13 @@ def roberta_tokenizer():
     core.decoder = decoders.ByteLevel()
     rng = random.Random(1)
     core.train_from_iterator([sentence(rng) for _ in range(300)],
-                             trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                             trainers.BpeTrainer(vocab_size=400,
+                                                 special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
                                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                  show_progress=False))
     core.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>",
                                    unk_token="<unk>", cls_token="<s>", sep_token="</s>")
 
 
@@ -103,10 +117,12 @@ def build_models(hf_home: Path, work: Path) -> None:
     torch.manual_seed(0)
     tok = llama_tokenizer()
     causal = work / "causal"
-    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4,
                max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=None,
                tie_word_embeddings=False)
-    LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(causal, max_shard_size="100KB")   # sharded + index
+    # sharded + index
+    LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(causal, max_shard_size="100KB")
     tok.save_pretrained(causal)
     for repo in CAUSAL:
         _publish_model(hf_home, repo, causal)
@@ -114,30 +130,35 @@ def build_models(hf_home: Path, work: Path) -> None:
     rtok = roberta_tokenizer()
     clf = work / "classifier"
     RobertaForSequenceClassification(RobertaConfig(
-        vocab_size=len(rtok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        vocab_size=len(rtok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=64,
         max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=2,
-        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})).save_pretrained(clf)
+        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0,
+                                                           "POSITIVE": 1})).save_pretrained(clf)
     rtok.save_pretrained(clf)
     _publish_model(hf_home, CLASSIFIER, clf)
 
     ptok = llama_tokenizer(pad=True)
     score = work / "score"
     score.mkdir(parents=True, exist_ok=True)
-    backbone = LlamaModel(LlamaConfig(**{**cfg, "vocab_size": len(ptok), "pad_token_id": ptok.pad_token_id}))
+    backbone = LlamaModel(LlamaConfig(**{**cfg, "vocab_size": len(ptok),
+                                         "pad_token_id": ptok.pad_token_id}))
     tensors = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
     tensors.update({"score_head.weight": torch.randn(1, 32) * 0.5,   # beaver-7b-v1.0: bias false
                     "normalizer.mean": torch.zeros(1), "normalizer.var": torch.ones(1),
                     "normalizer.count": torch.zeros(1, dtype=torch.long)})
     names = sorted(tensors)
     shards = [names[: len(names) // 2], names[len(names) // 2:]]
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size()
+                                            for t in tensors.values())},
              "weight_map": {}}
     for i, part in enumerate(shards, start=1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file({k: tensors[k] for k in part}, str(score / fname), metadata={"format": "pt"})
         index["weight_map"].update({k: fname for k in part})
     (score / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config = {**backbone.config.to_dict(), "architectures": ["LlamaForScore"], "model_type": "llama",
+    config = {**backbone.config.to_dict(), "architectures": ["LlamaForScore"],
+              "model_type": "llama",
               "score_dim": 1, "bias": False, "score_type": "cost", "do_normalize": False,
               "normalizer_type": "ExponentialMovingAverage", "momentum": 0.9}
     (score / "config.json").write_text(json.dumps(config, indent=2))
@@ -148,7 +169,8 @@ def build_models(hf_home: Path, work: Path) -> None:
 def _dataset_rows(rng: random.Random) -> dict:
     """(repo, config) -> split -> rows, with the real columns."""
     def review(label):
-        mood = ["great", "wonderful", "funny", "good", "love"] if label else ["bad", "awful", "boring", "terrible"]
+        mood = ["great", "wonderful", "funny", "good", "love"] if label else ["bad", "awful",
+                                                                              "boring", "terrible"]
         return " ".join(rng.choice(WORDS + mood * 3) for _ in range(rng.randint(20, 60)))
     imdb = {s: [{"text": review(i % 2), "label": i % 2} for i in range(n)]
             for s, n in (("train", 240), ("test", 120), ("unsupervised", 20))}
@@ -157,31 +179,38 @@ def _dataset_rows(rng: random.Random) -> dict:
 
     def beaver(n):
         return [{"prompt": sentence(rng) + "?", "response": sentence(rng, 6, 30),
-                 "category": {"violence": i % 3 == 0, "privacy_violation": i % 5 == 0}, "is_safe": i % 2 == 0}
+                 "category": {"violence": i % 3 == 0, "privacy_violation": i % 5 == 0},
+                 "is_safe": i % 2 == 0}
                 for i in range(n)]
 
     def safe_rlhf(n):
-        return [{"prompt": sentence(rng) + "?", "response_0": sentence(rng, 6, 30), "response_1": sentence(rng, 6, 30),
+        return [{"prompt": sentence(rng) + "?", "response_0": sentence(rng, 6, 30),
+                 "response_1": sentence(rng, 6, 30),
                  "is_response_0_safe": i % 2 == 0, "is_response_1_safe": i % 3 == 0,
                  "better_response_id": i % 2, "safer_response_id": (i + 1) % 2} for i in range(n)]
     alpaca = []
     for i in range(400):
-        ins, inp, out = sentence(rng) + ".", sentence(rng, 3, 10) if i % 5 < 2 else "", sentence(rng, 5, 30)
+        ins, inp, out = sentence(rng) + ".", sentence(rng, 3,
+                                                      10) if i % 5 < 2 else "", sentence(rng, 5, 30)
         alpaca.append({"instruction": ins, "input": inp, "output": out,
-                       "text": f"Below is an instruction... ### Instruction:\n{ins}\n\n### Response:\n{out}"})
+                       "text": f"Below is an instruction... ### Instruction:\n{ins}\n\n### "
+                               f"Response:\n{out}"})
     tqa = [{"type": "Adversarial", "category": "Misconceptions", "question": sentence(rng) + "?",
             "best_answer": sentence(rng, 4, 12), "correct_answers": [sentence(rng, 3, 8)],
-            "incorrect_answers": [sentence(rng, 3, 8)], "source": "https://example.org"} for _ in range(120)]
+            "incorrect_answers": [sentence(rng, 3, 8)], "source": "https://example.org"}
+           for _ in range(120)]
     return {("stanfordnlp/imdb", "plain_text"): imdb,
-            ("PKU-Alignment/BeaverTails", "default"): {"30k_train": beaver(300), "30k_test": beaver(80)},
-            ("PKU-Alignment/PKU-SafeRLHF", "default"): {"train": safe_rlhf(200), "test": safe_rlhf(40)},
+            ("PKU-Alignment/BeaverTails", "default"): {"30k_train": beaver(300),
+                                                       "30k_test": beaver(80)},
+            ("PKU-Alignment/PKU-SafeRLHF", "default"): {"train": safe_rlhf(200),
+                                                        "test": safe_rlhf(40)},
             ("tatsu-lab/alpaca", "default"): {"train": alpaca},
             ("truthfulqa/truthful_qa", "generation"): {"validation": tqa}}
 
 
 def build_datasets(hf_home: Path, work: Path) -> None:
-    """Each dataset prepared as `load_dataset(repo)` online leaves it in the cache (the parquet builder over the
-    repo's shards), so that `load_dataset(repo)` offline finds it."""
+    """Each dataset prepared as `load_dataset(repo)` online leaves it in the cache (the parquet
+    builder over the repo's shards), so that `load_dataset(repo)` offline finds it."""
     import datasets
     from datasets.naming import camelcase_to_snakecase
     from datasets.packaged_modules.parquet.parquet import Parquet
@@ -195,11 +224,12 @@ def build_datasets(hf_home: Path, work: Path) -> None:
             f.parent.mkdir(parents=True, exist_ok=True)
             datasets.Dataset.from_list(rows).to_parquet(str(f))
             files[split] = [str(f)]
-        # where the cache module looks: <namespace>___<snake_case name>/<config>/0.0.0/<sha>/<name>-<split>.arrow
+        # where the cache module looks: <namespace>___<snake_case
+        # name>/<config>/0.0.0/<sha>/<name>-<split>.arrow
         snake = camelcase_to_snakecase(name)
         tmp = work / "prepared"
-        b = Parquet(cache_dir=str(tmp), dataset_name=snake, config_name=config, config_id=config, data_files=files,
-                    hash=SHA)
+        b = Parquet(cache_dir=str(tmp), dataset_name=snake, config_name=config, config_id=config,
+                    data_files=files, hash=SHA)
         b.download_and_prepare()
         final = cache / f"{repo.split('/')[0]}___{snake}" / config / "0.0.0" / SHA
         final.parent.mkdir(parents=True, exist_ok=True)

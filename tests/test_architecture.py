@@ -1,6 +1,7 @@
-"""The structure the README's layout table describes, checked by folder: `launch/core/` (contracts) <- `train/` and
-`eval/` (work) <- `launch/*.py` (orchestration). Imports run downward, function-local and relative ones included,
-with no cycle; every cell kind is one registry entry whose entry point exists.
+"""The structure the README's layout table describes, checked by folder: `launch/core/` (contracts)
+<- `train/` and `eval/` (work) <- `launch/*.py` (orchestration). Imports run downward,
+function-local and relative ones included, with no cycle; every cell kind is one registry entry
+whose entry point exists.
 
     .venv/bin/python -m pytest -q tests/test_architecture.py
 """
@@ -27,8 +28,8 @@ def floor(path: Path) -> int:
 
 
 def imports(source: str, module: str, is_package: bool, known: set[str]) -> set[str]:
-    """Every module of this repository that `source` (module `module`) imports, at the top or inside a function,
-    relative imports resolved against its package."""
+    """Every module of this repository that `source` (module `module`) imports, at the top or inside
+    a function, relative imports resolved against its package."""
     found = set()
     package = module.split(".") if is_package else module.split(".")[:-1]
     for node in ast.walk(ast.parse(source)):
@@ -47,7 +48,8 @@ def imports(source: str, module: str, is_package: bool, known: set[str]) -> set[
 
 def graph() -> dict[str, set[str]]:
     mods = modules()
-    return {m: imports(p.read_text(), m, p.stem == "__init__", set(mods)) - {m} for m, p in mods.items()}
+    return {m: imports(p.read_text(), m, p.stem == "__init__", set(mods)) - {m} for m,
+            p in mods.items()}
 
 
 def test_every_module_is_on_a_floor():
@@ -69,7 +71,8 @@ def test_imports_run_downward_without_cycles():
         if state.get(m) == 2:
             return
         state[m] = 1
-        for d in sorted(g[m] - {"launch", "launch.core", "train", "eval"}):   # package __init__s import nothing
+        # package __init__s import nothing
+        for d in sorted(g[m] - {"launch", "launch.core", "train", "eval"}):
             visit(d, path + [m])
         state[m] = 2
     for m in g:
@@ -77,18 +80,20 @@ def test_imports_run_downward_without_cycles():
 
 
 def test_the_check_sees_upward_relative_and_function_local_imports():
-    """The checker itself, on sources that break the rule: a contract module importing the planner relatively
-    (from .. import plan), inside a function, and a work module importing the CLI."""
+    """The checker itself, on sources that break the rule: a contract module importing the planner
+    relatively (from .. import plan), inside a function, and a work module importing the CLI."""
     known = set(modules())
     sneaky = "def f():\n    from .. import plan\n    from ..slurm import submit\n"
-    assert imports(sneaky, "launch.core.layout", False, known) == {"launch", "launch.plan", "launch.slurm"}
-    assert imports("from . import layout\n", "launch.core", True, known) == {"launch.core", "launch.core.layout"}
+    assert imports(sneaky, "launch.core.layout", False, known) == {"launch", "launch.plan",
+                                                                   "launch.slurm"}
+    assert imports("from . import layout\n", "launch.core", True, known) == {"launch.core",
+                                                                             "launch.core.layout"}
     assert "launch.__main__" in imports("import launch.__main__\n", "eval.collect", False, known)
 
 
 def test_the_kind_registry_is_complete():
-    """One entry per kind: its job class, entry point (defined where it says, taking the runtime), outputs and
-    output check."""
+    """One entry per kind: its job class, entry point (defined where it says, taking the runtime),
+    outputs and output check."""
     mods = modules()
     assert set(KINDS) == {"world", "train", "generate", "eval", "collect"}
     for name, k in KINDS.items():
@@ -102,12 +107,13 @@ def test_the_kind_registry_is_complete():
 
 
 def test_every_stage_asks_for_the_section_its_cells_need():
-    """launch.core.spec.STAGES names each stage's profile section (what its cells ask Slurm for): training cells the
-    train section, generation and eval cells the eval section, world and collect cells the CPU-only one; every
-    stage of every shipped config is there, in run order."""
+    """launch.core.spec.STAGES names each stage's profile section (what its cells ask Slurm for):
+    training cells the train section, generation and eval cells the eval section, world and collect
+    cells the CPU-only one; every stage of every shipped config is there, in run order."""
     from launch.plan import make_plan
     from launch.core.spec import STAGES, load_spec
-    section = {"train": "train", "generate": "eval", "eval": "eval", "world": "light", "collect": "light"}
+    section = {"train": "train", "generate": "eval", "eval": "eval", "world": "light",
+               "collect": "light"}
     assert set(section) == set(KINDS)
     for cfg in sorted((ROOT / "configs").glob("*/*.yaml")):
         if cfg.parent.name == "profiles":
@@ -120,8 +126,9 @@ def test_every_stage_asks_for_the_section_its_cells_need():
 
 
 def test_cell_ids_and_done_markers_of_existing_runs_stay_valid(tmp_path):
-    """Moving code never re-addresses a result: every shipped config plans the cell ids it planned on 2026-12-03
-    (tests/golden/cell-ids.json, hashed per config), and a done marker as that code wrote it still reads as done."""
+    """Moving code never re-addresses a result: every shipped config plans the cell ids it planned
+    on 2026-12-03 (tests/golden/cell-ids.json, hashed per config), and a done marker as that code
+    wrote it still reads as done."""
     import hashlib
     import json
     from launch.core.layout import cell_state
@@ -131,20 +138,26 @@ def test_cell_ids_and_done_markers_of_existing_runs_stay_valid(tmp_path):
     for name, want in golden.items():
         if name.startswith("_"):
             continue
-        keys = sorted(c.key for c in make_plan(load_spec(ROOT / "configs" / name, base_dir=ROOT)).cells)
-        assert {"cells": len(keys), "sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest()} == want, name
+        keys = sorted(c.key
+                      for c in make_plan(load_spec(ROOT / "configs" / name, base_dir=ROOT)).cells)
+        assert {"cells": len(keys),
+                "sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest()} == want, name
     up, cell = tmp_path / "exp" / "positive" / "a-1", tmp_path / "exp" / "eval" / "b-2"
     for d in (up, cell):
         d.mkdir(parents=True)
     import numpy as np
     from safetensors.numpy import save_file
     (up / "checkpoints" / "n100").mkdir(parents=True)
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(up / "checkpoints" / "n100" / "model.safetensors"))
+    save_file({"w": np.zeros(2, dtype=np.float32)},
+              str(up / "checkpoints" / "n100" / "model.safetensors"))
     (up / "checkpoints" / "n100" / "config.json").write_text("{}")
-    (up / "DONE").write_text('{"finished": "2026-12-03T10:00:00", "nonce": "9f1c", "milestones": ["n100"], '
+    (up / "DONE").write_text('{"finished": "2026-12-03T10:00:00", "nonce": "9f1c", "milestones": '
+                             '["n100"], '
                              '"id": "a-1", "kind": "train", "upstream": {}}')
-    (cell / "result.json").write_text('{"metrics": [{"name": "positive_rate", "value": 0.5, "stderr": 0.01, '
+    (cell / "result.json").write_text('{"metrics": [{"name": "positive_rate", "value": 0.5, '
+                                      '"stderr": 0.01, '
                                       '"n": 10}]}')
-    (cell / "DONE").write_text('{"finished": "2026-12-03T10:05:00", "nonce": "77ab", "milestones": ["result.json"], '
+    (cell / "DONE").write_text('{"finished": "2026-12-03T10:05:00", "nonce": "77ab", "milestones": '
+                               '["result.json"], '
                                '"id": "b-2", "kind": "eval", "upstream": {"positive/a-1": "9f1c"}}')
     assert cell_state(cell, "eval", ("result.json",), ["positive/a-1"]) == "done"

@@ -1,4 +1,5 @@
-"""Eval stage and collector: batched generation, scorers with known answers, and the collector's tables.
+"""Eval stage and collector: batched generation, scorers with known answers, and the collector's
+tables.
 
     .venv/bin/python -m pytest -q tests/test_eval.py
 """
@@ -32,23 +33,27 @@ def tiny(exp_dir):
 
 def test_batched_generation_equals_one_at_a_time(exp_dir, tiny):
     tok, model = tiny
-    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()[:12]]
+    rows = [json.loads(l)
+            for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()[:12]]
     # prompts of different lengths, so that left padding really happens
     prompts = [" ".join(r["prompt"].split()[: 3 + i % 6]) for i, r in enumerate(rows)]
     batched = generate(model, tok, prompts, "plain", max_new_tokens=12, batch_size=5)
-    single = [generate(model, tok, [p], "plain", max_new_tokens=12, batch_size=1)[0] for p in prompts]
+    single = [generate(model, tok, [p], "plain", max_new_tokens=12, batch_size=1)[0]
+              for p in prompts]
     assert batched == single
     assert any(batched)
 
 
 def test_sampler_nll_is_the_models_own_at_temperature_one(exp_dir, tiny):
-    """Setting I's target entropy: at temperature 1 and top-p 1 the sampler's recorded -log p of what it drew
-    (EOS included, nothing after it) equals the model's teacher-forced NLL of the same tokens; at temperature 0.05
-    it is the sharpened distribution's, lower; greedy records 0. Sampling is unchanged by recording it."""
+    """Setting I's target entropy: at temperature 1 and top-p 1 the sampler's recorded -log p of
+    what it drew (EOS included, nothing after it) equals the model's teacher-forced NLL of the same
+    tokens; at temperature 0.05 it is the sharpened distribution's, lower; greedy records 0.
+    Sampling is unchanged by recording it."""
     from train.data import prompt_text
     tok, model = tiny
 
-    class KeepSpecials:   # the word-level tokenizer, decoding what was drawn word for word (a random model
+    # the word-level tokenizer, decoding what was drawn word for word (a random model
+    class KeepSpecials:
         def __init__(self, t):   # draws PAD or BOS now and then, which the suite's decode drops)
             self.t = t
 
@@ -60,10 +65,12 @@ def test_sampler_nll_is_the_models_own_at_temperature_one(exp_dir, tiny):
 
         def decode(self, ids, skip_special_tokens=False):
             return self.t.decode(ids, skip_special_tokens=False)
-    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()[:6]]
+    rows = [json.loads(l)
+            for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()[:6]]
     prompts = [" ".join(r["prompt"].split()[: 3 + i % 4]) for i, r in enumerate(rows)]
     nll: list = []
-    gens = generate(model, KeepSpecials(tok), prompts, "plain", 10, 1.0, 1.0, batch_size=4, seed=3, nll=nll)
+    gens = generate(model, KeepSpecials(tok), prompts, "plain", 10, 1.0, 1.0, batch_size=4, seed=3,
+                    nll=nll)
     assert generate(model, tok, prompts, "plain", 10, 1.0, 1.0, batch_size=4, seed=3, nll=[]) == \
         generate(model, tok, prompts, "plain", 10, 1.0, 1.0, batch_size=4, seed=3)
     for p, g, (nats, n) in zip(prompts, gens, nll):
@@ -85,48 +92,57 @@ def test_sampler_nll_is_the_models_own_at_temperature_one(exp_dir, tiny):
 
 
 def test_rule_scorer_is_exact_on_labelled_samples(exp_dir):
-    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()]
+    rows = [json.loads(l)
+            for l in (exp_dir / "world" / "data" / "pretrain.jsonl").read_text().splitlines()]
     scores = S.rule_scores([r["response"] for r in rows])
     from train.toyworld import attribute
     for r, s in zip(rows, scores):
         net = sum(attribute(w) for w in r["response"].split())
         assert s == (1.0 if net > 0 else 0.0 if net < 0 else 0.5)
-    clean = [r for r in rows if all(attribute(w) in (0, 1 if r["label"] else -1) for w in r["response"].split())]
-    assert clean and all(s == r["label"] for r, s in zip(clean, S.rule_scores([r["response"] for r in clean])))
-    assert S.rule_scores(["was great+ and bad- also fine+", "dull- .", "nothing here"]) == [1.0, 0.0, 0.5]
+    clean = [r for r in rows
+             if all(attribute(w) in (0, 1 if r["label"] else -1) for w in r["response"].split())]
+    assert clean and all(s == r["label"] for r,
+                         s in zip(clean, S.rule_scores([r["response"] for r in clean])))
+    assert S.rule_scores(["was great+ and bad- also fine+",
+                          "dull- .", "nothing here"]) == [1.0, 0.0, 0.5]
 
 
 def test_classifier_scorer_known_output(tmp_path, exp_dir):
-    """A BERT sequence classifier whose head is a bias only: P(POSITIVE) = softmax([0, 1.5])[1] for every text."""
+    """A BERT sequence classifier whose head is a bias only: P(POSITIVE) = softmax([0, 1.5])[1] for
+    every text."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
     tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=64, num_labels=2,
-                     id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-                     pad_token_id=tok.pad_token_id)
+                     id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                     label2id={"NEGATIVE": 0, "POSITIVE": 1}, pad_token_id=tok.pad_token_id)
     m = BertForSequenceClassification(cfg)
     with torch.no_grad():
         m.classifier.weight.zero_()
         m.classifier.bias.copy_(torch.tensor([0.0, 1.5]))
     m.save_pretrained(tmp_path / "clf")
     tok.save_pretrained(tmp_path / "clf")
-    scorer = S.ClassifierScorer(Scorer(kind="classifier", model=str(tmp_path / "clf"), positive_label="positive"),
+    scorer = S.ClassifierScorer(Scorer(kind="classifier", model=str(tmp_path / "clf"),
+                                       positive_label="positive"),
                                 torch.device("cpu"))
     expect = 1 / (1 + math.exp(-1.5))
     assert scorer(["the plot was great+", "dull- ."]) == pytest.approx([expect, expect], abs=1e-6)
     from launch.core.schema import ConfigError
     with pytest.raises(ConfigError, match="positive_label"):
-        S.ClassifierScorer(Scorer(kind="classifier", model=str(tmp_path / "clf"), positive_label="HAPPY"),
+        S.ClassifierScorer(Scorer(kind="classifier", model=str(tmp_path / "clf"),
+                                  positive_label="HAPPY"),
                            torch.device("cpu"))
 
 
 def test_score_model_known_weights(tmp_path, exp_dir):
-    """A LlamaForScore-form checkpoint: backbone + score_head; zero weight, bias 0.7 -> score -0.7 with sign -1."""
+    """A LlamaForScore-form checkpoint: backbone + score_head; zero weight, bias 0.7 -> score -0.7
+    with sign -1."""
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
     tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                      num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64)
     out = tmp_path / "cost"
     LlamaModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -137,23 +153,28 @@ def test_score_model_known_weights(tmp_path, exp_dir):
     save_file(tensors, str(f), metadata={"format": "pt"})
     scorer = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), sign=-1.0, max_length=8),
                                 torch.device("cpu"))
-    assert scorer(["the plot was great+ and very long text " * 4, "dull- ."]) == pytest.approx([-0.7, -0.7])
+    assert scorer(["the plot was great+ and very long text " * 4,
+                   "dull- ."]) == pytest.approx([-0.7, -0.7])
     # a real head: the score is the head applied to the last token's hidden state
     w[0, :] = torch.arange(16) / 16
     tensors["score_head.weight"] = w
     save_file(tensors, str(f), metadata={"format": "pt"})
-    scorer = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), sign=1.0), torch.device("cpu"))
-    enc = tok(["dull- ." + tok.eos_token], return_tensors="pt")   # read at the EOS it is trained to end with
+    scorer = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), sign=1.0),
+                                torch.device("cpu"))
+    # read at the EOS it is trained to end with
+    enc = tok(["dull- ." + tok.eos_token], return_tensors="pt")
     assert enc["input_ids"][0, -1].item() == tok.eos_token_id
     with torch.no_grad():
         h = scorer.backbone(**enc).last_hidden_state[0, -1]
     assert scorer(["dull- ."])[0] == pytest.approx(float(h @ w[0] + 0.7), abs=1e-5)
-    # the seed's way (append_eos: false): read at the answer's own last token; dtype float32 over a bf16 checkpoint
+    # the seed's way (append_eos: false): read at the answer's own last token; dtype float32 over a
+    # bf16 checkpoint
     LlamaModel(cfg).to(torch.bfloat16).save_pretrained(out)
     tensors = load_file(str(f))
     tensors.update({"score_head.weight": w, "score_head.bias": torch.tensor([0.7])})
     save_file(tensors, str(f), metadata={"format": "pt"})
-    seed = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), append_eos=False, dtype="float32"),
+    seed = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out), append_eos=False,
+                                     dtype="float32"),
                               torch.device("cpu"))
     auto = S.ScoreModelScorer(Scorer(kind="score_model", model=str(out)), torch.device("cpu"))
     assert seed.backbone.dtype == torch.float32 and auto.backbone.dtype == torch.bfloat16
@@ -165,8 +186,9 @@ def test_score_model_known_weights(tmp_path, exp_dir):
 
 
 def test_worst_of_k_samples_per_prompt(tmp_path, exp_dir):
-    """aggregate: worst (the seed's safety number): each prompt's lowest score among its samples, averaged over
-    prompts; n counts prompts. Checked against the scores of the generations the cell wrote."""
+    """aggregate: worst (the seed's safety number): each prompt's lowest score among its samples,
+    averaged over prompts; n counts prompts. Checked against the scores of the generations the cell
+    wrote."""
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
     from eval.evaluate import main as eval_main
@@ -175,34 +197,42 @@ def test_worst_of_k_samples_per_prompt(tmp_path, exp_dir):
     from launch.core.spec import Data, Eval
     tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
     out = tmp_path / "cost"
-    LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=1,
                            num_attention_heads=2, max_position_embeddings=128)).save_pretrained(out)
     tok.save_pretrained(out)
     tensors = load_file(str(out / "model.safetensors"))
-    tensors.update({"score_head.weight": torch.randn(1, 16, generator=torch.Generator().manual_seed(0)),
+    tensors.update({"score_head.weight": torch.randn(1, 16,
+                                                     generator=torch.Generator().manual_seed(0)),
                     "score_head.bias": torch.tensor([0.0])})
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     scorer = Scorer(kind="score_model", model=str(out), append_eos=False)
     with pytest.raises(ConfigError, match="aggregate"):
         Eval(prompts=4, aggregate="worst", scorer=scorer)
-    ev = Eval(prompts=5, samples_per_prompt=3, aggregate="worst", max_new_tokens=6, temperature=1.0, scorer=scorer)
+    ev = Eval(prompts=5, samples_per_prompt=3, aggregate="worst", max_new_tokens=6, temperature=1.0,
+              scorer=scorer)
     ref = ModelRef(path=str(exp_dir / "models" / "gpt2"))
-    job = EvalJob(model=ref, base=ref, prompts=Data(path="@world/data/prompts.jsonl"), eval=ev, template="plain")
+    job = EvalJob(model=ref, base=ref, prompts=Data(path="@world/data/prompts.jsonl"), eval=ev,
+                  template="plain")
     cell = tmp_path / "eval" / "worst"
     cell.mkdir(parents=True)
     eval_main(job, Context("eval/worst", {}, (), cell, exp_dir))
-    got = next(m for m in json.loads((cell / "result.json").read_text())["metrics"] if m["name"] == "score")
+    got = next(m for m in json.loads((cell / "result.json").read_text())["metrics"]
+               if m["name"] == "score")
     rows = [json.loads(l) for l in (cell / "generations.jsonl").read_text().splitlines()]
-    scores = S.ScoreModelScorer(scorer, torch.device("cpu"))([r["prompt"] + r["response"] for r in rows])
+    scores = S.ScoreModelScorer(scorer, torch.device("cpu"))([r["prompt"] + r["response"]
+                                                              for r in rows])
     worst = [min(scores[i:i + 3]) for i in range(0, 15, 3)]
-    assert len(rows) == 15 and got["n"] == 5 and got["value"] == pytest.approx(sum(worst) / 5, abs=1e-5)
+    assert len(rows) == 15 and got["n"] == 5 and got["value"] == pytest.approx(sum(worst) / 5,
+                                                                               abs=1e-5)
     assert got["value"] < sum(scores) / 15
 
 
 def test_kl_self_zero_and_uniform_bits(exp_dir, tiny):
     from train.data import tokenize
     tok, model = tiny
-    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "positive.jsonl").read_text().splitlines()[:6]]
+    rows = [json.loads(l)
+            for l in (exp_dir / "world" / "data" / "positive.jsonl").read_text().splitlines()[:6]]
     ex = tokenize(rows, tok, "plain", 64, "sft")
     assert max(S.kl_per_token(model, model, ex, tok.pad_token_id)) == pytest.approx(0.0, abs=1e-6)
     from transformers import AutoModelForCausalLM
@@ -216,23 +246,28 @@ def test_kl_self_zero_and_uniform_bits(exp_dir, tiny):
 def test_metric_and_logit_space():
     m = metric("positive_prob", [1, 0, 1, 1], True, scorer="rule")
     assert m["value"] == 0.75 and m["n"] == 4 and m["stderr"] == pytest.approx(0.25)
-    m = metric("positive_rate", [1, 0, 1, 1], True, share=True, scorer="rule")   # binomial: sqrt(p (1 - p) / n)
+    # binomial: sqrt(p (1 - p) / n)
+    m = metric("positive_rate", [1, 0, 1, 1], True, share=True, scorer="rule")
     assert m["value"] == 0.75 and m["stderr"] == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
     lm = logit_metric(m)
     assert lm["name"] == "positive_logit" and lm["value"] == pytest.approx(math.log(3))
 
 
 def test_headline_is_the_share_classified_positive(exp_dir, tmp_path):
-    """The paper's IMDb number is the share of generations a classifier calls positive: with P(positive) = 0.8 for
-    every text that share is 1.0 (binomial error 0), while the mean probability, kept beside it, is 0.8."""
+    """The paper's IMDb number is the share of generations a classifier calls positive: with
+    P(positive) = 0.8 for every text that share is 1.0 (binomial error 0), while the mean
+    probability, kept beside it, is 0.8."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
     from eval.evaluate import main as eval_main
     from launch.core.jobs import EvalJob, ModelRef
     from launch.core.spec import Data, Eval
     tok = AutoTokenizer.from_pretrained(exp_dir / "world" / "tokenizer")
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64, num_labels=2, pad_token_id=tok.pad_token_id,
-                     id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, num_labels=2,
+                     pad_token_id=tok.pad_token_id,
+                     id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                     label2id={"NEGATIVE": 0, "POSITIVE": 1})
     for bias, share, prob in ((math.log(4), 1.0, 0.8), (-math.log(4), 0.0, 0.2)):
         m = BertForSequenceClassification(cfg)
         with torch.no_grad():
@@ -241,7 +276,8 @@ def test_headline_is_the_share_classified_positive(exp_dir, tmp_path):
         m.save_pretrained(tmp_path / "clf")
         tok.save_pretrained(tmp_path / "clf")
         ref = ModelRef(path=str(exp_dir / "models" / "gpt2"))
-        job = EvalJob(model=ref, base=ref, prompts=Data(path="@world/data/prompts.jsonl"), template="plain",
+        job = EvalJob(model=ref, base=ref, prompts=Data(path="@world/data/prompts.jsonl"),
+                      template="plain",
                       eval=Eval(prompts=12, max_new_tokens=4, scorer=Scorer(kind="classifier",
                                                                             model=str(tmp_path / "clf"))))
         out = tmp_path / f"cell{bias > 0}"
@@ -253,12 +289,15 @@ def test_headline_is_the_share_classified_positive(exp_dir, tmp_path):
         assert got["positive_rate"]["statistic"] == "share classified positive"
 
 
-# --------------------------------------------------------------------------------------------- collector
+# ---------------------------------------------------------------------------------------------
+# collector
 def fake_cell(exp: Path, stage: str, cid: str, coords: dict, payload: dict | str | None, done=True):
     d = exp / stage / cid
     d.mkdir(parents=True)
-    kind = {"eval": "eval", "responses": "generate"}.get(stage, "train")   # Setting I cross cells are training cells
-    atomic_write_json(d / "job.json", {"stage": stage, "kind": kind, "id": cid, "coords": coords, "job": {},
+    # Setting I cross cells are training cells
+    kind = {"eval": "eval", "responses": "generate"}.get(stage, "train")
+    atomic_write_json(d / "job.json",
+                      {"stage": stage, "kind": kind, "id": cid, "coords": coords, "job": {},
                                        "upstream": [], "outputs": []})
     name = "summary.json" if kind == "train" else "result.json"
     if isinstance(payload, str):
@@ -271,7 +310,8 @@ def fake_cell(exp: Path, stage: str, cid: str, coords: dict, payload: dict | str
 
 
 def rate(v, se=0.02):
-    return {"metrics": [{"name": "positive_rate", "value": v, "stderr": se, "n": 400, "higher_is_better": True}]}
+    return {"metrics": [{"name": "positive_rate", "value": v, "stderr": se, "n": 400,
+                         "higher_is_better": True}]}
 
 
 def test_collector_tables_cis_and_problems(tmp_path):
@@ -283,11 +323,15 @@ def test_collector_tables_cis_and_problems(tmp_path):
     for seed, cells in vals.items():
         for (p, n), v in cells.items():
             arm = "base" if p == 0 else "positive"
-            keys.append(fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}", {"model": "m", "seed": seed, "arm": arm,
-                                                                        "positive": p, "negative": n}, rate(v)))
-    keys.append(fake_cell(exp, "eval", "m.s4.p100.n0", {"model": "m", "seed": 4, "arm": "positive", "positive": 100,
+            keys.append(fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}",
+                                  {"model": "m", "seed": seed, "arm": arm,
+                                                                        "positive": p,
+                                   "negative": n}, rate(v)))
+    keys.append(fake_cell(exp, "eval", "m.s4.p100.n0",
+                          {"model": "m", "seed": 4, "arm": "positive", "positive": 100,
                                                         "negative": 0}, '{"metrics": [trunc'))
-    keys.append(fake_cell(exp, "eval", "m.s4.p200.n0", {"model": "m", "seed": 4, "arm": "positive", "positive": 200,
+    keys.append(fake_cell(exp, "eval", "m.s4.p200.n0",
+                          {"model": "m", "seed": 4, "arm": "positive", "positive": 200,
                                                         "negative": 0}, None, done=False))
     keys.append("eval/m.s5.p100.n0-never")
     s = collect(exp, keys)   # the collect cell's upstream: every cell the plan expects
@@ -311,22 +355,27 @@ def test_collector_tables_cis_and_problems(tmp_path):
 
 
 def test_results_csv_is_tidy_and_equals_the_markdown(tmp_path):
-    """results.csv reads as numbers with the csv module (and pandas where present): one row per seed and cell and
-    metric, one 'mean' row per cell and metric whose mean and CI are the Markdown table's."""
+    """results.csv reads as numbers with the csv module (and pandas where present): one row per seed
+    and cell and metric, one 'mean' row per cell and metric whose mean and CI are the Markdown
+    table's."""
     exp = tmp_path / "toy"
-    vals = {1: {(0, 0): 0.5, (100, 0): 0.8, (100, 50): 0.6}, 2: {(0, 0): 0.52, (100, 0): 0.82, (100, 50): 0.64},
+    vals = {1: {(0, 0): 0.5, (100, 0): 0.8, (100, 50): 0.6},
+            2: {(0, 0): 0.52, (100, 0): 0.82, (100, 50): 0.64},
             3: {(0, 0): 0.54, (100, 0): 0.78, (100, 50): 0.62}}
     for seed, cells in vals.items():
         for (p, n), v in cells.items():
-            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}", {"model": "m", "seed": seed, "arm": "base" if p == 0 else
-                                                            "positive", "positive": p, "negative": n}, rate(v))
+            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}",
+                      {"model": "m", "seed": seed, "arm": "base" if p == 0 else
+                                                            "positive", "positive": p,
+                       "negative": n}, rate(v))
     collect(exp, study={"experiment": "toy", "setting": "rebound", "task": "toy-reviews"})
     report = exp / "report"
     with open(report / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == __import__("eval.collect", fromlist=["RESULT_COLUMNS"]).RESULT_COLUMNS
     seed_rows = [r for r in rows if r["row"] == "seed"]
-    means = {(int(r["start_volume"]), int(r["negative_volume"])): r for r in rows if r["row"] == "mean"}
+    means = {(int(r["start_volume"]), int(r["negative_volume"])): r for r in rows
+             if r["row"] == "mean"}
     assert len(seed_rows) == 9 and len(means) == 3 and {r["study"] for r in rows} == {"toy"}
     assert {r["setting"] for r in rows} == {"rebound"}
     md = (report / "rebound.md").read_text()
@@ -334,7 +383,8 @@ def test_results_csv_is_tidy_and_equals_the_markdown(tmp_path):
         value, high = float(r["value"]), float(r["ci_high"])
         assert int(r["n_seeds"]) == 3 and r["ci_kind"] == "t 95% over 3 seeds"
         assert f"{value:.3f} ± {(high - value):.3f}" in md
-        per_seed = [float(x["value"]) for x in seed_rows if (int(x["start_volume"]), int(x["negative_volume"])) ==
+        per_seed = [float(x["value"]) for x in seed_rows if (int(x["start_volume"]),
+                                                             int(x["negative_volume"])) ==
                     (p, n)]
         assert value == pytest.approx(sum(per_seed) / 3)
     assert all(float(r["stderr"]) == 0.02 and int(r["n"]) == 400 for r in seed_rows)
@@ -349,40 +399,49 @@ def test_results_csv_is_tidy_and_equals_the_markdown(tmp_path):
 
 
 def test_report_index_and_compact_terminal_tables(tmp_path):
-    """index.md shows every table and plot inline; at 80 columns, or piped, the tables print without wrapping."""
+    """index.md shows every table and plot inline; at 80 columns, or piped, the tables print without
+    wrapping."""
     import subprocess
     import sys
     exp = tmp_path / "toy"
     for seed in (1, 2):
-        for p, n, v in ((0, 0, 0.5), (100, 0, 0.8), (100, 25, 0.7), (100, 50, 0.6), (100, 100, 0.55), (100, 200, 0.4),
+        for p, n, v in ((0, 0, 0.5), (100, 0, 0.8), (100, 25, 0.7), (100, 50, 0.6),
+                        (100, 100, 0.55), (100, 200, 0.4),
                         (100, 400, 0.1), (200, 0, 0.9), (200, 400, 0.12)):
-            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}", {"model": "m", "seed": seed, "arm": "base" if p == 0 else
-                                                            "positive", "positive": p, "negative": n},
-                      {"metrics": [{"name": "positive_rate", "value": v + seed / 100, "stderr": 0.02, "n": 400},
-                                   {"name": "positive_logit", "value": math.log(v / (1 - v)), "stderr": 0.1,
-                                    "n": 400}]})
+            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{n}",
+                      {"model": "m", "seed": seed, "arm": "base" if p == 0 else
+                                                            "positive", "positive": p,
+                       "negative": n},
+                      {"metrics": [{"name": "positive_rate", "value": v + seed / 100,
+                                    "stderr": 0.02, "n": 400},
+                                   {"name": "positive_logit", "value": math.log(v / (1 - v)),
+                                    "stderr": 0.1, "n": 400}]})
     (exp / "study.yaml").write_text("experiment: toy\nsetting: rebound\ntask: toy-reviews\n")
     s = collect(exp)
     index = (exp / "report" / "index.md").read_text()
     for t in s["tables"]["rebound"]:
         assert f"### {t.title}" in index
     assert "![rebound](rebound.png)" in index and "study.yaml" in index and "setting: rebound" in index
-    r = subprocess.run([sys.executable, "-m", "launch", "collect", str(exp)], capture_output=True, text=True,
-                       env={**__import__("os").environ, "COLUMNS": "80"}, cwd=Path(__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, "-m", "launch", "collect", str(exp)], capture_output=True,
+                       text=True,
+                       env={**__import__("os").environ, "COLUMNS": "80"},
+                       cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
-    assert max(len(l) for l in out[:-1]) <= 80, max(out[:-1], key=len)   # (the last line is the report's path)
-    assert not any(__import__("re").search(r"\d ± \d", l) for l in out), "mean and CI print as two tables"
+    # (the last line is the report's path)
+    assert max(len(l) for l in out[:-1]) <= 80, max(out[:-1], key=len)
+    assert not any(__import__("re").search(r"\d ± \d", l)
+                   for l in out), "mean and CI print as two tables"
     assert "0.815" in r.stdout and out[-1].startswith("report: ") and out[-1].rstrip().endswith("index.md (18 cells "
                                                                                                   "in tables, 0 not)")
     root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-m", "launch", "collect", str(exp), "--json"], capture_output=True,
-                       text=True, cwd=root)
+    r = subprocess.run([sys.executable, "-m", "launch", "collect", str(exp), "--json"],
+                       capture_output=True, text=True, cwd=root)
     got = __import__("json").loads(r.stdout)
     assert r.returncode == 0 and got["records"] == 18 and got["tables"]["rebound"][0]["title"] == s["tables"][
         "rebound"][0].title
-    r = subprocess.run(f"{sys.executable} -m launch collect {exp} --json | head -1", shell=True, capture_output=True,
-                       text=True, cwd=root)
+    r = subprocess.run(f"{sys.executable} -m launch collect {exp} --json | head -1", shell=True,
+                       capture_output=True, text=True, cwd=root)
     assert r.stdout.strip() == "{" and "Traceback" not in r.stderr, r.stderr
 
 
@@ -391,13 +450,15 @@ def test_collector_setting1_table(tmp_path):
     losses = {(1, 2): 0.30, (2, 1): 0.20, (1, 3): 0.35, (3, 1): 0.22, (2, 3): 0.25, (3, 2): 0.26}
     for (i, j), v in losses.items():
         fake_cell(exp, "cross", f"m.t{i}-D{j}", {"model": "m", "seed": 1, "from": i, "to": j,
-                                                  "direction": "forward" if i < j else "inverse"}, {"mean_loss": v})
+                                                  "direction": "forward" if i < j else "inverse"},
+                  {"mean_loss": v})
     s = collect(exp)
     rows = s["tables"]["resistance"][0].rows
     assert [r["pair"] for r in rows] == ["θ1↔θ2", "θ1↔θ3", "θ2↔θ3"]
     gap = [r["paired gap"] for r in rows]   # one seed: a number, no interval
     assert gap[0].text() == "+0.1000" and gap[0].half is None and gap[2].mean < 0
-    with open(exp / "report" / "tables" / "resistance.csv", newline="") as f:   # numbers as numbers, by name
+    # numbers as numbers, by name
+    with open(exp / "report" / "tables" / "resistance.csv", newline="") as f:
         first = next(csv.DictReader(f))
     assert float(first["paired gap"]) == pytest.approx(0.30 - 0.20) and first["inverse (θj→Di)"] == repr(0.20)
     assert (exp / "report" / "resistance.png").stat().st_size > 1000
@@ -416,8 +477,8 @@ def test_models_sort_by_their_numbers():
 
 
 def test_statistics_say_what_they_are(tmp_path):
-    """Exact t quantiles at any df (not 1.96 past 30, which narrows intervals), the interval type and n in every
-    table header, and LaTeX that escapes every special character."""
+    """Exact t quantiles at any df (not 1.96 past 30, which narrows intervals), the interval type
+    and n in every table header, and LaTeX that escapes every special character."""
     from eval.analysis import Curve, Point, rebound_tables
     from eval.stats import t_quantile
     from eval.tables import Table, latex_escape
@@ -431,23 +492,29 @@ def test_statistics_say_what_they_are(tmp_path):
     exp = tmp_path / "toy"
     for seed in (1, 2, 3):
         for p, neg in ((0, 0), (100, 0), (100, 50)):
-            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{neg}", {"model": "m", "seed": seed, "arm": "base" if p == 0 else
-                                                              "positive", "positive": p, "negative": neg},
+            fake_cell(exp, "eval", f"m.s{seed}.p{p}.n{neg}",
+                      {"model": "m", "seed": seed, "arm": "base" if p == 0 else
+                                                              "positive", "positive": p,
+                       "negative": neg},
                       rate(0.5 + 0.01 * seed + p / 1000))
-    fake_cell(exp, "eval", "m.s4.p100.n0", {"model": "m", "seed": 4, "arm": "positive", "positive": 100,
+    fake_cell(exp, "eval", "m.s4.p100.n0",
+              {"model": "m", "seed": 4, "arm": "positive", "positive": 100,
                                             "negative": 0}, rate(0.6))
     s = collect(exp)
     for t in s["tables"]["rebound"]:
         assert "95%" in t.title and "seeds" in t.title, t.title
     title = s["tables"]["rebound"][0].title
     assert "3-4 seeds" in title, "a table whose cells rest on different numbers of seeds says so"
-    records = [{"stage": "eval", "coords": {"model": "m", "arm": "positive", "positive": 1, "negative": 0,
+    records = [{"stage": "eval",
+                "coords": {"model": "m", "arm": "positive", "positive": 1, "negative": 0,
                                             "seed": 1}, "data": rate(0.7)}]
     _, curves = rebound_tables(records, "positive_rate")
-    assert curves == [Curve("m", "positive", 1, [Point(0, 0.7, curves[0].points[0].half, 1, {1: 0.7})])]
+    assert curves == [Curve("m", "positive", 1,
+                            [Point(0, 0.7, curves[0].points[0].half, 1, {1: 0.7})])]
     special = "a_b 50% #1 & {x} $y ^z ~w \\ <|> θ1↔θ2 → −0.1 · Δ ±"
     esc = latex_escape(special)
-    assert not re.search(r"(?<!\\)[_%#&{}$^~]", esc.replace(r"\{", "").replace(r"\}", "").replace("{}", "")
+    assert not re.search(r"(?<!\\)[_%#&{}$^~]",
+                         esc.replace(r"\{", "").replace(r"\}", "").replace("{}", "")
                          .replace(r"\$", "").replace("$", "")), esc
     assert all(c.isascii() for c in esc), esc
     t = Table("t", special, [special])
@@ -455,12 +522,14 @@ def test_statistics_say_what_they_are(tmp_path):
     assert t.latex().count(esc) == 3
     md = Table("h", "Hooke", ["|D_pre|·Δpre", "n"])
     md.add("+1.0 ± 0.1", 3)
-    assert [len(re.split(r"(?<!\\)\|", line)) for line in md.markdown().splitlines()[2:]] == [4, 4, 4]
+    assert [len(re.split(r"(?<!\\)\|", line)) for line in md.markdown().splitlines()[2:]] == [4, 4,
+                                                                                              4]
 
 
 def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
-    """Paired drops per window with CIs, the deeper-minus-shallowest difference marked resolved only when its CI
-    excludes 0, and the negatives needed to reach each seed's own base level (interpolated)."""
+    """Paired drops per window with CIs, the deeper-minus-shallowest difference marked resolved only
+    when its CI excludes 0, and the negatives needed to reach each seed's own base level
+    (interpolated)."""
     from eval.analysis import Curve, Point, window_stats, window_table
     seeds = (1, 2, 3)
     noise = {1: -0.01, 2: 0.0, 3: 0.01}
@@ -468,23 +537,28 @@ def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
     def curve(start, drops, at0):
         pts = [Point(0, at0, 0, 3, {s: at0 + noise[s] for s in seeds})]
         for n, d in drops.items():
-            pts.append(Point(n, at0 - d, 0, 3, {s: at0 + noise[s] - d - noise[s] * (n / 100) for s in seeds}))
+            pts.append(Point(n, at0 - d, 0, 3,
+                             {s: at0 + noise[s] - d - noise[s] * (n / 100) for s in seeds}))
         return Curve("m", "positive", start, pts)
     base = Curve("m", "base", 0, [Point(0, 0.0, 0, 3, {s: 0.0 for s in seeds})])
     shallow = curve(100, {25: 0.5, 50: 1.0, 100: 2.0, 200: 3.0}, 1.5)   # reaches 0 at 75 examples
-    deep = curve(800, {25: 0.8, 50: 1.6, 100: 3.2, 200: 4.0}, 3.0)      # drops 1.2 more by 100: resolved
+    # drops 1.2 more by 100: resolved
+    deep = curve(800, {25: 0.8, 50: 1.6, 100: 3.2, 200: 4.0}, 3.0)
     same = curve(400, {25: 0.5, 50: 1.0, 100: 2.0 + 0.0, 200: 3.0}, 1.5)
     stats = {r["start"]: r for r in window_stats([shallow, same, deep, base], "positive_logit")}
     m = sum(stats[800]["deeper@100"].values()) / 3
-    assert m == pytest.approx(-1.2) and set(stats[800]) >= {"change@25", "change@50", "change@100", "return"}
+    assert m == pytest.approx(-1.2) and set(stats[800]) >= {"change@25", "change@50", "change@100",
+                                                            "return"}
     assert stats[100]["return"][2] == pytest.approx(75.0) and stats[100]["return_of"] == 3
     t = window_table([shallow, same, deep, base], "positive_logit")
     rows = {r["start"]: r for r in t.rows}
-    assert t.columns[3:] == ["change@25", "change@50", "change@100", "change@200", "minus smallest start @100",
+    assert t.columns[3:] == ["change@25", "change@50", "change@100", "change@200",
+                             "minus smallest start @100",
                              "negatives to base", "seeds reaching base"]
     deeper = {k: r["minus smallest start @100"] for k, r in rows.items()}
     assert deeper[800].resolved and deeper[800].text().endswith("resolved") and not deeper[400].resolved
-    assert deeper[100] is None and rows[100]["change@25"].mean == pytest.approx(-0.5)   # a fall is negative
+    # a fall is negative
+    assert deeper[100] is None and rows[100]["change@25"].mean == pytest.approx(-0.5)
     assert rows[100]["negatives to base"].mean == pytest.approx(75, abs=1)
     assert rows[100]["seeds reaching base"] == "3/3" and "95%" in t.title
     flat = curve(200, {25: 0.1, 50: 0.2, 100: 0.3, 200: 0.4}, 1.5)       # never reaches the base
@@ -493,19 +567,22 @@ def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
 
 
 def cross_cells(exp: Path) -> dict:
-    """Setting I's θ1↔θ2 in 3 seeds whose levels differ (0.30 / 0.40 / 0.50 loss); forward 0.01 harder in each."""
+    """Setting I's θ1↔θ2 in 3 seeds whose levels differ (0.30 / 0.40 / 0.50 loss); forward 0.01
+    harder in each."""
     levels = {1: 0.30, 2: 0.40, 3: 0.50}
     for seed, level in levels.items():
         for (i, j), v in {(1, 2): level + 0.01, (2, 1): level}.items():
-            fake_cell(exp, "cross", f"m.s{seed}.t{i}-D{j}", {"model": "m", "seed": seed, "from": i, "to": j,
-                                                              "direction": "forward" if i < j else "inverse"},
+            fake_cell(exp, "cross", f"m.s{seed}.t{i}-D{j}",
+                      {"model": "m", "seed": seed, "from": i, "to": j,
+                                                              "direction": "forward" if i < j
+                       else "inverse"},
                       {"mean_loss": v})
     return levels
 
 
 def test_setting1_gap_is_paired_by_seed(tmp_path):
-    """Seeds shift both directions together (0.30 / 0.40 / 0.50 loss); forward is 0.01 harder in every seed: the
-    unpaired CIs overlap, the paired gap is +0.010 ± 0 and resolved."""
+    """Seeds shift both directions together (0.30 / 0.40 / 0.50 loss); forward is 0.01 harder in
+    every seed: the unpaired CIs overlap, the paired gap is +0.010 ± 0 and resolved."""
     exp = tmp_path / "s1"
     cross_cells(exp)
     (row,) = collect(exp)["tables"]["resistance"][0].rows
@@ -515,17 +592,20 @@ def test_setting1_gap_is_paired_by_seed(tmp_path):
 
 
 def test_setting1_gap_corrected_for_the_targets_entropy(tmp_path):
-    """Forward is 0.01 nats harder in every seed, but its target D2 has 0.03 nats more entropy than D1 (its
-    sampler's own -log p): the excess over each target's entropy is 0.02 lower forward, so corrected, the inverse is
-    not easier (resolved); the table shows both targets' entropy."""
+    """Forward is 0.01 nats harder in every seed, but its target D2 has 0.03 nats more entropy than
+    D1 (its sampler's own -log p): the excess over each target's entropy is 0.02 lower forward, so
+    corrected, the inverse is not easier (resolved); the table shows both targets' entropy."""
     exp = tmp_path / "s1"
     for seed, level in cross_cells(exp).items():
         for i, h in ((1, level - 0.1), (2, level - 0.07)):
-            fake_cell(exp, "responses", f"m.s{seed}.theta{i}", {"model": "m", "seed": seed, "slice": i},
-                      {"metrics": [{"name": "sampler_nats_per_token/train", "value": h, "stderr": 0.0, "n": 400}]})
+            fake_cell(exp, "responses", f"m.s{seed}.theta{i}",
+                      {"model": "m", "seed": seed, "slice": i},
+                      {"metrics": [{"name": "sampler_nats_per_token/train", "value": h,
+                                    "stderr": 0.0, "n": 400}]})
     (row,) = collect(exp)["tables"]["resistance"][0].rows
     assert row["paired gap"].text().startswith("+0.0100 ± 0.0000") and row["paired gap"].resolved
-    assert (row["target entropy Di"].text(), row["target entropy Dj"].text()) == ("0.3000", "0.3300")
+    assert (row["target entropy Di"].text(), row["target entropy Dj"].text()) == ("0.3000",
+                                                                                  "0.3300")
     corrected = row["entropy-corrected gap"]
     assert corrected.text().startswith("-0.0200 ± 0.0000") and corrected.mean < 0 and corrected.resolved
 
@@ -534,9 +614,12 @@ def test_window_statistics_compare_models_at_the_same_start():
     """Setting III: each model's paired drop minus the first model's at the same start, per seed."""
     from eval.analysis import Curve, Point, window_table
     seeds = {1: -0.02, 2: 0.0, 3: 0.02}
-    curve = lambda model, d: Curve(model, "positive", 800, [Point(0, 2.0, 0, 3, {s: 2.0 + e for s, e in seeds.items()}),
-                                                            Point(100, 2.0 - d, 0, 3, {s: 2.0 - d + 2 * e
-                                                                                       for s, e in seeds.items()})])
+    curve = lambda model, d: Curve(model, "positive", 800,
+                                   [Point(0, 2.0, 0, 3, {s: 2.0 + e for s, e in seeds.items()}),
+                                                            Point(100, 2.0 - d, 0, 3,
+                                                                  {s: 2.0 - d + 2 * e
+                                                                                       for s,
+                                                                   e in seeds.items()})])
     t = window_table([curve("small", 1.0), curve("large", 1.5)], "positive_logit")
     assert "minus small @100" in t.columns
     small, large = (r["minus small @100"] for r in t.rows)
@@ -544,9 +627,9 @@ def test_window_statistics_compare_models_at_the_same_start():
 
 
 def test_start_adjusted_effect_against_another_models_aligned_arm():
-    """Control (a): a base pre-trained on the shifted corpus (model 'shifted', arm from-base) against the first
-    model's aligned arm. Planted: drop@100 = -0.5 x start level, plus 0.2 for the shifted base (it falls less);
-    the OLS recovers c = +0.200 and the slope -0.5, resolved."""
+    """Control (a): a base pre-trained on the shifted corpus (model 'shifted', arm from-base)
+    against the first model's aligned arm. Planted: drop@100 = -0.5 x start level, plus 0.2 for the
+    shifted base (it falls less); the OLS recovers c = +0.200 and the slope -0.5, resolved."""
     from eval.analysis import Curve, Point, adjusted_table
     noise = {1: 0.01, 2: -0.01, 3: 0.0}
 
@@ -558,25 +641,30 @@ def test_start_adjusted_effect_against_another_models_aligned_arm():
     curves = [curve("gpt", "positive", 100, 1.0), curve("gpt", "positive", 200, 2.0),
               curve("gpt", "positive", 400, 3.0), curve("shifted", "from-base", 0, 1.5, 0.2)]
     rows = [r for r in adjusted_table(curves, "positive_logit").rows if r["window"] == 100]
-    assert [(r["model"], r["arm"], r["vs aligned arm of"]) for r in rows] == [("shifted", "from-base", "gpt")]
+    assert [(r["model"], r["arm"], r["vs aligned arm of"]) for r in rows] == [("shifted",
+                                                                               "from-base", "gpt")]
     c, b = rows[0]["arm effect c"], rows[0]["start slope b"]
-    assert c.text().startswith("+0.200 ± ") and c.mean == pytest.approx(0.2, abs=1e-3) and c.resolved
+    assert c.text().startswith("+0.200 ± ") and c.mean == pytest.approx(0.2,
+                                                                        abs=1e-3) and c.resolved
     assert b.text() == "-0.500"
 
 
 def test_hooke_products_paired_by_seed(tmp_path):
-    """The jointly trained model (1,000 pre-training and 100 positive examples) perturbed by 50 negatives: its
-    pre-training rate rises 0.01 bits (± 0.001 by seed) and its positive rate 0.1, so |D|·Δ is 10 for both (the
-    theorem's equality: paired difference 0, unresolved; ratio 1.000); the aligned arm takes |D_pos| from its
-    start volume (20: products 20 and 10, a difference resolved in every seed)."""
+    """The jointly trained model (1,000 pre-training and 100 positive examples) perturbed by 50
+    negatives: its pre-training rate rises 0.01 bits (± 0.001 by seed) and its positive rate 0.1, so
+    |D|·Δ is 10 for both (the theorem's equality: paired difference 0, unresolved; ratio 1.000); the
+    aligned arm takes |D_pos| from its start volume (20: products 20 and 10, a difference resolved
+    in every seed)."""
     exp = tmp_path / "h"
 
     def bits(pre, pos):
         return {"metrics": [{"name": f"bits_per_token/{r}", "value": v, "stderr": 0.0, "n": 200}
                             for r, v in (("pretrain", pre), ("positive", pos))]}
     for seed, e, d in ((1, 0.0, 0.001), (2, 0.1, -0.001), (3, 0.2, 0.0)):
-        co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "pretrain_positive": 100, "positive": 0}
-        fake_cell(exp, "eval", f"j.s{seed}.n0", {**co, "arm": "base", "negative": 0}, bits(2 + e, 1 + e))
+        co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "pretrain_positive": 100,
+              "positive": 0}
+        fake_cell(exp, "eval", f"j.s{seed}.n0", {**co, "arm": "base", "negative": 0},
+                  bits(2 + e, 1 + e))
         fake_cell(exp, "eval", f"j.s{seed}.n50", {**co, "arm": "from-base", "negative": 50},
                   bits(2.01 + e + d, 1.1 + e))
         co = {"model": "joint", "seed": seed, "pretrain_n": 1000, "arm": "positive", "positive": 20}
@@ -591,7 +679,8 @@ def test_hooke_products_paired_by_seed(tmp_path):
     assert fb[0]["Δ token/positive"].startswith("+0.1000 ± 0.0000")
     assert fb[0]["|D_pre|·Δpre"].startswith("+10.0000 ±") and fb[0]["|D_pos|·Δpos"].startswith("+10.0000 ±")
     assert fb[0]["ratio"] == "1.000"
-    assert fb[0]["pre − pos"] in ("+0.0000 ± 2.4841", "-0.0000 ± 2.4841")   # per seed +1, -1, 0: equal, unresolved
+    # per seed +1, -1, 0: equal, unresolved
+    assert fb[0]["pre − pos"] in ("+0.0000 ± 2.4841", "-0.0000 ± 2.4841")
     assert pos[0]["|D_pre|·Δpre"].startswith("+20.0000") and pos[0]["|D_pos|·Δpos"].startswith("+10.0000")
     assert pos[0]["ratio"] == "2.000"
     assert pos[0]["pre − pos"].startswith("+10.0000 ± 0.0000") and pos[0]["pre − pos"].endswith(" resolved")
@@ -599,14 +688,17 @@ def test_hooke_products_paired_by_seed(tmp_path):
 
 
 def test_paper_numbers_beside_ours_and_tables_named_by_content(tmp_path):
-    """The report's paper table puts the paper's printed number beside ours at the same coordinates (matched by the
-    model's hub id, every start where the paper gives none), empty where the study lacks the cell; each table's CSV
-    is named by what it holds, keeps numbers as numbers, and no CSV of an earlier collect stays behind."""
+    """The report's paper table puts the paper's printed number beside ours at the same coordinates
+    (matched by the model's hub id, every start where the paper gives none), empty where the study
+    lacks the cell; each table's CSV is named by what it holds, keeps numbers as numbers, and no CSV
+    of an earlier collect stays behind."""
     exp = tmp_path / "imdb"
     for seed, (base, fell) in {1: (0.50, 0.10), 2: (0.56, 0.16)}.items():
         for p, n, v in ((0, 0, base), (5000, 0, 0.95), (5000, 2000, fell)):
-            fake_cell(exp, "eval", f"l.s{seed}.p{p}.n{n}", {"model": "llama", "seed": seed, "positive": p,
-                                                            "negative": n, "arm": "base" if p == 0 else "positive"},
+            fake_cell(exp, "eval", f"l.s{seed}.p{p}.n{n}",
+                      {"model": "llama", "seed": seed, "positive": p,
+                                                            "negative": n,
+                       "arm": "base" if p == 0 else "positive"},
                       rate(v))
     (exp / "report" / "tables").mkdir(parents=True)
     (exp / "report" / "tables" / "rebound-0.csv").write_text("old\n")
@@ -615,20 +707,25 @@ def test_paper_numbers_beside_ours_and_tables_named_by_content(tmp_path):
     rows = {(r["arm"], r["start"]): r for r in paper.rows if r["metric"] == "positive_rate"}
     assert rows[("base", 0)]["paper"] == "about 0.54" and rows[("base", 0)]["ours"].mean == pytest.approx(0.53)
     assert rows[("positive", 5000)]["ours"].mean == pytest.approx(0.13) and rows[("positive", 5000)]["ours"].n == 2
-    assert rows[("positive", 1000)]["ours"] is None and rows[("positive", 1000)]["paper"] == "about 0.37"
-    assert not any(r["metric"] == "mean_loss" for r in paper.rows), "Setting I's numbers belong to alpaca studies"
+    assert rows[("positive", 1000)]["ours"] is None and rows[("positive",
+                                                              1000)]["paper"] == "about 0.37"
+    assert not any(r["metric"] == "mean_loss"
+                   for r in paper.rows), "Setting I's numbers belong to alpaca studies"
     names = sorted(p.name for p in (exp / "report" / "tables").glob("*.csv"))
-    assert names == ["paper.csv", "rebound-positive_rate-llama-positive.csv", "windows-positive_rate.csv"]
+    assert names == ["paper.csv", "rebound-positive_rate-llama-positive.csv",
+                     "windows-positive_rate.csv"]
     with open(exp / "report" / "tables" / "paper.csv", newline="") as f:
         got = {(r["arm"], r["start"]): r for r in csv.DictReader(f)}
-    assert float(got[("base", "0")]["ours"]) == pytest.approx(0.53) and got[("base", "0")]["ours n"] == "2"
+    assert float(got[("base", "0")]["ours"]) == pytest.approx(0.53) and got[("base",
+                                                                             "0")]["ours n"] == "2"
     assert "| about 0.54 |" in (exp / "report" / "paper.md").read_text()
     assert collect(exp, study={"task": "imdb"})["tables"].get("paper") is None, "no hub id, no paper rows"
 
 
 def test_setting1_answers_are_stripped_as_the_seed_strips_them(tmp_path, exp_dir, monkeypatch):
-    """eval.strip: the same draws, each answer without its surrounding whitespace (the seed's .strip()). The toy
-    tokenizer decodes without outer whitespace, so the real draws are padded here as a BPE model's would be."""
+    """eval.strip: the same draws, each answer without its surrounding whitespace (the seed's
+    .strip()). The toy tokenizer decodes without outer whitespace, so the real draws are padded here
+    as a BPE model's would be."""
     from eval import evaluate
     from eval.evaluate import generate_main
     real = evaluate.generate
@@ -638,9 +735,10 @@ def test_setting1_answers_are_stripped_as_the_seed_strips_them(tmp_path, exp_dir
     ref = ModelRef(path=str(exp_dir / "models" / "gpt2"))
     out = {}
     for strip in (False, True):
-        job = GenerateJob(model=ref, prompts=Data(path="@world/data/prompts.jsonl"), template="plain",
-                          eval=Eval(prompts=6, max_new_tokens=6, temperature=1.0, strip=strip), train_count=4,
-                          heldout_count=2, seed=3)
+        job = GenerateJob(model=ref, prompts=Data(path="@world/data/prompts.jsonl"),
+                          template="plain",
+                          eval=Eval(prompts=6, max_new_tokens=6, temperature=1.0, strip=strip),
+                          train_count=4, heldout_count=2, seed=3)
         cell = tmp_path / f"responses-{strip}"
         cell.mkdir()
         generate_main(job, Context("responses/x", {}, (), cell, exp_dir))

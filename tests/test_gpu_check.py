@@ -1,7 +1,8 @@
-"""`make gpu-check` cannot run here (no GPU); its --smoke mode runs the very same checks on CPU (gloo, fp32): a
-ZeRO-3 chain compared with separate runs at every milestone, a signal and resume, an eval cell with a classifier
-and a score model from random local weights, the MFU script. It runs on the offline wheel bundle installed into a
-venv that has only torch, as on a GPU machine without network: so a GPU machine finds a working script.
+"""`make gpu-check` cannot run here (no GPU); its --smoke mode runs the very same checks on CPU
+(gloo, fp32): a ZeRO-3 chain compared with separate runs at every milestone, a signal and resume, an
+eval cell with a classifier and a score model from random local weights, the MFU script. It runs on
+the offline wheel bundle installed into a venv that has only torch, as on a GPU machine without
+network: so a GPU machine finds a working script.
 
     .venv/bin/python -m pytest -q tests/test_gpu_check.py
 """
@@ -20,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def torch_only_venv(path: Path) -> Path:
-    """A new venv that sees torch (and what torch requires) and nothing else: a GPU machine's bare Python."""
+    """A new venv that sees torch (and what torch requires) and nothing else: a GPU machine's bare
+    Python."""
     import importlib.metadata as md
     from packaging.requirements import Requirement
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
@@ -41,33 +43,43 @@ def torch_only_venv(path: Path) -> Path:
 
 
 def test_gpu_bundle_is_complete_and_the_smoke_check_passes_on_it(tmp_path):
-    """The offline bundle (containers/gpu_bundle.py, for this machine's Python) installed with no index into a venv
-    that has only torch: every import the check needs comes from it; then every check of gpu_check.py --smoke
-    (the same code as on a GPU: ZeRO-3 chain compared at every milestone, resume, eval, MFU) passes there."""
+    """The offline bundle (containers/gpu_bundle.py, for this machine's Python) installed with no
+    index into a venv that has only torch: every import the check needs comes from it; then every
+    check of gpu_check.py --smoke (the same code as on a GPU: ZeRO-3 chain compared at every
+    milestone, resume, eval, MFU) passes there."""
     bundle = tmp_path / "bundle"
-    r = subprocess.run([sys.executable, str(ROOT / "containers" / "gpu_bundle.py"), "--out", str(bundle)],
+    r = subprocess.run([sys.executable, str(ROOT / "containers" / "gpu_bundle.py"), "--out",
+                        str(bundle)],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     py = torch_only_venv(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    bare = subprocess.run([py, "-c", "import torch; import deepspeed"], capture_output=True, text=True, env=env)
+    bare = subprocess.run([py, "-c", "import torch; import deepspeed"], capture_output=True,
+                          text=True, env=env)
     assert "No module named 'deepspeed'" in bare.stderr, "the venv has torch and nothing else"
-    r = subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(bundle), "-r",
-                        str(bundle / "requirements.txt")], capture_output=True, text=True, timeout=900,
-                       env={**env, "PIP_CONFIG_FILE": os.devnull})   # the bundle alone: no index, no site config
+    r = subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(bundle),
+                        "-r",
+                        str(bundle / "requirements.txt")], capture_output=True, text=True,
+                       timeout=900,
+                       # the bundle alone: no index, no site config
+                       env={**env, "PIP_CONFIG_FILE": os.devnull})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     out = tmp_path / "gpu-check.json"
     r = subprocess.run([py, str(ROOT / "tests" / "gpu_check.py"), "--smoke", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**env, "TMPDIR": str(tmp_path)})
+                       cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                       env={**env, "TMPDIR": str(tmp_path)})
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     lines = [l for l in r.stdout.splitlines() if l.startswith(("PASS", "FAIL"))]
-    assert [l.split()[:2] for l in lines] == [["PASS", c] for c in ("train", "resume", "eval", "mfu")]
+    assert [l.split()[:2] for l in lines] == [["PASS", c] for c in ("train", "resume", "eval",
+                                                                    "mfu")]
     summary = json.loads(out.read_text())
     assert summary["passed"] == 4 and summary["failed"] == 0 and summary["mode"].startswith("smoke")
-    assert summary["optimizer"] == {"optimizer": "torch AdamW", "why": "no CUDA device (FusedAdam is a CUDA kernel)"}
+    assert summary["optimizer"] == {"optimizer": "torch AdamW",
+                                    "why": "no CUDA device (FusedAdam is a CUDA kernel)"}
     assert "every one" in lines[0] and summary["date"]
-    # the MFU script's smoke (bench P8): embeddings and an untied head over the word tokenizer's 32,004 words (4.1 M)
-    # plus two 64-wide layers; under ZeRO-3 the parameters are partitioned (numel 0): counted from ds_numel
+    # the MFU script's smoke (bench P8): embeddings and an untied head over the word tokenizer's
+    # 32,004 words (4.1 M) plus two 64-wide layers; under ZeRO-3 the parameters are partitioned
+    # (numel 0): counted from ds_numel
     row = next(c["detail"] for c in summary["checks"] if c["check"] == "mfu")
     assert row["id"] == "P8-smoke" and row["value"] > 0 and 4_000_000 < row["params"] < 4_400_000
     assert row["flops_per_token"] == 6 * row["params"] + 12 * 2 * 64 * 64 and "not a check" in row["note"]
@@ -75,6 +87,6 @@ def test_gpu_bundle_is_complete_and_the_smoke_check_passes_on_it(tmp_path):
 
 
 def test_gpu_check_without_a_gpu_is_one_line():
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "gpu_check.py")], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "gpu_check.py")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1

@@ -1,13 +1,17 @@
-"""The GPU path, checked on CPU by emulating each constraint a GPU imposes (the real checks: `make gpu-check`).
+"""The GPU path, checked on CPU by emulating each constraint a GPU imposes (the real checks: `make
+gpu-check`).
 
-- NCCL serves CUDA tensors only: a torch-function mode marks every tensor that code of this repo makes without a
-  `device=`, and the collectives refuse a marked tensor (on a GPU it would sit on the host).
-- Gradient checkpointing must really recompute: each decoder layer runs twice per micro-batch when it is on.
-- Host memory at load: under ZeRO-3 the model is partitioned as it is built, in the training dtype, with the
-  checkpoint's values.
+- NCCL serves CUDA tensors only: a torch-function mode marks every tensor that code of this repo
+  makes without a `device=`, and the collectives refuse a marked tensor (on a GPU it would sit on
+  the host).
+- Gradient checkpointing must really recompute: each decoder layer runs twice per micro-batch when
+  it is on.
+- Host memory at load: under ZeRO-3 the model is partitioned as it is built, in the training dtype,
+  with the checkpoint's values.
 - DPO: one forward on the concatenated pair equals two forwards.
 - Micro-batches: every rank the same count, never more than fixed micro-batching, each example once.
-- The in-memory milestone fork: tests/test_trainer.py compares every milestone's whole state at each ZeRO stage.
+- The in-memory milestone fork: tests/test_trainer.py compares every milestone's whole state at each
+  ZeRO stage.
 
     .venv/bin/python -m pytest -q tests/test_gpu_path.py
 """
@@ -41,7 +45,8 @@ EMULATE_NCCL = textwrap.dedent('''
         return f.f_code.co_filename.startswith(ROOT) and "/tests/" not in f.f_code.co_filename
 
     class HostTensors(TorchFunctionMode):
-        """Marks tensors made by this repo's code without an explicit device: on a GPU they live on the host."""
+        """Marks tensors made by this repo's code without an explicit device: on a GPU they live on
+        the host."""
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
@@ -66,15 +71,15 @@ EMULATE_NCCL = textwrap.dedent('''
 
 
 def run_script(code: str, *args, timeout=600) -> str:
-    p = subprocess.run([sys.executable, "-c", code, str(ROOT), *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
+    p = subprocess.run([sys.executable, "-c", code, str(ROOT), *map(str, args)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     return p.stdout
 
 
 def test_collectives_take_device_tensors(exp_dir, tmp_path):
-    """Fails on a trainer that all-reduces a host tensor (its step metrics, its stop flag): on NCCL that is
-    'No backend type associated with device type cpu' after the first step."""
+    """Fails on a trainer that all-reduces a host tensor (its step metrics, its stop flag): on NCCL
+    that is 'No backend type associated with device type cpu' after the first step."""
     from launch.core.jobs import jsonable
     jobs = [job(exp_dir, "llama", (40, 64)), job(exp_dir, "llama", (24,), "pairs", algorithm="dpo")]
     (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j) for j in jobs]))
@@ -112,11 +117,13 @@ def test_the_emulation_refuses_a_host_tensor(tmp_path):
         dist.destroy_process_group()
     ''')
     from conftest import free_port
-    assert "refused: No backend type associated with device type cpu" in run_script(code, free_port())
+    assert "refused: No backend type associated with device type cpu" in run_script(code,
+                                                                                    free_port())
 
 
 def test_gradient_checkpointing_recomputes_each_layer(exp_dir, tmp_path):
-    """from_pretrained returns a model in eval mode, where HF skips checkpointing: the trainer must train()."""
+    """from_pretrained returns a model in eval mode, where HF skips checkpointing: the trainer must
+    train()."""
     from launch.core.jobs import jsonable
     j = job(exp_dir, "llama", (16,))
     (tmp_path / "jobs.json").write_text(json.dumps([jsonable(j)] * 2))
@@ -145,8 +152,8 @@ def test_gradient_checkpointing_recomputes_each_layer(exp_dir, tmp_path):
 
 
 def test_zero3_loads_partitioned_in_the_training_dtype(exp_dir, tmp_path):
-    """Under ZeRO-3 no rank builds the whole model: every parameter is a partition from construction on, in bf16,
-    and gathered it holds the checkpoint's values (not a fresh init)."""
+    """Under ZeRO-3 no rank builds the whole model: every parameter is a partition from construction
+    on, in bf16, and gathered it holds the checkpoint's values (not a fresh init)."""
     code = textwrap.dedent('''
         import sys, torch, deepspeed
         from pathlib import Path
@@ -184,7 +191,8 @@ def test_dpo_one_forward_equals_two(exp_dir):
     from train.trainer import token_logps
     tok = AutoTokenizer.from_pretrained(exp_dir / "models" / "llama")
     model = AutoModelForCausalLM.from_pretrained(exp_dir / "models" / "llama").eval()
-    rows = [json.loads(l) for l in (exp_dir / "world" / "data" / "pairs.jsonl").read_text().splitlines()[:6]]
+    rows = [json.loads(l)
+            for l in (exp_dir / "world" / "data" / "pairs.jsonl").read_text().splitlines()[:6]]
     ex = D.tokenize(rows, tok, "chat", 64, "dpo")
     mb = [0, 3, 5, -2]   # a zero-weight repeat too
     with torch.no_grad():
@@ -193,7 +201,8 @@ def test_dpo_one_forward_equals_two(exp_dir):
         c = token_logps(model, *D.collate(ex, mb, tok.pad_token_id)[:3], "cpu")[0].sum(-1)
         r = token_logps(model, *D.collate(ex, mb, tok.pad_token_id, True)[:3], "cpu")[0].sum(-1)
     assert ids.shape[0] == 2 * len(mb) and w.tolist() == [1, 1, 1, 0]
-    assert torch.allclose(both[:len(mb)], c, atol=1e-4) and torch.allclose(both[len(mb):], r, atol=1e-4)
+    assert torch.allclose(both[:len(mb)], c, atol=1e-4) and torch.allclose(both[len(mb):], r,
+                                                                           atol=1e-4)
     assert not torch.allclose(c, r)
 
 
@@ -204,7 +213,8 @@ def safety_like(n: int, seed: int) -> list[D.Example]:
     return [D.Example(list(range(k)), list(range(k))) for k in lens]
 
 
-@pytest.mark.parametrize("world,batch,micro", [(1, 256, 4), (8, 256, 4), (16, 256, 4), (16, 64, 1), (4, 3, 2),
+@pytest.mark.parametrize("world,batch,micro",
+                         [(1, 256, 4), (8, 256, 4), (16, 256, 4), (16, 64, 1), (4, 3, 2),
                                                 (3, 10, 1)])
 def test_micro_batches_are_balanced_and_never_more_than_fixed(world, batch, micro):
     ex = safety_like(4 * batch, seed=world * 1000 + batch)
@@ -219,16 +229,17 @@ def test_micro_batches_are_balanced_and_never_more_than_fixed(world, batch, micr
         longest = max(ex[i].length for i in pos)
         for c in cuts:
             for mb in c:
-                assert len(mb) * max(ex[abs(i) - 1 if i < 0 else i].length for i in mb) <= micro * longest
+                assert len(mb) * max(ex[abs(i) - 1 if i < 0 else i].length
+                                     for i in mb) <= micro * longest
                 assert all(i < 0 for i in mb) or all(i >= 0 for i in mb)
         dummies = sum(i < 0 for c in cuts for mb in c for i in mb)
         assert dummies == (max(0, world - len(pos)) if len(pos) < world else 0)
 
 
 def test_a_failed_fused_adam_build_falls_back_to_torch_adamw(exp_dir, tmp_path):
-    """On a GPU the trainer asks for DeepSpeed's FusedAdam; where its JIT build fails (here for real: once the
-    process group is up, the compiler is /bin/false and the op cache empty) the cell trains with torch's AdamW and
-    record.json says why."""
+    """On a GPU the trainer asks for DeepSpeed's FusedAdam; where its JIT build fails (here for
+    real: once the process group is up, the compiler is /bin/false and the op cache empty) the cell
+    trains with torch's AdamW and record.json says why."""
     from launch.core.jobs import jsonable
     (tmp_path / "job.json").write_text(json.dumps(jsonable(job(exp_dir, "llama", (16,)))))
     code = textwrap.dedent('''
@@ -249,17 +260,19 @@ def test_a_failed_fused_adam_build_falls_back_to_torch_adamw(exp_dir, tmp_path):
                   Runtime(micro_batch=4)).run()
         print(json.dumps(json.loads((tmp / "cell" / "record.json").read_text())["runtime"]["optimizer"]))
     ''')
-    p = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path), str(exp_dir)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path), str(exp_dir)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     chosen = json.loads(p.stdout.strip().splitlines()[-1])
     assert chosen["optimizer"] == "torch AdamW" and chosen["why"].startswith("FusedAdam's op did not build")
     assert (tmp_path / "cell" / "checkpoints" / "n16" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("local_rank,visible,device", [("5", 8, 5), ("5", 1, 0), ("13", 8, 5), ("0", 1, 0)])
+@pytest.mark.parametrize("local_rank,visible,device",
+                         [("5", 8, 5), ("5", 1, 0), ("13", 8, 5), ("0", 1, 0)])
 def test_each_rank_takes_a_device_it_can_see(monkeypatch, local_rank, visible, device):
-    """torch.cuda.set_device(LOCAL_RANK) fails where a site binds one GPU per task (each rank sees device 0)."""
+    """torch.cuda.set_device(LOCAL_RANK) fails where a site binds one GPU per task (each rank sees
+    device 0)."""
     from train.trainer import device_index
     monkeypatch.setenv("LOCAL_RANK", local_rank)
     assert device_index(visible) == device

@@ -1,12 +1,14 @@
-"""Every paper config, reduced, end to end on hub-shaped fixtures (tests/hub_fixtures.py), loaded through the code
-path a hub id takes on a compute node (HF_HUB_OFFLINE=1 from a prefetched cache): plan, train, eval, collect.
-Plus the formats that decide the paper's numbers, checked on the same fixtures: the chat template and its
-tokenization (BOS, EOS, no space after 'ASSISTANT:', prompt tokens masked), a tokenizer with no pad token,
-left-padded generation, the classifier's label mapping and the score model's input, weights and sign.
+"""Every paper config, reduced, end to end on hub-shaped fixtures (tests/hub_fixtures.py), loaded
+through the code path a hub id takes on a compute node (HF_HUB_OFFLINE=1 from a prefetched cache):
+plan, train, eval, collect. Plus the formats that decide the paper's numbers, checked on the same
+fixtures: the chat template and its tokenization (BOS, EOS, no space after 'ASSISTANT:', prompt
+tokens masked), a tokenizer with no pad token, left-padded generation, the classifier's label
+mapping and the score model's input, weights and sign.
 
-The reduction keeps each config's models (the first; two for the Setting III axes), data roles, columns, splits
-(numeric split bounds become the same share of the fixture), filters, template, algorithm, loss weighting and
-scorer; it shrinks volumes, prompts, lengths and batches, and trains on CPU (ZeRO 0, fp32).
+The reduction keeps each config's models (the first; two for the Setting III axes), data roles,
+columns, splits (numeric split bounds become the same share of the fixture), filters, template,
+algorithm, loss weighting and scorer; it shrinks volumes, prompts, lengths and batches, and trains
+on CPU (ZeRO 0, fp32).
 
     .venv/bin/python -m pytest -q tests/test_paper_configs.py
 """
@@ -53,7 +55,8 @@ def offline(hub, monkeypatch):
 
 
 def share_split(split: str, data: dict) -> str:
-    """'validation[:417]' of an 817-row split -> 'validation[:51%]': the same share of the fixture."""
+    """'validation[:417]' of an 817-row split -> 'validation[:51%]': the same share of the fixture.
+    """
     m = re.fullmatch(r"([\w.-]+)\[(\d*):(\d*)\]", split)
     if not m:
         return split
@@ -88,7 +91,8 @@ def reduce(path: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def paper_runs(hub, tmp_path_factory) -> dict:
-    """Each reduced config run by the debug executor (every cell in one process), two configs at a time."""
+    """Each reduced config run by the debug executor (every cell in one process), two configs at a
+    time."""
     tmp = tmp_path_factory.mktemp("paper")
     env = {**os.environ, "HF_HOME": str(hub), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -97,7 +101,8 @@ def paper_runs(hub, tmp_path_factory) -> dict:
         cfg = reduce(path, tmp)
         runs = tmp / "runs" / path.stem
         r = subprocess.run([sys.executable, "-m", "launch", "submit", str(cfg), "--profile",
-                            str(ROOT / "configs/profiles/local-cpu.yaml"), "--executor", "debug", "--runs", str(runs)],
+                            str(ROOT / "configs/profiles/local-cpu.yaml"), "--executor", "debug",
+                            "--runs", str(runs)],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         return path.name, (r, runs / yaml.safe_load(cfg.read_text())["experiment"])
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -118,7 +123,8 @@ def test_paper_config_end_to_end(paper_runs, name):
     if setting == "resistance":
         assert (report / "resistance.md").exists()
         assert "example-weighted" in (report / "resistance.md").read_text()
-        assert all(any(m["name"] == "bits_per_token/target" for m in res["metrics"]) for res in results)
+        assert all(any(m["name"] == "bits_per_token/target" for m in res["metrics"])
+                   for res in results)
     else:
         assert (report / "rebound.md").exists()
         head = {m["name"] for res in results for m in res["metrics"]}
@@ -126,12 +132,15 @@ def test_paper_config_end_to_end(paper_runs, name):
         if "positive_rate" in head:
             assert "positive_prob" in head
             rates = [m for res in results for m in res["metrics"] if m["name"] == "positive_rate"]
-            assert all(m["value"] in {k / m["n"] for k in range(m["n"] + 1)} for m in rates), "a share of n"
-    train = [json.loads(p.read_text()) for p in exp.glob("*/*/summary.json") if p.parent.parent.name != "collect"]
+            assert all(m["value"] in {k / m["n"] for k in range(m["n"] + 1)}
+                       for m in rates), "a share of n"
+    train = [json.loads(p.read_text()) for p in exp.glob("*/*/summary.json")
+             if p.parent.parent.name != "collect"]
     assert train and all(s["loss_weighting"] in ("example", "token") for s in train)
 
 
-# ------------------------------------------------------------------------------------- formats on the fixtures
+# ------------------------------------------------------------------------------------- formats on
+# the fixtures
 def test_chat_template_tokenization_on_a_llama_tokenizer(offline):
     from launch.core.jobs import ModelRef
     from train import data as D
@@ -146,8 +155,9 @@ def test_chat_template_tokenization_on_a_llama_tokenizer(offline):
     assert text == "BEGINNING OF CONVERSATION: USER: how do you make it ASSISTANT:sure I can help", text
     n_prompt = len(tok(D.prompt_text(row["prompt"], "chat"))["input_ids"])
     assert ex.labels[:n_prompt] == [-100] * n_prompt and ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
-    # as in safe-rlhf, the mask is the prompt's own token count in the joined tokenization: where BPE merges
-    # across 'ASSISTANT:' and the answer, the answer's first characters can fall inside it
+    # as in safe-rlhf, the mask is the prompt's own token count in the joined tokenization: where
+    # BPE merges across 'ASSISTANT:' and the answer, the answer's first characters can fall inside
+    # it
     answer = tok.decode(ex.input_ids[n_prompt:], skip_special_tokens=True)
     assert answer and "sure I can help".endswith(answer.strip()), answer
 
@@ -162,7 +172,8 @@ def test_alpaca_prompt_joins_instruction_and_input(offline):
     with_input = [i for i, r in enumerate(raw) if r["input"]]
     assert 0 < len(with_input) < 40
     for i, r in enumerate(raw):
-        assert rows[i]["prompt"] == (f"{r['instruction']} {r['input']}" if r["input"] else r["instruction"])
+        assert rows[i]["prompt"] == (f"{r['instruction']} {r['input']}" if r["input"]
+                                     else r["instruction"])
 
 
 def test_save_to_disk_dataset_dict_is_local_data(offline, tmp_path):
@@ -172,7 +183,8 @@ def test_save_to_disk_dataset_dict_is_local_data(offline, tmp_path):
     dd = datasets.load_dataset("PKU-Alignment/BeaverTails")
     dd.save_to_disk(str(tmp_path / "bt"))
     assert (tmp_path / "bt" / "dataset_dict.json").exists()
-    rows = load_rows(Data(path=str(tmp_path / "bt"), split="30k_train[:10]", fields={"prompt": "prompt"}))
+    rows = load_rows(Data(path=str(tmp_path / "bt"), split="30k_train[:10]",
+                          fields={"prompt": "prompt"}))
     assert len(rows) == 10 and rows[0]["prompt"] == dd["30k_train"][0]["prompt"]
     from launch.core.schema import ConfigError
     with pytest.raises(ConfigError, match="no split 'train'"):
@@ -185,14 +197,16 @@ def test_batched_generation_without_a_pad_token(offline):
     tok, model = load(ModelRef(path="meta-llama/Llama-2-7b-hf"), Path("."))
     prompts = ["how do you make it", "why", "what is this movie about and why"]
     batched = generate(model, tok, prompts, "chat", max_new_tokens=6, batch_size=3)
-    assert batched == [generate(model, tok, [p], "chat", max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == [generate(model, tok, [p], "chat", max_new_tokens=6, batch_size=1)[0]
+                       for p in prompts]
 
 
 def test_classifier_label_mapping(offline):
     from eval.scorers import ClassifierScorer
     from launch.core.spec import Scorer
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    s = ClassifierScorer(Scorer(kind="classifier", model=CLASSIFIER, positive_label="POSITIVE"), torch.device("cpu"))
+    s = ClassifierScorer(Scorer(kind="classifier", model=CLASSIFIER, positive_label="POSITIVE"),
+                         torch.device("cpu"))
     assert s.model.config.id2label[s.pos] == "POSITIVE" and s.pos == 1
     tok, m = AutoTokenizer.from_pretrained(CLASSIFIER), AutoModelForSequenceClassification.from_pretrained(CLASSIFIER)
     texts = ["great movie", "awful boring film and a bad plot"]
@@ -202,8 +216,9 @@ def test_classifier_label_mapping(offline):
 
 
 def test_score_model_reads_its_trained_format(offline):
-    """safe-rlhf's LlamaForScore checkpoint: the backbone loads its own `model.*` weights (not a fresh init), the
-    input is prompt + answer + EOS with no space after 'ASSISTANT:', the score is read at EOS, the sign flips."""
+    """safe-rlhf's LlamaForScore checkpoint: the backbone loads its own `model.*` weights (not a
+    fresh init), the input is prompt + answer + EOS with no space after 'ASSISTANT:', the score is
+    read at EOS, the sign flips."""
     from safetensors.torch import load_file
     from eval.scorers import ScoreModelScorer
     from launch.core.spec import Scorer
@@ -212,7 +227,8 @@ def test_score_model_reads_its_trained_format(offline):
     saved = {}
     for f in sorted(snap.glob("*.safetensors")):
         saved.update(load_file(str(f)))
-    s = ScoreModelScorer(Scorer(kind="score_model", model=COST_MODEL, sign=-1.0, max_length=512), torch.device("cpu"))
+    s = ScoreModelScorer(Scorer(kind="score_model", model=COST_MODEL, sign=-1.0, max_length=512),
+                         torch.device("cpu"))
     assert torch.equal(s.backbone.embed_tokens.weight, saved["model.embed_tokens.weight"])
     assert torch.equal(s.w.cpu(), saved["score_head.weight"].float())
     text = prompt_text("how do you make it", "chat") + response_text("sure I can help", "chat")

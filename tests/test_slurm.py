@@ -1,6 +1,6 @@
-"""The Slurm launcher: golden job scripts (no cluster needed), then a real one-machine Slurm cluster (slurm-wlm +
-munge + slurmdbd, started by tests/slurm/up.sh): arrays with dependencies, resubmission, requeue with exact resume,
-a 2-node DeepSpeed cell, and no secret on disk.
+"""The Slurm launcher: golden job scripts (no cluster needed), then a real one-machine Slurm cluster
+(slurm-wlm + munge + slurmdbd, started by tests/slurm/up.sh): arrays with dependencies,
+resubmission, requeue with exact resume, a 2-node DeepSpeed cell, and no secret on disk.
 
     .venv/bin/python -m pytest -q tests/test_slurm.py            # as root; starts the cluster if needed
     UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_slurm.py -k golden   # rewrite the golden files
@@ -27,16 +27,20 @@ from conftest import slurm_profile  # noqa: E402  (the cluster fixture comes fro
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 
-GPU_PROFILE = {"name": "golden-gpu", "executor": "slurm", "runs_root": "/scratch/elastica/runs", "partition": "gpu",
-               "account": "alignment", "train": {"nodes": 2, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 480,
+GPU_PROFILE = {"name": "golden-gpu", "executor": "slurm", "runs_root": "/scratch/elastica/runs",
+               "partition": "gpu",
+               "account": "alignment",
+               "train": {"nodes": 2, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 480,
                                                   "time_min": 720},
                "eval": {"nodes": 1, "gpus_per_node": 1, "cpus_per_task": 8, "time_min": 120},
-               "image": "/shared/containers/elastica-cuda-2026.11.sif", "binds": ["/scratch", "/shared"],
+               "image": "/shared/containers/elastica-cuda-2026.11.sif",
+               "binds": ["/scratch", "/shared"],
                "hf_home": "/shared/hf-cache", "array_parallelism": 16, "signal_delay_s": 180}
 
 
 def test_golden_job_scripts():
-    """The exact sbatch scripts for a 2-node x 8-GPU profile with an image (reviewed by a person once)."""
+    """The exact sbatch scripts for a 2-node x 8-GPU profile with an image (reviewed by a person
+    once)."""
     plan = make_plan(load_spec(ROOT / "configs/setting2/imdb.yaml"))
     profile = build(Profile, GPU_PROFILE)
     out = io.StringIO()
@@ -44,7 +48,8 @@ def test_golden_job_scripts():
     assert [a.stage for a in arrays] == ["positive", "negative", "eval", "collect"]
     text = out.getvalue().replace(str(ROOT), "<repo>")   # the checkout's path differs per machine
     import re
-    text = re.sub(r"/code/[0-9a-f]{12}(-dirty-[0-9a-f]{8})?", "/code/<commit>", text)   # and the commit
+    # and the commit
+    text = re.sub(r"/code/[0-9a-f]{12}(-dirty-[0-9a-f]{8})?", "/code/<commit>", text)
     golden = GOLDEN / "setting2-imdb-2x8gpu.txt"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)
@@ -68,27 +73,35 @@ def test_arrays_split_at_max_array_size_and_correlate():
     # aftercorr: a stage whose task i needs exactly task i of one array
     from launch.plan import Cell
     from launch.core.jobs import CollectJob
-    a_cells = [Cell("world", "collect", f"a{i}", CollectJob(f"a{i}", "rebound", "t")) for i in range(3)]
-    b_cells = [Cell("collect", "collect", f"b{i}", CollectJob(f"b{i}", "rebound", "t"), upstream=(a_cells[i].key,))
+    a_cells = [Cell("world", "collect", f"a{i}", CollectJob(f"a{i}", "rebound", "t"))
+               for i in range(3)]
+    b_cells = [Cell("collect", "collect", f"b{i}", CollectJob(f"b{i}", "rebound", "t"),
+                    upstream=(a_cells[i].key,))
                for i in range(3)]
     from launch.plan import Plan
     p = Plan(spec=plan.spec, stages={"world": a_cells, "collect": b_cells}, naive_examples=0)
     arr = build_arrays(p, "/nonexistent", profile)
     assert arr[1].deps == [("aftercorr", 0)]
-    # cells packed k to a task (eval.cells_per_task): aftercorr only where task t needs exactly task t
+    # cells packed k to a task (eval.cells_per_task): aftercorr only where task t needs exactly task
+    # t
     from launch.core.jobs import EvalJob, ModelRef
     from launch.core.spec import Data, Eval
     ev = lambda name: EvalJob(ModelRef(name), ModelRef(name), Data("a/b"), Eval(), "plain")
     packed = build(Profile, {**GPU_PROFILE, "eval": {**GPU_PROFILE["eval"], "cells_per_task": 2}})
     a_cells = [Cell("responses", "eval", f"a{i}", ev(f"a{i}")) for i in range(4)]
-    for ups, want in (((0, 1, 2, 3), "aftercorr"), ((2, 3, 0, 1), "afterok"), ((0, 0, 1, 1), "afterok")):
-        b_cells = [Cell("eval", "eval", f"b{i}", ev(f"b{i}"), upstream=(a_cells[u].key,)) for i, u in enumerate(ups)]
-        arr = build_arrays(Plan(spec=plan.spec, stages={"responses": a_cells, "eval": b_cells}, naive_examples=0),
+    for ups, want in (((0, 1, 2, 3), "aftercorr"), ((2, 3, 0, 1), "afterok"),
+                      ((0, 0, 1, 1), "afterok")):
+        b_cells = [Cell("eval", "eval", f"b{i}", ev(f"b{i}"), upstream=(a_cells[u].key,)) for i,
+                   u in enumerate(ups)]
+        arr = build_arrays(Plan(spec=plan.spec, stages={"responses": a_cells, "eval": b_cells},
+                                naive_examples=0),
                            "/nonexistent", packed)
-        assert [len(a.tasks) for a in arr] == [2, 2] and arr[1].deps == [(want, 0)], (ups, arr[1].deps)
+        assert [len(a.tasks) for a in arr] == [2, 2] and arr[1].deps == [(want, 0)], (ups,
+                                                                                      arr[1].deps)
 
 
-# ------------------------------------------------------------------------------------------ real cluster
+# ------------------------------------------------------------------------------------------ real
+# cluster
 def tiny_grid(tmp_path: Path) -> Path:
     from conftest import reduced_config
     cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
@@ -104,7 +117,8 @@ def tiny_grid(tmp_path: Path) -> Path:
 
 
 def launch(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=ROOT,
+                          capture_output=True,
                           text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
 
 
@@ -112,7 +126,8 @@ SECRET = "wandb-secret-9f8e7d6c5b4a"
 
 
 def test_an_array_without_upstream_does_not_inherit_a_dependency(cluster, tmp_path):
-    """submitit's executor keeps parameters between arrays: each array states its own dependency, or none."""
+    """submitit's executor keeps parameters between arrays: each array states its own dependency, or
+    none."""
     import submitit
     from launch.slurm import Array, array_params
     ex = submitit.SlurmExecutor(folder=tmp_path)
@@ -140,10 +155,13 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tmp_path / "runs" / "toy-slurm"
     manifest = [json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines()]
-    assert [m["stage"] for m in manifest] == ["world", "pretrain", "positive", "negative", "eval", "collect"]
+    assert [m["stage"] for m in manifest] == ["world", "pretrain", "positive", "negative", "eval",
+                                              "collect"]
     ids = {m["stage"]: m["job_id"] for m in manifest}
-    assert manifest[3]["dependency"] == f"afterok:{ids['positive']}"      # negative waits on positive
-    assert set(manifest[4]["dependency"].split(",")) == {f"afterok:{ids[s]}" for s in ("pretrain", "positive",
+    # negative waits on positive
+    assert manifest[3]["dependency"] == f"afterok:{ids['positive']}"
+    assert set(manifest[4]["dependency"].split(",")) == {f"afterok:{ids[s]}" for s in ("pretrain",
+                                                                                       "positive",
                                                                                         "negative")}
     assert manifest[4]["array"] and len(manifest[4]["cells"]) == 1 + 2 + 2
     md = (exp / "report" / "rebound.md").read_text()
@@ -154,7 +172,8 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
         got = json.loads((plan.cell_dir(tmp_path / "runs", c) / "job.json").read_text())
         assert got == json.loads(json.dumps(plan.meta(c, load_profile(prof)))), c.key
     # the jobs ran the code snapshot of this submission and record its commit
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
     assert (exp / "code" / head[:12] / "launch" / "worker.py").is_file()
     recs = [json.loads(p.read_text()) for p in exp.glob("*/*/record.json")]
     assert recs and {r["git_commit"] for r in recs} == {head}
@@ -171,13 +190,15 @@ def test_grid_on_real_slurm_then_resubmit(cluster, tmp_path):
     (plan.cell_dir(tmp_path / "runs", victim) / "DONE").unlink()
     r = launch("submit", cfg, "--profile", prof, "--wait")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    again = [json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines()][len(manifest):]
+    again = [json.loads(l)
+             for l in (exp / "manifest.jsonl").read_text().splitlines()][len(manifest):]
     assert [(m["stage"], [c["key"] for c in m["cells"]]) for m in again] == [
         ("eval", [victim.key]), ("collect", [plan.stages["collect"][0].key])]
     # status from the run folder alone
     r = launch("status", exp, "--json")
     assert r.returncode == 0 and all(row["state"] == "done" for row in json.loads(r.stdout))
-    # the same grid as another study under the same runs root: every cell but its collect is taken, not submitted
+    # the same grid as another study under the same runs root: every cell but its collect is taken,
+    # not submitted
     other = yaml.safe_load(cfg.read_text())
     other["experiment"] = "toy-slurm-again"
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(other))
@@ -196,17 +217,18 @@ def long_job(exp_dir):
     from launch.core.spec import Data, Recipe
     return TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
                     data=Data(path=str(exp_dir / "world" / "data" / "pretrain.jsonl")),
-                    recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=1, max_length=64, zero_stage=0,
-                                  precision="fp32", epochs=20),   # ~60 s of steps
+                    recipe=Recipe(algorithm="lm", lr=3e-4, global_batch=1, max_length=64,
+                                  zero_stage=0, precision="fp32", epochs=20),   # ~60 s of steps
                     seed=5, template="plain", milestones=(600,))
 
 
 @pytest.fixture(scope="module")
 def long_ref(exp_dir, tmp_path_factory):
-    """The long training cell run once, uninterrupted, locally (same threads as the Slurm profile)."""
+    """The long training cell run once, uninterrupted, locally (same threads as the Slurm profile).
+    """
     from conftest import run_cell_procs, write_cell
-    ref = write_cell(tmp_path_factory.mktemp("ref") / "positive" / "ref", long_job(exp_dir), outputs=["n600"],
-                     runtime=LONG_RUNTIME)
+    ref = write_cell(tmp_path_factory.mktemp("ref") / "positive" / "ref", long_job(exp_dir),
+                     outputs=["n600"], runtime=LONG_RUNTIME)
     (rc, out), = run_cell_procs(ref)
     assert rc == 0, out[-2000:]
     from safetensors.torch import load_file
@@ -214,11 +236,13 @@ def long_ref(exp_dir, tmp_path_factory):
 
 
 def submit_one(tmp_path, cell_dir, time_min, **profile_over):
-    """One training cell as one Slurm job, with the time limit and signal delay of a validated profile."""
+    """One training cell as one Slurm job, with the time limit and signal delay of a validated
+    profile."""
     import submitit
     from launch.slurm import CellTask, sbatch_params
     profile = load_profile(slurm_profile(tmp_path, train={"time_min": time_min}, **profile_over))
-    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=profile.max_num_timeout)
+    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j",
+                                max_num_timeout=profile.max_num_timeout)
     ex.update_parameters(**sbatch_params(profile, profile.train, "cell"))
     return ex.submit(CellTask(), str(cell_dir))
 
@@ -237,13 +261,16 @@ def same_weights(ref, d):
 
 
 def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir, long_ref):
-    """A training cell with a 1-minute limit needs several incarnations; its weights equal an uninterrupted run.
+    """A training cell with a 1-minute limit needs several incarnations; its weights equal an
+    uninterrupted run.
 
-    slurmctld sends the USR2 at its first 30-s check after (limit - delay - 30 s), measured on this cluster: with
-    delay 25 the signal comes 5-35 s into each incarnation, never before the handlers are installed (delay 30 could
-    signal at 0 s and kill the task, which failed a CI run), and the ~60 s of steps cannot fit in one incarnation."""
+    slurmctld sends the USR2 at its first 30-s check after (limit - delay - 30 s), measured on this
+    cluster: with delay 25 the signal comes 5-35 s into each incarnation, never before the handlers
+    are installed (delay 30 could signal at 0 s and kill the task, which failed a CI run), and the
+    ~60 s of steps cannot fit in one incarnation."""
     from conftest import write_cell
-    d = write_cell(tmp_path / "slurm" / "positive" / "requeued", long_job(exp_dir), outputs=["n600"],
+    d = write_cell(tmp_path / "slurm" / "positive" / "requeued", long_job(exp_dir),
+                   outputs=["n600"],
                      runtime=LONG_RUNTIME)
     job = submit_one(tmp_path, d, time_min=1, signal_delay_s=25)
     wait_done(d, job)
@@ -253,11 +280,13 @@ def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir, lon
 
 
 def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
-    """A cell's processes die with SIGKILL (no signal to save on, like a node failure): its dependents are
-    cancelled; a resubmission resumes it from its rolling checkpoint and reproduces the undisturbed tables."""
+    """A cell's processes die with SIGKILL (no signal to save on, like a node failure): its
+    dependents are cancelled; a resubmission resumes it from its rolling checkpoint and reproduces
+    the undisturbed tables."""
     from conftest import reduced_config
     ref_plan, ref_runs = reduced_run
-    # eval cells packed 3 to a task (profile eval.cells_per_task): requeue, resume and results stay per cell
+    # eval cells packed 3 to a task (profile eval.cells_per_task): requeue, resume and results stay
+    # per cell
     cfg, prof = reduced_config(tmp_path), slurm_profile(tmp_path, eval={"cells_per_task": 3})
     r = launch("submit", cfg, "--profile", prof)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -276,7 +305,8 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     world_done = (next(exp.glob("world/*")) / "DONE").stat().st_mtime_ns
     # the cell's dependents are cancelled (kill-on-invalid-dep), so that wait ends and says so
     log = io.StringIO()
-    assert wait(plan, tmp_path / "runs", poll_s=2, timeout_s=240, out=log) == 1 and "timed out" not in log.getvalue()
+    assert wait(plan, tmp_path / "runs",
+                poll_s=2, timeout_s=240, out=log) == 1 and "timed out" not in log.getvalue()
     states = cell_states(plan, tmp_path / "runs")
     rows = [r for r in states if r["stage"] not in ("world", "pretrain")]
     (killed,) = [r for r in states if r["stage"] == "pretrain"]
@@ -285,7 +315,8 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     text = log.getvalue()
     after = text.split(f"pretrain/{cell.name}  log: ", 1)[1].splitlines()
     assert after[1].startswith("    "), text   # the last lines of its error, under the cell's line
-    assert len(rows) == 20 and {r["state"] for r in rows} == {"cancelled"} and not any(r["log"] for r in rows)
+    assert len(rows) == 20 and {r["state"]
+                                for r in rows} == {"cancelled"} and not any(r["log"] for r in rows)
     assert "cells cancelled before they started" in log.getvalue() and f"pretrain/{cell.name}  log: " in log.getvalue()
     assert not (cell / "DONE").exists()
     r = launch("submit", cfg, "--profile", prof, "--wait")
@@ -297,7 +328,8 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
         assert (exp / "report" / name).read_text() == (ref_plan.exp_dir(ref_runs) / "report" / name).read_text()
     evals = [m for m in (json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines())
              if m["stage"] == "eval"]
-    assert evals and all(len({c["task"] for c in m["cells"]}) == -(-len(m["cells"]) // 3) for m in evals)
+    assert evals and all(len({c["task"] for c in m["cells"]}) == -(-len(m["cells"]) // 3)
+                         for m in evals)
 
 
 def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
@@ -308,20 +340,25 @@ def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
     from safetensors.torch import load_file
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "llama")),
                    data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
-                   recipe=Recipe(lr=1e-3, global_batch=8, max_length=64, zero_stage=2, precision="fp32"),
+                   recipe=Recipe(lr=1e-3, global_batch=8, max_length=64, zero_stage=2,
+                                 precision="fp32"),
                    seed=2, template="plain", milestones=(64,))
-    one = write_cell(tmp_path / "one" / "positive" / "c", job, outputs=["n64"], runtime={"micro_batch": 2})
+    one = write_cell(tmp_path / "one" / "positive" / "c", job, outputs=["n64"],
+                     runtime={"micro_batch": 2})
     (rc, out), = run_cell_procs(one)
     assert rc == 0, out[-2000:]
-    d = write_cell(tmp_path / "two" / "positive" / "c", job, outputs=["n64"], runtime={"micro_batch": 2})
+    d = write_cell(tmp_path / "two" / "positive" / "c", job, outputs=["n64"],
+                   runtime={"micro_batch": 2})
     import submitit
     from launch.slurm import CellTask, sbatch_params
     from launch.core.profile import Resources
     profile = load_profile(slurm_profile(tmp_path))
     ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=3)
-    ex.update_parameters(**sbatch_params(profile, Resources(nodes=2, cpus_per_task=1, time_min=10), "two-node"))
+    ex.update_parameters(**sbatch_params(profile, Resources(nodes=2, cpus_per_task=1, time_min=10),
+                                         "two-node"))
     j = ex.submit(CellTask(), str(d))
-    assert [r == ["n64"] for r in j.results()] == [True, True]   # both ranks ran the cell to the end
+    # both ranks ran the cell to the end
+    assert [r == ["n64"] for r in j.results()] == [True, True]
     summary = json.loads((d / "summary.json").read_text())
     assert summary["world_size"] == 2
     rec = json.loads((d / "record.json").read_text())
@@ -332,10 +369,11 @@ def test_two_node_deepspeed_cell(cluster, tmp_path, exp_dir):
 
 
 def test_two_ranks_on_two_nodes_preempted_twice_are_bit_identical(cluster, tmp_path, exp_dir):
-    """A 2-rank DeepSpeed cell on the two slurmd nodes gets USR2 twice (what Slurm sends before a preemption or a
-    time limit). Both ranks save, agree, and say so in the job's marker; srun's --kill-on-bad-exit may end the
-    last rank as the first exits, so the teardown requeues on the marker, not on srun's exit code. Every
-    milestone equals an uninterrupted 2-rank run, bit for bit."""
+    """A 2-rank DeepSpeed cell on the two slurmd nodes gets USR2 twice (what Slurm sends before a
+    preemption or a time limit). Both ranks save, agree, and say so in the job's marker; srun's
+    --kill-on-bad-exit may end the last rank as the first exits, so the teardown requeues on the
+    marker, not on srun's exit code. Every milestone equals an uninterrupted 2-rank run, bit for
+    bit."""
     import submitit
     from safetensors.torch import load_file
     from conftest import run_cell_procs, write_cell
@@ -345,7 +383,8 @@ def test_two_ranks_on_two_nodes_preempted_twice_are_bit_identical(cluster, tmp_p
     from launch.core.spec import Data, Recipe
     job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "llama")),
                    data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
-                   recipe=Recipe(lr=1e-3, global_batch=4, max_length=64, zero_stage=2, precision="fp32", epochs=2),
+                   recipe=Recipe(lr=1e-3, global_batch=4, max_length=64, zero_stage=2,
+                                 precision="fp32", epochs=2),
                    seed=3, template="plain", milestones=(400,))
     rt = {"micro_batch": 2, "save_every_steps": 1000}   # only the signals save
     ref = write_cell(tmp_path / "ref" / "positive" / "c", job, outputs=["n400"], runtime=rt)
@@ -354,8 +393,8 @@ def test_two_ranks_on_two_nodes_preempted_twice_are_bit_identical(cluster, tmp_p
     d = write_cell(tmp_path / "slurm" / "positive" / "c", job, outputs=["n400"], runtime=rt)
     profile = load_profile(slurm_profile(tmp_path))
     ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=3)
-    ex.update_parameters(**sbatch_params(profile, Resources(nodes=2, cpus_per_task=1, time_min=15), "preempted",
-                                         marker_dir=tmp_path / "submitit"))
+    ex.update_parameters(**sbatch_params(profile, Resources(nodes=2, cpus_per_task=1, time_min=15),
+                                         "preempted", marker_dir=tmp_path / "submitit"))
     j = ex.submit(CellTask(), str(d))
     metrics, attempts = d / "metrics.jsonl", d / "attempts.jsonl"
     lines = lambda p: len(p.read_text().splitlines()) if p.exists() else 0
@@ -363,7 +402,8 @@ def test_two_ranks_on_two_nodes_preempted_twice_are_bit_identical(cluster, tmp_p
         deadline = time.time() + 300
         while time.time() < deadline and not (lines(attempts) == n and lines(metrics) >= 25 * n):
             time.sleep(0.2)
-        assert lines(attempts) == n and not (d / "DONE").exists(), (n, lines(attempts), lines(metrics), j.stdout())
+        assert lines(attempts) == n and not (d / "DONE").exists(), (n, lines(attempts),
+                                                                    lines(metrics), j.stdout())
         subprocess.run(["scancel", "--signal=USR2", j.job_id], check=True)
         while time.time() < deadline and lines(attempts) == n:
             time.sleep(0.5)
@@ -375,7 +415,8 @@ def test_two_ranks_on_two_nodes_preempted_twice_are_bit_identical(cluster, tmp_p
     a = load_file(str(ref / "checkpoints" / "n400" / "model.safetensors"))
     b = load_file(str(d / "checkpoints" / "n400" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
-    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")}
+    strip = lambda p: [{k: v for k,
+                        v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")}
                        for l in p.read_text().splitlines()]
     assert strip(metrics) == strip(ref / "metrics.jsonl")
     assert not list((tmp_path / "submitit").glob("*.preempted")), "the teardown removes the marker it acted on"

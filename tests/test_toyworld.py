@@ -1,5 +1,6 @@
-"""The toy world: deterministic generator, disjoint held-out prompts, a base that learned the prior, and a reduced
-demo (world -> pretrain -> positive/control -> negative -> eval -> collect) through the local executor.
+"""The toy world: deterministic generator, disjoint held-out prompts, a base that learned the prior,
+and a reduced demo (world -> pretrain -> positive/control -> negative -> eval -> collect) through
+the local executor.
 
     .venv/bin/python -m pytest -q tests/test_toyworld.py
 """
@@ -21,20 +22,25 @@ def test_generator_is_deterministic_and_prompts_are_held_out():
     w = World(seed=3, pretrain=500, alignment=200, prompts=100, sft=50, control=50)
     a, b = build_world(w), build_world(w)
     assert a == b
-    assert build_world(World(seed=4, pretrain=500, alignment=200, prompts=100, sft=50, control=50)) != a
+    assert build_world(World(seed=4, pretrain=500, alignment=200, prompts=100, sft=50,
+                             control=50)) != a
     train_prompts = {r["prompt"] for name, rows in a.items() if name != "prompts" for r in rows}
     held = [r["prompt"] for r in a["prompts"]]
     assert len(held) == 100 == len(set(held)) and not set(held) & train_prompts
     share = sum(r["label"] for r in a["pretrain"]) / 500
     assert 0.4 < share < 0.6
-    assert all(r["label"] == 1 for r in a["positive"]) and all(r["label"] == 0 for r in a["negative"])
+    assert all(r["label"] == 1 for r in a["positive"]) and all(r["label"] == 0
+                                                               for r in a["negative"])
 
 
-# What build_world writes for one small World, per WORLD_GENERATOR version (sha256 of each set's rows and of the
-# vocabulary). The world cell's id carries the version, so a generator change that is not a new version would give
-# different data under the same id: the study's cells, and every study that takes them, would mix two worlds.
-GENERATOR_OUTPUT = {2: {"control": "fe107a87cc5e", "joint": "747e60a3ccba", "negative": "c21900f9d792",
-                        "pairs": "82edd4d8821b", "positive": "b342054fa490", "pretrain": "646b0baaa054",
+# What build_world writes for one small World, per WORLD_GENERATOR version (sha256 of each set's
+# rows and of the vocabulary). The world cell's id carries the version, so a generator change that
+# is not a new version would give different data under the same id: the study's cells, and every
+# study that takes them, would mix two worlds.
+GENERATOR_OUTPUT = {2: {"control": "fe107a87cc5e", "joint": "747e60a3ccba",
+                        "negative": "c21900f9d792",
+                        "pairs": "82edd4d8821b", "positive": "b342054fa490",
+                        "pretrain": "646b0baaa054",
                         "prompts": "607dff1979e8", "sft": "8539b55f6d48", "shifted": "a071e49f8e01",
                         "vocabulary": "f1a916d58357"}}
 
@@ -47,7 +53,8 @@ def test_the_world_generator_output_is_pinned_to_its_version():
     h = lambda v: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:12]
     got = {k: h(v) for k, v in build_world(w).items()} | {"vocabulary": h(vocabulary(w))}
     assert got == GENERATOR_OUTPUT.get(WORLD_GENERATOR), (
-        "build_world's output changed: bump launch.core.jobs.WORLD_GENERATOR and pin the new output here")
+        "build_world's output changed: bump launch.core.jobs.WORLD_GENERATOR and pin the new "
+        "output here")
 
 
 def test_rule_scorer_agrees_with_labels_up_to_noise():
@@ -58,12 +65,13 @@ def test_rule_scorer_agrees_with_labels_up_to_noise():
     # 3 attribute words, each flipped with p=0.1: majority wrong with p = 3*0.01*0.9 + 0.001 = 0.028
     assert 0.95 < agree < 0.995
     clean = build_world(World(seed=1, pretrain=500, noise=0.0))["pretrain"]
-    assert [s for s in rule_scores([r["response"] for r in clean])] == [float(r["label"]) for r in clean]
+    assert [s for s in rule_scores([r["response"] for r in clean])] == [float(r["label"])
+                                                                        for r in clean]
 
 
 def test_the_demo_study_reports_every_cell_on_one_page(reduced_run):
-    """The collect cell's report: every table and plot inline in index.md, named for its study, no cell missing,
-    the tidy numbers readable."""
+    """The collect cell's report: every table and plot inline in index.md, named for its study, no
+    cell missing, the tidy numbers readable."""
     plan, runs = reduced_run
     assert not plan.todo(runs)
     report = plan.exp_dir(runs) / "report"
@@ -75,10 +83,12 @@ def test_the_demo_study_reports_every_cell_on_one_page(reduced_run):
     titles = [l for f in report.glob("*.md") if f.name not in ("index.md", "cells.md")
               for l in f.read_text().splitlines() if l.startswith("### ")]
     assert titles and all(t in index for t in titles)
-    assert all(f"]({p.name})" in index for p in report.glob("*.png")) and "Setting: rebound; task: toy-reviews" in index
+    assert all(f"]({p.name})" in index
+               for p in report.glob("*.png")) and "Setting: rebound; task: toy-reviews" in index
     import csv
     with open(report / "results.csv", newline="") as f:
-        means = [r for r in csv.DictReader(f) if r["row"] == "mean" and r["metric"] == "positive_rate"]
+        means = [r for r in csv.DictReader(f) if r["row"] == "mean"
+                 and r["metric"] == "positive_rate"]
     assert means and all(0 <= float(r["value"]) <= 1 for r in means)
 
 
@@ -90,14 +100,16 @@ def test_the_demo_rebound_grid_has_a_value_in_every_cell(reduced_run):
     records, problems = read_cells(plan.exp_dir(runs), list(cell.upstream))
     tables, _, headline = tables_of(records, {"task": "toy-reviews"}, {})
     assert not problems and headline == "positive_rate"
-    table = next(t for t in tables["rebound"] if t.title.startswith("positive_rate: toy-gpt2, arm positive"))
+    table = next(t for t in tables["rebound"]
+                 if t.title.startswith("positive_rate: toy-gpt2, arm positive"))
     assert [r[table.columns[0]] for r in table.rows] == ["base model", 32, 64]
-    assert all(v is not None for r in table.rows[1:] for v in r.values()), "every cell of the grid has a value"
+    assert all(v is not None
+               for r in table.rows[1:] for v in r.values()), "every cell of the grid has a value"
 
 
 def test_the_demo_wandb_runs_carry_each_cells_coordinates(reduced_run):
-    """W&B (offline): training runs grouped by study and stage with the cell's coordinates as tags; the collect
-    run holds every eval metric with its coordinates (the results table)."""
+    """W&B (offline): training runs grouped by study and stage with the cell's coordinates as tags;
+    the collect run holds every eval metric with its coordinates (the results table)."""
     plan, runs = reduced_run
     exp = plan.exp_dir(runs)
     neg = next(p for p in exp.glob("negative/*.pos32-*/wandb/offline-run-*/run-*.wandb"))
@@ -105,12 +117,14 @@ def test_the_demo_wandb_runs_carry_each_cells_coordinates(reduced_run):
     assert b"toy-reduced/negative" in data and b"arm=positive" in data and b"positive=32" in data
     col = next(p for p in exp.glob("collect/*/wandb/offline-run-*/run-*.wandb")).read_bytes()
     assert b"toy-reduced/collect" in col and b"results" in col
-    r = subprocess.run(["make", "-n", "wandb-sync", f"RUN={exp}"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(["make", "-n", "wandb-sync", f"RUN={exp}"], cwd=ROOT, capture_output=True,
+                       text=True)
     assert r.returncode == 0 and "wandb sync $(find" in r.stdout
 
 
 def test_the_demo_base_learned_the_world_and_alignment_moved_it(reduced_run):
-    """The pre-trained base's positive rate is near the corpus prior 0.5; positive SFT moves it up."""
+    """The pre-trained base's positive rate is near the corpus prior 0.5; positive SFT moves it up.
+    """
     plan, runs = reduced_run
     exp = plan.exp_dir(runs)
     base = next(json.loads(p.read_text()) for p in (exp / "eval").glob("*.base-*/result.json"))
@@ -130,8 +144,9 @@ def test_a_second_run_of_the_demo_runs_nothing(reduced_run):
 
 
 def test_runtime_change_keeps_every_done_marker(reduced_run, tmp_path):
-    """Moving to other hardware (micro_batch, gradient_checkpointing, save_every_steps, in the study or the
-    profile) finds the finished study done: same ids, nothing to run, the record says how each cell ran."""
+    """Moving to other hardware (micro_batch, gradient_checkpointing, save_every_steps, in the study
+    or the profile) finds the finished study done: same ids, nothing to run, the record says how
+    each cell ran."""
     import yaml
     from conftest import reduced_config
     from launch.plan import make_plan
@@ -152,14 +167,16 @@ def test_runtime_change_keeps_every_done_marker(reduced_run, tmp_path):
 
 
 def test_fused_eval_equals_one_process_per_cell(reduced_run, tmp_path):
-    """The reduced run's eval stage ran in one worker process (scorer, base model and data shared); three of its
-    cells run again one process each give the same result.json metrics and generations, bit for bit."""
+    """The reduced run's eval stage ran in one worker process (scorer, base model and data shared);
+    three of its cells run again one process each give the same result.json metrics and generations,
+    bit for bit."""
     import shutil
     from launch.local import run_plan
     plan, runs = reduced_run
     copy = tmp_path / "runs"
     shutil.copytree(plan.exp_dir(runs), copy / plan.spec.experiment)
-    cells = [c for c in plan.stages["eval"] if c.coords.get("negative")][-3:]   # late in the fused process
+    # late in the fused process
+    cells = [c for c in plan.stages["eval"] if c.coords.get("negative")][-3:]
     for c in cells:
         (plan.cell_dir(copy, c) / "DONE").unlink()
     prof = load_profile(ROOT / "configs/profiles/local-cpu.yaml")
@@ -172,8 +189,9 @@ def test_fused_eval_equals_one_process_per_cell(reduced_run, tmp_path):
 
 
 def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(reduced_run, tmp_path):
-    """--jobs 2: a fused stage is cut into two contiguous parts, one worker each, running at the same time (the
-    second part's first cell starts before the first part's last cell is done), and every metric is the same."""
+    """--jobs 2: a fused stage is cut into two contiguous parts, one worker each, running at the
+    same time (the second part's first cell starts before the first part's last cell is done), and
+    every metric is the same."""
     import shutil
     from launch.local import run_plan
     plan, runs = reduced_run
@@ -182,10 +200,12 @@ def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(redu
     cells = [c for c in plan.stages["eval"] if c.coords.get("negative")][:6]
     for c in cells:
         (plan.cell_dir(copy, c) / "DONE").unlink()
-    assert run_plan(plan, copy, load_profile(ROOT / "configs/profiles/local-cpu.yaml"), only="eval", jobs=2) == 0
+    assert run_plan(plan, copy, load_profile(ROOT / "configs/profiles/local-cpu.yaml"), only="eval",
+                    jobs=2) == 0
     dirs = [plan.cell_dir(copy, c) for c in cells]
     argv = [json.loads((d / "record.json").read_text())["runtime"]["argv"] for d in dirs]
-    parts = [a[a.index("run-cells") + 1:] for a in argv]   # each cell's worker: the cells it was given
+    # each cell's worker: the cells it was given
+    parts = [a[a.index("run-cells") + 1:] for a in argv]
     assert parts == [list(map(str, dirs[:3]))] * 3 + [list(map(str, dirs[3:]))] * 3
     assert (dirs[3] / "record.json").stat().st_mtime_ns < (dirs[2] / "DONE").stat().st_mtime_ns, "not concurrent"
     for c in cells:
@@ -195,8 +215,8 @@ def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(redu
 
 
 def second_study(reduced_run, tmp_path):
-    """A copy of the reduced study's runs under a new runs root, and the plan of the same study under another
-    experiment name (every cell but collect is the same content address)."""
+    """A copy of the reduced study's runs under a new runs root, and the plan of the same study
+    under another experiment name (every cell but collect is the same content address)."""
     import shutil
     import yaml
     from conftest import reduced_config
@@ -212,9 +232,10 @@ def second_study(reduced_run, tmp_path):
 
 
 def test_another_studys_folder_never_breaks_or_misleads_this_one(reduced_run, tmp_path):
-    """Files another study left under the runs root: a done marker of the wrong shape is 'not reusable' (plan, a
-    dry run and run never crash on it); a cell whose upstream is gone there is not taken although this study has
-    none either (a missing nonce never equals a missing nonce); a 0-byte weights file is not a done checkpoint."""
+    """Files another study left under the runs root: a done marker of the wrong shape is 'not
+    reusable' (plan, a dry run and run never crash on it); a cell whose upstream is gone there is
+    not taken although this study has none either (a missing nonce never equals a missing nonce); a
+    0-byte weights file is not a done checkpoint."""
     import shutil
     plan, runs = reduced_run
     root, again = second_study(reduced_run, tmp_path)
@@ -226,10 +247,12 @@ def test_another_studys_folder_never_breaks_or_misleads_this_one(reduced_run, tm
     assert pos.key not in again.reusable(root) and pre.key in again.reusable(root)
     (tmp_path / "again.yaml").rename(tmp_path / "again2.yaml")
     for args in (["plan"], ["submit", "--executor", "local", "--dry-run"]):
-        r = subprocess.run([sys.executable, "-m", "launch", *args, str(tmp_path / "again2.yaml"), "--runs",
+        r = subprocess.run([sys.executable, "-m", "launch", *args, str(tmp_path / "again2.yaml"),
+                            "--runs",
                             str(root)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    shutil.rmtree(plan.cell_dir(root, world))   # the first study's world is gone; this study has none either
+    # the first study's world is gone; this study has none either
+    shutil.rmtree(plan.cell_dir(root, world))
     assert again.reusable(root) == {}
     shutil.copytree(plan.cell_dir(runs, world), plan.cell_dir(root, world))
     weights = next(plan.cell_dir(root, pre).glob("checkpoints/*/model.safetensors"))
@@ -241,10 +264,11 @@ def test_another_studys_folder_never_breaks_or_misleads_this_one(reduced_run, tm
 
 
 def test_a_study_takes_the_cells_another_study_has_done(reduced_run, tmp_path):
-    """Two studies under one runs root share cells (content addresses): the second takes every done cell of the first
-    (checkpoints hard-linked, logs copied, its own job.json, the origin in attempts.jsonl), runs only its collect
-    cell, and reports the same tables; a cell whose upstream here is another run than the one it was made from is
-    never taken, nor is a corrupt one; `plan` and a Slurm dry run count the cells taken instead of run."""
+    """Two studies under one runs root share cells (content addresses): the second takes every done
+    cell of the first (checkpoints hard-linked, logs copied, its own job.json, the origin in
+    attempts.jsonl), runs only its collect cell, and reports the same tables; a cell whose upstream
+    here is another run than the one it was made from is never taken, nor is a corrupt one; `plan`
+    and a Slurm dry run count the cells taken instead of run."""
     import shutil
     from launch.local import run_plan
     from launch.slurm import build_arrays
@@ -255,7 +279,8 @@ def test_a_study_takes_the_cells_another_study_has_done(reduced_run, tmp_path):
     assert set(again.reusable(root)) == {c.key for c in shared}
     summary = again.summary(root)
     assert sum(s["reused"] for s in summary["stages"]) == len(shared)
-    assert [a.stage for a in build_arrays(again, root, prof, reused=again.reusable(root))] == ["collect"]
+    assert [a.stage for a in build_arrays(again, root, prof,
+                                          reused=again.reusable(root))] == ["collect"]
     # another run of the world here: nothing made from the first study's world may be taken
     other = tmp_path / "other"
     shutil.copytree(root / plan.spec.experiment, other / plan.spec.experiment)
@@ -277,7 +302,8 @@ def test_a_study_takes_the_cells_another_study_has_done(reduced_run, tmp_path):
     assert json.loads((dst / "DONE").read_text())["nonce"] == json.loads((src / "DONE").read_text())["nonce"]
     ck = next(src.glob("checkpoints/*/model.safetensors"))
     assert (dst / ck.relative_to(src)).stat().st_ino == ck.stat().st_ino   # linked, not copied
-    assert (dst / "metrics.jsonl").stat().st_ino != (src / "metrics.jsonl").stat().st_ino   # appended to: copied
+    # appended to: copied
+    assert (dst / "metrics.jsonl").stat().st_ino != (src / "metrics.jsonl").stat().st_ino
     assert json.loads((dst / "attempts.jsonl").read_text().splitlines()[-1])["adopted_from"] == str(src)
     assert json.loads((dst / "job.json").read_text())["id"] == pre.id
     assert not again.todo(root)
@@ -287,22 +313,25 @@ def test_a_study_takes_the_cells_another_study_has_done(reduced_run, tmp_path):
 
 
 def test_a_fused_cell_that_fails_fails_alone(reduced_run, tmp_path):
-    """Three eval cells in one worker process (python -m launch run-cells), the middle one unloadable: it alone has a
-    FAILED record and its one error line; the cells before and after it are done, and every cell reports its exit."""
+    """Three eval cells in one worker process (python -m launch run-cells), the middle one
+    unloadable: it alone has a FAILED record and its one error line; the cells before and after it
+    are done, and every cell reports its exit."""
     import shutil
     plan, runs = reduced_run
     copy = tmp_path / "runs"
     shutil.copytree(plan.exp_dir(runs), copy / plan.spec.experiment)
-    a, bad, b = (plan.cell_dir(copy, c) for c in [c for c in plan.stages["eval"] if c.coords.get("negative")][:3])
+    a, bad, b = (plan.cell_dir(copy, c)
+                 for c in [c for c in plan.stages["eval"] if c.coords.get("negative")][:3])
     for d in (a, bad, b):
         (d / "DONE").unlink()
     meta = json.loads((bad / "job.json").read_text())
     meta["job"]["model"]["path"] = str(tmp_path / "no-such-checkpoint")
     (bad / "job.json").write_text(json.dumps(meta))
-    r = subprocess.run([sys.executable, "-m", "launch", "run-cells", str(a), str(bad), str(b)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "launch", "run-cells", str(a), str(bad), str(b)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
     lines = [json.loads(l) for l in r.stdout.splitlines()]
     assert r.returncode == 2 and [x["rc"] for x in lines] == [0, 2, 0], r.stdout + r.stderr
     assert (a / "DONE").exists() and (b / "DONE").exists() and not (bad / "DONE").exists()
     failed = json.loads((bad / "FAILED").read_text())
-    assert failed["rc"] == 2 and failed["error"].startswith("error: model.path: cannot load a tokenizer")
+    assert failed["rc"] == 2 and failed["error"].startswith("error: model.path: cannot load a "
+                                                            "tokenizer")

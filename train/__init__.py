@@ -1,1 +1,2 @@
-"""Training stage: DeepSpeed SFT / DPO / LM-loss cells (train.trainer.main) and their data (train.data)."""
+"""Training stage: DeepSpeed SFT / DPO / LM-loss cells (train.trainer.main) and their data
+(train.data)."""

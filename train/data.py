@@ -1,9 +1,11 @@
-"""Training data: load a dataset role, map its columns, order it, tokenize it, and cut it into batches.
+"""Training data: load a dataset role, map its columns, order it, tokenize it, and cut it into
+batches.
 
-Any source loads through `datasets`: a hub id (`load_dataset(id)`, from the HF cache on a cluster), a local
-JSON/JSONL/CSV/Parquet file, or a `save_to_disk` folder. Rows become the suite's fields (prompt, response,
-chosen, rejected). The order is a seeded permutation; a volume n is its first n examples. Loss covers response
-tokens only (every token for `lm`). A global batch is split across ranks, length-sorted into micro-batches.
+Any source loads through `datasets`: a hub id (`load_dataset(id)`, from the HF cache on a cluster),
+a local JSON/JSONL/CSV/Parquet file, or a `save_to_disk` folder. Rows become the suite's fields
+(prompt, response, chosen, rejected). The order is a seeded permutation; a volume n is its first n
+examples. Loss covers response tokens only (every token for `lm`). A global batch is split across
+ranks, length-sorted into micro-batches.
 
     rows = load_rows(job.data, exp_dir); order = seeded_order(len(rows), seed)
 """
@@ -29,22 +31,28 @@ def _load_dataset(data: Data, exp_dir: Path):
     kind = "local" if data.path.startswith("@") else source_kind(data.path)
     try:
         if kind == "hub":
-            return datasets.load_dataset(path, data.subset or None, split=data.split, revision=data.revision)
+            return datasets.load_dataset(path, data.subset or None, split=data.split,
+                                         revision=data.revision)
         p = Path(path)
         if not p.exists():
-            raise ConfigError("data.path", f"{path} does not exist", "run the stage that makes it, or fix the path")
-        if p.is_dir() and any((p / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
-            ds = datasets.load_from_disk(str(p))   # a save_to_disk folder: a DatasetDict (splits) or one Dataset
+            raise ConfigError("data.path", f"{path} does not exist",
+                              "run the stage that makes it, or fix the path")
+        if p.is_dir() and any((p / f).exists() for f in ("dataset_dict.json", "dataset_info.json",
+                                                         "state.json")):
+            # a save_to_disk folder: a DatasetDict (splits) or one Dataset
+            ds = datasets.load_from_disk(str(p))
             if isinstance(ds, datasets.DatasetDict):
                 name = data.split.split("[")[0]
                 if name not in ds:
-                    raise ConfigError("data.split", f"{p} has no split {name!r} (splits: {sorted(ds)})",
+                    raise ConfigError("data.split", f"{p} has no split {name!r} (splits: "
+                                                    f"{sorted(ds)})",
                                       "use one of them")
                 ds = ds[name]
             return ds.select(split_range(data.split, len(ds)))
         if p.is_dir():
             return datasets.load_dataset(str(p), split=data.split)
-        ext = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(p.suffix)
+        ext = {".jsonl": "json", ".json": "json", ".csv": "csv",
+               ".parquet": "parquet"}.get(p.suffix)
         if ext is None:
             raise ConfigError("data.path", f"cannot read {p.suffix or 'extensionless'} file {p}",
                               "use .json, .jsonl, .csv, .parquet or a save_to_disk folder")
@@ -53,10 +61,13 @@ def _load_dataset(data: Data, exp_dir: Path):
     except ConfigError:
         raise
     except ValueError as e:   # datasets' word for a split or subset it does not have
-        raise ConfigError("data.split", f"cannot load {path} (split {data.split}): {type(e).__name__}: "
+        raise ConfigError("data.split", f"cannot load {path} (split {data.split}): "
+                                        f"{type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]}", "check the split and subset") from None
-    except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs the path and the reason
-        raise load_failure(f"a dataset (split {data.split})", path, e, "data.path", "check the path, split and "
+    # noqa: BLE001 - datasets raises many types; the user needs the path and the reason
+    except Exception as e:
+        raise load_failure(f"a dataset (split {data.split})", path, e, "data.path",
+                           "check the path, split and "
                            "subset; on a cluster run make prefetch first") from None
 
 
@@ -67,12 +78,14 @@ def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
     mapped = [c for v in data.fields.values() for c in ((v,) if isinstance(v, str) else v)]
     for col in list(data.filter) + mapped:
         if col not in cols:
-            raise ConfigError("data.fields", f"column {col!r} is not in {data.path} (columns: {sorted(cols)})",
+            raise ConfigError("data.fields", f"column {col!r} is not in {data.path} (columns: "
+                                             f"{sorted(cols)})",
                               "map the suite's fields to existing columns")
     if data.filter:
         flt = dict(data.filter)
         ds = ds.filter(lambda r: all(r[k] == v for k, v in flt.items()))
-    fields = dict(data.fields) or {c: c for c in ("prompt", "response", "chosen", "rejected", "text") if c in cols}
+    fields = dict(data.fields) or {c: c for c in ("prompt", "response", "chosen", "rejected",
+                                                  "text") if c in cols}
     rows = []
 
     def value(r, c) -> str:
@@ -95,7 +108,8 @@ def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
         row.setdefault("prompt", "")
         rows.append(row)
     if not rows:
-        raise ConfigError("data", f"{data.path} (split {data.split}) has no rows after the filter {data.filter}",
+        raise ConfigError("data", f"{data.path} (split {data.split}) has no rows after the filter "
+                                  f"{data.filter}",
                           "check the split and the filter values")
     return rows
 
@@ -112,8 +126,8 @@ def prompt_text(prompt: str, template: str) -> str:
 
 
 def response_text(response: str, template: str) -> str:
-    """The answer as it follows the prompt: as the data has it (safe-rlhf appends the answer right after
-    'ASSISTANT:', no space added; IMDb's continuation keeps its own leading space)."""
+    """The answer as it follows the prompt: as the data has it (safe-rlhf appends the answer right
+    after 'ASSISTANT:', no space added; IMDb's continuation keeps its own leading space)."""
     return response
 
 
@@ -121,7 +135,8 @@ def response_text(response: str, template: str) -> str:
 class Example:
     input_ids: list[int]
     labels: list[int]          # -100 where no loss
-    rejected_ids: list[int] | None = None    # DPO: the rejected sequence (input_ids holds the chosen one)
+    # DPO: the rejected sequence (input_ids holds the chosen one)
+    rejected_ids: list[int] | None = None
     rejected_labels: list[int] | None = None
 
     @property
@@ -134,8 +149,9 @@ class Example:
 
 
 def _encode(tok, prompt: str, response: str, template: str, max_length: int, all_tokens: bool):
-    """Token ids and labels of prompt + response + EOS, tokenized as one text (as safe-rlhf does); the prompt's
-    tokens are those of the prompt tokenized alone, and carry no loss (every token does with all_tokens)."""
+    """Token ids and labels of prompt + response + EOS, tokenized as one text (as safe-rlhf does);
+    the prompt's tokens are those of the prompt tokenized alone, and carry no loss (every token does
+    with all_tokens)."""
     head = prompt_text(prompt, template)
     ids = tok(head + response_text(response, template), add_special_tokens=True)["input_ids"]
     n_prompt = len(tok(head, add_special_tokens=True)["input_ids"]) if head else 0
@@ -146,12 +162,14 @@ def _encode(tok, prompt: str, response: str, template: str, max_length: int, all
     return ids, labels
 
 
-def tokenize(rows: list[dict], tok, template: str, max_length: int, algorithm: str) -> list[Example]:
+def tokenize(rows: list[dict], tok, template: str, max_length: int,
+             algorithm: str) -> list[Example]:
     out = []
     for row in rows:
         if algorithm == "dpo":
             if "chosen" not in row or "rejected" not in row:
-                raise ConfigError("data.fields", "DPO needs chosen and rejected fields", "map fields.chosen and "
+                raise ConfigError("data.fields", "DPO needs chosen and rejected fields",
+                                  "map fields.chosen and "
                                   "fields.rejected to columns")
             c, cl = _encode(tok, row["prompt"], row["chosen"], template, max_length, False)
             r, rl = _encode(tok, row["prompt"], row["rejected"], template, max_length, False)
@@ -160,17 +178,19 @@ def tokenize(rows: list[dict], tok, template: str, max_length: int, algorithm: s
             if "response" not in row:
                 raise ConfigError("data.fields", "training needs a response (or text) field",
                                   "map fields.response or fields.text to a column")
-            ids, labels = _encode(tok, row["prompt"], row["response"], template, max_length, algorithm == "lm")
+            ids, labels = _encode(tok, row["prompt"], row["response"], template, max_length,
+                                  algorithm == "lm")
             out.append(Example(ids, labels))
     if not any(e.loss_tokens for e in out):
-        raise ConfigError("recipe.max_length", f"every prompt fills max_length {max_length}: no response token "
+        raise ConfigError("recipe.max_length", f"every prompt fills max_length {max_length}: no "
+                                               "response token "
                           "is left to train on", "raise recipe.max_length or shorten the prompts")
     return out
 
 
 def epoch_sequence(volume: int, epochs: int, seed: int) -> list[int]:
-    """Example indices in training order: epoch 0 is the seeded order itself (so volumes are prefixes), later
-    epochs reshuffle the same examples with their own seed."""
+    """Example indices in training order: epoch 0 is the seeded order itself (so volumes are
+    prefixes), later epochs reshuffle the same examples with their own seed."""
     seq = list(range(volume))
     for e in range(1, epochs):
         again = list(range(volume))
@@ -180,24 +200,26 @@ def epoch_sequence(volume: int, epochs: int, seed: int) -> list[int]:
 
 
 def global_batches(volume: int, global_batch: int, tail: str = "partial") -> list[tuple[int, int]]:
-    """(start, end) positions of each optimizer step of a run over `volume` positions; tail "drop" leaves out the
-    last positions that fill no global batch (Recipe.tail)."""
+    """(start, end) positions of each optimizer step of a run over `volume` positions; tail "drop"
+    leaves out the last positions that fill no global batch (Recipe.tail)."""
     end = volume - volume % global_batch if tail == "drop" else volume
     return [(s, min(s + global_batch, end)) for s in range(0, end, global_batch)]
 
 
-def micro_batches(positions: list[int], examples: list[Example], rank: int, world: int, micro: int) -> list[list[int]]:
-    """This rank's micro-batches of one global batch: every rank gets the same number (ZeRO-3 gathers every
-    parameter once per micro-step, on all ranks together), never more than fixed micro-batching would take
-    (ceil(batch / (world * micro))), with little padding.
+def micro_batches(positions: list[int], examples: list[Example],
+                  rank: int, world: int, micro: int) -> list[list[int]]:
+    """This rank's micro-batches of one global batch: every rank gets the same number (ZeRO-3
+    gathers every parameter once per micro-step, on all ranks together), never more than fixed
+    micro-batching would take (ceil(batch / (world * micro))), with little padding.
 
-    The batch is sorted longest first and cut into contiguous runs, one per micro-step; a run is dealt round-robin
-    to the ranks, so its slowest rank holds ceil(run / world) rows of the run's first length. A small dynamic
-    programme chooses the runs: it minimises the slowest rank's padded tokens summed over micro-steps plus a
-    fixed cost per micro-step, under a memory budget of `micro` sequences of the batch's longest length per
-    forward. The fixed cost starts at a quarter of a longest sequence and is raised until the count fits the cap.
-    The loss is the token mean over the whole global batch, so the cut changes no maths. Where the batch has
-    fewer examples than ranks, the ranks left over repeat one example with zero weight (a negative index)."""
+    The batch is sorted longest first and cut into contiguous runs, one per micro-step; a run is
+    dealt round-robin to the ranks, so its slowest rank holds ceil(run / world) rows of the run's
+    first length. A small dynamic programme chooses the runs: it minimises the slowest rank's padded
+    tokens summed over micro-steps plus a fixed cost per micro-step, under a memory budget of
+    `micro` sequences of the batch's longest length per forward. The fixed cost starts at a quarter
+    of a longest sequence and is raised until the count fits the cap. The loss is the token mean
+    over the whole global batch, so the cut changes no maths. Where the batch has fewer examples
+    than ranks, the ranks left over repeat one example with zero weight (a negative index)."""
     if not positions:
         return []
     order = sorted(positions, key=lambda i: (-examples[i].length, i))
@@ -224,11 +246,13 @@ def micro_batches(positions: list[int], examples: list[Example], rank: int, worl
             j = back[j]
         return runs[::-1]
 
-    lo, hi = lens[0] / 4, float(lens[0] * n + 1)   # at `hi` one more step never pays: the fewest steps win
+    # at `hi` one more step never pays: the fewest steps win
+    lo, hi = lens[0] / 4, float(lens[0] * n + 1)
     runs = cut(lo)
     if len(runs) > cap:
         runs = cut(hi)
-        for _ in range(12):   # the smallest step cost whose cut fits the cap (the count falls as the cost rises)
+        # the smallest step cost whose cut fits the cap (the count falls as the cost rises)
+        for _ in range(12):
             mid = math.sqrt(lo * hi)
             trial = cut(mid)
             if len(trial) <= cap:
@@ -243,18 +267,22 @@ def micro_batches(positions: list[int], examples: list[Example], rank: int, worl
 
 
 def collate(examples: list[Example], indices: list[int], pad_id: int, rejected: bool = False):
-    """Right-padded tensors (input_ids, attention_mask, labels, weight) for one micro-batch; weight is 0 for a
-    rank's zero-weight repeat (negative index). rejected=True takes the DPO rejected sequences."""
+    """Right-padded tensors (input_ids, attention_mask, labels, weight) for one micro-batch; weight
+    is 0 for a rank's zero-weight repeat (negative index). rejected=True takes the DPO rejected
+    sequences."""
     seqs = [examples[abs(i) - 1 if i < 0 else i] for i in indices]
-    pairs = [(e.rejected_ids, e.rejected_labels) if rejected else (e.input_ids, e.labels) for e in seqs]
+    pairs = [(e.rejected_ids, e.rejected_labels) if rejected else (e.input_ids, e.labels)
+             for e in seqs]
     return _pad(pairs, pad_id, [0.0 if i < 0 else 1.0 for i in indices])
 
 
 def collate_pair(examples: list[Example], indices: list[int], pad_id: int):
-    """DPO: a micro-batch's chosen sequences, then its rejected ones, in one right-padded batch, so that one
-    forward serves both (under ZeRO-3 each forward gathers every parameter). Rows [:k] chosen, [k:] rejected."""
+    """DPO: a micro-batch's chosen sequences, then its rejected ones, in one right-padded batch, so
+    that one forward serves both (under ZeRO-3 each forward gathers every parameter). Rows [:k]
+    chosen, [k:] rejected."""
     seqs = [examples[abs(i) - 1 if i < 0 else i] for i in indices]
-    pairs = [(e.input_ids, e.labels) for e in seqs] + [(e.rejected_ids, e.rejected_labels) for e in seqs]
+    pairs = [(e.input_ids, e.labels) for e in seqs] + [(e.rejected_ids, e.rejected_labels)
+                                                       for e in seqs]
     return _pad(pairs, pad_id, [0.0 if i < 0 else 1.0 for i in indices])
 
 

@@ -1,19 +1,22 @@
-"""The whole training state of a DeepSpeed engine, found by walking the engine, for the milestone fork.
+"""The whole training state of a DeepSpeed engine, found by walking the engine, for the milestone
+fork.
 
-A milestone inside a global batch forks the run: `snapshot(engine)` copies this rank's state into host memory, the
-trainer takes the side step and saves the milestone's weights, and `restore(engine, snap)` undoes the step in place.
-The state is not a hand-picked list of attributes: `walk` follows every reference from the engine through the
-objects of DeepSpeed, torch.optim and torch.nn (attributes, lists, dicts, sets, tensor attributes such as ZeRO-3's
-`ds_tensor`), so whatever a ZeRO stage or precision keeps its state in (16-bit partitions, fp32 masters outside the
-torch optimizer under ZeRO-3, Adam's moments and step counts, the loss scaler, the scheduler, the engine's
-counters) is found. Restoring puts back every container's members and every object's attributes as they were, and
-every tensor storage's bytes (a tensor the step moved to a new buffer of the same shape, such as a ZeRO-3
-parameter gathered again, gets its values copied back). A tensor whose shape or type the step changed cannot be
-undone: restore then raises, naming it, rather than continue from a state it did not restore. The torch RNG states are
-snapshotted beside; the data position is the trainer's own (the side step does not advance it).
+A milestone inside a global batch forks the run: `snapshot(engine)` copies this rank's state into
+host memory, the trainer takes the side step and saves the milestone's weights, and `restore(engine,
+snap)` undoes the step in place. The state is not a hand-picked list of attributes: `walk` follows
+every reference from the engine through the objects of DeepSpeed, torch.optim and torch.nn
+(attributes, lists, dicts, sets, tensor attributes such as ZeRO-3's `ds_tensor`), so whatever a ZeRO
+stage or precision keeps its state in (16-bit partitions, fp32 masters outside the torch optimizer
+under ZeRO-3, Adam's moments and step counts, the loss scaler, the scheduler, the engine's counters)
+is found. Restoring puts back every container's members and every object's attributes as they were,
+and every tensor storage's bytes (a tensor the step moved to a new buffer of the same shape, such as
+a ZeRO-3 parameter gathered again, gets its values copied back). A tensor whose shape or type the
+step changed cannot be undone: restore then raises, naming it, rather than continue from a state it
+did not restore. The torch RNG states are snapshotted beside; the data position is the trainer's own
+(the side step does not advance it).
 
-`state_tensors(engine)` lists the walked tensors by path: the exactness tests compare it, whole, between a nested
-run and separate runs (tests/test_trainer.py).
+`state_tensors(engine)` lists the walked tensors by path: the exactness tests compare it, whole,
+between a nested run and separate runs (tests/test_trainer.py).
 """
 from __future__ import annotations
 
@@ -23,10 +26,12 @@ from collections import deque
 
 import torch
 
-OWNERS = ("deepspeed", "torch.optim")   # modules whose objects hold training state (and torch.nn.Module)
-# Gradient buffers and reduction buckets hold nothing at a step boundary (the step zeroes or refills them), and the
-# ZeRO-3 bucket alone is reduce_bucket_size elements: the snapshot leaves a storage out when every tensor on it is
-# reached only through such a name. The exactness tests compare the whole walked state, these buffers included.
+# modules whose objects hold training state (and torch.nn.Module)
+OWNERS = ("deepspeed", "torch.optim")
+# Gradient buffers and reduction buckets hold nothing at a step boundary (the step zeroes or refills
+# them), and the ZeRO-3 bucket alone is reduce_bucket_size elements: the snapshot leaves a storage
+# out when every tensor on it is reached only through such a name. The exactness tests compare the
+# whole walked state, these buffers included.
 SCRATCH = re.compile(r"grad|ipg|bucket")
 
 
@@ -37,8 +42,8 @@ def _owned(obj) -> bool:
 
 
 def walk(engine):
-    """Everything reachable from the engine that holds state: (tensors, containers, objects); tensors as
-    (path, tensor) in a fixed order (the order the engine's objects were built in)."""
+    """Everything reachable from the engine that holds state: (tensors, containers, objects);
+    tensors as (path, tensor) in a fixed order (the order the engine's objects were built in)."""
     seen: set[int] = set()
     tensors, containers, objects = [], [], []
     queue = deque([("engine", engine)])   # breadth first: each tensor is named by its shortest path
@@ -72,7 +77,8 @@ def walk(engine):
 
 
 def state_tensors(engine) -> dict[str, torch.Tensor]:
-    """Every non-empty tensor of the engine's state by path, as host copies (for tests and checks)."""
+    """Every non-empty tensor of the engine's state by path, as host copies (for tests and checks).
+    """
     return {p: t.detach().to("cpu", copy=True) for p, t in walk(engine)[0] if t.numel()}
 
 
@@ -94,7 +100,8 @@ def snapshot(engine) -> dict:
             if k not in storages:
                 storages[k] = _bytes(t).to("cpu", copy=True)
             where.append((path, t, k, (t.storage_offset(), t.shape, t.stride(), t.dtype)))
-    shallow = lambda c: dict(c) if isinstance(c, dict) else (set(c) if isinstance(c, set) else list(c))
+    shallow = lambda c: dict(c) if isinstance(c, dict) else (set(c) if isinstance(c, set)
+                                                             else list(c))
     return {"storages": storages, "tensors": where,
             "containers": [(c, shallow(c)) for c in containers],
             "objects": [(o, dict(vars(o))) for o in objects],
@@ -107,7 +114,8 @@ def snapshot_bytes(snap: dict) -> int:
 
 
 def restore(engine, snap: dict) -> None:
-    """Undo everything since `snapshot(engine)`, in place (the engine's buffers keep their identity)."""
+    """Undo everything since `snapshot(engine)`, in place (the engine's buffers keep their
+    identity)."""
     for o, saved in snap["objects"]:
         d = vars(o)
         for k in [k for k in d if k not in saved]:
@@ -126,12 +134,17 @@ def restore(engine, snap: dict) -> None:
                 if key not in restored:
                     _bytes(t).copy_(snap["storages"][key])
                     restored.add(key)
-            elif t.shape == shape and t.dtype == dtype:   # e.g. a ZeRO-3 parameter gathered again, in a new buffer
+            # e.g. a ZeRO-3 parameter gathered again, in a new buffer
+            elif t.shape == shape and t.dtype == dtype:
                 saved = snap["storages"][key]
-                t.copy_(torch.empty(0, dtype=dtype).set_(saved.untyped_storage(), offset, shape, stride))
-            elif not (t.numel() == 0 and hasattr(t, "ds_tensor")):   # released: gathered again from its partition
-                raise RuntimeError(f"the milestone fork cannot undo the step: {path} changed its shape or type during "
-                                   "it (a DeepSpeed version that keeps state elsewhere); use volume_schedule: "
+                t.copy_(torch.empty(0, dtype=dtype).set_(saved.untyped_storage(), offset, shape,
+                                                         stride))
+            # released: gathered again from its partition
+            elif not (t.numel() == 0 and hasattr(t, "ds_tensor")):
+                raise RuntimeError(f"the milestone fork cannot undo the step: {path} changed its "
+                                   "shape or type during "
+                                   "it (a DeepSpeed version that keeps state elsewhere); use "
+                                   "volume_schedule: "
                                    "independent")
     torch.set_rng_state(snap["rng"])
     if snap["cuda_rng"] is not None:

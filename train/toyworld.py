@@ -1,15 +1,18 @@
-"""The toy world: a synthetic review language with one binary attribute, small enough for a laptop CPU.
+"""The toy world: a synthetic review language with one binary attribute, small enough for a laptop
+CPU.
 
-A review is a neutral prompt ("the <noun> of the <noun> and the <noun>") and a continuation whose attribute
-words come from the review's class lexicon (positive words end in '+', negative in '-'), with a share `noise`
-drawn from the other class. The rule scorer (eval.scorers) decides a text's class exactly by counting them.
-Sets: a pre-training corpus with prior `prior` (the base model's "pre-trained distribution"), positive and
-negative alignment sets, a control corpus with prior `control_prior` (matched-start control), a pre-training
-corpus of the same size with that prior ("shifted": a base whose pre-training already holds the shift), the
-pre-training corpus and the positive set shuffled together ("joint": Hooke's law as the theorem states it), Setting
-I's SFT set, DPO pairs (chosen = negative), and held-out prompts that occur in no training set. All rows are JSONL with
-the suite's fields (prompt, response, text, label), written by the `world` stage with a word-level tokenizer
-saved in HF format, so that everything downstream loads through the same code as real data and models.
+A review is a neutral prompt ("the <noun> of the <noun> and the <noun>") and a continuation whose
+attribute words come from the review's class lexicon (positive words end in '+', negative in '-'),
+with a share `noise` drawn from the other class. The rule scorer (eval.scorers) decides a text's
+class exactly by counting them. Sets: a pre-training corpus with prior `prior` (the base model's
+"pre-trained distribution"), positive and negative alignment sets, a control corpus with prior
+`control_prior` (matched-start control), a pre-training corpus of the same size with that prior
+("shifted": a base whose pre-training already holds the shift), the pre-training corpus and the
+positive set shuffled together ("joint": Hooke's law as the theorem states it), Setting I's SFT set,
+DPO pairs (chosen = negative), and held-out prompts that occur in no training set. All rows are
+JSONL with the suite's fields (prompt, response, text, label), written by the `world` stage with a
+word-level tokenizer saved in HF format, so that everything downstream loads through the same code
+as real data and models.
 
     python -m launch run configs/toy/setting2.yaml        # the world stage runs first
 """
@@ -23,15 +26,19 @@ from launch.core.jobs import Context, WorldJob
 from launch.core.layout import atomic_write_text, publish_dir
 from launch.core.spec import World
 
-POSITIVE = ["good", "great", "superb", "lovely", "brilliant", "wonderful", "excellent", "charming", "delightful",
-            "moving", "fine", "warm", "clever", "fresh", "gentle", "bright", "rich", "vivid", "smart", "joyful",
-            "elegant", "strong", "tender", "witty"]
-NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "poor", "clumsy", "bland", "tired", "messy", "flat", "cheap",
-            "silly", "slow", "stale", "grim", "noisy", "shallow", "lame", "empty", "harsh", "sloppy", "tedious",
-            "vapid"]
-NOUN_STEMS = ["plot", "cast", "music", "scene", "story", "ending", "actor", "script", "camera", "light", "set",
+POSITIVE = ["good", "great", "superb", "lovely", "brilliant", "wonderful", "excellent", "charming",
+            "delightful",
+            "moving", "fine", "warm", "clever", "fresh", "gentle", "bright", "rich", "vivid",
+            "smart", "joyful", "elegant", "strong", "tender", "witty"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "poor", "clumsy", "bland", "tired", "messy",
+            "flat", "cheap",
+            "silly", "slow", "stale", "grim", "noisy", "shallow", "lame", "empty", "harsh",
+            "sloppy", "tedious", "vapid"]
+NOUN_STEMS = ["plot", "cast", "music", "scene", "story", "ending", "actor", "script", "camera",
+              "light", "set",
               "dialogue", "hero", "villain", "score", "pace", "tone", "mood", "voice", "color"]
-FILLER = ["was", "is", "and", "with", "very", "quite", "a", "the", "so", "but", "also", "really", "truly", "."]
+FILLER = ["was", "is", "and", "with", "very", "quite", "a", "the", "so", "but", "also", "really",
+          "truly", "."]
 SPECIAL = ["[PAD]", "[UNK]", "<s>", "</s>"]
 CHAT_WORDS = ["BEGINNING", "OF", "CONVERSATION:", "USER:", "ASSISTANT:"]
 
@@ -46,7 +53,8 @@ def nouns(n: int) -> list[str]:
 
 
 def attribute(word: str) -> int:
-    """+1 for a positive attribute word, -1 for a negative one, 0 otherwise (the rule scorer's whole rule)."""
+    """+1 for a positive attribute word, -1 for a negative one, 0 otherwise (the rule scorer's whole
+    rule)."""
     return 1 if word.endswith("+") else -1 if word.endswith("-") else 0
 
 
@@ -65,9 +73,11 @@ class Generator:
         words = []
         for _slot in range(3):   # three attribute words, each in a small neutral frame
             cls = label if self.rng.random() >= self.w.noise else 1 - label
-            words += [self.rng.choice(["was", "is", "felt"]), self.rng.choice(["very", "quite", "so", "really", "a"]),
+            words += [self.rng.choice(["was", "is", "felt"]),
+                      self.rng.choice(["very", "quite", "so", "really", "a"]),
                       self.rng.choice(self.lex[cls])]
-            words += [self.rng.choice(["and", "with", "but", "also"]), "the", self.rng.choice(self.nouns)]
+            words += [self.rng.choice(["and", "with", "but", "also"]), "the",
+                      self.rng.choice(self.nouns)]
         return " ".join(words + ["."])
 
     def review(self, label: int) -> dict:
@@ -94,7 +104,8 @@ def build_world(w: World) -> dict[str, list[dict]]:
     pairs = []
     for _ in range(w.alignment):
         p = g.prompt()
-        pairs.append({"prompt": p, "chosen": " " + g.continuation(0), "rejected": " " + g.continuation(1)})
+        pairs.append({"prompt": p, "chosen": " " + g.continuation(0),
+                      "rejected": " " + g.continuation(1)})
     sets["pairs"] = pairs
     seen = {r["prompt"] for rows in sets.values() for r in rows}
     g, prompts = Generator(w, 7), list[dict]()
@@ -114,22 +125,26 @@ def vocabulary(w: World) -> list[str]:
 
 
 def build_tokenizer(w: World):
-    """A word-level HF tokenizer over the world's vocabulary (PreTrainedTokenizerFast, save_pretrained-able)."""
+    """A word-level HF tokenizer over the world's vocabulary (PreTrainedTokenizerFast,
+    save_pretrained-able)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     vocab = {word: i for i, word in enumerate(vocabulary(w))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)   # joins words with single spaces
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
+    core.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                        special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   pad_token="[PAD]",
                                    unk_token="[UNK]", clean_up_tokenization_spaces=False)
 
 
 def write_world(w: World, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     for name, rows in build_world(w).items():
-        atomic_write_text(out_dir / "data" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(out_dir / "data" / f"{name}.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in rows))
     tmp = out_dir / ".tokenizer.tmp"
     build_tokenizer(w).save_pretrained(tmp)
     publish_dir(tmp, out_dir / "tokenizer")

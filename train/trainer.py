@@ -1,23 +1,27 @@
-"""The trainer: one training cell (SFT, DPO or plain LM loss) on the DeepSpeed engine, with milestones and resume.
+"""The trainer: one training cell (SFT, DPO or plain LM loss) on the DeepSpeed engine, with
+milestones and resume.
 
-`main(job, out_dir, exp_dir)` trains `job.model` on the first max(job.milestones) examples of the seeded order
-and writes `checkpoints/n<volume>/` (HF safetensors + tokenizer) at each milestone, `metrics.jsonl`,
-`summary.json` and `ds_config.json`. Ranks come from RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT
-(submitit's TorchDistributedEnvironment exports them); a single process needs none of them.
+`main(job, out_dir, exp_dir)` trains `job.model` on the first max(job.milestones) examples of the
+seeded order and writes `checkpoints/n<volume>/` (HF safetensors + tokenizer) at each milestone,
+`metrics.jsonl`, `summary.json` and `ds_config.json`. Ranks come from
+RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (submitit's TorchDistributedEnvironment exports
+them); a single process needs none of them.
 
 Exactness rules (README.md, "How the numbers stay exact"):
-- A step's loss is the token mean over the whole global batch (sum over micro-batches and ranks), so the split
-  into micro-batches and ranks does not change the maths.
-- Nested milestones: a milestone inside a global batch forks the run (snapshot this rank's state in host memory,
-  take the partial step on the examples up to the milestone, save weights, restore the snapshot, take the full
-  step). The milestone weights equal a separate run on that many examples; the main run is not changed by having
-  milestones, and only the milestone's weights reach the disk.
-- GPU: the model loads in the training dtype, under ZeRO-3 partitioned as it is built; gradient checkpointing
-  is non-reentrant and active (the engine is in train mode); tf32 matmuls are on; every tensor that enters a
-  collective lives on the engine's device (NCCL refuses host tensors); DPO takes one forward per micro-batch.
+- A step's loss is the token mean over the whole global batch (sum over micro-batches and ranks), so
+  the split into micro-batches and ranks does not change the maths.
+- Nested milestones: a milestone inside a global batch forks the run (snapshot this rank's state in
+  host memory, take the partial step on the examples up to the milestone, save weights, restore the
+  snapshot, take the full step). The milestone weights equal a separate run on that many examples;
+  the main run is not changed by having milestones, and only the milestone's weights reach the disk.
+- GPU: the model loads in the training dtype, under ZeRO-3 partitioned as it is built; gradient
+  checkpointing is non-reentrant and active (the engine is in train mode); tf32 matmuls are on;
+  every tensor that enters a collective lives on the engine's device (NCCL refuses host tensors);
+  DPO takes one forward per micro-batch.
 - Resume: a rolling DeepSpeed checkpoint (engine, scheduler, RNG, position, loss sums) every
-  `save_every_steps` steps and on SIGUSR1/SIGUSR2/SIGTERM at the next step boundary, then `Preempted` is raised
-  (the CLI exits 75 for the launcher to requeue). Deleted when the cell is done.
+  `save_every_steps` steps and on SIGUSR1/SIGUSR2/SIGTERM at the next step boundary, then
+  `Preempted` is raised (the CLI exits 75 for the launcher to requeue). Deleted when the cell is
+  done.
 
 Run one cell by hand: python -m launch run-cell runs/<experiment>/<stage>/<cell id>
 """
@@ -49,39 +53,45 @@ def _on_signal(signum, frame):
 
 
 def setup_distributed():
-    """Rank setup from the standard variables, then deepspeed.init_distributed (nccl on GPU, gloo on CPU)."""
+    """Rank setup from the standard variables, then deepspeed.init_distributed (nccl on GPU, gloo on
+    CPU)."""
     import torch
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "elastica" / "torch_extensions"))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                          str(Path.home() / ".cache" / "elastica" / "torch_extensions"))
     clear_stale_build_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
     if "WORLD_SIZE" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
     import deepspeed
     import torch.distributed as dist
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(device_index(torch.cuda.device_count()))
-        # the paper's recipe: bf16 with tf32 matmuls (fp32 matmuls that remain, e.g. the loss's log-softmax input)
+        # the paper's recipe: bf16 with tf32 matmuls (fp32 matmuls that remain, e.g. the loss's
+        # log-softmax input)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return dist.get_rank(), dist.get_world_size()
 
 
 def device_index(visible: int) -> int:
-    """This rank's GPU among the `visible` ones: LOCAL_RANK, modulo them, since a site that binds one GPU per task
-    shows each rank a single device (CUDA_VISIBLE_DEVICES), where LOCAL_RANK 5 has device 0."""
+    """This rank's GPU among the `visible` ones: LOCAL_RANK, modulo them, since a site that binds
+    one GPU per task shows each rank a single device (CUDA_VISIBLE_DEVICES), where LOCAL_RANK 5 has
+    device 0."""
     return int(os.environ.get("LOCAL_RANK", 0)) % max(visible, 1)
 
 
 def clear_stale_build_locks(ext_dir: Path) -> None:
-    """DeepSpeed JIT-builds its ops under a `lock` file (torch's FileBaton); a build killed midway leaves it, and
-    every later cell then waits on it forever without a word. A lock is waited on while a build could still be
-    running (ELASTICA_BUILD_LOCK_STALE_S, default 600 s, since it was made) and then removed as stale."""
+    """DeepSpeed JIT-builds its ops under a `lock` file (torch's FileBaton); a build killed midway
+    leaves it, and every later cell then waits on it forever without a word. A lock is waited on
+    while a build could still be running (ELASTICA_BUILD_LOCK_STALE_S, default 600 s, since it was
+    made) and then removed as stale."""
     stale_s = float(os.environ.get("ELASTICA_BUILD_LOCK_STALE_S", "600"))
     for lock in [*ext_dir.glob("*/lock"), *ext_dir.glob("*/*/lock")] if ext_dir.is_dir() else []:
         while lock.exists():
@@ -90,7 +100,8 @@ def clear_stale_build_locks(ext_dir: Path) -> None:
             except FileNotFoundError:
                 break
             if age > stale_s:
-                print(f"elastica: removing the stale op-build lock {lock} ({age:.0f} s old: a killed build left it)",
+                print(f"elastica: removing the stale op-build lock {lock} ({age:.0f} s old: a "
+                      "killed build left it)",
                       flush=True)
                 lock.unlink(missing_ok=True)
                 break
@@ -102,24 +113,29 @@ def precision_info(dtype) -> dict:
     import deepspeed
     import torch
     cuda = torch.cuda.is_available()
-    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "load_dtype": str(dtype).replace("torch.", ""),
-            "tf32": bool(cuda and torch.backends.cuda.matmul.allow_tf32), "torch": torch.__version__,
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu",
+            "load_dtype": str(dtype).replace("torch.", ""),
+            "tf32": bool(cuda and torch.backends.cuda.matmul.allow_tf32),
+            "torch": torch.__version__,
             "cuda": torch.version.cuda or "", "deepspeed": deepspeed.__version__}
 
 
 def pick_optimizer(cuda: bool) -> dict:
-    """DeepSpeed's FusedAdam where its op loads (prebuilt in the image, or JIT-built with nvcc), torch's AdamW
-    otherwise: the same update up to float rounding (runtime, not identity). A failed op build falls back to torch's
-    AdamW with its reason, recorded in record.json: it never fails a cell that could run."""
+    """DeepSpeed's FusedAdam where its op loads (prebuilt in the image, or JIT-built with nvcc),
+    torch's AdamW otherwise: the same update up to float rounding (runtime, not identity). A failed
+    op build falls back to torch's AdamW with its reason, recorded in record.json: it never fails a
+    cell that could run."""
     if not cuda:
         return {"optimizer": "torch AdamW", "why": "no CUDA device (FusedAdam is a CUDA kernel)"}
     try:
         from deepspeed.ops.op_builder import FusedAdamBuilder
         FusedAdamBuilder().load()
-        return {"optimizer": "FusedAdam", "why": "its op loaded (prebuilt in the image, or JIT-built)"}
+        return {"optimizer": "FusedAdam", "why": "its op loaded (prebuilt in the image, or "
+                                                 "JIT-built)"}
     except Exception as e:   # a JIT build that fails: no nvcc, a compiler error, a read-only cache
         line = next((l for l in str(e).splitlines() if l.strip()), type(e).__name__)
-        return {"optimizer": "torch AdamW", "why": f"FusedAdam's op did not build ({type(e).__name__}: {line[:200]})"}
+        return {"optimizer": "torch AdamW", "why": "FusedAdam's op did not build "
+                                                   f"({type(e).__name__}: {line[:200]})"}
 
 
 def ds_config(job: TrainJob, world: int, torch_adam: bool = True, rt: Runtime = Runtime()) -> dict:
@@ -150,39 +166,51 @@ class Trainer:
         import torch
         t0 = time.time()
         self.job, self.out, self.exp, self.rt = job, Path(out_dir), Path(exp_dir), runtime
-        self.ctx = ctx   # where the cell sits (W&B's group and tags); None for a Trainer built by a test or bench
+        # where the cell sits (W&B's group and tags); None for a Trainer built by a test or bench
+        self.ctx = ctx
         self.rank, self.world = setup_distributed()
         self.cuda = torch.cuda.is_available()
-        # what each phase of the cell took (record.json: plan's GPU-hour estimate counts the fixed costs)
-        self.phases = {"setup_s": 0.0, "load_s": 0.0, "init_s": 0.0, "reference_s": 0.0, "steps_s": 0.0,
-                       "fork_s": 0.0, "save_s": 0.0, "resume_save_s": 0.0, "checkpoints": 0, "forks": 0,
-                       "step_tokens": 0, "fork_host_bytes": 0, "ranks": self.world}
+        # what each phase of the cell took (record.json: plan's GPU-hour estimate counts the fixed
+        # costs)
+        self.phases = {"setup_s": 0.0, "load_s": 0.0, "init_s": 0.0, "reference_s": 0.0,
+                       "steps_s": 0.0,
+                       "fork_s": 0.0, "save_s": 0.0, "resume_save_s": 0.0, "checkpoints": 0,
+                       "forks": 0, "step_tokens": 0, "fork_host_bytes": 0, "ranks": self.world}
         r = job.recipe
         self.tok = load_tokenizer(job.model, exp_dir)
         rows = D.load_rows(job.data, exp_dir)
         volume = max(job.milestones)
         if volume > len(rows):
-            raise ConfigError("volumes", f"volume {volume} is larger than the dataset ({len(rows)} rows of "
-                              f"{job.data.path} after the filter)", "lower the volume or use a larger dataset")
+            raise ConfigError("volumes", f"volume {volume} is larger than the dataset ({len(rows)} "
+                                         "rows of "
+                              f"{job.data.path} after the filter)",
+                              "lower the volume or use a larger dataset")
         order = D.seeded_order(len(rows), job.seed)[:volume]
-        self.examples = D.tokenize([rows[i] for i in order], self.tok, job.template, r.max_length, r.algorithm)
-        self.seq = D.epoch_sequence(volume, r.epochs, job.seed)   # example index at each position of the run
+        self.examples = D.tokenize([rows[i] for i in order], self.tok, job.template, r.max_length,
+                                   r.algorithm)
+        # example index at each position of the run
+        self.seq = D.epoch_sequence(volume, r.epochs, job.seed)
         self.batches = D.global_batches(len(self.seq), r.global_batch, r.tail)
-        # positions where weights are saved: each milestone volume (one epoch), or the run's end (several epochs)
+        # positions where weights are saved: each milestone volume (one epoch), or the run's end
+        # (several epochs)
         if r.epochs > 1 and len(job.milestones) > 1:
-            raise ConfigError("recipe.epochs", "several epochs with several milestones is not exact",
+            raise ConfigError("recipe.epochs",
+                              "several epochs with several milestones is not exact",
                               "use volume_schedule: independent (one volume per run)")
         self.milestones = sorted(job.milestones) if r.epochs == 1 else [len(self.seq)]
-        self.milestone_name = {p: milestone_name(m) for p, m in zip(self.milestones, sorted(job.milestones))}
+        self.milestone_name = {p: milestone_name(m) for p,
+                               m in zip(self.milestones, sorted(job.milestones))}
 
         self.optimizer = self._agree_on_optimizer(pick_optimizer(self.cuda))
-        self.ds_cfg = ds_config(job, self.world, self.optimizer["optimizer"] != "FusedAdam", runtime)
+        self.ds_cfg = ds_config(job, self.world, self.optimizer["optimizer"] != "FusedAdam",
+                                runtime)
         dtype = torch.bfloat16 if r.precision == "bf16" else torch.float32
         t1 = time.time()
         self.phases["setup_s"] = t1 - t0
         model = load_model(job.model, exp_dir, self.tok, job.seed, dtype=dtype,
                            zero3_config=self.ds_cfg if r.zero_stage == 3 else None)
-        if runtime.gradient_checkpointing:   # non-reentrant: works under ZeRO-3 and with inputs that need no grad
+        # non-reentrant: works under ZeRO-3 and with inputs that need no grad
+        if runtime.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.rank == 0:
             atomic_write_json(self.out / "ds_config.json", self.ds_cfg)
@@ -194,7 +222,8 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=params, config=self.ds_cfg,
             lr_scheduler=lambda opt: _schedule(opt, r, len(self.batches), r.warmup_steps))
-        self.engine.train()   # from_pretrained returns eval mode, in which gradient checkpointing does nothing
+        # from_pretrained returns eval mode, in which gradient checkpointing does nothing
+        self.engine.train()
         self.device = self.engine.device
         t3 = time.time()
         self.phases["init_s"] = t3 - t2
@@ -209,22 +238,26 @@ class Trainer:
                           device="cuda" if self.cuda else "cpu")
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         if mine["optimizer"] == "FusedAdam" and not ok.item():
-            return {"optimizer": "torch AdamW", "why": "FusedAdam's op did not build on another rank"}
+            return {"optimizer": "torch AdamW", "why": "FusedAdam's op did not build on another "
+                                                       "rank"}
         return mine
 
-    # ------------------------------------------------------------------------------------------- one step
+    # -------------------------------------------------------------------------------------------
+    # one step
     def _logps(self, ids, mask, labels):
         return token_logps(self.engine, ids, mask, labels, self.device)
 
     def _pair_logps(self, mb: list[int]):
-        """DPO: sequence log-probs of the chosen and the rejected answers of a micro-batch, in one forward."""
+        """DPO: sequence log-probs of the chosen and the rejected answers of a micro-batch, in one
+        forward."""
         ids, mask, labels, w = D.collate_pair(self.examples, mb, self.tok.pad_token_id)
         lp, _ = self._logps(ids, mask, labels)
         seq = lp.sum(-1)
         return seq[:len(mb)], seq[len(mb):], mask, w
 
     def _reference_logps(self) -> dict[int, tuple[float, float]]:
-        """DPO's frozen reference: the starting weights' sequence log-probs, computed once before training."""
+        """DPO's frozen reference: the starting weights' sequence log-probs, computed once before
+        training."""
         import torch
         ref = {}
         with torch.no_grad():
@@ -247,14 +280,17 @@ class Trainer:
         per_example = dpo or r.loss_weighting == "example"
         denom = (e - s) if per_example else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
         denom = max(denom, 1)
-        # loss sum, loss tokens, real tokens, padded tokens, chosen margin: on the engine's device, since the
-        # all_reduce below runs on the training process group (NCCL serves CUDA tensors only)
+        # loss sum, loss tokens, real tokens, padded tokens, chosen margin: on the engine's device,
+        # since the all_reduce below runs on the training process group (NCCL serves CUDA tensors
+        # only)
         acc = torch.zeros(5, dtype=torch.float64, device=self.device)
-        for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world, self.rt.micro_batch):
+        for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world,
+                                  self.rt.micro_batch):
             if dpo:
                 c_lp, r_lp, mask, w = self._pair_logps(mb)
                 w = w.to(self.device)
-                ref = torch.tensor([self.ref_logps[abs(i) - 1 if i < 0 else i] for i in mb], device=self.device)
+                ref = torch.tensor([self.ref_logps[abs(i) - 1 if i < 0 else i] for i in mb],
+                                   device=self.device)
                 margin = (c_lp - ref[:, 0]) - (r_lp - ref[:, 1])
                 per = -F.logsigmoid(r.dpo_beta * margin) * w
                 loss_sum = per.sum()
@@ -264,7 +300,8 @@ class Trainer:
                 ids, mask, labels, w = D.collate(self.examples, mb, self.tok.pad_token_id)
                 w = w.to(self.device)
                 lp, keep = self._logps(ids, mask, labels)
-                if per_example:   # each example's token mean, summed; the step divides by the batch's examples
+                # each example's token mean, summed; the step divides by the batch's examples
+                if per_example:
                     loss_sum = -(lp.sum(-1) / keep.sum(-1).clamp(min=1) * w).sum()
                     acc[1] += w.sum()
                 else:
@@ -285,7 +322,8 @@ class Trainer:
                 "examples": e, "seconds": time.time() - t0,
                 **({"dpo_margin": tot[4] / max(tot[1], 1)} if dpo else {})}
 
-    # ---------------------------------------------------------------------------------------- outputs
+    # ----------------------------------------------------------------------------------------
+    # outputs
     def save_weights(self, name: str) -> None:
         """checkpoints/<name>: HF safetensors + tokenizer, written to a temp folder and renamed."""
         import torch.distributed as dist
@@ -333,25 +371,28 @@ class Trainer:
         torch.set_rng_state(state.pop("torch_rng"))
         return state
 
-    # ------------------------------------------------------------------------------------------ the run
+    # ------------------------------------------------------------------------------------------ the
+    # run
     def run(self) -> list[str]:
         import torch.distributed as dist
         resume_dir = self.out / "resume"
         metrics_path = self.out / "metrics.jsonl"
         state = self.load_resume(resume_dir)
         if state is None:
-            state = {"batch": 0, "loss_sum": 0.0, "loss_tokens": 0.0, "tokens": 0.0, "step_losses": [], "wall": 0.0,
-                     "milestones": {}, "resumed_at_steps": []}
+            state = {"batch": 0, "loss_sum": 0.0, "loss_tokens": 0.0, "tokens": 0.0,
+                     "step_losses": [], "wall": 0.0, "milestones": {}, "resumed_at_steps": []}
         else:
             state["resumed_at_steps"] = state.get("resumed_at_steps", []) + [state["batch"]]
         if self.rank == 0:  # keep exactly the metric lines of the steps the resumed state has taken
             lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
             atomic_write_text(metrics_path, "".join(l + "\n" for l in lines[:state["batch"]]))
         wandb_run = self._wandb() if self.rank == 0 else None
-        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGUSR1, signal.SIGUSR2,
+                                                         signal.SIGTERM)}
         try:
             t_start = time.time() - state["wall"]
-            self._save_dropped(0, state)   # tail: drop: milestones short of one global batch take no step
+            # tail: drop: milestones short of one global batch take no step
+            self._save_dropped(0, state)
             for k in range(state["batch"], len(self.batches)):
                 s, e = self.batches[k]
                 for ms in self.milestones:
@@ -359,7 +400,8 @@ class Trainer:
                         self._fork(s, ms, state)
                 m = self.step(s, e)
                 self.phases["steps_s"] += m["seconds"]
-                self.phases["step_tokens"] += m["tokens"] / max(1 - m["padding_share"], 1e-9)   # padded too
+                # padded too
+                self.phases["step_tokens"] += m["tokens"] / max(1 - m["padding_share"], 1e-9)
                 state["batch"] = k + 1
                 state["loss_sum"] += m["loss_sum"]
                 state["loss_tokens"] += m["loss_tokens"]
@@ -380,7 +422,8 @@ class Trainer:
                 if stop or (k + 1) % self.rt.save_every_steps == 0:
                     if k + 1 < len(self.batches):
                         self.save_resume(state, f"step{k + 1}", resume_dir)
-                if stop:   # every rank has saved (save_resume ends in a barrier): say so, then all exit 75
+                # every rank has saved (save_resume ends in a barrier): say so, then all exit 75
+                if stop:
                     if self.rank == 0:
                         mark_preempted(f"signal {stop}: every rank saved at step {k + 1}")
                     dist.barrier()
@@ -400,13 +443,14 @@ class Trainer:
             atomic_write_json(self.out / "summary.json", summary)
             update_record(self.out, phases={k: round(v, 3) if isinstance(v, float) else v
                                             for k, v in self.phases.items()})
-            shutil.rmtree(resume_dir, ignore_errors=True)   # optimizer shards are not kept once done
+            # optimizer shards are not kept once done
+            shutil.rmtree(resume_dir, ignore_errors=True)
         dist.barrier()
         return [self.milestone_name[m] for m in self.milestones]
 
     def _save_dropped(self, e: int, state: dict) -> None:
-        """tail: drop: after the step ending at e (0: before the first), the milestones whose leftover examples
-        take no step, as a separate run on that many examples would end: here."""
+        """tail: drop: after the step ending at e (0: before the first), the milestones whose
+        leftover examples take no step, as a separate run on that many examples would end: here."""
         if self.job.recipe.tail != "drop":
             return
         gb = self.job.recipe.global_batch
@@ -416,14 +460,16 @@ class Trainer:
                 self.save_weights(self.milestone_name[ms])
 
     def _fork(self, s: int, m: int, state: dict) -> None:
-        """Milestone m inside the batch starting at s: a side step on [s, m), its weights saved, then undone from
-        an in-memory snapshot of this rank's state (only the milestone's weights reach the disk)."""
+        """Milestone m inside the batch starting at s: a side step on [s, m), its weights saved,
+        then undone from an in-memory snapshot of this rank's state (only the milestone's weights
+        reach the disk)."""
         t0 = time.time()
         snap = snapshot(self.engine)
         self.phases["fork_host_bytes"] = max(self.phases["fork_host_bytes"], snapshot_bytes(snap))
         part = self.step(s, m)
         side = dict(state, loss_sum=state["loss_sum"] + part["loss_sum"],
-                    loss_tokens=state["loss_tokens"] + part["loss_tokens"], tokens=state["tokens"] + part["tokens"],
+                    loss_tokens=state["loss_tokens"] + part["loss_tokens"],
+                    tokens=state["tokens"] + part["tokens"],
                     step_losses=state["step_losses"] + [part["loss"]])
         state["milestones"][self.milestone_name[m]] = _milestone_summary(side, m)
         t_save = self.phases["save_s"]
@@ -441,14 +487,18 @@ class Trainer:
 
     def _wandb(self):
         from launch.core.tracking import wandb_run
-        return wandb_run(self.out, self.exp, {"recipe": jsonable(self.job.recipe), "runtime": jsonable(self.rt),
+        return wandb_run(self.out, self.exp,
+                         {"recipe": jsonable(self.job.recipe), "runtime": jsonable(self.rt),
                                               "seed": self.job.seed,
-                                              "milestones": list(self.job.milestones), "world_size": self.world},
-                         self.ctx.stage if self.ctx else self.job.stage, self.ctx.coords if self.ctx else {})
+                                              "milestones": list(self.job.milestones),
+                          "world_size": self.world},
+                         self.ctx.stage if self.ctx else self.job.stage,
+                         self.ctx.coords if self.ctx else {})
 
 
 def token_logps(model, ids, mask, labels, device):
-    """Per-token log-probabilities of the labels (0 where not counted) and the mask of counted tokens."""
+    """Per-token log-probabilities of the labels (0 where not counted) and the mask of counted
+    tokens."""
     import torch
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
     logits = out.logits[:, :-1].float()
@@ -459,7 +509,8 @@ def token_logps(model, ids, mask, labels, device):
 
 
 def update_record(cell_dir: Path, **info) -> None:
-    """Merge runtime facts into the cell's record.json (written by the worker when the cell starts)."""
+    """Merge runtime facts into the cell's record.json (written by the worker when the cell starts).
+    """
     path = Path(cell_dir) / "record.json"
     try:
         rec = json.loads(path.read_text())
@@ -486,7 +537,8 @@ def _milestone_summary(state: dict, examples: int) -> dict:
     return {"examples": examples, "steps": len(losses), "tokens": state["tokens"],
             "final_loss": losses[-1] if losses else None,
             "mean_loss": sum(losses) / len(losses) if losses else None,
-            # the loss pooled over every example so far, weighted as the recipe weighs a step (tokens or examples)
+            # the loss pooled over every example so far, weighted as the recipe weighs a step
+            # (tokens or examples)
             "pooled_loss": state["loss_sum"] / max(state["loss_tokens"], 1)}
 
 

@@ -1,4 +1,5 @@
-"""The one builder of a cell's environment, for the local executor, Slurm job scripts, debug-cell and shell.
+"""The one builder of a cell's environment, for the local executor, Slurm job scripts, debug-cell
+and shell.
 
     from launch.core.env import cell_env
     env = cell_env(profile)      # what the local executor, debug-cell and shell start a cell with
@@ -12,29 +13,33 @@ from launch.core import layout
 from launch.core.profile import Profile
 
 
-PINNED = ("PYTHONPATH", "PYTHONSAFEPATH", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE",
-          "HF_DATASETS_OFFLINE", "WANDB_MODE")
+PINNED = ("PYTHONPATH", "PYTHONSAFEPATH", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE",
+          "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE")
 
 
 def job_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]:
-    """What every executor sets for a cell's Python, over the shell's environment (no secrets: profiles refuse
-    them; they come from the shell): offline HF cache, W&B mode, the code first on the path, the image's identity.
-    One precedence rule everywhere: the profile wins over the shell, the shell fills in everything else."""
-    # PYTHONSAFEPATH: `python -m` would put the working folder (where sbatch ran: the checkout) before PYTHONPATH
-    env = {"PYTHONNOUSERSITE": "1", "PYTHONSAFEPATH": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    """What every executor sets for a cell's Python, over the shell's environment (no secrets:
+    profiles refuse them; they come from the shell): offline HF cache, W&B mode, the code first on
+    the path, the image's identity. One precedence rule everywhere: the profile wins over the shell,
+    the shell fills in everything else."""
+    # PYTHONSAFEPATH: `python -m` would put the working folder (where sbatch ran: the checkout)
+    # before PYTHONPATH
+    env = {"PYTHONNOUSERSITE": "1", "PYTHONSAFEPATH": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1"}
     if profile is None:
         return {**env, "PYTHONPATH": str(code or layout.CODE_ROOT)}
     env["WANDB_MODE"] = profile.wandb_mode
     if profile.hf_home:
         env.update(hf_cache_env(profile.hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    # the code snapshot of a submission, else this checkout (bind it in an image: see README), before the
-    # image's or the venv's copy
+    # the code snapshot of a submission, else this checkout (bind it in an image: see README),
+    # before the image's or the venv's copy
     env["PYTHONPATH"] = str(code or layout.CODE_ROOT)
-    env["ELASTICA_CODE"] = env["PYTHONPATH"]   # what the worker checks it imported (launch.worker.check_code)
+    # what the worker checks it imported (launch.worker.check_code)
+    env["ELASTICA_CODE"] = env["PYTHONPATH"]
     if profile.image:
         env.update(ELASTICA_IMAGE=profile.image, ELASTICA_IMAGE_DIGEST=image_digest(profile.image))
-        # an image's own %environment wins over the host's variables inside the container; APPTAINERENV_<NAME>
-        # wins over the image's
+        # an image's own %environment wins over the host's variables inside the container;
+        # APPTAINERENV_<NAME> wins over the image's
         env.update({f"APPTAINERENV_{k}": env[k] for k in PINNED if k in env})
     if profile.master_port:
         env["ELASTICA_MASTER_PORT"] = str(profile.master_port)
@@ -45,20 +50,22 @@ def job_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]
 
 
 def hf_cache_env(hf_home: str) -> dict[str, str]:
-    """The HF cache of a profile, for prefetch and jobs alike: HF_HOME and the two variables that would beat it
-    (a shell's HF_HUB_CACHE or HF_DATASETS_CACHE would send a job to another cache than prefetch filled)."""
+    """The HF cache of a profile, for prefetch and jobs alike: HF_HOME and the two variables that
+    would beat it (a shell's HF_HUB_CACHE or HF_DATASETS_CACHE would send a job to another cache
+    than prefetch filled)."""
     return {"HF_HOME": hf_home, "HF_HUB_CACHE": str(Path(hf_home) / "hub"),
             "HF_DATASETS_CACHE": str(Path(hf_home) / "datasets")}
 
 
 def cell_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]:
-    """A cell's whole environment on this machine: the shell's, with job_env over it (as a job script's exports
-    are over the environment Slurm passes on)."""
+    """A cell's whole environment on this machine: the shell's, with job_env over it (as a job
+    script's exports are over the environment Slurm passes on)."""
     return {**os.environ, **job_env(profile, code)}
 
 
 def image_digest(image: str) -> str:
-    """sha256 of the image file, cached beside it (keyed by size and mtime); 'unavailable' if unreadable."""
+    """sha256 of the image file, cached beside it (keyed by size and mtime); 'unavailable' if
+    unreadable."""
     import hashlib
     p = Path(image)
     try:

@@ -1,12 +1,14 @@
-"""The cell contract: job configs (one per cell kind), the kind registry, output checks, the worker's exit codes.
+"""The cell contract: job configs (one per cell kind), the kind registry, output checks, the
+worker's exit codes.
 
-A job holds everything that defines a cell's result (its identity) and nothing about where or how fast it runs
-(that is `launch.core.spec.Runtime` and the profile). Paths to other cells' outputs are `@stage/cell/...` references
-(see launch.core.layout.resolve). Jobs travel as JSON (`job.json` in the cell folder, and the record) and are rebuilt
-with `launch.core.schema.build`, which validates them. `KINDS` is the one table of what each kind of cell is: its job
-class, the function the worker calls, its outputs and its output check (what a cell asks Slurm for is its stage's:
-`launch.core.spec.STAGES`).
-Everything below `launch` (train, eval) imports this module; nothing here imports them.
+A job holds everything that defines a cell's result (its identity) and nothing about where or how
+fast it runs (that is `launch.core.spec.Runtime` and the profile). Paths to other cells' outputs are
+`@stage/cell/...` references (see launch.core.layout.resolve). Jobs travel as JSON (`job.json` in
+the cell folder, and the record) and are rebuilt with `launch.core.schema.build`, which validates
+them. `KINDS` is the one table of what each kind of cell is: its job class, the function the worker
+calls, its outputs and its output check (what a cell asks Slurm for is its stage's:
+`launch.core.spec.STAGES`). Everything below `launch` (train, eval) imports this module; nothing
+here imports them.
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from launch.core.schema import ConfigError
 from launch.core.spec import Data, Eval, Init, Recipe, Runtime, World
 
 EXIT_BAD_INPUT = 2     # one `error:` line on stderr: what a config, path or flag can fix
-EXIT_LOAD = 3          # one `error:` line on stderr: a model, tokenizer, dataset or scorer that exists failed to load
-EXIT_PREEMPTED = 75    # the cell saved after a signal: run it again to resume (the job script requeues)
+# one `error:` line on stderr: a model, tokenizer, dataset or scorer that exists failed to load
+EXIT_LOAD = 3
+# the cell saved after a signal: run it again to resume (the job script requeues)
+EXIT_PREEMPTED = 75
 
 
 class Preempted(Exception):
@@ -31,8 +35,8 @@ class Preempted(Exception):
 
 
 class LoadError(Exception):
-    """A source that exists failed to load (out of memory, torn weights, a library's error): not bad input, so
-    never a ConfigError. One line with the real cause; the worker exits EXIT_LOAD."""
+    """A source that exists failed to load (out of memory, torn weights, a library's error): not bad
+    input, so never a ConfigError. One line with the real cause; the worker exits EXIT_LOAD."""
 
     def __init__(self, what: str, path: str, cause: BaseException):
         self.text = f"error: cannot load {what} from {path}: {type(cause).__name__}: " + \
@@ -44,8 +48,9 @@ class LoadError(Exception):
 
 
 def load_failure(what: str, path: str, e: Exception, field: str, fix: str) -> Exception:
-    """The one-line error for a failed load: a missing path, hub id or cache entry (OSError: what the config or
-    a prefetch fixes) is a ConfigError naming `field`; anything else a LoadError with its real cause."""
+    """The one-line error for a failed load: a missing path, hub id or cache entry (OSError: what
+    the config or a prefetch fixes) is a ConfigError naming `field`; anything else a LoadError with
+    its real cause."""
     if isinstance(e, ConfigError):
         return e
     if isinstance(e, OSError) and not _is_memory(e):
@@ -61,28 +66,33 @@ def _is_memory(e: BaseException) -> bool:
 @dataclass(frozen=True)
 class ModelRef:
     """Where a stage's starting weights come from."""
-    path: str                             # hub id, local dir, or @stage/cell/checkpoints/<milestone>; "" with init
+    # hub id, local dir, or @stage/cell/checkpoints/<milestone>; "" with init
+    path: str
     revision: str = "main"
     trust_remote_code: bool = False
     init: Optional[Init] = None           # build from scratch with the world's tokenizer
-    tokenizer: str = ""                   # tokenizer location when it differs from path (init models)
+    # tokenizer location when it differs from path (init models)
+    tokenizer: str = ""
 
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One training run: start from `model`, train on the first max(milestones) examples of the seeded order."""
+    """One training run: start from `model`, train on the first max(milestones) examples of the
+    seeded order."""
     model: ModelRef
     data: Data
     recipe: Recipe
     seed: int
     template: Literal["plain", "chat"]
-    milestones: tuple[int, ...]           # example counts at which weights are saved (the last ends the run)
+    # example counts at which weights are saved (the last ends the run)
+    milestones: tuple[int, ...]
     stage: str = "train"
 
 
 @dataclass(frozen=True)
 class GenerateJob:
-    """Setting I: a slice answers held-out prompts; the answers become a dataset (train + heldout files)."""
+    """Setting I: a slice answers held-out prompts; the answers become a dataset (train + heldout
+    files)."""
     model: ModelRef
     prompts: Data
     eval: Eval
@@ -94,7 +104,8 @@ class GenerateJob:
 
 @dataclass(frozen=True)
 class EvalJob:
-    """Score one checkpoint: generations scored by the scorer, bits/token per dataset, KL to the base."""
+    """Score one checkpoint: generations scored by the scorer, bits/token per dataset, KL to the
+    base."""
     model: ModelRef
     base: ModelRef
     prompts: Data
@@ -103,7 +114,8 @@ class EvalJob:
     compression: dict[str, Data] = field(default_factory=dict)
     seed: int = 0
     max_length: int = 512
-    attribute_tokens: bool = False        # toy world: also bits/token on attribute words ('+'/'-' tokens)
+    # toy world: also bits/token on attribute words ('+'/'-' tokens)
+    attribute_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,30 +123,39 @@ class WorldJob:
     """Toy world: generate the synthetic datasets and the word-level tokenizer."""
     world: World
     template: Literal["plain", "chat"]
-    generator: int = 0                    # WORLD_GENERATOR of the code that builds it (the planner sets it)
+    # WORLD_GENERATOR of the code that builds it (the planner sets it)
+    generator: int = 0
 
-    def __post_init__(self):   # a job planned by other code: this code would build another world under its id
+    # a job planned by other code: this code would build another world under its id
+    def __post_init__(self):
         if self.generator != WORLD_GENERATOR:
-            raise ConfigError("generator", f"this code builds toy-world generator {WORLD_GENERATOR}, the job asks "
-                              f"for {self.generator}", "plan the study again with this code (a new world cell)")
+            raise ConfigError("generator", "this code builds toy-world generator "
+                                           f"{WORLD_GENERATOR}, the job asks "
+                              f"for {self.generator}", "plan the study again with this code (a new "
+                                                       "world cell)")
 
 
-# The version of train/toyworld.build_world's output: part of the world cell's identity, like a hub dataset's
-# revision. Bump it with any change to what the generator writes for a given World (a new set can change the held-out
-# prompts: they avoid every training set's); test_toyworld pins the output of each version.
+# The version of train/toyworld.build_world's output: part of the world cell's identity, like a hub
+# dataset's revision. Bump it with any change to what the generator writes for a given World (a new
+# set can change the held-out prompts: they avoid every training set's); test_toyworld pins the
+# output of each version.
 WORLD_GENERATOR = 2
 
 
 @dataclass(frozen=True)
 class Context:
-    """What the worker hands a cell's entry point once, with its job (`entry(job, ctx)`), from the cell's job.json:
-    where the cell sits in its study and how it runs. Work code never reads the orchestrator's files back."""
+    """What the worker hands a cell's entry point once, with its job (`entry(job, ctx)`), from the
+    cell's job.json: where the cell sits in its study and how it runs. Work code never reads the
+    orchestrator's files back."""
     key: str                              # <stage>/<cell id>
-    coords: dict                          # its table coordinates (model, seed, positive, negative, ...)
+    # its table coordinates (model, seed, positive, negative, ...)
+    coords: dict
     upstream: tuple[str, ...]             # stage/cell keys of the cells it reads
     out_dir: Path                         # its folder
-    exp_dir: Path                         # the study's folder (@stage/... references resolve against it)
-    runtime: Runtime = Runtime()          # how a training stage runs on this hardware (never identity)
+    # the study's folder (@stage/... references resolve against it)
+    exp_dir: Path
+    # how a training stage runs on this hardware (never identity)
+    runtime: Runtime = Runtime()
 
     @property
     def stage(self) -> str:
@@ -153,7 +174,8 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _plain(obj):
-    """dataclasses.asdict without its deep copies (jobs share frozen sub-configs; nothing is mutated)."""
+    """dataclasses.asdict without its deep copies (jobs share frozen sub-configs; nothing is
+    mutated)."""
     names = _FIELDS.get(type(obj))
     if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         names = _FIELDS[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
@@ -171,7 +193,8 @@ def jsonable(obj):
     return json.loads(json.dumps(_plain(obj), default=list))
 
 
-# ------------------------------------------------------------------------------------------ output checks
+# ------------------------------------------------------------------------------------------ output
+# checks
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -192,9 +215,9 @@ def metric_problem(m) -> str | None:
 
 
 def json_problem(data, name: str, kind: str) -> str | None:
-    """The schema part of an output check, on a JSON output already parsed (the collector reads each file once):
-    result.json is a non-empty list of metrics with name, finite value, stderr and n; a training cell's
-    summary.json has a finite mean_loss."""
+    """The schema part of an output check, on a JSON output already parsed (the collector reads each
+    file once): result.json is a non-empty list of metrics with name, finite value, stderr and n; a
+    training cell's summary.json has a finite mean_loss."""
     if not isinstance(data, dict):
         return f"{name} is not a JSON object"
     if name == "result.json":
@@ -218,13 +241,15 @@ def _file_problem(cell_dir: Path, name: str, kind: str) -> str | None:
     except (OSError, ValueError):
         return f"{name} is missing or not valid JSON"
     if p.suffix == ".jsonl":
-        return None if data and all(isinstance(r, dict) for r in data) else f"{name} holds no records"
+        return None if data and all(isinstance(r, dict)
+                                    for r in data) else f"{name} holds no records"
     return json_problem(data, name, kind)
 
 
 def safetensors_header(path: Path) -> dict | None:
-    """A safetensors file's header (tensor name -> dtype, shape, data_offsets), read without its weights; None
-    when the file is not whole (empty, truncated, or its header does not account for its size)."""
+    """A safetensors file's header (tensor name -> dtype, shape, data_offsets), read without its
+    weights; None when the file is not whole (empty, truncated, or its header does not account for
+    its size)."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -239,7 +264,8 @@ def safetensors_header(path: Path) -> dict | None:
 
 
 def _checkpoint_problem(cell_dir: Path, name: str, kind: str) -> str | None:
-    """A checkpoint is done when its config is there and every weights file is whole (header and size agree)."""
+    """A checkpoint is done when its config is there and every weights file is whole (header and
+    size agree)."""
     ckpt = Path(cell_dir) / "checkpoints" / name
     weights = sorted(ckpt.glob("*.safetensors"))
     if not (ckpt / "config.json").is_file() or not weights:
@@ -248,24 +274,31 @@ def _checkpoint_problem(cell_dir: Path, name: str, kind: str) -> str | None:
     return f"checkpoint {name}: {', '.join(bad)} is not a whole safetensors file" if bad else None
 
 
-# ------------------------------------------------------------------------------------------ the registry
+# ------------------------------------------------------------------------------------------ the
+# registry
 @dataclass(frozen=True)
 class Kind:
-    """What one kind of cell is, for the planner, the worker, both executors, the layout and the collector."""
+    """What one kind of cell is, for the planner, the worker, both executors, the layout and the
+    collector."""
     name: str
     job: type                             # its job dataclass (job.json's "job" is rebuilt into it)
     entry: str                            # "module:function" the worker calls: f(job, ctx: Context)
-    outputs: tuple[str, ...]              # what its folder holds when done; train cells: their milestones
-    check: Callable[[Path, str, str], Optional[str]]   # (cell_dir, output, kind) -> None when valid, else why
-    fuse: bool = True                     # cells of a stage may share one process (exact; launch.worker.run_cells)
-    shared: bool = True                   # a done cell may be reused by another study with the same cell (Plan.adopt)
+    # what its folder holds when done; train cells: their milestones
+    outputs: tuple[str, ...]
+    # (cell_dir, output, kind) -> None when valid, else why
+    check: Callable[[Path, str, str], Optional[str]]
+    # cells of a stage may share one process (exact; launch.worker.run_cells)
+    fuse: bool = True
+    # a done cell may be reused by another study with the same cell (Plan.adopt)
+    shared: bool = True
 
 
 KINDS = {k.name: k for k in (
     Kind("world", WorldJob, "train.toyworld:main", ("data", "tokenizer"), _file_problem),
-    Kind("train", TrainJob, "train.trainer:main", (), _checkpoint_problem, fuse=False),   # own ranks
-    Kind("generate", GenerateJob, "eval.evaluate:generate_main", ("result.json", "train.jsonl", "heldout.jsonl"),
-         _file_problem),
+    # own ranks
+    Kind("train", TrainJob, "train.trainer:main", (), _checkpoint_problem, fuse=False),
+    Kind("generate", GenerateJob, "eval.evaluate:generate_main",
+         ("result.json", "train.jsonl", "heldout.jsonl"), _file_problem),
     Kind("eval", EvalJob, "eval.evaluate:main", ("result.json",), _file_problem),
     Kind("collect", CollectJob, "eval.collect:cell_main", ("summary.json",), _file_problem,
          shared=False),   # it writes its study's report/
@@ -273,6 +306,7 @@ KINDS = {k.name: k for k in (
 
 
 def output_problem(cell_dir: Path, name: str, kind: str) -> str | None:
-    """The one check of every cell output (the worker's done test, status, the collector): None when valid."""
+    """The one check of every cell output (the worker's done test, status, the collector): None when
+    valid."""
     k = KINDS.get(kind)
     return (k.check if k else _file_problem)(Path(cell_dir), name, kind)

@@ -1,9 +1,10 @@
 """Run layout on disk: cell folders, atomic writes, records and done markers.
 
-`<runs root>/<experiment>/<stage>/<cell id>/` holds `record.json` (written at start), the stage's outputs,
-and `DONE` (written last, JSON listing the outputs). Every file is written to a temp name and renamed, so a
-reader sees a whole file or none. References between cells are written `@<stage>/<cell id>/<rest>` and
-resolved against the experiment folder at run time, so moving the runs root never changes an identity.
+`<runs root>/<experiment>/<stage>/<cell id>/` holds `record.json` (written at start), the stage's
+outputs, and `DONE` (written last, JSON listing the outputs). Every file is written to a temp name
+and renamed, so a reader sees a whole file or none. References between cells are written
+`@<stage>/<cell id>/<rest>` and resolved against the experiment folder at run time, so moving the
+runs root never changes an identity.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from launch.core.jobs import output_problem
 from launch.core.schema import ConfigError
 
 # The run folder's vocabulary, in one place: <runs>/<experiment>/<stage>/<cell id>/ holds these
-JOB = "job.json"          # what the cell runs (its job, coordinates, upstream), written by the orchestrator
+# what the cell runs (its job, coordinates, upstream), written by the orchestrator
+JOB = "job.json"
 DONE = "DONE"             # the done marker: outputs, upstream nonces (read_done)
 FAILED = "FAILED"         # the record of a failed start (rc, error)
 CLAIM = "CLAIM"           # who runs the cell now (launch.worker)
@@ -31,7 +33,8 @@ os.umask(UMASK)
 
 
 def milestone_name(examples: int) -> str:
-    """A milestone checkpoint's folder name: the examples trained on, n<examples> (checkpoints/n1000)."""
+    """A milestone checkpoint's folder name: the examples trained on, n<examples>
+    (checkpoints/n1000)."""
     return f"n{examples}"
 
 
@@ -41,8 +44,9 @@ def milestone_volume(name: str) -> int | None:
 
 
 def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
-    """Write via a temp file and rename: readers see the old file or the whole new one, never a part.
-    durable=False skips the fsync, for files that are regenerated whenever they are needed (job.json)."""
+    """Write via a temp file and rename: readers see the old file or the whole new one, never a
+    part. durable=False skips the fsync, for files that are regenerated whenever they are needed
+    (job.json)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,7 +56,8 @@ def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~UMASK)   # mkstemp makes 0600; results are shared with the group on clusters
+        # mkstemp makes 0600; results are shared with the group on clusters
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,7 +66,8 @@ def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
 
 def atomic_write_json(path: Path, obj, durable: bool = True, indent: int | None = 2) -> None:
     """indent=None writes one line with json's C encoder (several times faster for large files)."""
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n", durable)
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n",
+                      durable)
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
@@ -73,12 +79,14 @@ def publish_dir(tmp: Path, final: Path) -> None:
 
 
 def resolve(path: str, exp_dir: Path) -> str:
-    """Turn an `@stage/cell/rest` reference into a path under the experiment folder; others pass through."""
+    """Turn an `@stage/cell/rest` reference into a path under the experiment folder; others pass
+    through."""
     return str(Path(exp_dir) / path[1:]) if path.startswith("@") else path
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON object from a run folder's file, or None when it is absent, unreadable or not an object."""
+    """A JSON object from a run folder's file, or None when it is absent, unreadable or not an
+    object."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -87,14 +95,15 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_done(cell_dir: Path) -> dict | None:
-    """The done marker's content, or None when absent, unreadable or not of the marker's shape (a nonce string,
-    milestones a list of names, upstream a map of cell keys to nonces): a corrupt marker is not done, and a marker
-    from any folder under a runs root can never crash a reader."""
+    """The done marker's content, or None when absent, unreadable or not of the marker's shape (a
+    nonce string, milestones a list of names, upstream a map of cell keys to nonces): a corrupt
+    marker is not done, and a marker from any folder under a runs root can never crash a reader."""
     data = read_json(Path(cell_dir) / DONE)
     if data is None or not isinstance(data.get("nonce"), str):
         return None
     up, ms = data.get("upstream", {}), data.get("milestones", [])
-    if not isinstance(up, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in up.items()):
+    if not isinstance(up, dict) or not all(isinstance(k, str) and isinstance(v, str) for k,
+                                           v in up.items()):
         return None
     if not isinstance(ms, list) or not all(isinstance(m, str) for m in ms):
         return None
@@ -102,8 +111,8 @@ def read_done(cell_dir: Path) -> dict | None:
 
 
 def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
-    """The one answer to "what is this cell?", from its folder, for the planner, status, the worker, the collector
-    and the Slurm wait:
+    """The one answer to "what is this cell?", from its folder, for the planner, status, the worker,
+    the collector and the Slurm wait:
       done     its marker lists every output this plan needs (nested runs may gain milestones), every one is valid
                (jobs.output_problem), and every upstream cell is still the run it was made from (each done marker
                carries a nonce; a redone upstream has a new one)
@@ -131,15 +140,17 @@ def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
     if not all(m in have for m in outputs):
         return "todo"
     made_from = done.get("upstream", {})
-    same = all(made_from.get(u) is not None and made_from[u] == upstream_nonce(cell_dir.parent.parent, u)
+    same = all(made_from.get(u) is not None
+               and made_from[u] == upstream_nonce(cell_dir.parent.parent, u)
                for u in upstream)
     return "done" if same else "stale"
 
 
 def copy_cell(src: Path, dst: Path) -> None:
-    """Put a done cell of another study in place here (Plan.adopt): checkpoint files are hard-linked where the
-    filesystem allows (they are published whole and never written again: the trainer renames new ones in), every
-    other file is copied (logs and metrics are appended to); assembled in a temp folder and renamed into place."""
+    """Put a done cell of another study in place here (Plan.adopt): checkpoint files are hard-linked
+    where the filesystem allows (they are published whole and never written again: the trainer
+    renames new ones in), every other file is copied (logs and metrics are appended to); assembled
+    in a temp folder and renamed into place."""
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.adopt{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -152,7 +163,8 @@ def copy_cell(src: Path, dst: Path) -> None:
                 pass
         return shutil.copy2(a, b)
     try:
-        shutil.copytree(src, tmp, copy_function=link_or_copy, ignore=shutil.ignore_patterns("CLAIM", ".*.tmp"))
+        shutil.copytree(src, tmp, copy_function=link_or_copy,
+                        ignore=shutil.ignore_patterns("CLAIM", ".*.tmp"))
         publish_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -160,8 +172,8 @@ def copy_cell(src: Path, dst: Path) -> None:
 
 
 def upstream_nonce(exp_dir: Path, key: str) -> str | None:
-    """The nonce of an upstream cell that is done and whose outputs are valid (a cell made from a corrupt upstream
-    is not done either: both run again)."""
+    """The nonce of an upstream cell that is done and whose outputs are valid (a cell made from a
+    corrupt upstream is not done either: both run again)."""
     cell_dir = Path(exp_dir) / key
     done = read_done(cell_dir)
     if not done:
@@ -172,8 +184,9 @@ def upstream_nonce(exp_dir: Path, key: str) -> str | None:
 
 
 def mark_preempted(why: str) -> None:
-    """Tell the job script's teardown that this job was preempted and its cell can resume (launch.slurm
-    requeue_lines): the file ELASTICA_PREEMPTED names, where the job script set it (Slurm jobs only)."""
+    """Tell the job script's teardown that this job was preempted and its cell can resume
+    (launch.slurm requeue_lines): the file ELASTICA_PREEMPTED names, where the job script set it
+    (Slurm jobs only)."""
     if path := os.environ.get("ELASTICA_PREEMPTED"):
         atomic_write_text(Path(path), why + "\n")
 
@@ -188,13 +201,16 @@ CODE_DIRS = ("launch", "train", "eval")   # what a job imports: a code snapshot 
 
 
 def git_commit() -> str:
-    """The commit of the code that runs: a code snapshot's COMMIT file (what Slurm jobs run), else git."""
+    """The commit of the code that runs: a code snapshot's COMMIT file (what Slurm jobs run), else
+    git."""
     try:
         root = CODE_ROOT
         if (root / "COMMIT").is_file():
             return (root / "COMMIT").read_text().strip()
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -206,9 +222,12 @@ def runtime_info() -> dict:
     return {
         "host": os.uname().nodename,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-        "slurm_array": os.environ.get("SLURM_ARRAY_JOB_ID", "") + "_" + os.environ.get("SLURM_ARRAY_TASK_ID", ""),
-        "image": os.environ.get("APPTAINER_CONTAINER", "") or os.environ.get("ELASTICA_IMAGE", "") or "host",
-        "image_digest": os.environ.get("ELASTICA_IMAGE_DIGEST", "") if os.environ.get("APPTAINER_CONTAINER") else "",
+        "slurm_array": os.environ.get("SLURM_ARRAY_JOB_ID",
+                                      "") + "_" + os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+        "image": os.environ.get("APPTAINER_CONTAINER", "") or os.environ.get("ELASTICA_IMAGE", "")
+            or "host",
+        "image_digest": os.environ.get("ELASTICA_IMAGE_DIGEST", "")
+            if os.environ.get("APPTAINER_CONTAINER") else "",
         "python": sys.version.split()[0],
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -216,25 +235,30 @@ def runtime_info() -> dict:
 
 
 def code_snapshot(exp_dir: Path, allow_dirty: bool = False, write: bool = True) -> Path:
-    """The code a study's Slurm jobs run: this checkout's committed packages (CODE_DIRS), copied once into
-    `<run>/code/<commit>` (`git archive`; content-addressed, so resubmitting the same commit reuses it), with a COMMIT
-    file that record.json reads. Editing the checkout while a grid is queued then changes nothing that runs.
-    A checkout with uncommitted changes in them is refused unless allow_dirty; then their working tree is copied,
-    addressed by the commit and a hash of the changes ('<commit>-dirty-<hash>')."""
+    """The code a study's Slurm jobs run: this checkout's committed packages (CODE_DIRS), copied
+    once into `<run>/code/<commit>` (`git archive`; content-addressed, so resubmitting the same
+    commit reuses it), with a COMMIT file that record.json reads. Editing the checkout while a grid
+    is queued then changes nothing that runs. A checkout with uncommitted changes in them is refused
+    unless allow_dirty; then their working tree is copied, addressed by the commit and a hash of the
+    changes ('<commit>-dirty-<hash>')."""
     import hashlib
-    git = lambda *a: subprocess.run(["git", "-C", str(CODE_ROOT), *a], capture_output=True, timeout=60)
+    git = lambda *a: subprocess.run(["git", "-C", str(CODE_ROOT), *a], capture_output=True,
+                                    timeout=60)
     dirs = [d for d in CODE_DIRS if (CODE_ROOT / d).is_dir()]
     head = git("rev-parse", "HEAD").stdout.decode().strip()
     if not head:
-        raise ConfigError("code", f"{CODE_ROOT} is not a git checkout: jobs could not record which code they ran",
+        raise ConfigError("code", f"{CODE_ROOT} is not a git checkout: jobs could not record which "
+                                  "code they ran",
                           "submit from a clone of the repository")
     diff = git("diff", "HEAD", "--binary", "--", *dirs).stdout
     untracked = git("ls-files", "--others", "--exclude-standard", "--", *dirs).stdout
     dirty = bool(diff.strip() or untracked.strip())
     if dirty and not allow_dirty:
-        raise ConfigError("--allow-dirty", "the checkout has uncommitted changes, which no commit would record",
+        raise ConfigError("--allow-dirty", "the checkout has uncommitted changes, which no commit "
+                                           "would record",
                           "commit them, or pass --allow-dirty to run the working tree as it is")
-    name = head[:12] + (f"-dirty-{hashlib.sha256(diff + untracked).hexdigest()[:8]}" if dirty else "")
+    name = head[:12] + (f"-dirty-{hashlib.sha256(diff + untracked).hexdigest()[:8]}" if dirty
+                        else "")
     dest = Path(exp_dir) / "code" / name
     if not write or dest.exists():
         return dest
