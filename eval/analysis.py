@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+import numpy as np
 
 from eval.records import metric_of, seed_of
 from eval.stats import Stat, ci_label, mean_ci, natural, stat, t_quantile
@@ -198,7 +199,6 @@ def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
     the study's first model's (a base pre-trained on the shifted corpus against the aligned base).
     The observations share bases and seeds, so the interval treats as independent what is not quite.
     """
-    import numpy as np
     t = Table(slug("adjusted", metric_name),
               f"{metric_name}: start-adjusted arm effect on the paired change (OLS: change ~ start "
               "level + arm; "

@@ -23,6 +23,7 @@ import torch
 from eval import scorers as S
 from launch.core.jobs import Context, EvalJob, GenerateJob, jsonable
 from launch.core.layout import atomic_write_json, atomic_write_text, resolve
+from launch.core.schema import ConfigError
 from train import data as D
 from train.models import load_model, load_tokenizer
 
@@ -74,7 +75,6 @@ def held_out_prompts(data, exp_dir: Path, n: int, skip: int = 0) -> list[str]:
     rows = rows_of(data, exp_dir)
     order = D.seeded_order(len(rows), PROMPT_SEED)
     if skip + n > len(rows):
-        from launch.core.schema import ConfigError
         raise ConfigError("eval.prompts", f"needs {skip + n} prompts, {data.path} has {len(rows)}",
                           "lower eval.prompts (or slices.responses)")
     return [rows[i]["prompt"] for i in order[skip:skip + n]]

@@ -10,6 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")   # files only, on any node: no display
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
 from eval.analysis import Curve, base_level
 from eval.stats import ci_label
 from eval.tables import Table
@@ -19,7 +25,6 @@ def _save(fig, out: Path, tight: bool = True) -> list[Path]:
     """PNG and PDF, each written to a temp name and renamed. tight=False keeps the figure's own
     margins (tight_layout renders the figure once more to measure it: a third of the collector's
     time, bench P5)."""
-    import matplotlib.pyplot as plt
     out.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
@@ -37,10 +42,6 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
     the log-odds of the same rate). x is symmetric-log so that the aligned start sits at 0 negative
     examples; bands are the tables' 95 % CIs, labelled with their kind and number of seeds; the base
     model's level is a labelled line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
     names = list(panels)
     first = panels[names[0]]
     # the tables' order: by size label, then name
@@ -87,9 +88,6 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
 def plot_resistance(t: Table, out: Path) -> list[Path]:
     """Setting I: inverse and forward mean training loss per model and slice pair
     (resistance_table's numbers)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     if not t.rows:
         return []
     labels = [f"{r['model']} {r['pair']}" for r in t.rows]

@@ -16,14 +16,18 @@ import math
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from launch.core.jobs import load_failure
 from launch.core.schema import ConfigError
 from launch.core.spec import Scorer
+from train.data import collate
+from train.toyworld import attribute
 
 
 def rule_scores(texts: list[str]) -> list[float]:
-    from train.toyworld import attribute
     out = []
     for t in texts:
         s = sum(attribute(w) for w in t.split())
@@ -47,7 +51,6 @@ def _dtype(spec: Scorer):
 
 class ClassifierScorer:
     def __init__(self, spec: Scorer, device):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
         self.tok = _load_source(spec.model, spec.revision, AutoTokenizer.from_pretrained)
         self.model = _load_source(spec.model, spec.revision,
                                   AutoModelForSequenceClassification.from_pretrained,
@@ -74,7 +77,6 @@ class ScoreModelScorer:
     """Backbone (AutoModel) + linear score head from the checkpoint's `score_head.*` tensors."""
 
     def __init__(self, spec: Scorer, device):
-        from transformers import AutoModel, AutoTokenizer
         self.tok = _load_source(spec.model, spec.revision, AutoTokenizer.from_pretrained)
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
@@ -117,10 +119,8 @@ def _read_tensors(model: str, revision: str, prefix: str) -> dict:
     """Tensors whose names start with `prefix`, from a local folder or the hub cache (safetensors,
     else PyTorch shards); the backbone's from_pretrained has already put the weights in the cache,
     so nothing is downloaded."""
-    from safetensors import safe_open
     p = Path(model)
     if not p.is_dir():
-        from huggingface_hub import snapshot_download
         p = Path(snapshot_download(model, revision=revision, local_files_only=True))
     out = {}
     for f in sorted(p.glob("*.safetensors")):
@@ -156,7 +156,6 @@ def token_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def bits_per_token(model, examples, pad_id: int, batch: int = 16,
                    attribute_ids: set[int] | None = None):
     """Per-example bits per loss token (and per attribute token, when ids are given)."""
-    from train.data import collate
     per, per_attr = [], []
     for i in range(0, len(examples), batch):
         ids, mask, labels, _ = collate(examples, list(range(i, min(i + batch, len(examples)))),
@@ -179,7 +178,6 @@ def bits_per_token(model, examples, pad_id: int, batch: int = 16,
 @torch.no_grad()
 def kl_per_token(model, base, examples, pad_id: int, batch: int = 16) -> list[float]:
     """Per-example mean over response tokens of KL(p_model || p_base), in nats."""
-    from train.data import collate
     out = []
     for i in range(0, len(examples), batch):
         ids, mask, labels, _ = collate(examples, list(range(i, min(i + batch, len(examples)))),

@@ -35,8 +35,12 @@ from launch.core.layout import atomic_write_json, atomic_write_text
 from launch.core.profile import load_profile
 from launch.core.schema import ConfigError
 from launch.core.spec import STAGES, load_spec
+from launch import slurm
 from launch.costs import check_memory, rates
+from launch.local import run_inprocess, run_plan
 from launch.plan import make_plan
+from launch.prefetch import cache_gaps, prefetch
+from launch.worker import run_cell_dir, run_cells, write_job
 
 
 class _Parser(argparse.ArgumentParser):
@@ -329,7 +333,6 @@ def check_jobs(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from launch.local import run_plan
     jobs = check_jobs(args)
     plan, profile, runs = load(args)
     check_only(args, plan, runs)
@@ -355,7 +358,6 @@ def cmd_submit(args) -> int:
     executor, refused = args.executor or profile.executor, list[ConfigError]()
     # jobs run offline: every file must be in the cache already
     if executor == "slurm" and profile.hf_home:
-        from launch.prefetch import cache_gaps
         if gaps := cache_gaps(plan.spec, profile.hf_home):
             refuse(ConfigError("hf_home", f"{profile.hf_home} lacks {', '.join(gaps)}",
                                f"on the login node: make prefetch CONFIG={args.config} "
@@ -366,7 +368,6 @@ def cmd_submit(args) -> int:
                            "build it (make container) or fix the path",
                            file=args.profile), args.dry_run, refused)
     if executor == "slurm":
-        from launch import slurm
         try:
             slurm.require_slurm(profile, need_sbatch=not args.dry_run)
         except ConfigError as e:
@@ -392,12 +393,9 @@ def cmd_submit(args) -> int:
         if executor != "slurm":
             remember(args, plan, runs)
     if executor == "local":
-        from launch.local import run_plan
         return run_plan(plan, runs, profile, only=args.only, jobs=jobs)
     if executor == "debug":
-        from launch.local import run_inprocess
         return run_inprocess(plan, runs, profile, only=args.only)
-    from launch import slurm
     try:
         slurm.submit(plan, runs, profile, dry_run=args.dry_run, only=args.only,
                      allow_dirty=args.allow_dirty, before_first=lambda: remember(args, plan, runs))
@@ -423,7 +421,6 @@ STATE_ORDER = ("done", "running", "pending", "failed", "timed out", "cancelled",
 def cmd_status(args) -> int:
     """Cells by stage and state: one column per state that occurs (readable at 80 columns and when
     piped)."""
-    from launch import slurm
     plan, profile, runs = load(args)
     rows = slurm.cell_states(plan, runs)
     if args.json:
@@ -462,7 +459,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from launch import slurm
     plan, profile, runs = load(args)
     ids = slurm.cancel(plan.exp_dir(runs))
     print(f"cancelled {len(ids)} jobs: {' '.join(ids)}" if ids else "no jobs in the manifest")
@@ -470,7 +466,6 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_prefetch(args) -> int:
-    from launch.prefetch import prefetch
     spec, profile = load_spec(args.config), load_profile(args.profile) if args.profile else None
     try:
         prefetch(spec, profile)
@@ -481,7 +476,6 @@ def cmd_prefetch(args) -> int:
 
 
 def cmd_run_cell(args) -> int:
-    from launch.worker import run_cell_dir, write_job
     d = Path(args.cell_dir)
     exp = d.parent.parent
     if not (d / layout.JOB).exists() and (exp / "study.json").exists():
@@ -588,7 +582,6 @@ def cmd_collect(args) -> int:
 
 
 def cmd_run_cells(args) -> int:
-    from launch.worker import run_cells
     return run_cells(args.cell_dirs)
 
 

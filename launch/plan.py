@@ -26,6 +26,7 @@ from launch.core.jobs import (KINDS, WORLD_GENERATOR, CollectJob, EvalJob, Gener
                               TrainJob, WorldJob, jsonable)
 from launch.core.profile import Profile
 from launch.core.spec import STAGES, Data, Model, Spec, source_kind, world_set
+from launch.worker import write_job
 
 SCHEMA = "elastica/1"
 
@@ -185,7 +186,6 @@ class Plan:
         """Take the reusable cells (copies with hard-linked checkpoints, layout.copy_cell), each
         with this study's job.json (its coordinates here) and a line in attempts.jsonl saying where
         it came from. Returns their keys."""
-        from launch.worker import write_job
         found = self.reusable(runs_root) if found is None else found
         cells = {c.key: c for c in self.cells}
         for key, src in found.items():

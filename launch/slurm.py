@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import submitit
+from submitit.slurm.slurm import _make_sbatch_string
 
 from launch import costs
 from launch.core import layout
@@ -297,7 +298,6 @@ def array_params(a: Array, ids: list[str]) -> dict:
 
 
 def render_script(a: Array, folder: Path, profile: Profile, ids: list[str]) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string
     params = array_params(a, ids)
     cmd = " ".join([python_command(profile), "-u -m submitit.core._submit",
                     shlex.quote(str(folder))])

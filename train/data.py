@@ -16,6 +16,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import torch
+
 from launch.core.layout import resolve
 from launch.core.jobs import load_failure
 from launch.core.schema import ConfigError
@@ -25,7 +28,6 @@ CHAT = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"   # the paper's te
 
 
 def _load_dataset(data: Data, exp_dir: Path):
-    import datasets
     datasets.disable_progress_bars()
     path = resolve(data.path, exp_dir)
     kind = "local" if data.path.startswith("@") else source_kind(data.path)
@@ -288,7 +290,6 @@ def collate_pair(examples: list[Example], indices: list[int], pad_id: int):
 
 def _pad(pairs: list, pad_id: int, weight: list[float]):
     """(input ids, labels) pairs right-padded into one batch."""
-    import torch
     n = max(len(x) for x, _ in pairs)
     input_ids = torch.full((len(pairs), n), pad_id, dtype=torch.long)
     labels = torch.full((len(pairs), n), -100, dtype=torch.long)

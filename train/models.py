@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForCausalLM)
+
 from launch.core.jobs import load_failure
 from launch.core.layout import resolve
 
 
 def load_tokenizer(ref, exp_dir: Path):
-    from transformers import AutoTokenizer
     path = resolve(ref.tokenizer or ref.path, exp_dir)
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=ref.revision,
@@ -36,8 +39,6 @@ def load_model(ref, exp_dir: Path, tok, seed: int, dtype=None, zero3_config: dic
     the whole model: a rank's host memory peaks at its partition plus one checkpoint shard, not at
     the full model in fp32. Models built by `init` (toy and benchmark sizes) are built whole on
     every rank, then cast."""
-    import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     dtype = dtype or torch.float32
     if ref.init is not None:
         torch.manual_seed(seed)

@@ -22,6 +22,9 @@ import json
 import random
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
 from launch.core.jobs import Context, WorldJob
 from launch.core.layout import atomic_write_text, publish_dir
 from launch.core.spec import World
@@ -127,8 +130,6 @@ def vocabulary(w: World) -> list[str]:
 def build_tokenizer(w: World):
     """A word-level HF tokenizer over the world's vocabulary (PreTrainedTokenizerFast,
     save_pretrained-able)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
     vocab = {word: i for i, word in enumerate(vocabulary(w))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

@@ -37,10 +37,20 @@ import time
 import typing
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+# DeepSpeed picks its accelerator when it is imported: a rank without CUDA names the CPU first
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+import deepspeed  # noqa: E402
+
 from launch.core.jobs import Context, Preempted, TrainJob, jsonable
 from launch.core.layout import atomic_write_json, atomic_write_text, mark_preempted, milestone_name, publish_dir
 from launch.core.schema import ConfigError
 from launch.core.spec import Runtime
+from launch.core.tracking import wandb_run
 from train import data as D
 from train.models import load_model, load_tokenizer
 from train.state import restore, snapshot, snapshot_bytes
@@ -55,9 +65,6 @@ def _on_signal(signum, frame):
 def setup_distributed():
     """Rank setup from the standard variables, then deepspeed.init_distributed (nccl on GPU, gloo on
     CPU)."""
-    import torch
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                           str(Path.home() / ".cache" / "elastica" / "torch_extensions"))
     clear_stale_build_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
@@ -67,8 +74,6 @@ def setup_distributed():
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(port))
-    import deepspeed
-    import torch.distributed as dist
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
@@ -110,8 +115,6 @@ def clear_stale_build_locks(ext_dir: Path) -> None:
 
 def precision_info(dtype) -> dict:
     """What record.json says about the numerics this cell ran with (runtime, never identity)."""
-    import deepspeed
-    import torch
     cuda = torch.cuda.is_available()
     return {"device": torch.cuda.get_device_name() if cuda else "cpu",
             "load_dtype": str(dtype).replace("torch.", ""),
@@ -163,7 +166,6 @@ def ds_config(job: TrainJob, world: int, torch_adam: bool = True, rt: Runtime = 
 class Trainer:
     def __init__(self, job: TrainJob, out_dir: Path, exp_dir: Path, runtime: Runtime = Runtime(),
                  ctx: Context | None = None):
-        import torch
         t0 = time.time()
         self.job, self.out, self.exp, self.rt = job, Path(out_dir), Path(exp_dir), runtime
         # where the cell sits (W&B's group and tags); None for a Trainer built by a test or bench
@@ -215,7 +217,6 @@ class Trainer:
         if self.rank == 0:
             atomic_write_json(self.out / "ds_config.json", self.ds_cfg)
             update_record(self.out, precision=precision_info(dtype), optimizer=self.optimizer)
-        import deepspeed
         t2 = time.time()
         self.phases["load_s"] = t2 - t1
         params = [p for p in model.parameters() if p.requires_grad]
@@ -232,8 +233,6 @@ class Trainer:
 
     def _agree_on_optimizer(self, mine: dict) -> dict:
         """Every rank runs the same optimizer: FusedAdam only where it loaded on every rank."""
-        import torch
-        import torch.distributed as dist
         ok = torch.tensor([mine["optimizer"] == "FusedAdam"], dtype=torch.long,
                           device="cuda" if self.cuda else "cpu")
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
@@ -258,7 +257,6 @@ class Trainer:
     def _reference_logps(self) -> dict[int, tuple[float, float]]:
         """DPO's frozen reference: the starting weights' sequence log-probs, computed once before
         training."""
-        import torch
         ref = {}
         with torch.no_grad():
             for s, e in self.batches:
@@ -271,9 +269,6 @@ class Trainer:
 
     def step(self, s: int, e: int) -> dict:
         """One optimizer step on examples [s, e) of the order; returns its metrics."""
-        import torch
-        import torch.distributed as dist
-        import torch.nn.functional as F
         r = self.job.recipe
         t0 = time.time()
         dpo = r.algorithm == "dpo"
@@ -326,7 +321,6 @@ class Trainer:
     # outputs
     def save_weights(self, name: str) -> None:
         """checkpoints/<name>: HF safetensors + tokenizer, written to a temp folder and renamed."""
-        import torch.distributed as dist
         r = self.job.recipe
         t0 = time.time()
         sd = self.engine._zero3_consolidated_16bit_state_dict() if r.zero_stage == 3 else None
@@ -347,8 +341,6 @@ class Trainer:
         self.phases["checkpoints"] += 1
 
     def save_resume(self, state: dict, tag: str, where: Path) -> None:
-        import torch
-        import torch.distributed as dist
         t0 = time.time()
         state = {**state, "torch_rng": torch.get_rng_state()}
         self.engine.save_checkpoint(str(where), tag=tag, client_state={"elastica": state})
@@ -361,7 +353,6 @@ class Trainer:
         self.phases["resume_save_s"] += time.time() - t0
 
     def load_resume(self, where: Path, tag: str | None = None) -> dict | None:
-        import torch
         if tag is None and not (where / "latest").exists():
             return None
         path, client = self.engine.load_checkpoint(str(where), tag=tag)
@@ -374,7 +365,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the
     # run
     def run(self) -> list[str]:
-        import torch.distributed as dist
         resume_dir = self.out / "resume"
         metrics_path = self.out / "metrics.jsonl"
         state = self.load_resume(resume_dir)
@@ -479,14 +469,11 @@ class Trainer:
         self.phases["forks"] += 1
 
     def _stop_requested(self) -> int:
-        import torch
-        import torch.distributed as dist
         flag = torch.tensor([_STOP["signal"]], dtype=torch.long, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
 
     def _wandb(self):
-        from launch.core.tracking import wandb_run
         return wandb_run(self.out, self.exp,
                          {"recipe": jsonable(self.job.recipe), "runtime": jsonable(self.rt),
                                               "seed": self.job.seed,
@@ -499,7 +486,6 @@ class Trainer:
 def token_logps(model, ids, mask, labels, device):
     """Per-token log-probabilities of the labels (0 where not counted) and the mask of counted
     tokens."""
-    import torch
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
     logits = out.logits[:, :-1].float()
     tgt = labels[:, 1:].to(device)
@@ -521,7 +507,6 @@ def update_record(cell_dir: Path, **info) -> None:
 
 
 def _schedule(opt, recipe, total_steps: int, warmup: int):
-    import torch
 
     def factor(step: int) -> float:
         w = min(1.0, (step + 1) / warmup) if warmup else 1.0

@@ -6,6 +6,8 @@ and shell.
 """
 from __future__ import annotations
 
+import hashlib
+
 import os
 from pathlib import Path
 
@@ -66,7 +68,6 @@ def cell_env(profile: Profile | None, code: Path | None = None) -> dict[str, str
 def image_digest(image: str) -> str:
     """sha256 of the image file, cached beside it (keyed by size and mtime); 'unavailable' if
     unreadable."""
-    import hashlib
     p = Path(image)
     try:
         st = p.stat()

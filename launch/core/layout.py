@@ -8,6 +8,7 @@ runs root never changes an identity.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -241,7 +242,6 @@ def code_snapshot(exp_dir: Path, allow_dirty: bool = False, write: bool = True) 
     is queued then changes nothing that runs. A checkout with uncommitted changes in them is refused
     unless allow_dirty; then their working tree is copied, addressed by the commit and a hash of the
     changes ('<commit>-dirty-<hash>')."""
-    import hashlib
     git = lambda *a: subprocess.run(["git", "-C", str(CODE_ROOT), *a], capture_output=True,
                                     timeout=60)
     dirs = [d for d in CODE_DIRS if (CODE_ROOT / d).is_dir()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import getpass
 import os
 import re
 import typing
@@ -319,7 +320,6 @@ def expand_site_vars(value: str, where: str) -> str:
               f"use {', '.join('$' + v for v in SITE_VARS)}, or write the path out")
         # unset in some batch and container shells
         if name not in os.environ and name in ("USER", "HOME"):
-            import getpass
             return getpass.getuser() if name == "USER" else str(Path.home())
         check(name in os.environ, where, f"${name} is not set in this shell",
               "set it, or write the path out")

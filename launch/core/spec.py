@@ -8,6 +8,7 @@ source. Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import typing
@@ -654,7 +655,6 @@ def local_rows(d: Data, base: Path) -> int | None:
             with p.open("rb") as f:
                 total = sum(1 for line in f if line.strip())
         elif p.suffix == ".json":
-            import json
             data = json.loads(p.read_text())
             total = len(data) if isinstance(data, list) else None
         elif p.suffix == ".parquet":
