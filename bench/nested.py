@@ -41,8 +41,8 @@ def main():
     for schedule in ("nested", "independent"):
         cfg = dict(base, experiment=f"bench-{schedule}")
         cfg["recipe"] = dict(base["recipe"], volume_schedule=schedule)
-        cfg["recipe_overrides"] = {k: dict(v, volume_schedule="auto") for k,
-                                   v in base["recipe_overrides"].items()}
+        cfg["recipe_overrides"] = {k: dict(v, volume_schedule="auto")
+                                   for k, v in base["recipe_overrides"].items()}
         (tmp / f"{schedule}.yaml").write_text(yaml.safe_dump(cfg))
         plan = make_plan(load_spec(tmp / f"{schedule}.yaml"))
         runs = tmp / "runs"

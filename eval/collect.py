@@ -117,16 +117,16 @@ def tables_of(records, study: dict, models: dict) -> tuple[dict[str, list[Table]
                   **({"positive_logit": extra["positive_logit"][1]} if "positive_logit" in extra
                                        else {})}
         tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + \
-            [f(c, n) for n,
-             c in panels.items() for f in (analysis.window_table, analysis.adjusted_table)]
+            [f(c, n) for n, c in panels.items() for f in (analysis.window_table,
+                                                          analysis.adjusted_table)]
     res = analysis.resistance_table(records)
     if res.rows:
         tables["resistance"] = [res]
     if any(n.startswith("bits_per_") for n in metric_names):
         tables["compression"] = [analysis.compression_table(records, pretrain_sizes(records))]
     tables["paper"] = [analysis.paper_table(records, study.get("task", ""), models)]
-    return {k: [t for t in ts if t.rows] for k,
-            ts in tables.items() if any(t.rows for t in ts)}, panels, headline
+    return {k: [t for t in ts if t.rows] for k, ts in tables.items()
+            if any(t.rows for t in ts)}, panels, headline
 
 
 def collect(exp: Path, expected: list[str] | None = None, study: dict | None = None,

@@ -174,8 +174,8 @@ def main(job: EvalJob, ctx: Context) -> list[str]:
                         ev.top_p, ev.batch_size, job.seed)
         timings["generate_s"] = time.time() - t
         atomic_write_text(ctx.out_dir / "generations.jsonl",
-                          "".join(json.dumps({"prompt": p, "response": g}) + "\n" for p,
-                                  g in zip(prompts, gens)))
+                          "".join(json.dumps({"prompt": p, "response": g}) + "\n"
+                                  for p, g in zip(prompts, gens)))
         if ev.scorer.kind != "none":
             t = time.time()
             scorer = shared("scorer", (ev.scorer, str(dev), version(ev.scorer.model)),
@@ -183,8 +183,8 @@ def main(job: EvalJob, ctx: Context) -> list[str]:
             # a classifier reads the answer; a score model the conversation (its scorer appends EOS
             # or not)
             texts = gens if ev.scorer.kind in ("rule", "classifier") else \
-                [D.prompt_text(p, job.template) + D.response_text(g, job.template) for p,
-                 g in zip(prompts, gens)]
+                [D.prompt_text(p, job.template) + D.response_text(g, job.template)
+                 for p, g in zip(prompts, gens)]
             scores = scorer(texts)
             timings["score_s"] = time.time() - t
             info: dict[str, typing.Any] = {"scorer": ev.scorer.kind,
@@ -240,8 +240,8 @@ def generate_main(job: GenerateJob, ctx: Context) -> list[str]:
     nll: list = []
     gens = generate(model, tok, prompts, job.template, ev.max_new_tokens, ev.temperature, ev.top_p,
                     ev.batch_size, job.seed, nll)
-    rows = [json.dumps({"prompt": p, "response": g.strip() if ev.strip else g}) + "\n" for p,
-            g in zip(prompts, gens)]
+    rows = [json.dumps({"prompt": p, "response": g.strip() if ev.strip
+                        else g}) + "\n" for p, g in zip(prompts, gens)]
     atomic_write_text(ctx.out_dir / "train.jsonl", "".join(rows[:job.train_count]))
     atomic_write_text(ctx.out_dir / "heldout.jsonl", "".join(rows[job.train_count:]))
     # the target's own entropy, for the entropy-corrected Setting I gap: the sampler's nats per

@@ -130,8 +130,8 @@ def _read_tensors(model: str, revision: str, prefix: str) -> dict:
                     out[k] = sf.get_tensor(k)
     if not out:   # older score-model repos ship PyTorch shards (pytorch_model-0000x-of-0000y.bin)
         for f in sorted(p.glob("*.bin")):
-            out.update({k: v for k,
-                        v in torch.load(f, map_location="cpu", weights_only=True).items()
+            out.update({k: v for k, v in torch.load(f, map_location="cpu",
+                                                    weights_only=True).items()
                         if k.startswith(prefix)})
     return out
 

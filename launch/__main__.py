@@ -281,8 +281,8 @@ def cmd_plan(args) -> int:
         con.print("host memory per node that milestone forks hold (launch.costs): " + ", ".join(
             f"{m} {gb:,.0f} GB" for m, gb in most.items()) + "; train.mem_gb: "
                                                              f"{profile.train.mem_gb or 'default'}"
-            + "".join(f", stages.{k}.mem_gb: {v['mem_gb']}" for k,
-                      v in profile.stages.items() if "mem_gb" in v),
+            + "".join(f", stages.{k}.mem_gb: {v['mem_gb']}" for k, v in profile.stages.items()
+                      if "mem_gb" in v),
             soft_wrap=True)
     for s in summary["stages"]:
         if s["few_steps"]:

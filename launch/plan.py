@@ -345,8 +345,8 @@ class _Builder:
             self._resistance()
         else:
             self._rebound()
-        upstream = tuple(c.key for name,
-                         cells in self.stages.items() if name in ("eval", "cross", "responses")
+        upstream = tuple(c.key for name, cells in self.stages.items() if name in ("eval", "cross",
+                                                                                  "responses")
                          for c in cells)
         # its coords: each model's source (the paper table's key)
         self.add(Cell("collect", "collect", "collect",

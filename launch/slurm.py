@@ -372,8 +372,8 @@ def submit(plan: Plan, runs_root, profile: Profile, dry_run: bool = False, only:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": a.stage, "chunk": a.chunk,
                  "job_id": a.job_id, "array": len(jobs) > 1,
                  "dependency": params["dependency"] or "",
-                 "cells": [{"key": c.key, "task": i, "job": j.job_id} for i,
-                           (t, j) in enumerate(zip(a.tasks, jobs))
+                 "cells": [{"key": c.key, "task": i,
+                            "job": j.job_id} for i, (t, j) in enumerate(zip(a.tasks, jobs))
                            for c in t],
                  "image": profile.image or "host", "profile": profile.name, "code": str(code),
                  "git_commit": (code / "COMMIT").read_text().strip()}
@@ -547,8 +547,8 @@ def error_tail(row: dict, lines: int = 4) -> str:
                                              or 0))
             texts = [(p, p.read_text(errors="replace").strip().splitlines()) for p in ranks
                      or [log]]
-            which, text = next(((p, t) for p,
-                                t in texts if any("Traceback" in l or l.startswith("error:")
+            which, text = next(((p, t) for p, t in texts
+                                if any("Traceback" in l or l.startswith("error:")
                                                                  for l in t)), texts[0])
             rank = which.name.removesuffix("_log.out").rsplit("_", 1)[-1]
             head = [f"(rank {rank}'s log: {which.name})"] if len(ranks) > 1 else []

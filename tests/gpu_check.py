@@ -45,8 +45,8 @@ def word_tokenizer(out: Path, words: int = 200):
     BOS/EOS/PAD."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-    vocab = {w: i for i,
-             w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(words)])}
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>",
+                                         "</s>"] + [f"w{i}" for i in range(words)])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)

@@ -48,8 +48,8 @@ def imports(source: str, module: str, is_package: bool, known: set[str]) -> set[
 
 def graph() -> dict[str, set[str]]:
     mods = modules()
-    return {m: imports(p.read_text(), m, p.stem == "__init__", set(mods)) - {m} for m,
-            p in mods.items()}
+    return {m: imports(p.read_text(), m,
+                       p.stem == "__init__", set(mods)) - {m} for m, p in mods.items()}
 
 
 def test_every_module_is_on_a_floor():

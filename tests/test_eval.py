@@ -101,8 +101,8 @@ def test_rule_scorer_is_exact_on_labelled_samples(exp_dir):
         assert s == (1.0 if net > 0 else 0.0 if net < 0 else 0.5)
     clean = [r for r in rows
              if all(attribute(w) in (0, 1 if r["label"] else -1) for w in r["response"].split())]
-    assert clean and all(s == r["label"] for r,
-                         s in zip(clean, S.rule_scores([r["response"] for r in clean])))
+    assert clean and all(s == r["label"]
+                         for r, s in zip(clean, S.rule_scores([r["response"] for r in clean])))
     assert S.rule_scores(["was great+ and bad- also fine+",
                           "dull- .", "nothing here"]) == [1.0, 0.0, 0.5]
 
@@ -614,12 +614,10 @@ def test_window_statistics_compare_models_at_the_same_start():
     """Setting III: each model's paired drop minus the first model's at the same start, per seed."""
     from eval.analysis import Curve, Point, window_table
     seeds = {1: -0.02, 2: 0.0, 3: 0.02}
+    at = lambda v: {s: v + e for s, e in seeds.items()}
     curve = lambda model, d: Curve(model, "positive", 800,
-                                   [Point(0, 2.0, 0, 3, {s: 2.0 + e for s, e in seeds.items()}),
-                                                            Point(100, 2.0 - d, 0, 3,
-                                                                  {s: 2.0 - d + 2 * e
-                                                                                       for s,
-                                                                   e in seeds.items()})])
+                                   [Point(0, 2.0, 0, 3, at(2.0)),
+                                    Point(100, 2.0 - d, 0, 3, {s: 2.0 - d + 2 * e for s, e in seeds.items()})])
     t = window_table([curve("small", 1.0), curve("large", 1.5)], "positive_logit")
     assert "minus small @100" in t.columns
     small, large = (r["minus small @100"] for r in t.rows)

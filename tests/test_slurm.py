@@ -91,8 +91,8 @@ def test_arrays_split_at_max_array_size_and_correlate():
     a_cells = [Cell("responses", "eval", f"a{i}", ev(f"a{i}")) for i in range(4)]
     for ups, want in (((0, 1, 2, 3), "aftercorr"), ((2, 3, 0, 1), "afterok"),
                       ((0, 0, 1, 1), "afterok")):
-        b_cells = [Cell("eval", "eval", f"b{i}", ev(f"b{i}"), upstream=(a_cells[u].key,)) for i,
-                   u in enumerate(ups)]
+        b_cells = [Cell("eval", "eval", f"b{i}", ev(f"b{i}"),
+                        upstream=(a_cells[u].key,)) for i, u in enumerate(ups)]
         arr = build_arrays(Plan(spec=plan.spec, stages={"responses": a_cells, "eval": b_cells},
                                 naive_examples=0),
                            "/nonexistent", packed)
@@ -415,8 +415,8 @@ def test_two_ranks_on_two_nodes_preempted_twice_are_bit_identical(cluster, tmp_p
     a = load_file(str(ref / "checkpoints" / "n400" / "model.safetensors"))
     b = load_file(str(d / "checkpoints" / "n400" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
-    strip = lambda p: [{k: v for k,
-                        v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")}
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("seconds",
+                                                                            "tokens_per_s")}
                        for l in p.read_text().splitlines()]
     assert strip(metrics) == strip(ref / "metrics.jsonl")
     assert not list((tmp_path / "submitit").glob("*.preempted")), "the teardown removes the marker it acted on"

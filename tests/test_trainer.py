@@ -223,8 +223,8 @@ def test_resume_after_signal_is_bit_identical(exp_dir, how):
         assert rc == 0, out[-2000:]
     for m in ms:
         assert max_diff(weights(full, m), weights(d, m)) == 0.0, m
-    strip = lambda p: [{k: v for k,
-                        v in json.loads(l).items() if k not in ("seconds", "tokens_per_s")}
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("seconds",
+                                                                            "tokens_per_s")}
                        for l in p.read_text().splitlines()]
     assert strip(metrics) == strip(full / "metrics.jsonl")
     assert json.loads((d / "summary.json").read_text())["resumed_at_steps"] == [steps_before]

@@ -200,8 +200,8 @@ class Trainer:
                               "several epochs with several milestones is not exact",
                               "use volume_schedule: independent (one volume per run)")
         self.milestones = sorted(job.milestones) if r.epochs == 1 else [len(self.seq)]
-        self.milestone_name = {p: milestone_name(m) for p,
-                               m in zip(self.milestones, sorted(job.milestones))}
+        self.milestone_name = {p: milestone_name(m) for p, m in zip(self.milestones,
+                                                                    sorted(job.milestones))}
 
         self.optimizer = self._agree_on_optimizer(pick_optimizer(self.cuda))
         self.ds_cfg = ds_config(job, self.world, self.optimizer["optimizer"] != "FusedAdam",

@@ -163,8 +163,8 @@ def _convert(tp, value, where: str):
             if len(value) != len(args):
                 raise ConfigError(where, f"expected {len(args)} values, got {len(value)}",
                                   f"give {len(args)} values")
-            return tuple(_convert(a, v, f"{where}[{i}]") for i,
-                         (a, v) in enumerate(zip(args, value)))
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args,
+                                                                                        value)))
         return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):

@@ -632,7 +632,8 @@ def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
         for role, n in spec.rows_needed().items():   # a local file's size is known here too
             d = spec.data.get(role)
             if d is not None and source_kind(d.path) == "local" and (have := local_rows(d, base)) is not None:
-                has = f"{d.path} (split {d.split}) has {have}" + (" before its filter" if d.filter else "")
+                has = f"{d.path} (split {d.split}) has {have}" + (" before its filter" if d.filter
+                                                                  else "")
                 check(n <= have, f"data.{role}", f"needs {n} rows, {has}",
                       "lower the volumes / prompts, or use more data")
     except ConfigError as e:
