@@ -91,9 +91,9 @@ def results_rows(records, study: dict) -> list[dict]:
 def write_results(rows: list[dict], report: Path) -> list[Path]:
     """report/results.csv (numbers as numbers, one header line, nothing else) and results.jsonl."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(RESULT_COLUMNS)
+    w.writerows([repr(v) if type(v) is float else v for v in r.values()] for r in rows)
     atomic_write_text(report / "results.csv", buf.getvalue())
     atomic_write_text(report / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return [report / "results.csv", report / "results.jsonl"]

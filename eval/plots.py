@@ -74,8 +74,11 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
             small = min((n for n in negs if n > 0), default=1)
             ax.set_xscale("symlog", linthresh=small, linscale=0.5)
             ax.set_xlim(left=0)
-            # the volumes measured, 0 included
-            ax.set_xticks(negs, [str(n) for n in negs], fontsize=7)
+            # a tick at every volume measured, 0 included; a label on at most 9 of them (more
+            # overlap, and text is most of the drawing time)
+            every = -(-len(negs) // 9)
+            ax.set_xticks(negs, [str(n) if k % every == 0 else "" for k, n in enumerate(negs)],
+                          fontsize=7)
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_xlabel("negative examples")
             ax.set_ylabel(name)

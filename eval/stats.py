@@ -7,11 +7,13 @@ numpy.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
 
 
+@functools.lru_cache(maxsize=None)   # a handful of (p, df) pairs per study, asked thousands of times
 def t_quantile(p: float, df: int) -> float:
     """The Student-t quantile t with P(|T| < t) = p (two-sided: p = 0.95 gives the 97.5 % point) for
     integer df, exact: the t distribution's closed form for integer df, inverted by bisection."""

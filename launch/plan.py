@@ -136,8 +136,9 @@ class Plan:
         """Cell key -> layout.cell_state, and "stale" for a done cell when a cell upstream of it
         will run."""
         out: dict[str, str] = {}
+        nonces: dict = {}
         for c in self.cells:   # stage order: upstream cells come first
-            st = layout.cell_state(self.cell_dir(runs_root, c), c.kind, c.outputs, c.upstream)
+            st = layout.cell_state(self.cell_dir(runs_root, c), c.kind, c.outputs, c.upstream, nonces)
             out[c.key] = "stale" if st == "done" and any(out[u] != "done"
                                                          for u in c.upstream) else st
         return out

@@ -230,7 +230,7 @@ def json_problem(data, name: str, kind: str) -> str | None:
     return None
 
 
-def _file_problem(cell_dir: Path, name: str, kind: str) -> str | None:
+def _file_problem(cell_dir: str | Path, name: str, kind: str) -> str | None:
     """JSON has its schema, JSON Lines holds records, anything else exists."""
     p = Path(cell_dir) / name
     if p.suffix not in (".json", ".jsonl"):
@@ -246,7 +246,7 @@ def _file_problem(cell_dir: Path, name: str, kind: str) -> str | None:
     return json_problem(data, name, kind)
 
 
-def safetensors_header(path: Path) -> dict | None:
+def safetensors_header(path: str | Path) -> dict | None:
     """A safetensors file's header (tensor name -> dtype, shape, data_offsets), read without its
     weights; None when the file is not whole (empty, truncated, or its header does not account for
     its size)."""
@@ -263,14 +263,18 @@ def safetensors_header(path: Path) -> dict | None:
         return None
 
 
-def _checkpoint_problem(cell_dir: Path, name: str, kind: str) -> str | None:
+def _checkpoint_problem(cell_dir: str | Path, name: str, kind: str) -> str | None:
     """A checkpoint is done when its config is there and every weights file is whole (header and
     size agree)."""
-    ckpt = Path(cell_dir) / "checkpoints" / name
-    weights = sorted(ckpt.glob("*.safetensors"))
-    if not (ckpt / "config.json").is_file() or not weights:
+    ckpt = os.path.join(cell_dir, "checkpoints", name)
+    try:
+        files = sorted(os.listdir(ckpt))
+    except OSError:
+        files = []
+    weights = [f for f in files if f.endswith(".safetensors")]
+    if "config.json" not in files or not os.path.isfile(os.path.join(ckpt, "config.json")) or not weights:
         return f"checkpoint {name} lacks its config or weights"
-    bad = [w.name for w in weights if safetensors_header(w) is None]
+    bad = [w for w in weights if safetensors_header(os.path.join(ckpt, w)) is None]
     return f"checkpoint {name}: {', '.join(bad)} is not a whole safetensors file" if bad else None
 
 
@@ -286,7 +290,7 @@ class Kind:
     # what its folder holds when done; train cells: their milestones
     outputs: tuple[str, ...]
     # (cell_dir, output, kind) -> None when valid, else why
-    check: Callable[[Path, str, str], Optional[str]]
+    check: Callable[[str | Path, str, str], Optional[str]]
     # cells of a stage may share one process (exact; launch.worker.run_cells)
     fuse: bool = True
     # a done cell may be reused by another study with the same cell (Plan.adopt)
@@ -305,8 +309,8 @@ KINDS = {k.name: k for k in (
 )}
 
 
-def output_problem(cell_dir: Path, name: str, kind: str) -> str | None:
+def output_problem(cell_dir: str | Path, name: str, kind: str) -> str | None:
     """The one check of every cell output (the worker's done test, status, the collector): None when
     valid."""
     k = KINDS.get(kind)
-    return (k.check if k else _file_problem)(Path(cell_dir), name, kind)
+    return (k.check if k else _file_problem)(cell_dir, name, kind)

@@ -85,33 +85,34 @@ def resolve(path: str, exp_dir: Path) -> str:
     return str(Path(exp_dir) / path[1:]) if path.startswith("@") else path
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: str | Path) -> dict | None:
     """A JSON object from a run folder's file, or None when it is absent, unreadable or not an
     object."""
     try:
-        data = json.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def read_done(cell_dir: Path) -> dict | None:
+def read_done(cell_dir: str | Path) -> dict | None:
     """The done marker's content, or None when absent, unreadable or not of the marker's shape (a
     nonce string, milestones a list of names, upstream a map of cell keys to nonces): a corrupt
     marker is not done, and a marker from any folder under a runs root can never crash a reader."""
-    data = read_json(Path(cell_dir) / DONE)
+    data = read_json(os.path.join(cell_dir, DONE))
     if data is None or not isinstance(data.get("nonce"), str):
         return None
     up, ms = data.get("upstream", {}), data.get("milestones", [])
-    if not isinstance(up, dict) or not all(isinstance(k, str) and isinstance(v, str) for k,
-                                           v in up.items()):
+    if not isinstance(up, dict) or not all(isinstance(k, str)
+                                           and isinstance(v, str) for k, v in up.items()):
         return None
     if not isinstance(ms, list) or not all(isinstance(m, str) for m in ms):
         return None
     return data
 
 
-def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
+def cell_state(cell_dir: str | Path, kind: str, outputs=(), upstream=(), nonces: dict | None = None) -> str:
     """The one answer to "what is this cell?", from its folder, for the planner, status, the worker,
     the collector and the Slurm wait:
       done     its marker lists every output this plan needs (nested runs may gain milestones), every one is valid
@@ -122,10 +123,12 @@ def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
       running  no marker, and a claim whose holder beat within ELASTICA_CLAIM_STALE_S seconds
       failed   no marker, and the FAILED record of a failed start
       todo     none of these: never started, or a nested run that needs more milestones
-    A plan also calls a cell stale when a cell upstream of it will run (Plan.states)."""
-    cell_dir = Path(cell_dir)
+    A plan also calls a cell stale when a cell upstream of it will run (Plan.states). `nonces`, a
+    dict shared by the calls of one pass over a study, keeps each upstream cell's nonce once checked
+    (its every checkpoint is verified once, not once per cell made from it)."""
     done = read_done(cell_dir)
     if done is None:
+        cell_dir = Path(cell_dir)
         if (cell_dir / DONE).exists():
             return "corrupt"
         try:
@@ -140,10 +143,11 @@ def cell_state(cell_dir: Path, kind: str, outputs=(), upstream=()) -> str:
         return "corrupt"
     if not all(m in have for m in outputs):
         return "todo"
-    made_from = done.get("upstream", {})
-    same = all(made_from.get(u) is not None
-               and made_from[u] == upstream_nonce(cell_dir.parent.parent, u)
-               for u in upstream)
+    made_from, memo = done.get("upstream", {}), {} if nonces is None else nonces
+    for u in upstream:
+        if u not in memo:
+            memo[u] = upstream_nonce(Path(cell_dir).parent.parent, u)
+    same = all(made_from.get(u) is not None and made_from[u] == memo[u] for u in upstream)
     return "done" if same else "stale"
 
 
