@@ -21,15 +21,19 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 
 
-def machine() -> str:
-    import torch
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU model and core count: what names a machine in docs/benchmarks.md."""
     try:
         model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                      if l.startswith("model name"))
     except (OSError, StopIteration):
-        model = cpu
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def machine() -> str:
+    import torch
+    return f"{cpu_name()}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def timed(fn, repeats: int = 3) -> list[float]:

@@ -1,7 +1,8 @@
-"""`make bench`: run every benchmark under bench/ (each prints JSON lines), and write
-docs/benchmarks.md with the measured values, the ratio to the baseline, the target, whether it is
-met, and on every row its date and machine (with --only, the rows of benchmarks not rerun keep
-theirs).
+"""`make bench`: run every benchmark under bench/ (each prints JSON lines), print each row with
+the machine (CPU model, cores) and date it ran on, keep the last run per machine in
+bench/results/<machine>.json, and write docs/benchmarks.md from those files: one table per machine,
+never rows of two machines in one table (with --only, this machine's rows of benchmarks not rerun
+keep theirs, each with its own date).
 
     .venv/bin/python bench/run_all.py [--only trainer,generation,...]
 """
@@ -9,19 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
 
-from common import ROOT, machine
+from common import ROOT, cpu_name, machine
 
 BENCHES = ["trainer", "padding", "load_memory", "fork", "nested", "submit_10k", "collector",
            "generation", "demo_time", "study_jobs", "gpu_mfu"]
+RESULTS = ROOT / "bench" / "results"
+HEAD = "| id | measure | value | baseline | ratio | target | met | runs | date |"
 
 
 def order(row_id: str) -> tuple:
     """P2 < P2-r8 < P2-r16 < P3a < P10: by the number, then the rest read naturally."""
-    import re
     return tuple(int(t) if t.isdigit() else t for t in re.findall(r"\d+|\D+", row_id))
 
 
@@ -31,6 +34,7 @@ def main():
     args = ap.parse_args()
     names = [b for b in BENCHES if not args.only or b in args.only.split(",")]
     rows = []
+    where = machine()
     for name in names:
         t = time.time()
         r = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py")], cwd=ROOT,
@@ -42,42 +46,51 @@ def main():
                     "runs": f"failed (exit {r.returncode}): "
                             f"{(r.stderr.strip().splitlines() or [''])[-1][:200]}"}]
         for g in got:
-            g["bench"], g["seconds"] = name, round(time.time() - t)
+            g.update(bench=name, seconds=round(time.time() - t), date=time.strftime("%Y-%m-%d"),
+                     machine=where)
             print(json.dumps(g), flush=True)
         rows += got
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    mine = RESULTS / f"{slug(cpu_name())}.json"
+    kept = []
+    if args.only and mine.exists():   # this machine's rows of benchmarks not rerun
+        ran = {g["bench"] for g in rows}
+        kept = [g for g in json.loads(mine.read_text())["rows"] if g.get("bench") not in ran]
+    mine.write_text(json.dumps({"machine": where, "rows": sorted(kept + rows, key=lambda g: order(g["id"]))},
+                               indent=1) + "\n")
+    out = ROOT / "docs" / "benchmarks.md"
+    out.write_text(render())
+    print(f"wrote {mine.relative_to(ROOT)} and {out.relative_to(ROOT)}")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def render() -> str:
+    """docs/benchmarks.md: a table per machine (its last run), newest first, then bench/notes.md."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    runs.sort(key=lambda r: max(g.get("date", "") for g in r["rows"]), reverse=True)
     lines = ["# Benchmarks", "",
-             "Written by `make bench` (bench/run_all.py); every ratio is measured side by side in "
-             "one run, and each "
-             "row names the date and machine of its run.", "",
-             "| id | measure | value | baseline | ratio | target | met | runs | measured |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    when = f"{time.strftime('%Y-%m-%d')}, {machine()}"
-    for g in sorted(rows, key=lambda g: order(g["id"])):
-        met = {True: "yes", False: "**no**", None: "not run"}[g.get("met")]
-        lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | "
-                     f"{g.get('baseline', '')} | "
-                     f"{'-' if g.get('ratio') is None else g['ratio']} | {g.get('target', '')} | "
-                     f"{met} | "
-                     f"{g.get('runs', '')} | {when} |")
-    lines += ["", "Commands: `make bench` (all), or `.venv/bin/python bench/<name>.py` for one "
+             "Written by `make bench` (bench/run_all.py) from bench/results/: one table per machine, "
+             "its last run of each benchmark. Every ratio is measured side by side in one run; seconds "
+             "compare only within a table.", ""]
+    for run in runs:
+        lines += [f"## {run['machine']}", "", HEAD, "|---|---|---|---|---|---|---|---|---|"]
+        for g in run["rows"]:
+            met = {True: "yes", False: "**no**", None: "not run"}[g.get("met")]
+            ratio = "-" if g.get("ratio") is None else g["ratio"]
+            lines.append(f"| {g['id']} | {g.get('measure', '')} | {g.get('value')} | "
+                         f"{g.get('baseline', '')} | {ratio} | {g.get('target', '')} | {met} | "
+                         f"{g.get('runs', '')} | {g.get('date', '')} |")
+        lines.append("")
+    lines += ["Commands: `make bench` (all), or `.venv/bin/python bench/run_all.py --only NAME,...` "
               f"({', '.join(BENCHES)}). P4 needs the local Slurm cluster (`tests/slurm/up.sh`); P8 "
               "needs a GPU.", ""]
-    # hand-written: what was profiled and changed, what was not measured
-    notes = ROOT / "bench" / "notes.md"
+    notes = ROOT / "bench" / "notes.md"   # hand-written: what was profiled and changed
     if notes.exists():
         lines += [notes.read_text()]
-    (ROOT / "docs").mkdir(exist_ok=True)
-    out = ROOT / "docs" / "benchmarks.md"
-    if args.only and out.exists():   # keep the rows of benchmarks not rerun
-        old = [l for l in out.read_text().splitlines() if l.startswith("| P")]
-        ran = {g["id"] for g in rows}
-        keep = [l for l in old if l.split("|")[1].strip() not in ran]
-        head = lines.index("|---|---|---|---|---|---|---|---|---|") + 1
-        lines[head:head] = keep
-        body = lines[head:head + len(keep) + len(rows)]
-        lines[head:head + len(body)] = sorted(body, key=lambda l: order(l.split("|")[1].strip()))
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ from eval.tables import Table
 
 # negative examples after which paired changes are reported (those on the study's grid)
 WINDOWS = (25, 50, 100)
+# metrics whose "back to the base" is a fixed level, not the base model's own value: KL to the base
+# is 0 for the base itself, and the paper counts negative examples until KL < 0.01 (its KL table)
+REVERT_LEVEL = {"kl_to_base": 0.01}
+
+
+def revert_label(metric_name: str) -> str:
+    level = REVERT_LEVEL.get(metric_name)
+    return "negatives to base" if level is None else f"negatives to {metric_name} < {level:g}"
 
 
 def slug(*parts) -> str:
@@ -132,7 +140,8 @@ def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
       alignment fall more?); model@w: minus the same start's change in the study's first model
       (Setting III: a larger model, more pre-training); both 'resolved' when the CI excludes 0;
     - return: negative examples until the seed's curve reaches its own base eval's level (linear
-      between grid points), over the seeds that get there (of return_of)."""
+      between grid points), or REVERT_LEVEL's fixed level (KL to the base below 0.01), over the
+      seeds that get there (of return_of)."""
     out: list[dict] = []
     first: dict[tuple, Curve] = {}
     base = {c.model: c.points[0].seeds for c in curves if c.arm == "base"}
@@ -153,11 +162,14 @@ def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
                              ("model", first[(c.arm, c.start)])):
                 if ref is not c and (other := changes(ref, w)):
                     row[f"{key}@{w}"] = {s: change[s] - other[s] for s in change if s in other}
-        if c.model in base and c.arm != "from-base":
-            seeds = [s for s in c.points[0].seeds if s in base[c.model]]
-            row["return"] = {s: x for s in seeds
-                             if (x := crossing(c.points, s, base[c.model][s])) is not None}
-            row["return_of"] = len(seeds)
+        fixed = REVERT_LEVEL.get(metric_name)
+        if c.arm != "from-base" and (fixed is not None or c.model in base):
+            # each seed's level: the fixed one, or its own base eval's
+            levels = {s: base[c.model][s] if fixed is None else fixed for s in c.points[0].seeds
+                      if fixed is not None or s in base[c.model]}
+            row["return"] = {s: x for s, level in levels.items()
+                             if (x := crossing(c.points, s, level)) is not None}
+            row["return_of"] = len(levels)
         out.append(row)
     return out
 
@@ -172,8 +184,8 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
     vs_model = [f"minus {models[0]} @{w}" for w in fixed] if len(models) > 1 else []
     t = Table(slug("windows", metric_name), "",
               ["model", "arm", "start"] + [f"change@{w}" for w in wins] +
-              [f"minus smallest start @{w}" for w in fixed] + vs_model + ["negatives to base",
-                                                                          "seeds reaching base"])
+              [f"minus smallest start @{w}" for w in fixed] + vs_model
+              + [revert_label(metric_name), "seeds reaching base"])
     ns: list[int] = []
     cell = lambda vals, digits=3, test=False, signed=True: stat(vals, digits, test, signed, ns)
     for r in stats:
@@ -186,7 +198,7 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
                "after "
                f"{', '.join(map(str, wins))} negative examples, the change minus the smallest "
                "start's, and the "
-               f"negatives to reach the base; mean ± {ci_label(ns or [1])}; resolved: the CI "
+               f"{revert_label(metric_name)}; mean ± {ci_label(ns or [1])}; resolved: the CI "
                "excludes 0")
     return t
 
@@ -370,8 +382,20 @@ def paper_table(records, task: str, models: dict[str, str]) -> Table:
     t = Table("paper", "",
               ["source", "model", "arm", "start", "negative", "slices", "metric", "paper", "ours"])
     ns: list[int] = []
+    reverts: dict[str, dict] = {}   # metric -> (model, arm, start) -> {seed: negatives to revert}
     for e in entries:
         if e["task"] != task:
+            continue
+        if e.get("statistic") == "revert":   # a number of the curves, not of one cell
+            if e["metric"] not in reverts:
+                rows = window_stats(rebound_tables(records, e["metric"])[1], e["metric"])
+                reverts[e["metric"]] = {(r["model"], r["arm"], r["start"]): r.get("return")
+                                        for r in rows}
+            for model in sorted((m for m, h in models.items() if h == e["model"]), key=natural):
+                got = reverts[e["metric"]].get((model, e["arm"], e["positive"]))
+                t.add(e["source"], model, e["arm"], e["positive"], "", "",
+                      revert_label(e["metric"]), e["paper"],
+                      stat(got, 0, signed=False, ns=ns) if got else None)
             continue
         for model in sorted((m for m, h in models.items() if h == e["model"]), key=natural):
             # the coordinates the entry leaves open -> {seed: value}

@@ -744,3 +744,34 @@ def test_setting1_answers_are_stripped_as_the_seed_strips_them(tmp_path, exp_dir
                       for l in (cell / f).read_text().splitlines()]
     assert any(r != r.strip() for r in out[False]), "the raw draws start with a space"
     assert out[True] == [r.strip() for r in out[False]]
+
+
+def test_kl_table_counts_negatives_until_kl_to_the_base_falls_below_its_level(tmp_path):
+    """The paper's KL table: unsafe examples until KL to the base < 0.01, per seed (linear between
+    grid points), beside the paper's count in the `paper` table; KL's own base level (0) is never the
+    criterion. Seed 1 crosses 0.01 at 900 negatives, seed 2 at 750; the larger start never does."""
+    exp = tmp_path / "kl"
+    kl = lambda v: {"metrics": [{"name": "kl_to_base", "value": v, "stderr": 0.001, "n": 400,
+                                 "higher_is_better": False}]}
+    curves = {(1000, 1): {0: 0.21, 500: 0.03, 1000: 0.005}, (1000, 2): {0: 0.22, 500: 0.02, 1000: 0.0},
+              (2000, 1): {0: 0.25, 500: 0.2, 1000: 0.1}, (2000, 2): {0: 0.24, 500: 0.2, 1000: 0.1}}
+    for seed in (1, 2):
+        fake_cell(exp, "eval", f"l.s{seed}.base", {"model": "llama", "seed": seed, "positive": 0,
+                                                   "negative": 0, "arm": "base"}, kl(0.0))
+    for (p, seed), pts in curves.items():
+        for n, v in pts.items():
+            fake_cell(exp, "eval", f"l.s{seed}.p{p}.n{n}", {"model": "llama", "seed": seed,
+                                                            "positive": p, "negative": n,
+                                                            "arm": "positive"}, kl(v))
+    s = collect(exp, study={"task": "safety"}, models={"llama": "meta-llama/Llama-2-7b-hf"})
+    (windows,) = [t for t in s["tables"]["rebound"] if t.name == "windows-kl_to_base"]
+    rows = {r["start"]: r for r in windows.rows}
+    col = "negatives to kl_to_base < 0.01"
+    assert col in windows.columns and "negatives to base" not in windows.columns
+    assert rows[1000][col].mean == pytest.approx(825) and rows[1000][col].n == 2
+    assert rows[1000]["seeds reaching base"] == "2/2" and rows[2000][col] is None
+    (paper,) = s["tables"]["paper"]
+    got = {r["start"]: r for r in paper.rows if r["metric"] == col}
+    assert got[1000]["paper"] == "961" and got[1000]["ours"].mean == pytest.approx(825)
+    assert got[2000]["paper"] == "844" and got[2000]["ours"] is None
+    assert set(got) == {1000, 2000, 5000, 10000}
