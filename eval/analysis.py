@@ -367,8 +367,7 @@ def compression_table(records, pretrain_sizes: dict):
     return t
 
 
-# --------------------------------------------------------------------------------------------- the
-# paper's numbers
+# -------------------------------------------------------------------------- the paper's numbers
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
 COORDS = ("arm", "positive", "negative", "from", "to")
 

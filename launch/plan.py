@@ -332,7 +332,7 @@ class _Builder:
                       attribute_tokens=self.spec.world is not None)
         return self.add(Cell("eval", "eval", label, job, tuple(upstream), dict(coords)))
 
-    # ---------------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------
     # stages
     def build(self):
         spec = self.spec

@@ -14,13 +14,12 @@ from pathlib import Path
 
 from launch.core.env import hf_cache_env
 from launch.core.profile import Profile
-
-# what from_pretrained reads: configs, tokenizer files, and one weight format (safetensors where the
-# repo has them;
 from launch.core.schema import ConfigError
 from launch.core.spec import Spec, source_kind
-# never .gguf, .pth, original/ or a second copy of the weights: Llama-2-7b's repo is 27 GB with
-# both, 13.5 without)
+
+# what from_pretrained reads: configs, tokenizer files, and one weight format (safetensors where the
+# repo has them; never .gguf, .pth, original/ or a second copy of the weights: Llama-2-7b's repo is
+# 27 GB with both, 13.5 without)
 META = ["*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "vocab.json"]
 
 
@@ -56,7 +55,7 @@ def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict
             files = HfApi().list_repo_files(repo, revision=rev)
             where = snapshot_download(repo, revision=rev,
                                       allow_patterns=META + weight_patterns(files))
-        # noqa: BLE001 - network, auth, missing repo: the user needs the source and why
+        # network, auth, missing repo: the user needs the source and why
         except Exception as e:
             raise ConfigError(field, f"cannot download {repo}@{rev}: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}",

@@ -406,7 +406,7 @@ def preflight(arrays: list[Array], folder: Path, profile: Profile) -> None:
                               "fix the profile's resources for this cluster (nothing was submitted)")
 
 
-# ------------------------------------------------------------------------------------------- status
+# --------------------------------------------------------------------------------------- status
 NO_RECORD = "submitted cells whose jobs sacct has no record of (is Slurm accounting, slurmdbd, enabled?)"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
             "BOOT_FAIL", "DEADLINE"}

@@ -258,7 +258,7 @@ def run_cell_dir(cell_dir: str | Path, rerun: bool = False, invalidate: bool = F
         print(f"preempted: {e}", file=sys.stderr)
         close_distributed()
         return EXIT_PREEMPTED
-    # noqa: BLE001 - disk full reaches us as OSError or wrapped by a writer library
+    # disk full reaches us as OSError or wrapped by a writer library
     except Exception as e:
         why = str(e)
         if not isinstance(e, OSError) and "No space left on device" not in why and "Disk quota" not in why:

@@ -30,7 +30,7 @@ def launch(*args, env=None, cwd=ROOT):
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
-# -----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # code snapshot
 def test_code_snapshot_is_the_commit_and_refuses_a_dirty_tree(tmp_path, monkeypatch):
     from launch.core import layout
@@ -60,7 +60,7 @@ def test_code_snapshot_is_the_commit_and_refuses_a_dirty_tree(tmp_path, monkeypa
     assert layout.git_commit() == head
 
 
-# ------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # prefetch and cache
 @pytest.mark.slow
 def test_prefetch_downloads_one_weight_format_and_fails_in_one_line(tmp_path):
@@ -154,8 +154,7 @@ def test_dry_run_with_a_local_executor_runs_and_writes_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-# --------------------------------------------------------------------------------------------- job
-# scripts
+# ---------------------------------------------------------------------------------- job scripts
 def test_site_options_reach_the_job_script():
     from launch.plan import make_plan
     from launch.slurm import submit
@@ -465,8 +464,7 @@ def test_log_paths_of_array_tasks():
     assert log_path(Path("/r"), "46") == Path("/r/submitit/46/46_0_log.out")
 
 
-# ----------------------------------------------------------------------------------------- real
-# local Slurm
+# ----------------------------------------------------------------------------- real local Slurm
 # spaces and shell metacharacters, no quotes
 COMMENT = "a study (x&y|z) <10%> @site: 2 x 8 GPUs, ZeRO-3"
 

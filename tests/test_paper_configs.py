@@ -139,8 +139,7 @@ def test_paper_config_end_to_end(paper_runs, name):
     assert train and all(s["loss_weighting"] in ("example", "token") for s in train)
 
 
-# ------------------------------------------------------------------------------------- formats on
-# the fixtures
+# ---------------------------------------------------------------------- formats on the fixtures
 def test_chat_template_tokenization_on_a_llama_tokenizer(offline):
     from launch.core.jobs import ModelRef
     from train import data as D

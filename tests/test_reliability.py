@@ -174,8 +174,7 @@ def test_unusable_runs_root(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: runs_root:")
 
 
-# ----------------------------------------------------------------------- bad input beyond the spec
-# corpus
+# ------------------------------------------------------------- bad input beyond the spec corpus
 def profile_file(tmp_path, text):
     p = tmp_path / "p.yaml"
     p.write_text(text)

@@ -100,8 +100,7 @@ def test_arrays_split_at_max_array_size_and_correlate():
                                                                                       arr[1].deps)
 
 
-# ------------------------------------------------------------------------------------------ real
-# cluster
+# --------------------------------------------------------------------------------- real cluster
 def tiny_grid(tmp_path: Path) -> Path:
     from conftest import reduced_config
     cfg = yaml.safe_load(reduced_config(tmp_path).read_text())

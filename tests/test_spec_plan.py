@@ -141,8 +141,7 @@ def test_independent_schedule_counts(tmp_path):
     assert s["total_examples"] == 33200   # positive slices reused, negative cells from each
 
 
-# ------------------------------------------------------------------------------------ bad-config
-# corpus
+# ---------------------------------------------------------------------------- bad-config corpus
 def mut(fn):
     cfg = copy.deepcopy(BASE)
     fn(cfg)
@@ -253,8 +252,7 @@ def test_cli_subprocess_prints_no_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
 
 
-# ------------------------------------------------------------------------------------- identity vs
-# runtime
+# -------------------------------------------------------------------------- identity vs runtime
 def ids(cfg, tmp_path, name):
     plan = make_plan(load_spec(write(tmp_path, cfg, name)))
     return {c.key for c in plan.cells}, plan
@@ -400,7 +398,7 @@ def test_run_cell_of_an_unstarted_cell_takes_its_job_from_the_run_folder(tmp_pat
     assert capsys.readouterr().err.startswith("error: CELL_DIR:")
 
 
-# -------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # the CLI
 def test_every_command_and_argument_has_help():
     import argparse

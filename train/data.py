@@ -66,7 +66,7 @@ def _load_dataset(data: Data, exp_dir: Path):
         raise ConfigError("data.split", f"cannot load {path} (split {data.split}): "
                                         f"{type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]}", "check the split and subset") from None
-    # noqa: BLE001 - datasets raises many types; the user needs the path and the reason
+    # datasets raises many types; the user needs the path and the reason
     except Exception as e:
         raise load_failure(f"a dataset (split {data.split})", path, e, "data.path",
                            "check the path, split and "

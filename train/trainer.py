@@ -241,7 +241,7 @@ class Trainer:
                                                        "rank"}
         return mine
 
-    # -------------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------
     # one step
     def _logps(self, ids, mask, labels):
         return token_logps(self.engine, ids, mask, labels, self.device)
@@ -317,7 +317,7 @@ class Trainer:
                 "examples": e, "seconds": time.time() - t0,
                 **({"dpo_margin": tot[4] / max(tot[1], 1)} if dpo else {})}
 
-    # ----------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------
     # outputs
     def save_weights(self, name: str) -> None:
         """checkpoints/<name>: HF safetensors + tokenizer, written to a temp folder and renamed."""
@@ -362,8 +362,7 @@ class Trainer:
         torch.set_rng_state(state.pop("torch_rng"))
         return state
 
-    # ------------------------------------------------------------------------------------------ the
-    # run
+    # ---------------------------------------------------------------------------------- the run
     def run(self) -> list[str]:
         resume_dir = self.out / "resume"
         metrics_path = self.out / "metrics.jsonl"

@@ -193,8 +193,7 @@ def jsonable(obj):
     return json.loads(json.dumps(_plain(obj), default=list))
 
 
-# ------------------------------------------------------------------------------------------ output
-# checks
+# -------------------------------------------------------------------------------- output checks
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -278,8 +277,7 @@ def _checkpoint_problem(cell_dir: str | Path, name: str, kind: str) -> str | Non
     return f"checkpoint {name}: {', '.join(bad)} is not a whole safetensors file" if bad else None
 
 
-# ------------------------------------------------------------------------------------------ the
-# registry
+# --------------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class Kind:
     """What one kind of cell is, for the planner, the worker, both executors, the layout and the

@@ -45,7 +45,7 @@ def check(ok: bool, field_path: str, problem: str, fix: str) -> None:
         raise ConfigError(field_path, problem, fix)
 
 
-# ------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # loading
 class _NoAliasLoader(yaml.SafeLoader):
     """Safe YAML without anchors/aliases: aliases are how YAML bombs multiply, and configs do not
