@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from launch.core import layout
 from launch.core.env import cell_env, job_env
-from launch.core.jobs import EXIT_PREEMPTED, KINDS
+from launch.core.jobs import EXIT_PREEMPTED
 from launch.plan import Plan
 from launch.core.profile import Profile
 from launch.worker import close_distributed, run_cell, write_job
@@ -63,7 +63,7 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
                 # (write_job makes the folder)
                 write_job(plan.cell_dir(runs_root, c), plan.meta(c, profile))
             # one worker per part, each part a contiguous run
-            if fuse and KINDS[cells[0].kind].fuse and todo:
+            if fuse and todo:
                 n = min(jobs, len(todo))
                 groups = [todo[len(todo) * i // n:len(todo) * (i + 1) // n] for i in range(n)]
             else:

@@ -75,9 +75,34 @@ def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict
                                                "split")
         rows.append({"what": f"data.{role}", "source": d.path,
                      "status": f"{n} rows, needs {need}: ok"})
+    rows += held_out_overlap(spec)
     for r in rows:
         log(f"{r['what']:<16} {r['source']:<50} {r['status']}")
     return rows
+
+
+def held_out_overlap(spec: Spec) -> list[dict]:
+    """How many of the held-out prompts the eval cells will answer are also prompts of a training
+    role (BeaverTails repeats prompts, and a split does not keep them apart): one row per training
+    role, 'warning:' in its status where any are."""
+    from eval.evaluate import held_out_prompts
+    from train.data import load_rows
+    d = spec.data.get("prompts")
+    need = spec.rows_needed().get("prompts", 0)
+    if d is None or not need or source_kind(d.path) == "world":
+        return []
+    norm = lambda p: " ".join(str(p).split()).lower()
+    held = [norm(p) for p in held_out_prompts(d, Path.cwd(), need)]
+    out = []
+    for role, t in sorted(spec.data.items()):
+        if role == "prompts" or source_kind(t.path) == "world":
+            continue
+        seen = {norm(r["prompt"]) for r in load_rows(t, Path.cwd()) if r.get("prompt")}
+        k = sum(p in seen for p in held)
+        out.append({"what": "held-out prompts", "source": f"vs data.{role}",
+                    "status": (f"warning: {k} of {len(held)} are also data.{role} prompts"
+                               if k else f"none of {len(held)} in data.{role}")})
+    return out
 
 
 def cache_gaps(spec: Spec, hf_home: str) -> list[str]:

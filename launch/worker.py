@@ -110,6 +110,20 @@ def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False
         return _run(cell_dir, meta, job, exp_dir, rank, nonce)
 
 
+_TORCH_START_SEED: list[int] = []
+
+
+def fresh_rng() -> None:
+    """torch's generators as a fresh process has them: a cell that shares its process with the cells
+    before it (run_cells) draws what it would draw alone (dropout, sampling without its own seed)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    if not _TORCH_START_SEED:   # before any cell seeded it: the seed every process starts with
+        _TORCH_START_SEED.append(torch.initial_seed())
+    torch.manual_seed(_TORCH_START_SEED[0])
+
+
 def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int,
          nonce: str | None = None) -> list[str]:
     if rank == 0:
@@ -118,9 +132,8 @@ def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int,
         runtime = {**layout.runtime_info(), **meta["runtime"]}
         layout.atomic_write_json(cell_dir / layout.RECORD, {
             "id": meta["id"], "stage": meta["stage"], "kind": meta["kind"],
-                                                            "coords": meta["coords"],
-            "upstream": meta["upstream"], "fingerprint": meta["id"].rsplit("-", 1)[-1],
-                                                            "identity": meta["identity"],
+            "coords": meta["coords"], "upstream": meta["upstream"],
+            "fingerprint": meta["id"].rsplit("-", 1)[-1], "identity": meta["identity"],
             "git_commit": layout.git_commit(), "runtime": runtime})
         # one line per start: requeues, resumes, reruns
         with open(cell_dir / "attempts.jsonl", "a") as f:
@@ -131,6 +144,7 @@ def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int,
                   upstream=tuple(meta["upstream"]),
                   out_dir=Path(cell_dir), exp_dir=Path(exp_dir),
                   runtime=build(Runtime, meta["runtime"], "runtime"))
+    fresh_rng()
     outputs = entry(job, ctx) or []
     if rank == 0:
         made_from = {u: layout.upstream_nonce(exp_dir, u) for u in meta.get("upstream", [])}

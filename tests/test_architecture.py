@@ -103,7 +103,6 @@ def test_the_kind_registry_is_complete():
         assert fn is not None, f"{name}: {k.entry} does not exist"
         assert [a.arg for a in fn.args.args] == ["job", "ctx"], f"{name}: {k.entry} takes (job, ctx: Context)"
         assert callable(k.check)
-    assert not KINDS["train"].fuse and KINDS["eval"].fuse
 
 
 def test_every_stage_asks_for_the_section_its_cells_need():

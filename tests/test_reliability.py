@@ -288,7 +288,8 @@ def test_corrupt_outputs_are_reported_not_used(reduced_run, tmp_path):
 
 def test_prefetch_checks_every_volume_fits(exp_dir, tmp_path):
     """The login-node check: local data is read and counted against the study's volumes, with the
-    filter applied."""
+    filter applied; and the held-out prompts the eval cells will answer are checked against every
+    training role's prompts (5 of 20 planted from the positive set here)."""
     from launch.prefetch import prefetch
     from launch.core.schema import ConfigError
     rows = [json.loads(l)
@@ -296,19 +297,28 @@ def test_prefetch_checks_every_volume_fits(exp_dir, tmp_path):
     # 600 rows, ~300 positive
     (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     n_pos = sum(r["label"] == 1 for r in rows)
+    world = [json.loads(l)
+             for l in (exp_dir / "world" / "data" / "prompts.jsonl").read_text().splitlines()]
+    train = {r["prompt"] for r in rows}
+    planted = [r["prompt"] for r in rows if r["label"] == 1][:5]
+    held = planted + [r["prompt"] for r in world if r["prompt"] not in train][:15]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in held))
     cfg = {"experiment": "pf", "setting": "rebound", "task": "t", "template": "plain",
            "models": [{"name": "m", "path": str(exp_dir / "models" / "gpt2")}],
            "data": {"positive": {"path": str(tmp_path / "reviews.jsonl"), "filter": {"label": 1},
                                  "fields": {"prompt": "prompt", "response": "response"}},
                     "negative": {"path": str(tmp_path / "reviews.jsonl"), "filter": {"label": 0},
                                  "fields": {"prompt": "prompt", "response": "response"}},
-                    "prompts": {"path": str(exp_dir / "world" / "data" / "prompts.jsonl")}},
+                    "prompts": {"path": str(tmp_path / "prompts.jsonl")}},
            "volumes": {"positive": [10, 100], "negative": [0, 50]}, "eval": {"prompts": 20}}
     p = tmp_path / "pf.yaml"
     p.write_text(yaml.safe_dump(cfg))
     lines = []
     out = prefetch(load_spec(p), log=lines.append)
     assert {r["what"]: r["status"] for r in out}["data.positive"] == f"{n_pos} rows, needs 100: ok"
+    overlap = {r["source"]: r["status"] for r in out if r["what"] == "held-out prompts"}
+    assert overlap == {"vs data.positive": "warning: 5 of 20 are also data.positive prompts",
+                       "vs data.negative": "none of 20 in data.negative"}
     cfg["volumes"]["positive"] = [10, n_pos + 1]
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match=rf"data.positive: .* has {n_pos} rows after the filter, "

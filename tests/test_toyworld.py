@@ -188,6 +188,26 @@ def test_fused_eval_equals_one_process_per_cell(reduced_run, tmp_path):
         assert (a / "generations.jsonl").read_text() == (b / "generations.jsonl").read_text()
 
 
+def test_fused_training_equals_one_process_per_cell(reduced_run, tmp_path):
+    """The reduced run's negative stage trained its cells one after another in one worker process;
+    its last cell trained again alone in a fresh process writes the same weights at every milestone,
+    byte for byte (nothing a cell draws or builds leaks into the next: RNG, process group, engine)."""
+    import shutil
+    from launch.local import run_plan
+    plan, runs = reduced_run
+    copy = tmp_path / "runs"
+    shutil.copytree(plan.exp_dir(runs), copy / plan.spec.experiment)
+    last = plan.stages["negative"][-1]
+    shutil.rmtree(plan.cell_dir(copy, last))
+    prof = load_profile(ROOT / "configs/profiles/local-cpu.yaml")
+    assert run_plan(plan, copy, prof, only="negative", fuse=False) == 0
+    a, b = plan.cell_dir(runs, last) / "checkpoints", plan.cell_dir(copy, last) / "checkpoints"
+    names = sorted(p.relative_to(a) for p in a.rglob("*.safetensors"))
+    assert len(names) == len(last.outputs) >= 2
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+
+
 def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(reduced_run, tmp_path):
     """--jobs 2: a fused stage is cut into two contiguous parts, one worker each, running at the
     same time (the second part's first cell starts before the first part's last cell is done), and

@@ -289,8 +289,6 @@ class Kind:
     outputs: tuple[str, ...]
     # (cell_dir, output, kind) -> None when valid, else why
     check: Callable[[str | Path, str, str], Optional[str]]
-    # cells of a stage may share one process (exact; launch.worker.run_cells)
-    fuse: bool = True
     # a done cell may be reused by another study with the same cell (Plan.adopt)
     shared: bool = True
 
@@ -298,7 +296,7 @@ class Kind:
 KINDS = {k.name: k for k in (
     Kind("world", WorldJob, "train.toyworld:main", ("data", "tokenizer"), _file_problem),
     # own ranks
-    Kind("train", TrainJob, "train.trainer:main", (), _checkpoint_problem, fuse=False),
+    Kind("train", TrainJob, "train.trainer:main", (), _checkpoint_problem),
     Kind("generate", GenerateJob, "eval.evaluate:generate_main",
          ("result.json", "train.jsonl", "heldout.jsonl"), _file_problem),
     Kind("eval", EvalJob, "eval.evaluate:main", ("result.json",), _file_problem),
