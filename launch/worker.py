@@ -110,20 +110,6 @@ def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False
         return _run(cell_dir, meta, job, exp_dir, rank, nonce)
 
 
-_TORCH_START_SEED: list[int] = []
-
-
-def fresh_rng() -> None:
-    """torch's generators as a fresh process has them: a cell that shares its process with the cells
-    before it (run_cells) draws what it would draw alone (dropout, sampling without its own seed)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    if not _TORCH_START_SEED:   # before any cell seeded it: the seed every process starts with
-        _TORCH_START_SEED.append(torch.initial_seed())
-    torch.manual_seed(_TORCH_START_SEED[0])
-
-
 def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int,
          nonce: str | None = None) -> list[str]:
     if rank == 0:
@@ -144,7 +130,6 @@ def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int,
                   upstream=tuple(meta["upstream"]),
                   out_dir=Path(cell_dir), exp_dir=Path(exp_dir),
                   runtime=build(Runtime, meta["runtime"], "runtime"))
-    fresh_rng()
     outputs = entry(job, ctx) or []
     if rank == 0:
         made_from = {u: layout.upstream_nonce(exp_dir, u) for u in meta.get("upstream", [])}
@@ -253,7 +238,13 @@ def close_distributed() -> None:
         return
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        comm = sys.modules.get("deepspeed.comm.comm")
+        if comm is not None and comm.cdb is not None:
+            # DeepSpeed's way: it also drops the groups it cached, so that the next cell of this
+            # process (run_cells) builds its engine on the new process group
+            comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
 
 
 def run_cell_dir(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False) -> int:

@@ -271,6 +271,9 @@ class Trainer:
         """One optimizer step on examples [s, e) of the order; returns its metrics."""
         r = self.job.recipe
         t0 = time.time()
+        # what the step draws (dropout) from its seed and place alone: never from the process's
+        # history (a fresh process seeds torch at random; cells may share one), the same on resume
+        torch.manual_seed(self.job.seed * 1_000_003 + s)
         dpo = r.algorithm == "dpo"
         per_example = dpo or r.loss_weighting == "example"
         denom = (e - s) if per_example else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
