@@ -35,7 +35,6 @@ from launch.core.layout import atomic_write_json, atomic_write_text
 from launch.core.profile import load_profile
 from launch.core.schema import ConfigError
 from launch.core.spec import STAGES, load_spec
-from launch import slurm
 from launch.costs import check_memory, rates
 from launch.local import run_inprocess, run_plan
 from launch.plan import make_plan
@@ -352,6 +351,8 @@ def refuse(err: ConfigError, dry_run: bool, refused: list) -> None:
 
 
 def cmd_submit(args) -> int:
+    # here, not at the top: submitit is absent where only cells run (the GPU bundle, an image)
+    from launch import slurm
     jobs = check_jobs(args)
     plan, profile, runs = load(args)
     check_only(args, plan, runs)
@@ -421,6 +422,7 @@ STATE_ORDER = ("done", "running", "pending", "failed", "timed out", "cancelled",
 def cmd_status(args) -> int:
     """Cells by stage and state: one column per state that occurs (readable at 80 columns and when
     piped)."""
+    from launch import slurm   # submitit, as in cmd_submit
     plan, profile, runs = load(args)
     rows = slurm.cell_states(plan, runs)
     if args.json:
@@ -459,6 +461,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_cancel(args) -> int:
+    from launch import slurm   # submitit, as in cmd_submit
     plan, profile, runs = load(args)
     ids = slurm.cancel(plan.exp_dir(runs))
     print(f"cancelled {len(ids)} jobs: {' '.join(ids)}" if ids else "no jobs in the manifest")

@@ -171,10 +171,11 @@ def rates(exp_dir: Path) -> dict:
             eval_s += total
             evals += 1
     tokens, gpu_s, fixed_s, ckpt_s, ckpts = sums
+    sig = lambda x: float(f"{x:.3g}")   # three significant digits: a fast cell is not 0 minutes
     return {"train_tokens_per_gpu_hour": round(tokens / gpu_s * 3600) if gpu_s else 0,
-            "train_fixed_minutes": round(fixed_s / cells / 60, 2) if cells else 0,
-            "train_minutes_per_checkpoint": round(ckpt_s / ckpts / 60, 3) if ckpts else 0,
-            "eval_minutes_per_cell": round(eval_s / evals / 60, 2) if evals else 0,
+            "train_fixed_minutes": sig(fixed_s / cells / 60) if cells else 0,
+            "train_minutes_per_checkpoint": sig(ckpt_s / ckpts / 60) if ckpts else 0,
+            "eval_minutes_per_cell": sig(eval_s / evals / 60) if evals else 0,
             "training_cells": cells, "eval_cells": evals}
 
 
