@@ -1,6 +1,6 @@
-"""P7 and P11 (#20): `make demo` end to end, and its eval stage's seconds per cell, with each
-stage's cells fused into one worker process (the local executor's default: Python, torch and the
-scorer load once per stage) against one process per cell (what the executor did before,
+"""P7 and P11: `make demo` end to end, and its eval stage's seconds per cell, with each
+stage's cells fused into one worker process (the local executor's default: Python, torch, DeepSpeed
+and the scorer load once per stage) against one process per cell (what the executor did before,
 `run_plan(fuse=False)`: what a user would otherwise run), side by side in one run, each into a fresh
 runs folder, the environment already set up (no `make setup`). Results are compared bit for bit:
 every eval cell's result.json metrics, every generation, results.csv.
@@ -68,8 +68,8 @@ def main():
            value=round(t_fused["total"] / 60, 2), baseline="one process per cell "
                                                            f"{t_percell['total'] / 60:.2f} min",
            ratio=round(t_fused["total"] / t_percell["total"], 2),
-           target="< 4 min, results identical",
-           met=same and t_fused["total"] < 240, runs=f"one run each; per stage: {stages}")
+           target="< 3 min, results identical",
+           met=same and t_fused["total"] < 180, runs=f"one run each; per stage: {stages}")
     report(id="P11", measure=f"eval stage, seconds per cell ({n} cells, one worker process per "
                              "stage)",
            value=round(t_fused["eval"] / n, 2), baseline="one process per cell "

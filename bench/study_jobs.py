@@ -1,4 +1,4 @@
-"""P12 (#19): two studies that share a base, run the way a user would run them before and now, side
+"""P12: two studies that share a base, run the way a user would run them before and now, side
 by side.
 
 The two studies are the reduced toy Setting II study (the tests' one) and the same study with
