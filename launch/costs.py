@@ -122,7 +122,7 @@ def train_cell_gpu_hours(cell, profile: Profile) -> float | None:
     if not profile.train_tokens_per_gpu_hour:
         return None
     r = cell.job.recipe
-    tokens = cell.examples * r.max_length * (2 if r.algorithm == "dpo" else 1)
+    tokens = cell.examples * r.max_length * (2 if r.algorithm in ("dpo", "simpo") else 1)   # pairs
     fixed_min = profile.train_fixed_minutes + len(cell.outputs) * profile.train_minutes_per_checkpoint
     return tokens / profile.train_tokens_per_gpu_hour + ranks(profile.resources(cell.stage)) * fixed_min / 60
 

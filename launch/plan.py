@@ -39,7 +39,8 @@ def fingerprint(obj) -> str:
 # Fields added to a job after cells were addressed (by their path in the job): at their default they
 # stay out of the identity, so every id made before them stays valid (tests/golden/cell-ids.json);
 # any other value is in it.
-ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("eval", "aggregate"): "mean",
+ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("recipe", "simpo_beta"): 2.0,
+                    ("recipe", "simpo_gamma"): 1.0, ("eval", "aggregate"): "mean",
                     ("eval", "scorer", "append_eos"): True, ("eval", "scorer", "dtype"): "auto",
                     ("eval", "strip"): False}
 

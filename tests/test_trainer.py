@@ -306,3 +306,18 @@ def test_example_weighting_is_the_mean_of_each_examples_token_mean(exp_dir):
     assert first["ex2"] == pytest.approx(first["ex4"],
                                          rel=1e-6), "independent of the micro-batch split"
     assert abs(first["tok4"] - first["ex4"]) > 1e-3, "token weighting is another statistic on mixed lengths"
+
+
+def test_simpo_raises_the_chosen_answers_mean_log_prob_over_the_rejected(exp_dir):
+    """SimPO: no reference model; the margin is the chosen answer's mean token log-prob minus the
+    rejected one's, pushed toward gamma / beta."""
+    j = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
+                 data=Data(path="@world/data/pairs.jsonl"),
+                 recipe=Recipe(algorithm="simpo", lr=1e-3, global_batch=8, max_length=64,
+                               zero_stage=0, precision="fp32", simpo_beta=2.0, simpo_gamma=1.0),
+                 seed=3, template="plain", milestones=(160,))
+    d = train(exp_dir, "simpo", j)
+    rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    first, last = (sum(r["simpo_margin"] for r in rs) / 4 for rs in (rows[:4], rows[-4:]))
+    assert abs(first) < 0.05 and last > first + 0.05   # nats per token: the answers share most words
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.1

@@ -164,13 +164,16 @@ def _encode(tok, prompt: str, response: str, template: str, max_length: int, all
     return ids, labels
 
 
+PREFERENCE = ("dpo", "simpo")   # algorithms that train on (prompt, chosen, rejected) pairs
+
+
 def tokenize(rows: list[dict], tok, template: str, max_length: int,
              algorithm: str) -> list[Example]:
     out = []
     for row in rows:
-        if algorithm == "dpo":
+        if algorithm in PREFERENCE:
             if "chosen" not in row or "rejected" not in row:
-                raise ConfigError("data.fields", "DPO needs chosen and rejected fields",
+                raise ConfigError("data.fields", f"{algorithm} needs chosen and rejected fields",
                                   "map fields.chosen and "
                                   "fields.rejected to columns")
             c, cl = _encode(tok, row["prompt"], row["chosen"], template, max_length, False)

@@ -246,12 +246,12 @@ class Trainer:
     def _logps(self, ids, mask, labels):
         return token_logps(self.engine, ids, mask, labels, self.device)
 
-    def _pair_logps(self, mb: list[int]):
-        """DPO: sequence log-probs of the chosen and the rejected answers of a micro-batch, in one
-        forward."""
+    def _pair_logps(self, mb: list[int], mean: bool = False):
+        """Sequence log-probs of the chosen and the rejected answers of a micro-batch, in one
+        forward: summed over each answer's tokens (DPO), or their mean (mean=True, SimPO)."""
         ids, mask, labels, w = D.collate_pair(self.examples, mb, self.tok.pad_token_id)
-        lp, _ = self._logps(ids, mask, labels)
-        seq = lp.sum(-1)
+        lp, keep = self._logps(ids, mask, labels)
+        seq = lp.sum(-1) / (keep.sum(-1).clamp(min=1) if mean else 1)
         return seq[:len(mb)], seq[len(mb):], mask, w
 
     def _reference_logps(self) -> dict[int, tuple[float, float]]:
@@ -274,8 +274,8 @@ class Trainer:
         # what the step draws (dropout) from its seed and place alone: never from the process's
         # history (a fresh process seeds torch at random; cells may share one), the same on resume
         torch.manual_seed(self.job.seed * 1_000_003 + s)
-        dpo = r.algorithm == "dpo"
-        per_example = dpo or r.loss_weighting == "example"
+        pairs = r.algorithm in D.PREFERENCE
+        per_example = pairs or r.loss_weighting == "example"
         denom = (e - s) if per_example else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
         denom = max(denom, 1)
         # loss sum, loss tokens, real tokens, padded tokens, chosen margin: on the engine's device,
@@ -284,13 +284,18 @@ class Trainer:
         acc = torch.zeros(5, dtype=torch.float64, device=self.device)
         for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world,
                                   self.rt.micro_batch):
-            if dpo:
-                c_lp, r_lp, mask, w = self._pair_logps(mb)
+            if pairs:
+                c_lp, r_lp, mask, w = self._pair_logps(mb, mean=r.algorithm == "simpo")
                 w = w.to(self.device)
-                ref = torch.tensor([self.ref_logps[abs(i) - 1 if i < 0 else i] for i in mb],
-                                   device=self.device)
-                margin = (c_lp - ref[:, 0]) - (r_lp - ref[:, 1])
-                per = -F.logsigmoid(r.dpo_beta * margin) * w
+                if r.algorithm == "dpo":
+                    ref = torch.tensor([self.ref_logps[abs(i) - 1 if i < 0 else i] for i in mb],
+                                       device=self.device)
+                    margin = (c_lp - ref[:, 0]) - (r_lp - ref[:, 1])
+                    logit = r.dpo_beta * margin
+                else:   # simpo: no reference; a target margin gamma
+                    margin = c_lp - r_lp
+                    logit = r.simpo_beta * margin - r.simpo_gamma
+                per = -F.logsigmoid(logit) * w
                 loss_sum = per.sum()
                 acc[4] += (margin * w).sum().detach()
                 acc[1] += w.sum()
@@ -318,7 +323,7 @@ class Trainer:
                 "padding_share": tot[3] / max(tot[2] + tot[3], 1),
                 "grad_norm": float(gn) if gn is not None else None, "lr": self.engine.get_lr()[0],
                 "examples": e, "seconds": time.time() - t0,
-                **({"dpo_margin": tot[4] / max(tot[1], 1)} if dpo else {})}
+                **({f"{r.algorithm}_margin": tot[4] / max(tot[1], 1)} if pairs else {})}
 
     # -----------------------------------------------------------------------------------------
     # outputs
@@ -427,7 +432,7 @@ class Trainer:
                 wandb_run.finish()
         if self.rank == 0:
             summary = {**_milestone_summary(state, self.milestones[-1]), "wall_s": state["wall"],
-                       "loss_weighting": "example" if self.job.recipe.algorithm == "dpo" else
+                       "loss_weighting": "example" if self.job.recipe.algorithm in D.PREFERENCE else
                        self.job.recipe.loss_weighting,
                        "milestones": state["milestones"], "world_size": self.world,
                        "resumed_at_steps": state["resumed_at_steps"],

@@ -184,7 +184,9 @@ def known_rows(d: "Data", role: str = "") -> int | None:
 class Recipe:
     """How one training stage trains. Identity: every field changes results."""
     # lm: loss on every token (pre-training, control arms)
-    algorithm: Literal["sft", "dpo", "lm"] = "sft"
+    # simpo: SimPO (Meng et al. 2024), reference-free: -log sigmoid(beta * (mean log p of the
+    # chosen answer - that of the rejected) - gamma), log-probs averaged over each answer's tokens
+    algorithm: Literal["sft", "dpo", "simpo", "lm"] = "sft"
     lr: float = 1e-5
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0                 # absolute, so a nested run stays exact
@@ -197,6 +199,8 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     dpo_beta: float = 0.02                # DPO only (safe-rlhf's default)
+    simpo_beta: float = 2.0               # SimPO only: the paper's beta (2.0-2.5) and margin gamma
+    simpo_gamma: float = 1.0
     # the step loss: "token" = token mean over the global batch (long answers weigh more); "example"
     # = mean over the batch's examples of each example's token mean (safe-rlhf with micro-batch 1).
     # Both independent of the split.
@@ -230,6 +234,9 @@ class Recipe:
         check(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}",
               "use 1.0 (0 disables)")
         check(self.dpo_beta > 0, "dpo_beta", f"must be > 0, got {self.dpo_beta}", "use 0.02")
+        check(self.simpo_beta > 0, "simpo_beta", f"must be > 0, got {self.simpo_beta}", "use 2.0")
+        check(self.simpo_gamma >= 0, "simpo_gamma", f"must be >= 0, got {self.simpo_gamma}",
+              "use 1.0")
         check(len(self.seeds) >= 1, "seeds", "is empty", "give at least one seed, e.g. [42]")
         check(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates: "
                                                                 f"{list(self.seeds)}",
