@@ -3,8 +3,11 @@ prefetch` leaves them, so that the paper configs load through the very code path
 compute node (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1, HF_HOME=<cache>). Nothing is downloaded.
 
 - Models in the huggingface_hub cache layout (`hub/models--org--name/refs/main`,
-  `snapshots/<sha>/...`): causal LMs with a Llama-style `tokenizer.json` (SentencePiece-like BPE
-  with '▁', BOS added, no EOS added, no pad token); the sentiment classifier as a RoBERTa sequence
+  `snapshots/<sha>/...`), one causal LM per family with that family's quirks (FAMILIES): Llama-2
+  and TinyLlama (SentencePiece-like BPE with '▁', BOS added, no EOS added, no pad token, untied);
+  Llama-3 (byte-level BPE, BOS <|begin_of_text|> added, no pad); Qwen1.5 (Qwen2 architecture,
+  byte-level BPE, no BOS at all, pad = EOS = <|endoftext|>, tied embeddings at 0.5B only); Gemma
+  (pad id 0, EOS 1, BOS 2 added, a 256,000-row embedding, tied); the sentiment classifier as a RoBERTa sequence
   classifier with POSITIVE/NEGATIVE labels and a byte-level BPE tokenizer; the beaver cost model as
   safe-rlhf's `LlamaForScore` (backbone `model.*`, `score_head`, `normalizer.*`, config score_dim /
   bias / score_type, a `<pad>` added to the vocabulary) in sharded safetensors with an index.
@@ -31,15 +34,21 @@ WORDS = ("the a movie film plot actor story was is great bad awful wonderful bor
          "cannot tell "
          "about this that good terrible love hate watch again never").split()
 
-CAUSAL = ["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf", "meta-llama/Meta-Llama-3-8B",
-          "google/gemma-2b",
-          "Qwen/Qwen1.5-0.5B", "Qwen/Qwen1.5-4B", "Qwen/Qwen1.5-7B",
-          "TinyLlama/TinyLlama-1.1B-step-50K-105b",
-          "TinyLlama/TinyLlama-1.1B-intermediate-step-240k-503b",
-          "TinyLlama/TinyLlama-1.1B-intermediate-step-480k-1T",
-          "TinyLlama/TinyLlama-1.1B-intermediate-step-955k-token-2T",
-          "TinyLlama/TinyLlama-1.1B-intermediate-step-1195k-token-2.5T",
-          "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"]
+# family -> its repos (the fixture of one family is the same files under each of its repo ids)
+FAMILIES = {
+    "llama2": ["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf",
+               "TinyLlama/TinyLlama-1.1B-step-50K-105b",
+               "TinyLlama/TinyLlama-1.1B-intermediate-step-240k-503b",
+               "TinyLlama/TinyLlama-1.1B-intermediate-step-480k-1T",
+               "TinyLlama/TinyLlama-1.1B-intermediate-step-955k-token-2T",
+               "TinyLlama/TinyLlama-1.1B-intermediate-step-1195k-token-2.5T",
+               "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"],
+    "llama3": ["meta-llama/Meta-Llama-3-8B"],
+    "qwen1.5-tied": ["Qwen/Qwen1.5-0.5B"],
+    "qwen1.5": ["Qwen/Qwen1.5-4B", "Qwen/Qwen1.5-7B"],
+    "gemma": ["google/gemma-2b"],
+}
+CAUSAL = [r for repos in FAMILIES.values() for r in repos]
 CLASSIFIER = "siebert/sentiment-roberta-large-english"
 COST_MODEL = "PKU-Alignment/beaver-7b-v1.0-cost"
 
@@ -48,9 +57,37 @@ def sentence(rng: random.Random, lo: int = 4, hi: int = 20) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
 
-def llama_tokenizer(pad: bool = False):
-    """Llama-style: BPE over '▁'-joined words, <unk>=0 <s>=1 </s>=2, '<s> $A' (BOS added, EOS not).
-    """
+def _corpus(rng: random.Random) -> list[str]:
+    # the template the paper's chat studies use
+    chat = "BEGINNING OF CONVERSATION: USER: {} ASSISTANT:{}"
+    return ([chat.format(sentence(rng), sentence(rng)) for _ in range(100)] +
+            [sentence(rng) + rng.choice(".?!,") for _ in range(300)] + list(WORDS))
+
+
+def bytelevel_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str | None):
+    """GPT-2-style byte-level BPE (Llama-3, Qwen): the special tokens first; BOS prepended only
+    where the family has one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(_corpus(random.Random(3)), trainers.BpeTrainer(
+        vocab_size=500, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos is not None:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, core.token_to_id(bos))])
+    else:
+        core.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos,
+                                   pad_token=pad, clean_up_tokenization_spaces=False)
+
+
+def llama_tokenizer(pad: bool = False, specials: tuple = ("<unk>", "<s>", "</s>"),
+                    bos: str = "<s>", eos: str = "</s>", pad_token: str | None = None):
+    """Llama-style: BPE over '▁'-joined words, <unk>=0 <s>=1 </s>=2, '<s> $A' (BOS added, EOS not);
+    Gemma's is the same kind with <pad>=0 <eos>=1 <bos>=2 <unk>=3 and a pad token."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -59,20 +96,17 @@ def llama_tokenizer(pad: bool = False):
     core.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
     core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
                                       decoders.Strip(" ", 1, 0)])
-    rng = random.Random(0)
-    # the template the paper's chat studies use
-    chat = "BEGINNING OF CONVERSATION: USER: {} ASSISTANT:{}"
-    core.train_from_iterator([chat.format(sentence(rng), sentence(rng)) for _ in range(100)] +
-                             [sentence(rng) + rng.choice(".?!,") for _ in range(300)] + list(WORDS),
+    core.train_from_iterator(_corpus(random.Random(0)),
                              trainers.BpeTrainer(vocab_size=400,
-                                                 special_tokens=["<unk>", "<s>", "</s>"],
+                                                 special_tokens=list(specials),
                                                  initial_alphabet=list(string.ascii_letters + string.digits +
                                                                        string.punctuation),
                                                  show_progress=False))
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                        special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", clean_up_tokenization_spaces=False)
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, core.token_to_id(bos))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos,
+                                  unk_token="<unk>", pad_token=pad_token,
+                                  clean_up_tokenization_spaces=False)
     if pad:
         # safe-rlhf's score models add one (vocab 32001)
         tok.add_special_tokens({"pad_token": "<pad>"})
@@ -112,20 +146,43 @@ def _publish_model(hf_home: Path, repo: str, folder: Path) -> Path:
 def build_models(hf_home: Path, work: Path) -> None:
     import torch
     from safetensors.torch import save_file
-    from transformers import (LlamaConfig, LlamaForCausalLM, LlamaModel, RobertaConfig,
+    from transformers import (GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM,
+                              LlamaModel, Qwen2Config, Qwen2ForCausalLM, RobertaConfig,
                               RobertaForSequenceClassification)
     torch.manual_seed(0)
     tok = llama_tokenizer()
-    causal = work / "causal"
-    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4,
-               max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+    size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=256)
+    cfg = dict(vocab_size=len(tok), **size, bos_token_id=1, eos_token_id=2, pad_token_id=None,
                tie_word_embeddings=False)
-    # sharded + index
-    LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(causal, max_shard_size="100KB")
-    tok.save_pretrained(causal)
-    for repo in CAUSAL:
-        _publish_model(hf_home, repo, causal)
+    l3 = bytelevel_tokenizer(["<|begin_of_text|>", "<|end_of_text|>"], "<|begin_of_text|>",
+                             "<|end_of_text|>", None)
+    qw = bytelevel_tokenizer(["<|endoftext|>"], None, "<|endoftext|>", "<|endoftext|>")
+    gm = llama_tokenizer(specials=("<pad>", "<eos>", "<bos>", "<unk>"), bos="<bos>", eos="<eos>",
+                         pad_token="<pad>")
+    ids = lambda t: dict(bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+                         pad_token_id=t.pad_token_id)
+    builds = {
+        "llama2": (tok, lambda: LlamaForCausalLM(LlamaConfig(**cfg))),
+        "llama3": (l3, lambda: LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(l3), **size, rope_theta=500000.0, tie_word_embeddings=False, **ids(l3)))),
+        "qwen1.5-tied": (qw, lambda: Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=len(qw), **size, num_key_value_heads=4, tie_word_embeddings=True, **ids(qw)))),
+        "qwen1.5": (qw, lambda: Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=len(qw), **size, num_key_value_heads=4, tie_word_embeddings=False, **ids(qw)))),
+        # the real vocabulary's rows (the tokenizer uses the first few hundred), tied, head_dim 8
+        "gemma": (gm, lambda: GemmaForCausalLM(GemmaConfig(
+            vocab_size=256000, **size, num_key_value_heads=1, head_dim=8,
+            tie_word_embeddings=True, **ids(gm)))),
+    }
+    for family, repos in FAMILIES.items():
+        t, build = builds[family]
+        folder = work / family
+        # sharded + index
+        build().save_pretrained(folder, max_shard_size="100KB" if family != "gemma" else "20MB")
+        t.save_pretrained(folder)
+        for repo in repos:
+            _publish_model(hf_home, repo, folder)
 
     rtok = roberta_tokenizer()
     clf = work / "classifier"

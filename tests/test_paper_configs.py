@@ -161,6 +161,34 @@ def test_chat_template_tokenization_on_a_llama_tokenizer(offline):
     assert answer and "sure I can help".endswith(answer.strip()), answer
 
 
+@pytest.mark.parametrize("repo,bos,pad_is_eos", [("meta-llama/Meta-Llama-3-8B", True, True),
+                                                  ("Qwen/Qwen1.5-4B", False, True),
+                                                  ("google/gemma-2b", True, False)])
+def test_each_familys_tokens_are_trained_on(offline, repo, bos, pad_is_eos):
+    """Each family's quirks through the trainer's tokenization and padding: Llama-3 has a BOS and
+    no pad (the suite pads with EOS); Qwen1.5 has no BOS at all and pads with its EOS; Gemma pads
+    with id 0 and has its own pad token. Either way the answer's EOS is a trained label, BOS appears
+    once where the family has one, and only padding is masked out."""
+    from launch.core.jobs import ModelRef
+    from train import data as D
+    from train.models import load_tokenizer
+    tok = load_tokenizer(ModelRef(path=repo), Path("."))
+    assert (tok.pad_token_id == tok.eos_token_id) == pad_is_eos and (tok.bos_token_id is not None) == bos
+    rows = [{"prompt": "how do you make it", "response": "sure I can help"},
+            {"prompt": "why", "response": "sorry I cannot tell"}]
+    exs = D.tokenize(rows, tok, "chat", 128, "sft")
+    for ex in exs:
+        assert (ex.input_ids[0] == tok.bos_token_id) == bos and ex.input_ids[-1] == tok.eos_token_id
+        assert ex.labels[-1] == tok.eos_token_id, "the answer's EOS is trained even where pad = EOS"
+        if bos:
+            assert ex.input_ids.count(tok.bos_token_id) == 1
+    ids, mask, labels, _ = D.collate(exs, [0, 1], tok.pad_token_id)
+    short = min(range(2), key=lambda k: len(exs[k].input_ids))
+    n = len(exs[short].input_ids)
+    assert (ids[short, n:] == tok.pad_token_id).all() and (labels[short, n:] == -100).all()
+    assert mask[short].sum() == n and labels[short, n - 1] == tok.eos_token_id
+
+
 def test_alpaca_prompt_joins_instruction_and_input(offline):
     from launch.core.spec import Data
     from train.data import load_rows
@@ -239,3 +267,44 @@ def test_score_model_reads_its_trained_format(offline):
     want = -(h @ saved["score_head.weight"][0]).item()
     assert s([text])[0] == pytest.approx(want, abs=1e-5)
     assert s([text, text + " and more words here"])[0] == pytest.approx(want, abs=1e-5), "right padding, EOS read"
+
+
+@pytest.mark.parametrize("repo", ["google/gemma-2b", "Qwen/Qwen1.5-0.5B"])
+def test_tied_embeddings_survive_zero3_bf16_save_and_reload(hub, tmp_path, repo):
+    """Gemma and Qwen1.5-0.5B tie their output layer to the embedding. Trained under ZeRO-3 in bf16
+    (2 ranks, the paper's recipe) and saved from the partitioned engine, the checkpoint reloads with
+    nothing missing or newly initialized, the output layer tied, and the embedding trained: equal,
+    up to another reduction order, to the same job trained without partitioning."""
+    from conftest import run_cell_procs, write_cell
+    from launch.core.jobs import ModelRef, TrainJob
+    from launch.core.spec import Data, Recipe
+    from transformers import AutoModelForCausalLM
+    env = {"HF_HOME": str(hub), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    data = Data(path="PKU-Alignment/BeaverTails", split="30k_train",
+                fields={"prompt": "prompt", "response": "response"})
+    runs = {}
+    for zero, ranks in ((3, 2), (0, 1)):
+        job = TrainJob(model=ModelRef(path=repo), data=data, seed=1, template="chat",
+                       milestones=(8, 16), recipe=Recipe(lr=1e-3, global_batch=8, max_length=64,
+                                                         zero_stage=zero, precision="bf16"))
+        d = write_cell(tmp_path / "exp" / "positive" / f"z{zero}", job, outputs=["n8", "n16"],
+                       runtime={"micro_batch": 2})
+        for rc, out in run_cell_procs(d, ranks=ranks, env=env):
+            assert rc == 0, out[-3000:]
+        runs[zero] = d
+    start = AutoModelForCausalLM.from_pretrained(
+        str(next((hub / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())))
+    for zero, d in runs.items():
+        m, info = AutoModelForCausalLM.from_pretrained(str(d / "checkpoints" / "n16"),
+                                                       output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (zero, info)
+        emb, out = m.get_input_embeddings().weight, m.get_output_embeddings().weight
+        assert m.config.tie_word_embeddings and emb.data_ptr() == out.data_ptr()
+        assert not torch.equal(emb.float(), start.get_input_embeddings().weight.float()), zero
+        runs[zero] = m
+    # Adam moves a weight by about lr per step whatever the gradient's size, so another reduction
+    # order can at worst flip two steps' signs: 4e-3; a lost or re-initialized embedding is off by
+    # its init scale (0.02)
+    a, b = (runs[z].get_input_embeddings().weight.float() for z in (3, 0))
+    assert (a - b).abs().max().item() < 5e-3
