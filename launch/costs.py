@@ -24,11 +24,11 @@ from pathlib import Path
 
 from launch.core.jobs import safetensors_header
 from launch.core.profile import Profile, Resources
+from launch.core.schema import ConfigError
+from launch.core.spec import PREFERENCE, Model, Recipe, source_kind
 
 # Parameter counts of the paper's models (their config.json: embeddings, layers, head; tied heads
 # counted once)
-from launch.core.schema import ConfigError
-from launch.core.spec import Model, Recipe, source_kind
 KNOWN_PARAMS = {
     "meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Llama-2-13b-hf": 13.02e9,
                 "meta-llama/Meta-Llama-3-8B": 8.03e9,
@@ -122,7 +122,7 @@ def train_cell_gpu_hours(cell, profile: Profile) -> float | None:
     if not profile.train_tokens_per_gpu_hour:
         return None
     r = cell.job.recipe
-    tokens = cell.examples * r.max_length * (2 if r.algorithm in ("dpo", "simpo") else 1)   # pairs
+    tokens = cell.examples * r.max_length * (2 if r.algorithm in PREFERENCE else 1)   # pairs
     fixed_min = profile.train_fixed_minutes + len(cell.outputs) * profile.train_minutes_per_checkpoint
     return tokens / profile.train_tokens_per_gpu_hour + ranks(profile.resources(cell.stage)) * fixed_min / 60
 

@@ -22,7 +22,7 @@ import torch
 from launch.core.layout import resolve
 from launch.core.jobs import load_failure
 from launch.core.schema import ConfigError
-from launch.core.spec import Data, source_kind, split_range
+from launch.core.spec import PREFERENCE, Data, source_kind, split_range
 
 CHAT = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"   # the paper's template (safe-rlhf)
 
@@ -162,9 +162,6 @@ def _encode(tok, prompt: str, response: str, template: str, max_length: int, all
     ids = (ids + [tok.eos_token_id])[:max_length]
     labels = list(ids) if all_tokens else ([-100] * n_prompt + ids[n_prompt:])[:max_length]
     return ids, labels
-
-
-PREFERENCE = ("dpo", "simpo")   # algorithms that train on (prompt, chosen, rejected) pairs
 
 
 def tokenize(rows: list[dict], tok, template: str, max_length: int,

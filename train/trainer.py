@@ -49,7 +49,7 @@ import deepspeed  # noqa: E402
 from launch.core.jobs import Context, Preempted, TrainJob, jsonable
 from launch.core.layout import atomic_write_json, atomic_write_text, mark_preempted, milestone_name, publish_dir
 from launch.core.schema import ConfigError
-from launch.core.spec import Runtime
+from launch.core.spec import PREFERENCE, Runtime
 from launch.core.tracking import wandb_run
 from train import data as D
 from train.models import load_model, load_tokenizer
@@ -274,7 +274,7 @@ class Trainer:
         # what the step draws (dropout) from its seed and place alone: never from the process's
         # history (a fresh process seeds torch at random; cells may share one), the same on resume
         torch.manual_seed(self.job.seed * 1_000_003 + s)
-        pairs = r.algorithm in D.PREFERENCE
+        pairs = r.algorithm in PREFERENCE
         per_example = pairs or r.loss_weighting == "example"
         denom = (e - s) if per_example else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
         denom = max(denom, 1)
@@ -432,7 +432,7 @@ class Trainer:
                 wandb_run.finish()
         if self.rank == 0:
             summary = {**_milestone_summary(state, self.milestones[-1]), "wall_s": state["wall"],
-                       "loss_weighting": "example" if self.job.recipe.algorithm in D.PREFERENCE else
+                       "loss_weighting": "example" if self.job.recipe.algorithm in PREFERENCE else
                        self.job.recipe.loss_weighting,
                        "milestones": state["milestones"], "world_size": self.world,
                        "resumed_at_steps": state["resumed_at_steps"],

@@ -180,6 +180,9 @@ def known_rows(d: "Data", role: str = "") -> int | None:
     return min(split_rows(d.split, whole[base]), kept)
 
 
+PREFERENCE = ("dpo", "simpo")   # algorithms that train on (prompt, chosen, rejected) pairs
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How one training stage trains. Identity: every field changes results."""
