@@ -115,18 +115,30 @@ def reduced_config(tmp_path: Path) -> Path:
     return p
 
 
+def shared_dir(tmp_path_factory) -> Path:
+    """The folder every pytest-xdist worker of this run sees (the run's base temp; each worker's
+    own is one below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def reduced_run(tmp_path_factory):
-    """The reduced toy study run once, undisturbed, through the local executor: (plan, runs root).
-    """
+    """The reduced toy study run once per test run, undisturbed, through the local executor: (plan,
+    runs root). Workers share it: the first to ask runs it, the others wait for it."""
+    from filelock import FileLock
     from launch.local import run_plan
     from launch.plan import make_plan
     from launch.core.profile import load_profile
     from launch.core.spec import load_spec
-    tmp = tmp_path_factory.mktemp("reduced")
-    plan = make_plan(load_spec(reduced_config(tmp)))
-    runs = tmp / "runs"
-    assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
+    tmp = shared_dir(tmp_path_factory) / "reduced"
+    with FileLock(str(tmp) + ".lock"):
+        tmp.mkdir(exist_ok=True)
+        plan = make_plan(load_spec(reduced_config(tmp)))
+        runs = tmp / "runs"
+        if not (tmp / "ran").exists():
+            assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
+            (tmp / "ran").touch()
     return plan, runs
 
 
@@ -166,10 +178,22 @@ def slurm_profile(tmp_path: Path, **over) -> Path:
 HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}
 
 
+# tests that share something bigger than a fixture run in one pytest-xdist worker (make test runs
+# `-n auto --dist loadgroup`), in collection order: the one Slurm cluster (its nodes and queue), the
+# reduced study's run folder (some tests run its plan again), the hub fixture and its paper runs
+GROUPS = {"cluster": "slurm", "reduced_run": "reduced", "paper_runs": "paper", "hub": "paper"}
+
+
 def pytest_collection_modifyitems(items):
     """The test tiers: a test that takes a heavy fixture is `slow` (make test-fast runs the others,
     under a minute); modules that run training, images or subprocess studies mark themselves
-    (pytestmark)."""
+    (pytestmark). The groups above, the longest (Slurm) first so that it never runs last alone."""
+    group = {}
     for item in items:
-        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if HEAVY_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
+        group[item] = next((g for f, g in GROUPS.items() if f in names), "")
+        if group[item]:
+            item.add_marker(pytest.mark.xdist_group(group[item]))
+    items.sort(key=lambda item: group[item] != "slurm")

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from launch.plan import make_plan
@@ -221,19 +220,6 @@ def long_job(exp_dir):
                     seed=5, template="plain", milestones=(600,))
 
 
-@pytest.fixture(scope="module")
-def long_ref(exp_dir, tmp_path_factory):
-    """The long training cell run once, uninterrupted, locally (same threads as the Slurm profile).
-    """
-    from conftest import run_cell_procs, write_cell
-    ref = write_cell(tmp_path_factory.mktemp("ref") / "positive" / "ref", long_job(exp_dir),
-                     outputs=["n600"], runtime=LONG_RUNTIME)
-    (rc, out), = run_cell_procs(ref)
-    assert rc == 0, out[-2000:]
-    from safetensors.torch import load_file
-    return load_file(str(ref / "checkpoints" / "n600" / "model.safetensors"))
-
-
 def submit_one(tmp_path, cell_dir, time_min, **profile_over):
     """One training cell as one Slurm job, with the time limit and signal delay of a validated
     profile."""
@@ -259,23 +245,28 @@ def same_weights(ref, d):
     return max((ref[k] - b[k]).abs().max().item() for k in ref) == 0.0
 
 
-def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir, long_ref):
+def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir):
     """A training cell with a 1-minute limit needs several incarnations; its weights equal an
-    uninterrupted run.
+    uninterrupted run of the same cell, made locally while the Slurm job runs (same threads as the
+    Slurm profile).
 
     slurmctld sends the USR2 at its first 30-s check after (limit - delay - 30 s), measured on this
     cluster: with delay 25 the signal comes 5-35 s into each incarnation, never before the handlers
     are installed (delay 30 could signal at 0 s and kill the task, which failed a CI run), and the
     ~60 s of steps cannot fit in one incarnation."""
-    from conftest import write_cell
+    from safetensors.torch import load_file
+    from conftest import run_cell_procs, write_cell
     d = write_cell(tmp_path / "slurm" / "positive" / "requeued", long_job(exp_dir),
-                   outputs=["n600"],
-                     runtime=LONG_RUNTIME)
+                   outputs=["n600"], runtime=LONG_RUNTIME)
     job = submit_one(tmp_path, d, time_min=1, signal_delay_s=25)
+    ref = write_cell(tmp_path / "ref" / "positive" / "ref", long_job(exp_dir), outputs=["n600"],
+                     runtime=LONG_RUNTIME)
+    (rc, out), = run_cell_procs(ref)
+    assert rc == 0, out[-2000:]
     wait_done(d, job)
     attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
     assert len(attempts) >= 2 and {a["slurm_job_id"] for a in attempts} == {job.job_id}
-    assert same_weights(long_ref, d)
+    assert same_weights(load_file(str(ref / "checkpoints" / "n600" / "model.safetensors")), d)
 
 
 def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
