@@ -18,11 +18,11 @@ import yaml
 import numpy as np
 
 from eval.records import metric_of, seed_of
-from eval.stats import Stat, ci_label, mean_ci, natural, stat, t_quantile
+from eval.stats import (Stat, ci_label, holm, natural, p_equivalent, p_value, stat, t_quantile,
+                        unit_ci)
 from eval.tables import Table
+from launch.core.spec import WINDOWS
 
-# negative examples after which paired changes are reported (those on the study's grid)
-WINDOWS = (25, 50, 100)
 # metrics whose "back to the base" is a fixed level, not the base model's own value: KL to the base
 # is 0 for the base itself, and the paper counts negative examples until KL < 0.01 (its KL table)
 REVERT_LEVEL = {"kl_to_base": 0.01}
@@ -45,8 +45,9 @@ class Point:
     negative: int
     mean: float
     half: float
-    n: int                                # seeds in the mean
+    n: int                                # units in the mean (seeds, or bases: stats.units)
     seeds: dict                           # seed -> that seed's value (paired statistics)
+    unit: str = "seeds"
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,10 @@ def rebound_tables(records, metric_name: str) -> tuple[list[Table], list[Curve]]
             (m["value"], m["stderr"], seed_of(c)))
 
     def point(n, vals) -> Point:
-        mean, half, k = mean_ci([v for v, _, _ in vals], vals[0][1])
-        return Point(n, mean, half, k, {s: v for v, _, s in vals})
-    cell = lambda q: Stat(q.mean, q.half, q.n, signed=False)
+        seeds = {s: v for v, _, s in vals}
+        mean, half, k, unit = unit_ci(seeds, vals[0][1])
+        return Point(n, mean, half, k, seeds, unit)
+    cell = lambda q: Stat(q.mean, q.half, q.n, signed=False, unit=q.unit)
     tables, curves = [], []
     negs = sorted({k[1] for g in groups.values() for k in g})
     for model in sorted({k[0] for k in groups},
@@ -95,12 +97,12 @@ def rebound_tables(records, metric_name: str) -> tuple[list[Table], list[Curve]]
             ns = []
             if base:
                 b = point(0, base)
-                ns.append(b.n)
+                ns.append((b.n, b.unit))
                 t.add("base model", *[cell(b) if n == 0 else None for n in negs])
             for p in sorted({k[0] for k in cells}):
                 pts = [point(n, cells[(p, n)]) for n in negs if cells.get((p, n))]
                 curves.append(Curve(model, arm, p, pts))
-                ns += [q.n for q in pts]
+                ns += [(q.n, q.unit) for q in pts]
                 at = {q.negative: q for q in pts}
                 t.add(p, *[cell(at[n]) if n in at else None for n in negs])
             t.title = (f"{metric_name}: {label} (rows: {arm} volume; columns: negative volume); "
@@ -186,7 +188,7 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
               ["model", "arm", "start"] + [f"change@{w}" for w in wins] +
               [f"minus smallest start @{w}" for w in fixed] + vs_model
               + [revert_label(metric_name), "seeds reaching base"])
-    ns: list[int] = []
+    ns: list = []   # (n, unit) of every mean
     cell = lambda vals, digits=3, test=False, signed=True: stat(vals, digits, test, signed, ns)
     for r in stats:
         ret = r.get("return", {})
@@ -206,43 +208,106 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
 def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
     """Does a control arm fall differently from the aligned arm once the start level is accounted
     for? Per window w: ordinary least squares over every (start, seed) of an aligned (positive) arm
-    and one other arm, change@w = a + b * start level + c * [other arm]; c with its 95 % t interval
-    (n - 3 degrees of freedom). The aligned arm is the model's own and, for every other model, also
-    the study's first model's (a base pre-trained on the shifted corpus against the aligned base).
-    The observations share bases and seeds, so the interval treats as independent what is not quite.
-    """
+    and one other arm, change@w = a + b * start level + c * [other arm]; c with its 95 % t interval.
+    The aligned arm is the model's own and, for every other model, also the study's first model's (a
+    base pre-trained on the shifted corpus against the aligned base). Observations that share a
+    chain (the starts of one seed are one nested run) or a base (several pre-training seeds) are not
+    independent: the interval is cluster-robust (CR1) over those units, with units - 1 degrees of
+    freedom (stats.units' unit: the base where there are several, else the seed)."""
     t = Table(slug("adjusted", metric_name),
               f"{metric_name}: start-adjusted arm effect on the paired change (OLS: change ~ start "
-              "level + arm; "
-              "c = the arm's change minus the aligned arm's at the same start; 95% t CI over "
-              "starts x seeds)",
-              ["model", "arm", "vs aligned arm of", "window", "arm effect c", "start slope b", "n"])
-    obs = defaultdict(list)   # (model, arm, w) -> [(start level, change)]
+              "level + arm; c = the arm's change minus the aligned arm's at the same start; 95% t "
+              "CI, cluster-robust over the units named, units - 1 df)",
+              ["model", "arm", "vs aligned arm of", "window", "arm effect c", "start slope b", "n",
+               "units"])
+    obs = defaultdict(list)   # (model, arm, w) -> [(start level, change, unit)]
+    many = len({s[0] for c in curves for q in c.points for s in q.seeds
+                if isinstance(s, tuple)}) > 1
+    unit_of = lambda sd: sd[0] if many else sd
     for c in curves:
         at = {q.negative: q.seeds for q in c.points}
         if c.arm == "base" or 0 not in at:
             continue
         for w in WINDOWS:
             for sd in (sd for sd in at.get(w, {}) if sd in at[0]):
-                obs[(c.model, c.arm, w)].append((at[0][sd], at[w][sd] - at[0][sd]))
+                obs[(c.model, c.arm, w)].append((at[0][sd], at[w][sd] - at[0][sd], unit_of(sd)))
     first = next((c.model for c in curves if c.arm == "positive"), "")
     pairs = [(k, k[0]) for k in obs if k[1] != "positive"] + [(k, first) for k in obs
                                                               if k[0] != first]
     for (model, arm, w), ref in sorted(pairs, key=lambda p: (natural(p[0][0]), p[0][1],
                                                              p[1] != p[0][0], p[0][2])):
         pos, other = obs.get((ref, "positive", w), []), obs[(model, arm, w)]
-        n = len(pos) + len(other)
-        if not pos or n < 5:
+        rows = [(1.0, lv, 0.0, d, u) for lv, d, u in pos] + [(1.0, lv, 1.0, d, u)
+                                                             for lv, d, u in other]
+        groups = sorted({r[4] for r in rows}, key=str)
+        n, g = len(rows), len(groups)
+        if not pos or n < 5 or g < 2:
             continue
-        x = np.array([[1.0, lv, 0.0] for lv, _ in pos] + [[1.0, lv, 1.0] for lv, _ in other])
-        y = np.array([d for _, d in pos] + [d for _, d in other])
+        x, y = np.array([r[:3] for r in rows]), np.array([r[3] for r in rows])
         coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        resid = y - x @ coef
-        cov = float(resid @ resid) / (n - 3) * np.linalg.pinv(x.T @ x)
-        half = t_quantile(0.95, n - 3) * math.sqrt(max(cov[2, 2], 0.0))
-        t.add(model, arm, ref, w, Stat(float(coef[2]), half, n, test=True),
-              Stat(float(coef[1]), None, n), n)
+        resid, bread = y - x @ coef, np.linalg.pinv(x.T @ x)
+        meat = np.zeros((3, 3))
+        for u in groups:
+            idx = [i for i, r in enumerate(rows) if r[4] == u]
+            score = x[idx].T @ resid[idx]
+            meat += np.outer(score, score)
+        cov = bread @ meat @ bread * g / (g - 1) * (n - 1) / (n - 3)
+        half = t_quantile(0.95, g - 1) * math.sqrt(max(cov[2, 2], 0.0))
+        t.add(model, arm, ref, w, Stat(float(coef[2]), half, g, test=True,
+                                       unit="bases" if many else "seeds"),
+              Stat(float(coef[1]), None, n), n, f"{g} {'bases' if many else 'seeds'}")
     return t
+
+
+# ---------------------------------------------------------------------------------------------
+# claims
+def claims_tables(curves_of, claims) -> list[Table]:
+    """The study's claims (spec.Claim), each named with its primary statistic before the run: every
+    row of that statistic at its window (each model and start of its arm) is one test of one family;
+    p two-sided (or, for an equivalence claim, two one-sided tests against its bound), Holm-adjusted
+    within the family. curves_of(metric) -> that metric's rebound curves. Two tables: the claims'
+    verdicts, and every test."""
+    verdicts = Table("claims", "Claims named in the study's config with their primary statistic; "
+                     "each family Holm-corrected at 5 % (every other number of the report is "
+                     "secondary)", ["claim", "primary statistic", "expects", "tests",
+                                    "as expected", "opposite", "unresolved", "verdict"])
+    tests = Table("claim-tests", "Every test of each claim: the statistic (mean ± 95 % CI over its "
+                  "units), p, and p Holm-adjusted within the claim", ["claim", "model", "arm",
+                                                                     "start", "value", "units",
+                                                                     "p", "p Holm", "result"])
+    for claim in claims:
+        curves, w = curves_of(claim.metric), claim.window
+        found: list[tuple] = []   # (model, arm, start, Stat)
+        if claim.statistic == "arm-effect":
+            found = [(r["model"], r["arm"], f"vs {r['vs aligned arm of']}", r["arm effect c"])
+                     for r in adjusted_table(curves, claim.metric).rows if r["window"] == w]
+        else:
+            for r in window_stats(curves, claim.metric):
+                if (vals := r.get(f"{claim.statistic}@{w}")) and (s := stat(vals, test=True)):
+                    found.append((r["model"], r["arm"], r["start"], s))
+        found = [f for f in found if not claim.arm or f[1] == claim.arm]
+        equiv = claim.expect == "equivalent"
+        ps = [(p_equivalent(s, claim.bound) if equiv else p_value(s)) for *_, s in found]
+        adjusted = holm([1.0 if p is None else p for p in ps])
+        counts = {"as expected": 0, "opposite": 0, "unresolved": 0}
+        for (model, arm, start, s), p, q in zip(found, ps, adjusted):
+            sign = "negative" if s.mean < 0 else "positive"
+            result = "unresolved" if p is None or q >= 0.05 else \
+                "as expected" if equiv or sign == claim.expect else "opposite"
+            counts[result] += 1
+            tests.add(claim.name, model, arm, start, s, f"{s.n} {s.unit}, {max(s.n - 1, 0)} df",
+                      Stat(p, digits=4, signed=False) if p is not None else None,
+                      Stat(q, digits=4, signed=False), result)
+        m = len(found)
+        verdict = ("not measured" if not m else "contradicted" if counts["opposite"] else
+                   "reproduced" if counts["as expected"] == m else
+                   "unresolved" if not counts["as expected"] else
+                   f"partly ({counts['as expected']} of {m})")
+        expects = f"|effect| < {claim.bound:g}" if equiv else f"{claim.expect} sign"
+        verdicts.add(claim.name, f"{claim.statistic}@{w} of {claim.metric}"
+                     + (f" ({claim.arm})" if claim.arm else ""), expects, m,
+                     counts["as expected"], counts["opposite"], counts["unresolved"], verdict)
+    return [verdicts, tests]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,22 +349,22 @@ def resistance_table(records):
 
     def gap(fwd: dict, inv: dict, shift=None) -> Stat | None:
         seeds = [s for s in inv if s in fwd and (shift is None or s in shift)]
-        return stat([fwd[k] - inv[k] - (shift[k] if shift else 0.0) for k in seeds], 4, test=True,
-                    ns=ns)
+        return stat({k: fwd[k] - inv[k] - (shift[k] if shift else 0.0) for k in seeds}, 4,
+                    test=True, ns=ns)
     mean = lambda d: Stat(sum(d.values()) / len(d), None, len(d), 4, signed=False) if d else None
     for model in sorted({k[0] for k in loss}, key=natural):
         for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
             inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
             if not inv or not fwd:
                 continue
-            (mi, ci_i, n_i), (mf, ci_f,
-                              n_f) = mean_ci(list(inv.values())), mean_ci(list(fwd.values()))
-            ns += [n_i, n_f]
+            (mi, ci_i, n_i, u_i), (mf, ci_f, n_f, u_f) = unit_ci(inv), unit_ci(fwd)
+            ns += [(n_i, u_i), (n_f, u_f)]
             hi, hj = ent.get((model, i), {}), ent.get((model, j), {})
             # forward's target (D_j) minus inverse's (D_i)
             dh = {s: hj[s] - hi[s] for s in hi if s in hj}
-            t.add(model, f"θ{i}↔θ{j}", Stat(mi, ci_i if n_i > 1 else None, n_i, 4, signed=False),
-                  Stat(mf, ci_f if n_f > 1 else None, n_f, 4, signed=False),
+            t.add(model, f"θ{i}↔θ{j}",
+                  Stat(mi, ci_i if n_i > 1 else None, n_i, 4, signed=False, unit=u_i),
+                  Stat(mf, ci_f if n_f > 1 else None, n_f, 4, signed=False, unit=u_f),
                   gap(fwd, inv), mean(hi), mean(hj), gap(fwd, inv, dh) if dh else None,
                   gap(ce.get((model, i, j), {}), ce.get((model, j, i), {})),
                   gap(ce_attr.get((model, i, j), {}), ce_attr.get((model, j, i), {})))
@@ -333,7 +398,7 @@ def compression_table(records, pretrain_sizes: dict):
     t = Table("compression", "",
               ["model", "arm", "start", "negative"] + [f"Δ {r.split('_per_')[1]}" for r in roles] +
               ["|D_pre|·Δpre", "|D_pos|·Δpos", "pre − pos", "ratio"])
-    ns: list[int] = []
+    ns: list = []   # (n, unit) of every mean
     cell = lambda values, test=False: stat(values, 4, test, ns=ns)
     for key in sorted(by, key=lambda k: tuple(natural(str(x)) for x in k)):
         model, arm, p, n = key
@@ -352,10 +417,11 @@ def compression_table(records, pretrain_sizes: dict):
         pre, pos = delta.get("bits_per_token/pretrain", {}), delta.get("bits_per_token/positive",
                                                                        {})
         if d_pre and d_pos and pre and pos:
-            a, b = [d_pre * pre[s] for s in pre if s in pos], [d_pos * pos[s] for s in pre
-                                                               if s in pos]
-            row += [cell(a), cell(b), cell([x - y for x, y in zip(a, b)], test=True),
-                    Stat(sum(a) / sum(b), None, len(a), signed=False) if sum(b) else None]
+            a = {s: d_pre * pre[s] for s in pre if s in pos}
+            b = {s: d_pos * pos[s] for s in a}
+            ratio = sum(a.values()) / sum(b.values()) if sum(b.values()) else None
+            row += [cell(a), cell(b), cell({s: a[s] - b[s] for s in a}, test=True),
+                    Stat(ratio, None, len(a), signed=False) if ratio is not None else None]
         else:
             row += [None] * 4
         t.add(*row)
@@ -380,7 +446,7 @@ def paper_table(records, task: str, models: dict[str, str]) -> Table:
     entries = yaml.safe_load(PAPER_NUMBERS.read_text()) or []
     t = Table("paper", "",
               ["source", "model", "arm", "start", "negative", "slices", "metric", "paper", "ours"])
-    ns: list[int] = []
+    ns: list = []   # (n, unit) of every mean
     reverts: dict[str, dict] = {}   # metric -> (model, arm, start) -> {seed: negatives to revert}
     for e in entries:
         if e["task"] != task:

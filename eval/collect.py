@@ -15,6 +15,7 @@ tables/<name>.csv, results.{csv,jsonl}, *.png/pdf, cells.md.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -28,7 +29,7 @@ from rich.table import Table as RTable
 
 from eval import analysis, plots
 from eval.records import on_disk, pretrain_sizes, read_cells
-from eval.stats import Stat, ci_kind, mean_ci
+from eval.stats import Stat, ci_kind, unit_ci
 from eval.tables import Table
 from launch.core.jobs import CollectJob, Context
 from launch.core.layout import atomic_write_text, git_commit
@@ -44,7 +45,7 @@ EXTRA = ("positive_logit", "positive_prob", "kl_to_base", "score")   # also tabl
 RESULT_COLUMNS = ["study", "setting", "task", "model", "size", "arm", "start_volume",
                   "negative_volume", "slice_from",
                   "slice_to", "direction", "metric", "space", "row", "pretrain_seed", "seed",
-                  "value", "stderr", "n", "ci_low", "ci_high", "ci_kind", "n_seeds"]
+                  "value", "stderr", "n", "ci_low", "ci_high", "ci_kind", "n_units", "unit"]
 
 
 def results_rows(records, study: dict) -> list[dict]:
@@ -79,12 +80,12 @@ def results_rows(records, study: dict) -> list[dict]:
         group.sort(key=lambda r: (str(r["pretrain_seed"]), str(r["seed"])))
         out += group
         one = group[0]
-        mean, half, n = mean_ci([r["value"] for r in group],
-                                one["stderr"] if one["stderr"] != "" else None)
+        chains = {(r["pretrain_seed"], r["seed"]) if r["pretrain_seed"] != "" else r["seed"]:
+                  r["value"] for r in group}   # records.seed_of
+        mean, half, n, unit = unit_ci(chains, one["stderr"] if one["stderr"] != "" else None)
         out.append({**one, "row": "mean", "pretrain_seed": "", "seed": "", "value": mean,
-                    "stderr": "", "n": "",
-                    "ci_low": mean - half, "ci_high": mean + half, "ci_kind": ci_kind(n),
-                    "n_seeds": n})
+                    "stderr": "", "n": "", "ci_low": mean - half, "ci_high": mean + half,
+                    "ci_kind": ci_kind(n, unit), "n_units": n, "unit": unit})
     return [{k: r.get(k, "") for k in RESULT_COLUMNS} for r in out]
 
 
@@ -101,9 +102,10 @@ def write_results(rows: list[dict], report: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------
 # entry
-def tables_of(records, study: dict, models: dict) -> tuple[dict[str, list[Table]], dict,
-                                                           str | None]:
-    """The report's tables by group, the rebound curves to plot, and the headline metric."""
+def tables_of(records, study: dict, models: dict, claims=()) -> tuple[dict[str, list[Table]], dict,
+                                                                      str | None]:
+    """The report's tables by group, the rebound curves to plot, and the headline metric; claims:
+    the study's (spec.Claim), tested in the group 'claims'."""
     tables: dict[str, list[Table]] = {}
     panels: dict = {}
     metric_names = {m["name"] for r in records if r["stage"] == "eval"
@@ -119,6 +121,9 @@ def tables_of(records, study: dict, models: dict) -> tuple[dict[str, list[Table]
         tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + \
             [f(c, n) for n, c in panels.items() for f in (analysis.window_table,
                                                           analysis.adjusted_table)]
+    if claims:
+        curves_of = functools.cache(lambda n: analysis.rebound_tables(records, n)[1])
+        tables["claims"] = analysis.claims_tables(curves_of, claims)
     res = analysis.resistance_table(records)
     if res.rows:
         tables["resistance"] = [res]
@@ -130,15 +135,16 @@ def tables_of(records, study: dict, models: dict) -> tuple[dict[str, list[Table]
 
 
 def collect(exp: Path, expected: list[str] | None = None, study: dict | None = None,
-            models: dict | None = None) -> dict:
+            models: dict | None = None, claims=()) -> dict:
     """Write the report of run folder `exp`. expected: the stage/cell keys the plan expects
     (default: the result cells on disk); study: its experiment, setting and task (default: the
-    folder's name); models: each model's label -> hub id (the paper table's key)."""
+    folder's name); models: each model's label -> hub id (the paper table's key); claims: the
+    study's (spec.Claim)."""
     exp = Path(exp)
     report = exp / "report"
     study = {"experiment": exp.name, "setting": "", "task": "", **(study or {})}
     records, problems = read_cells(exp, on_disk(exp) if expected is None else list(expected))
-    tables, panels, headline = tables_of(records, study, models or {})
+    tables, panels, headline = tables_of(records, study, models or {}, claims)
     files: list[Path] = []
     if panels:
         files += plots.plot_rebound(panels, report / "rebound")
@@ -267,9 +273,8 @@ def log_to_wandb(summary: dict, ctx: Context, job: CollectJob) -> None:
 def cell_main(job: CollectJob, ctx: Context) -> list[str]:
     """The collect cell: its upstream is every result cell of the plan, its job names the study."""
     summary = collect(ctx.exp_dir, list(ctx.upstream),
-                      {"experiment": job.experiment, "setting": job.setting,
-                                                        "task": job.task},
-                      ctx.coords.get("models", {}))
+                      {"experiment": job.experiment, "setting": job.setting, "task": job.task},
+                      ctx.coords.get("models", {}), job.claims)
     # every eval metric with its coordinates, and the tables, in the study's collect run; W&B is a
     # mirror:
     try:

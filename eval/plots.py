@@ -59,7 +59,7 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
             mine = [c for c in curves if c.model == model]
             vols = sorted({c.start for c in mine if c.arm != "base"})
             negs = sorted({q.negative for c in mine for q in c.points})
-            seeds = [q.n for c in mine for q in c.points]
+            seeds = [(q.n, q.unit) for c in mine for q in c.points]
             for c in mine:   # arms and start volumes in the tables' order
                 if c.arm == "base":
                     continue
@@ -84,7 +84,7 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
             ax.set_ylabel(name)
             ax.set_title(f"{model}: {name}", fontsize=9)
             if i == 0:
-                ax.legend(fontsize=6, title=f"bands: {ci_label(seeds or [0])}", title_fontsize=6)
+                ax.legend(fontsize=6, title=f"bands: {ci_label(seeds or [(0, 'seeds')])}", title_fontsize=6)
     return _save(fig, out, tight=False)
 
 

@@ -572,9 +572,8 @@ def cmd_collect(args) -> int:
         plan, _, _ = load(argparse.Namespace(config=str(run)))
         cell = plan.stages["collect"][0]
         summary = collect(run, list(cell.upstream),
-                          {k: getattr(cell.job, k) for k in ("experiment", "setting",
-                                                                                       "task")},
-                          cell.coords.get("models", {}))
+                          {k: getattr(cell.job, k) for k in ("experiment", "setting", "task")},
+                          cell.coords.get("models", {}), cell.job.claims)
     else:
         summary = collect(run)
     if args.json:

@@ -42,7 +42,7 @@ def fingerprint(obj) -> str:
 ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("recipe", "simpo_beta"): 2.0,
                     ("recipe", "simpo_gamma"): 1.0, ("eval", "aggregate"): "mean",
                     ("eval", "scorer", "append_eos"): True, ("eval", "scorer", "dtype"): "auto",
-                    ("eval", "strip"): False}
+                    ("eval", "strip"): False, ("claims",): []}
 
 
 def _without(node: dict, path: tuple, default) -> dict:
@@ -352,7 +352,8 @@ class _Builder:
                          for c in cells)
         # its coords: each model's source (the paper table's key)
         self.add(Cell("collect", "collect", "collect",
-                      CollectJob(experiment=spec.experiment, setting=spec.setting, task=spec.task),
+                      CollectJob(experiment=spec.experiment, setting=spec.setting, task=spec.task,
+                                 claims=spec.claims),
                       upstream,
                       coords={"models": {m.name: m.path for m in spec.models if not m.init}}))
 

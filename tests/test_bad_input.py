@@ -108,6 +108,18 @@ STUDIES = [   # (id, config dict or raw YAML text, the field the error names)
     ("data-not-a-mapping", mut(TOY, lambda c: c.update(data=["a"])), "data"),
     ("volumes-strings", mut(TOY, lambda c: c["volumes"].update(positive=["100"])),
      "volumes.positive[0]"),
+    ("claim-equivalence-without-bound",
+     mut(TOY, lambda c: c.update(claims=[{"name": "no difference", "metric": "positive_logit",
+                                          "statistic": "arm-effect", "window": 50,
+                                          "expect": "equivalent"}])), "claims[0].bound"),
+    ("claim-window-off-the-grid",
+     mut(TOY, lambda c: c.update(claims=[{"name": "deeper falls more", "metric": "positive_rate",
+                                          "statistic": "deeper", "window": 30}])),
+     "claims[0].window"),
+    ("claim-unknown-statistic",
+     mut(TOY, lambda c: c.update(claims=[{"name": "x", "metric": "positive_rate",
+                                          "statistic": "slope", "window": 50}])),
+     "claims[0].statistic"),
 ]
 
 

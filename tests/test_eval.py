@@ -354,6 +354,131 @@ def test_collector_tables_cis_and_problems(tmp_path):
     assert "corrupt" in (exp / "report" / "cells.md").read_text()
 
 
+def test_with_several_pretraining_seeds_the_unit_is_the_base(tmp_path):
+    """Three bases (pre-training seeds) x two alignment seeds: the mean and its interval are over the
+    three bases, each the mean of its two chains (t with 2 df), in the tables, results.csv and the
+    titles; counting the six chains as independent would give a narrower interval (5 df)."""
+    from eval.stats import stat
+    exp = tmp_path / "toy"
+    # the bases differ; the alignment seeds of one base nearly agree
+    level = {1: 0.50, 2: 0.60, 3: 0.75}
+    chain = {(ps, s): level[ps] + (0.002 if s == 42 else -0.002) for ps in level for s in (42, 43)}
+    for (ps, s), v in chain.items():
+        for p, n, shift in ((100, 0, 0.3), (100, 50, 0.0)):
+            fake_cell(exp, "eval", f"m.b{ps}.s{s}.p{p}.n{n}",
+                      {"model": "m", "pretrain_seed": ps, "seed": s, "arm": "positive",
+                       "positive": p, "negative": n}, rate(v + shift))
+    from launch.core.spec import Claim
+    claim = Claim("negatives lower the rate", "positive_rate", "change", 50)
+    collect(exp, study={"experiment": "toy", "setting": "rebound", "task": "toy-reviews"},
+            claims=[claim])
+    claims = (exp / "report" / "claims.md").read_text()
+    assert "| negatives lower the rate | change@50 of positive_rate | negative sign | 1 | 1 | 0 | 0 " \
+           "| reproduced |" in claims and "| 3 bases, 2 df |" in claims
+    by_base = [sum(v for (ps, _), v in chain.items() if ps == b) / 2 for b in level]
+    m, half, n = mean_ci(by_base)
+    assert n == 3 and half == pytest.approx(4.302653 * (sum((x - m) ** 2 for x in by_base) / 2)
+                                            ** 0.5 / 3 ** 0.5, rel=1e-5)
+    assert half > mean_ci(list(chain.values()))[1] * 1.5   # chains as units: narrower, wrong
+    md = (exp / "report" / "rebound.md").read_text()
+    assert f"| 100 | {m + 0.3:.3f} ± {half:.3f} | {m:.3f} ± {half:.3f} |" in md
+    assert "t 95% over 3 bases, 2 df (each base: the mean of its alignment seeds)" in md
+    with open(exp / "report" / "results.csv", newline="") as f:
+        means = [r for r in csv.DictReader(f) if r["row"] == "mean"]
+    assert {(r["unit"], r["n_units"]) for r in means} == {("bases", "3")}
+    assert float(means[0]["ci_high"]) - float(means[0]["value"]) == pytest.approx(half)
+    # one base: its alignment seeds are the units (the study says nothing beyond that base)
+    one = stat({(1, 42): 0.5, (1, 43): 0.7})
+    assert one.unit == "seeds" and one.n == 2
+
+
+def test_copies_of_a_chain_add_no_information():
+    """Every statistic over chains sits inside bases: duplicating each base's chain (a second
+    alignment seed that happens to agree) leaves the interval as it was, in the paired window
+    statistics and in the start-adjusted (cluster-robust) effect; treating chains as independent
+    would shrink both by about sqrt(2)."""
+    from eval.analysis import Curve, Point, adjusted_table, window_table
+    bases = {1: 0.03, 2: -0.05, 3: 0.01, 4: 0.04}   # each base's own deviation
+
+    def curves(copies):
+        out = []
+        for model, arm, start, level, c in (("gpt", "positive", 100, 1.0, 0.0),
+                                            ("gpt", "positive", 200, 2.0, 0.0),
+                                            ("gpt", "positive", 400, 3.0, 0.0),
+                                            ("gpt", "control", 300, 1.5, 0.2)):
+            keys = [(b, s) for b in bases for s in range(copies)]
+            at0 = {k: level + bases[k[0]] for k in keys}
+            at100 = {k: v - 0.5 * v + c + bases[k[0]] * (start / 100) for k, v in at0.items()}
+            out.append(Curve(model, arm, start, [Point(0, level, 0, 4, at0),
+                                                 Point(100, 0, 0, 4, at100)]))
+        return out
+    one, two = curves(1), curves(2)
+    w1, w2 = (window_table(c, "positive_logit") for c in (one, two))
+    for r1, r2 in zip(w1.rows, w2.rows):
+        a, b = r1["change@100"], r2["change@100"]
+        assert (a.n, a.unit, b.n, b.unit) == (4, "bases", 4, "bases")
+        assert b.half == pytest.approx(a.half)
+    assert "t 95% over 4 bases, 3 df" in w2.title
+    (c1,), (c2,) = ([r["arm effect c"] for r in adjusted_table(c, "positive_logit").rows
+                     if r["window"] == 100] for c in (one, two))
+    assert c1.mean == pytest.approx(c2.mean) and (c1.n, c2.n, c2.unit) == (4, 4, "bases")
+    # the same clusters; only CR1's small-sample factor (n - 1) / (n - 3) moves with n
+    factor = ((32 - 1) / (32 - 3) / ((16 - 1) / (16 - 3))) ** 0.5
+    assert c2.half == pytest.approx(c1.half * factor, rel=1e-6)
+
+
+def test_claims_are_tested_as_families_with_holm():
+    """Holm and the t tests against published values; then a claim family of three tests (starts
+    200, 400 and 800 against 100, deeper@50 over three bases): p from each test's own mean and
+    standard error, Holm-adjusted within the claim; tests resolved alone (p < 0.05) but not after
+    Holm are unresolved; an equivalence claim holds only where the 90 % interval sits inside its
+    bound."""
+    from eval.analysis import Curve, Point, claims_tables
+    from eval.stats import Stat, holm, p_equivalent, p_value, t_quantile
+    from launch.core.spec import Claim
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert p_value(Stat(2.0, 2.776445, 5)) == pytest.approx(0.116117, abs=1e-6)   # t=2, 4 df
+    assert p_value(Stat(2.776445, 2.776445, 5)) == pytest.approx(0.05, abs=1e-6)
+    # mean 0, se 0.1, 9 df, bound 0.2: one-sided P(T > 2) = 0.0383
+    assert p_equivalent(Stat(0.0, t_quantile(0.95, 9) * 0.1, 10), 0.2) == pytest.approx(0.0383,
+                                                                                        abs=1e-4)
+    # deeper@50 (change minus start 100's change, per base): start 200 clearly more (-0.3),
+    # starts 400 and 800 a little more, each with p between 0.025 and 0.05 alone
+    drop = {100: {1: -0.10, 2: -0.12, 3: -0.11},
+            200: {1: -0.40, 2: -0.43, 3: -0.41},
+            400: {1: -0.125, 2: -0.17, 3: -0.1475},
+            800: {1: -0.12, 2: -0.165, 3: -0.1425}}
+    curves = [Curve("gpt", "positive", start, [
+        Point(0, 1.0, 0, 3, {(b, 42): 1.0 for b in d}),
+        Point(50, 0, 0, 3, {(b, 42): 1.0 + v for b, v in d.items()})]) for start, d in drop.items()]
+    claim = Claim("deeper falls more", "positive_logit", "deeper", 50)
+    verdicts, tests = claims_tables(lambda metric: curves, [claim])
+    rows = tests.rows
+    assert [r["start"] for r in rows] == [200, 400, 800]
+    ps = []
+    for r, start in zip(rows, (200, 400, 800)):
+        diffs = [drop[start][b] - drop[100][b] for b in (1, 2, 3)]
+        m = sum(diffs) / 3
+        se = (sum((x - m) ** 2 for x in diffs) / 2 / 3) ** 0.5
+        assert r["value"].mean == pytest.approx(m) and r["units"] == "3 bases, 2 df"
+        ps.append(p_value(Stat(m, t_quantile(0.95, 2) * se, 3)))
+        assert r["p"].mean == pytest.approx(ps[-1])
+    assert ps[0] < 0.01 and all(0.025 < p < 0.05 for p in ps[1:])   # alone: all three resolved
+    assert [r["p Holm"].mean for r in rows] == pytest.approx(holm(ps))
+    assert [r["result"] for r in rows] == ["as expected", "unresolved", "unresolved"]
+    (v,) = verdicts.rows
+    assert (v["tests"], v["as expected"], v["unresolved"], v["verdict"]) == (3, 1, 2,
+                                                                             "partly (1 of 3)")
+    # the same numbers read as a claim of 'no difference' within 0.05: not shown
+    eq = Claim("no difference", "positive_logit", "deeper", 50, expect="equivalent", bound=0.05)
+    v = claims_tables(lambda metric: curves, [eq])[0].rows[0]
+    assert v["verdict"] == "unresolved" and v["expects"] == "|effect| < 0.05"
+    # and within 0.5, every difference is small enough: equivalent
+    wide = Claim("no difference", "positive_logit", "deeper", 50, expect="equivalent", bound=0.5)
+    v = claims_tables(lambda metric: curves, [wide])[0].rows[0]
+    assert v["verdict"] == "reproduced" and v["as expected"] == 3
+
+
 def test_results_csv_is_tidy_and_equals_the_markdown(tmp_path):
     """results.csv reads as numbers with the csv module (and pandas where present): one row per seed
     and cell and metric, one 'mean' row per cell and metric whose mean and CI are the Markdown
@@ -381,7 +506,7 @@ def test_results_csv_is_tidy_and_equals_the_markdown(tmp_path):
     md = (report / "rebound.md").read_text()
     for (p, n), r in means.items():
         value, high = float(r["value"]), float(r["ci_high"])
-        assert int(r["n_seeds"]) == 3 and r["ci_kind"] == "t 95% over 3 seeds"
+        assert int(r["n_units"]) == 3 and r["unit"] == "seeds" and r["ci_kind"] == "t 95% over 3 seeds, 2 df"
         assert f"{value:.3f} ± {(high - value):.3f}" in md
         per_seed = [float(x["value"]) for x in seed_rows if (int(x["start_volume"]),
                                                              int(x["negative_volume"])) ==
@@ -682,7 +807,7 @@ def test_hooke_products_paired_by_seed(tmp_path):
     assert pos[0]["|D_pre|·Δpre"].startswith("+20.0000") and pos[0]["|D_pos|·Δpos"].startswith("+10.0000")
     assert pos[0]["ratio"] == "2.000"
     assert pos[0]["pre − pos"].startswith("+10.0000 ± 0.0000") and pos[0]["pre − pos"].endswith(" resolved")
-    assert "mean ± t 95% over 3 seeds" in t.title
+    assert "mean ± t 95% over 3 seeds, 2 df" in t.title
 
 
 def test_paper_numbers_beside_ours_and_tables_named_by_content(tmp_path):

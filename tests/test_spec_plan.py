@@ -320,6 +320,14 @@ def test_identity_changes_only_affected_cells(tmp_path):
     model_ids, _ = ids(mut(lambda c: c["models"][0].update(path="google/gemma-2b")), tmp_path,
                        "f.yaml")
     assert base_ids & model_ids == set()
+    # a claim (what the report tests): only the collect cell, which carries it
+    claim = {"name": "deeper falls more", "metric": "positive_rate", "statistic": "deeper",
+             "window": 100}
+    claim_ids, plan = ids(mut(lambda c: c.update(claims=[claim])), tmp_path, "g.yaml")
+    assert base_ids - claim_ids == collect
+    (cell,) = plan.stages["collect"]
+    assert cell.job_json["claims"] == [{**claim, "expect": "negative", "bound": 0.0,
+                                                       "arm": ""}]
 
 
 def tiny_safetensors() -> bytes:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 from launch.core.schema import ConfigError
-from launch.core.spec import Data, Eval, Init, Recipe, Runtime, World
+from launch.core.spec import Claim, Data, Eval, Init, Recipe, Runtime, World
 
 EXIT_BAD_INPUT = 2     # one `error:` line on stderr: what a config, path or flag can fix
 # one `error:` line on stderr: a model, tokenizer, dataset or scorer that exists failed to load
@@ -164,10 +164,11 @@ class Context:
 
 @dataclass(frozen=True)
 class CollectJob:
-    """Turn every cell's results into tables and plots."""
+    """Turn every cell's results into tables and plots, and test the study's claims."""
     experiment: str
     setting: str
     task: str
+    claims: tuple[Claim, ...] = ()
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -413,6 +413,37 @@ class Controls:
     from_base: bool = False
 
 
+# negative examples after which the collector reports paired changes (those on a study's grid)
+WINDOWS = (25, 50, 100)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim the study tests, named in its config before it runs: the primary statistic, window
+    and scale. The collector's claims table tests every row of that statistic (each model and start
+    of the arm) as one family, Holm-corrected; every other number of the report is secondary.
+    statistic: a column of the windows table (change, deeper: minus the smallest start, model:
+    minus the first model) or the adjusted table's arm effect (arm-effect); expect: the sign the
+    claim predicts, or equivalent (|effect| < bound, two one-sided tests)."""
+    name: str
+    metric: str                      # the scale: positive_rate, positive_logit, kl_to_base, ...
+    statistic: Literal["change", "deeper", "model", "arm-effect"]
+    window: int                      # negative examples: 25, 50, 100 or the study's last volume
+    expect: Literal["negative", "positive", "equivalent"] = "negative"
+    bound: float = 0.0               # equivalent: the smallest effect that would matter
+    arm: str = ""                    # only this arm's rows (positive, control, from-base); "": all
+
+    def __post_init__(self):
+        check(bool(self.name.strip()), "name", "is empty", "name the claim")
+        check(self.window >= 1, "window", f"must be >= 1, got {self.window}",
+              "use a negative volume of the grid, e.g. 50")
+        check(self.expect != "equivalent" or self.bound > 0, "bound",
+              "an equivalence claim needs the effect it rules out",
+              "set bound > 0 (what elasticity would predict, on the metric's scale)")
+        check(self.arm in ("", "positive", "control", "from-base"), "arm",
+              f"unknown arm {self.arm!r}", "use positive, control or from-base (or leave it out)")
+
+
 @dataclass(frozen=True)
 class World:
     """The toy world's generator parameters (used when a data path is world:<set>)."""
@@ -479,6 +510,8 @@ class Spec:
     eval: Eval = field(default_factory=Eval)
     controls: Controls = field(default_factory=Controls)
     world: Optional[World] = None
+    # the claims the study tests, each with its primary statistic (the collector's claims table)
+    claims: tuple[Claim, ...] = ()
     notes: str = ""
 
     def __post_init__(self):
@@ -541,6 +574,14 @@ class Spec:
                                                  f"({d.subset or 'default'}, split "
                       f"{d.split}{', filtered' if d.filter else ''}) has {have}",
                       "lower the volumes / prompts / responses, or choose a larger split")
+        for i, c in enumerate(self.claims):
+            check(self.setting != "resistance", f"claims[{i}]", "claims test rebound window "
+                  "statistics; Setting I has none", "remove claims, or use a rebound setting")
+            grid = [n for n in self.volumes.negative if n > 0]
+            on = sorted({w for w in WINDOWS if w in grid} | ({max(grid)} if grid and
+                                                             c.statistic != "arm-effect" else set()))
+            check(c.window in on, f"claims[{i}].window", f"{c.window} is not a window of this "
+                  f"study's {c.statistic} statistic", f"use one of {on}")
         if self.eval.scorer.kind == "rule":
             check(self.world is not None, "eval.scorer.kind", "the rule scorer only reads "
                                                               "toy-world text",
