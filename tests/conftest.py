@@ -184,6 +184,7 @@ HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}
 GROUPS = {"cluster": "slurm", "reduced_run": "reduced", "paper_runs": "paper", "hub": "paper"}
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist's own, which reads the group marks
 def pytest_collection_modifyitems(items):
     """The test tiers: a test that takes a heavy fixture is `slow` (make test-fast runs the others,
     under a minute); modules that run training, images or subprocess studies mark themselves
