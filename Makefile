@@ -2,7 +2,7 @@
 #   make demo                 the toy-world study end to end on this machine (first command of the README)
 #   make setup [PYTHON=python3.12]  the venv (on a login node: the image's Python, containers/versions.env)
 #   make test                 the test suite (second command): lint and type check, then every test
-#                             (in up to 4 pytest-xdist workers; tests that share a cluster or a run share one)
+#                             (files in up to 4 pytest-xdist workers; every Slurm test in one file)
 #   make test-fast            lint and the unit tests (spec, plan, collector, CLI; under a minute)
 #   make lint                 ruff (pyflakes, bugbear, pycodestyle layout) and mypy (pyproject.toml)
 #   make plan CONFIG=...      what a study will run, before anything runs
@@ -60,7 +60,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=15 tests   # groups: tests/conftest.py
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=15 tests   # tests/conftest.py
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow" --durations=5 tests

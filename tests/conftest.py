@@ -143,7 +143,7 @@ def reduced_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def cluster(tmp_path_factory):
     """The real one-machine Slurm cluster (tests/slurm/up.sh, idempotent): every test that needs
     Slurm takes this fixture, so that `make test` alone works on a machine where nothing was
     installed before."""
@@ -152,12 +152,18 @@ def cluster():
     # to check that no other test needs Slurm (README, "make test")
     if os.environ.get("ELASTICA_NO_SLURM"):
         pytest.skip("ELASTICA_NO_SLURM is set")
-    r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")],
-                       env=dict(os.environ, WITH_DBD="1", CPUS="8",
-                       NODES="2"), capture_output=True, text=True, timeout=600)
+    from filelock import FileLock
+    with FileLock(str(shared_dir(tmp_path_factory) / "slurm-up.lock")):   # one start at a time
+        r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")],
+                           env=dict(os.environ, WITH_DBD="1", CPUS="8", NODES="2"),
+                           capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         pytest.fail(f"tests/slurm/up.sh failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     return True
+
+
+# a job comment with spaces and shell metacharacters, no quotes: what sbatch must read whole
+COMMENT = "a study (x&y|z) <10%> @site: 2 x 8 GPUs, ZeRO-3"
 
 
 def slurm_profile(tmp_path: Path, **over) -> Path:
@@ -178,23 +184,24 @@ def slurm_profile(tmp_path: Path, **over) -> Path:
 HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}
 
 
-# tests that share something bigger than a fixture run in one pytest-xdist worker (make test runs
-# `-n auto --dist loadgroup`), in collection order: the one Slurm cluster (its nodes and queue), the
-# reduced study's run folder (some tests run its plan again), the hub fixture and its paper runs
-GROUPS = {"cluster": "slurm", "reduced_run": "reduced", "paper_runs": "paper", "hub": "paper"}
+# make test runs the files in pytest-xdist workers (`-n auto --dist loadfile`: a file's tests in one
+# worker), the longest files first so that none of them starts last. Every test that needs the Slurm
+# cluster is in test_slurm.py (one worker: its nodes and queue are shared); the reduced study's run
+# is made once per test run (reduced_run).
+LONGEST_FIRST = ("test_slurm.py", "test_trainer.py", "test_reliability.py",
+                 "test_paper_configs.py", "test_gpu_check.py", "test_gpu_path.py")
 
 
-@pytest.hookimpl(tryfirst=True)   # before pytest-xdist's own, which reads the group marks
 def pytest_collection_modifyitems(items):
     """The test tiers: a test that takes a heavy fixture is `slow` (make test-fast runs the others,
     under a minute); modules that run training, images or subprocess studies mark themselves
-    (pytestmark). The groups above, the longest (Slurm) first so that it never runs last alone."""
-    group = {}
+    (pytestmark). The files in LONGEST_FIRST's order, then the others."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         if HEAVY_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
-        group[item] = next((g for f, g in GROUPS.items() if f in names), "")
-        if group[item]:
-            item.add_marker(pytest.mark.xdist_group(group[item]))
-    items.sort(key=lambda item: group[item] != "slurm")
+        if "cluster" in names and item.path.name != LONGEST_FIRST[0]:
+            raise pytest.UsageError(f"{item.nodeid} takes the Slurm cluster: move it to "
+                                    f"tests/{LONGEST_FIRST[0]} (one xdist worker shares it)")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -8,16 +8,14 @@ the cells run in an image without Slurm commands.
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import slurm_profile
+from conftest import COMMENT
 from launch.core.profile import Profile
 from launch.core.schema import ConfigError, build
 
@@ -462,147 +460,3 @@ def test_log_paths_of_array_tasks():
     from launch.slurm import log_path
     assert log_path(Path("/r"), "45_3") == Path("/r/submitit/45_3/45_3_0_log.out")
     assert log_path(Path("/r"), "46") == Path("/r/submitit/46/46_0_log.out")
-
-
-# ----------------------------------------------------------------------------- real local Slurm
-# spaces and shell metacharacters, no quotes
-COMMENT = "a study (x&y|z) <10%> @site: 2 x 8 GPUs, ZeRO-3"
-
-
-def test_resubmit_while_queued_submits_nothing_and_cancel_ends_every_job(cluster, tmp_path):
-    """Also: sbatch's own parser reads each #SBATCH line of the job scripts as the launcher meant it
-    (the comment arrives whole, the time limit and the begin time too: nothing after a value is read
-    as another option)."""
-    from conftest import reduced_config
-    cfg = reduced_config(tmp_path)
-    # all stays queued
-    prof = slurm_profile(tmp_path, sbatch_extra={"begin": "now+1hour"}, comment=COMMENT)
-    r = launch("submit", cfg, "--profile", prof)
-    assert r.returncode == 0, r.stderr[-3000:]
-    exp = tmp_path / "runs" / "toy-reduced"
-    first = (exp / "manifest.jsonl").read_text()
-    job = json.loads(first.splitlines()[0])["job_id"]
-    shown = subprocess.run(["scontrol", "show", "job", "-o", job.split("_")[0]],
-                           capture_output=True, text=True).stdout
-    assert f"Comment={COMMENT} " in shown and "TimeLimit=01:00:00" in shown and "Reason=BeginTime" in shown, shown
-    r = launch("submit", cfg, "--profile", prof)
-    assert r.returncode == 0 and "cells already have a queued or running job: not submitted again" in r.stdout
-    assert "nothing to submit" in r.stdout and (exp / "manifest.jsonl").read_text() == first
-    r = launch("status", exp, "--json")
-    states = {row["state"] for row in json.loads(r.stdout)}
-    assert states <= {"pending", "unknown"}, states
-    r = launch("cancel", exp)
-    assert r.returncode == 0
-    ids = {e["job_id"] for e in map(json.loads, first.splitlines())}
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        left = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)],
-                              capture_output=True, text=True).stdout
-        if not left.strip():
-            break
-        time.sleep(1)
-    assert not left.strip(), left
-
-
-def test_a_job_the_cluster_refuses_stops_the_whole_submission(cluster, tmp_path):
-    """More GPUs per node than the cluster's nodes have: sbatch --test-only refuses the training
-    arrays before any array is queued (the world array would have been queued first, and waited
-    forever): one line, nothing written."""
-    from conftest import reduced_config
-    cfg = reduced_config(tmp_path)
-    prof = slurm_profile(tmp_path, train={"gpus_per_node": 8})
-    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
-    r = launch("submit", cfg, "--profile", prof)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert r.stderr.startswith(f"error: {prof}: pretrain array: Slurm refuses its job:"), r.stderr
-    assert not (tmp_path / "runs").exists()
-    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
-                          text=True).stdout == before
-    image = tmp_path / "missing.sif"
-    r = launch("submit", cfg, "--profile", slurm_profile(tmp_path, image=str(image)))
-    assert r.returncode == 2 and f"image: {image} does not exist" in r.stderr and r.stderr.count("\n") == 1
-    # the dry run makes the same checks (the cluster's own, through sbatch --test-only), after
-    # showing the scripts
-    prof = slurm_profile(tmp_path, train={"gpus_per_node": 8})
-    r = launch("submit", cfg, "--profile", prof, "--dry-run")
-    assert r.returncode == 2 and "#SBATCH" in r.stdout and r.stderr.count("\n") == 1, r.stderr
-    assert r.stderr.startswith(f"error: {prof}: pretrain array: Slurm refuses its job:"), r.stderr
-    assert not (tmp_path / "runs").exists()
-
-
-def test_preempted_three_times_inside_an_image_without_slurm_commands(cluster, tmp_path, exp_dir,
-                                                                      monkeypatch):
-    """The cells run through a stand-in `apptainer` whose PATH has no Slurm commands (as in the
-    image). Three preemption signals (USR2 to the job's steps, as a preempting scheduler sends):
-    each time the cell saves and exits 75, the job script's teardown requeues on the host, and the
-    cell resumes; its weights equal an uninterrupted run's. (The time-limit path, on the host:
-    test_slurm.)"""
-    import submitit
-    from conftest import run_cell_procs, write_cell
-    from launch.core.jobs import ModelRef, TrainJob
-    from launch.slurm import CellTask, python_command, sbatch_params
-    from launch.core.profile import load_profile
-    from launch.core.spec import Data, Recipe
-    from safetensors.torch import load_file
-    job = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
-                   data=Data(path=str(exp_dir / "world" / "data" / "positive.jsonl")),
-                   recipe=Recipe(lr=1e-3, global_batch=2, max_length=64, zero_stage=0,
-                                 precision="fp32"), seed=3, template="plain", milestones=(400,))
-    ref = write_cell(tmp_path / "ref" / "positive" / "c", job, outputs=["n400"],
-                     runtime={"micro_batch": 2})
-    (rc, out), = run_cell_procs(ref, env={"OMP_NUM_THREADS": "1"})
-    assert rc == 0, out[-2000:]
-    # the stand-in: a PATH of /usr/bin without Slurm's commands, then the command after the image
-    hidden = tmp_path / "no-slurm-bin"
-    hidden.mkdir()
-    for f in Path("/usr/bin").iterdir():
-        if f.name not in ("scontrol", "sbatch", "srun", "squeue", "scancel", "sacct", "sinfo",
-                          "salloc"):
-            (hidden / f.name).symlink_to(f)
-    stand_in = tmp_path / "bin"
-    stand_in.mkdir()
-    (stand_in / "apptainer").write_text(
-        "#!/bin/bash\n# stand-in for apptainer exec: skip the options and the image, hide Slurm, "
-        "run the rest\n"
-        "shift; while [[ $1 == --* ]]; do [[ $1 == --bind || $1 == --env ]] && shift; shift; done\n"
-        "export APPTAINER_CONTAINER=$1; shift\nexport "
-        f"PATH={Path(sys.executable).parent}:{hidden}\n"
-        "command -v scontrol >/dev/null && { echo 'stand-in: scontrol visible' >&2; exit 3; }\n"
-        'exec "$@"\n')
-    (stand_in / "apptainer").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{stand_in}:{os.environ['PATH']}")
-    image = tmp_path / "e.sif"
-    image.write_bytes(b"stand-in image")
-    profile = load_profile(slurm_profile(tmp_path, image=str(image), train={"time_min": 20}))
-    d = write_cell(tmp_path / "slurm" / "positive" / "c", job, outputs=["n400"],
-                   runtime={"micro_batch": 2})
-    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit" / "%j", python=python_command(profile))
-    ex.update_parameters(**sbatch_params(profile, profile.train, "image-requeue"))
-    j = ex.submit(CellTask(), str(d))
-    metrics = d / "metrics.jsonl"
-    for k in range(3):
-        deadline = time.time() + 300
-        start = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-        while time.time() < deadline:   # running again, and some steps past where it resumed
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= start + 30:
-                break
-            time.sleep(0.2)
-        subprocess.run(["scancel", "--signal=USR2", j.job_id], check=True)
-        deadline = time.time() + 300
-        while time.time() < deadline and len((d / "attempts.jsonl").read_text().splitlines()) < k + 2:
-            time.sleep(0.5)
-    deadline = time.time() + 600
-    while time.time() < deadline and not (d / "DONE").exists():
-        time.sleep(2)
-    log = Path(j.paths.stdout).read_text() if Path(j.paths.stdout).exists() else ""
-    assert (d / "DONE").exists(), log[-3000:]
-    assert "FileNotFoundError" not in log and "elastica: requeueing" in log, log[-3000:]
-    attempts = [json.loads(l) for l in (d / "attempts.jsonl").read_text().splitlines()]
-    summary = json.loads((d / "summary.json").read_text())
-    assert len(attempts) == 4 and len(summary["resumed_at_steps"]) == 3, (attempts, summary["resumed_at_steps"])
-    assert log.count("elastica: requeueing") == 3
-    rec = json.loads((d / "record.json").read_text())
-    assert rec["runtime"]["image"] == str(image)
-    a = load_file(str(ref / "checkpoints/n400/model.safetensors"))
-    b = load_file(str(d / "checkpoints/n400/model.safetensors"))
-    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
