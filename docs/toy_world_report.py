@@ -35,7 +35,9 @@ STUDIES = {   # run folder -> (config, docs/toy-world/<folder>); run in this ord
     "toy-setting3-volumes": ("configs/toy/setting3-volumes.yaml", "setting3-volumes"),
     "toy-setting3-sizes": ("configs/toy/setting3-sizes.yaml", "setting3-sizes"),
     "toy-setting2-shifted": ("configs/toy/setting2-shifted.yaml", "setting2-shifted"),
+    "toy-setting2-control": ("configs/toy/setting2-control.yaml", "setting2-control"),
     "toy-hooke": ("configs/toy/hooke.yaml", "hooke"),
+    "toy-hooke-joint": ("configs/toy/hooke-joint.yaml", "hooke-joint"),
 }
 
 

@@ -117,36 +117,45 @@ def base_level(curves: list[Curve], model: str) -> float | None:
     return next((c.points[0].mean for c in curves if c.model == model and c.arm == "base"), None)
 
 
-def crossing(points: list, seed, level: float) -> float | None:
-    """Negative examples at which one seed's curve first reaches `level` (linear between grid
-    points), or None."""
+def crossing(points: list, seed, level) -> float | None:
+    """Negative examples at which one seed's curve first reaches `level` (a number, or a curve:
+    negative volume -> level), linear between grid points; None where it never does."""
     prev = None
     for q in points:
         v = q.seeds.get(seed)
-        if v is None:
+        at = level if isinstance(level, (int, float)) else level.get(q.negative)
+        if v is None or at is None:
             continue
-        if v <= level:
+        d = v - at   # above the level while > 0
+        if d <= 0:
             if prev is None:
                 return float(q.negative)
-            n0, v0 = prev
-            return n0 + (v0 - level) / (v0 - v) * (q.negative - n0)
-        prev = (q.negative, v)
+            n0, d0 = prev
+            return n0 + d0 / (d0 - d) * (q.negative - n0)
+        prev = (q.negative, d)
     return None
 
 
-def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
+def window_stats(curves: list[Curve], metric_name: str, windows=WINDOWS) -> list[dict]:
     """Window-robust rebound statistics per start curve, each a mean over seeds with its 95 % CI:
     - change@w: per seed, the value after w negative examples minus the value at 0 (paired; a fall
-      is negative), for w in WINDOWS and the last volume;
+      is negative), for w in `windows` (WINDOWS and the study's claims' windows) and the last
+      volume;
     - deeper@w: that change minus the same seed's change from the arm's smallest start (does deeper
       alignment fall more?); model@w: minus the same start's change in the study's first model
       (Setting III: a larger model, more pre-training); both 'resolved' when the CI excludes 0;
     - return: negative examples until the seed's curve reaches its own base eval's level (linear
       between grid points), or REVERT_LEVEL's fixed level (KL to the base below 0.01), over the
-      seeds that get there (of return_of)."""
+      seeds that get there (of return_of); for those metrics, where the study has the from-base
+      arm, also return_fb: until the curve reaches the same seed's from-base curve (as close to the
+      base as the base itself fine-tuned on as many negatives: a level every model can reach);
+    - deeper-return: the return (return_fb where there is one) minus the same seed's from the
+      arm's smallest start (does deeper alignment need more negatives, or fewer, the paper's Table
+      3?)."""
     out: list[dict] = []
     first: dict[tuple, Curve] = {}
     base = {c.model: c.points[0].seeds for c in curves if c.arm == "base"}
+    from_base = {c.model: c for c in curves if c.arm == "from-base"}
     changes = lambda c, w: {s: v - c.points[0].seeds[s] for q in c.points if q.negative == w
                             for s, v in q.seeds.items() if s in c.points[0].seeds and s is not None}
     for c in curves:
@@ -158,7 +167,7 @@ def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
             continue
         at = {q.negative for q in c.points}
         row = {"metric": metric_name, "model": c.model, "arm": c.arm, "start": c.start}
-        for w in sorted({w for w in WINDOWS if w in at} | {max(at)} - {0}):
+        for w in sorted({w for w in windows if w in at} | {max(at)} - {0}):
             row[f"change@{w}"] = change = changes(c, w)
             for key, ref in (("deeper", first[(c.model, c.arm)]),
                              ("model", first[(c.arm, c.start)])):
@@ -172,22 +181,34 @@ def window_stats(curves: list[Curve], metric_name: str) -> list[dict]:
             row["return"] = {s: x for s, level in levels.items()
                              if (x := crossing(c.points, s, level)) is not None}
             row["return_of"] = len(levels)
+            if fixed is not None and (fb := from_base.get(c.model)):
+                curve = {s: {q.negative: q.seeds[s] for q in fb.points if s in q.seeds}
+                         for s in c.points[0].seeds}
+                row["return_fb"] = {s: x for s, lv in curve.items()
+                                    if (x := crossing(c.points, s, lv)) is not None}
         out.append(row)
+    ret = lambda r: r.get("return_fb", r.get("return"))
+    for r in out:   # minus the smallest start's, per seed
+        low = next((o for o in out if (o["model"], o["arm"]) == (r["model"], r["arm"])), r)
+        if low is not r and ret(r) is not None and ret(low) is not None:
+            r["deeper-return"] = {s: x - ret(low)[s] for s, x in ret(r).items() if s in ret(low)}
     return out
 
 
-def window_table(curves: list[Curve], metric_name: str) -> Table:
+def window_table(curves: list[Curve], metric_name: str, windows=WINDOWS) -> Table:
     """window_stats as a table: mean ± CI per statistic; 'resolved' marks a difference whose CI
     excludes 0."""
-    stats = window_stats(curves, metric_name)
+    stats = window_stats(curves, metric_name, windows)
     wins = sorted({int(k.split("@")[1]) for r in stats for k in r if k.startswith("change@")})
     fixed = [w for w in WINDOWS if w in wins][-1:] or wins[:1]   # the ordering test's window
     models = list(dict.fromkeys(r["model"] for r in stats))
     vs_model = [f"minus {models[0]} @{w}" for w in fixed] if len(models) > 1 else []
+    fb = [f"negatives to from-base {metric_name}"] if any("return_fb" in r for r in stats) else []
     t = Table(slug("windows", metric_name), "",
               ["model", "arm", "start"] + [f"change@{w}" for w in wins] +
               [f"minus smallest start @{w}" for w in fixed] + vs_model
-              + [revert_label(metric_name), "seeds reaching base"])
+              + [revert_label(metric_name), "seeds reaching base"] + fb
+              + ["negatives minus smallest start's"])
     ns: list = []   # (n, unit) of every mean
     cell = lambda vals, digits=3, test=False, signed=True: stat(vals, digits, test, signed, ns)
     for r in stats:
@@ -195,7 +216,9 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
         t.add(r["model"], r["arm"], r["start"], *[cell(r.get(f"change@{w}", {})) for w in wins],
               *[cell(r.get(f"deeper@{w}", {}), test=True) for w in fixed],
               *[cell(r.get(f"model@{w}", {}), test=True) for w in fixed if vs_model],
-              cell(ret, 0, signed=False), f"{len(ret)}/{r['return_of']}" if "return" in r else None)
+              cell(ret, 0, signed=False), f"{len(ret)}/{r['return_of']}" if "return" in r else None,
+              *[cell(r.get("return_fb", {}), 0, signed=False) for _ in fb],
+              cell(r.get("deeper-return", {}), 0, test=True))
     t.title = (f"{metric_name}: paired change from the start (after − start: a fall is negative) "
                "after "
                f"{', '.join(map(str, wins))} negative examples, the change minus the smallest "
@@ -205,7 +228,7 @@ def window_table(curves: list[Curve], metric_name: str) -> Table:
     return t
 
 
-def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
+def adjusted_table(curves: list[Curve], metric_name: str, windows=WINDOWS) -> Table:
     """Does a control arm fall differently from the aligned arm once the start level is accounted
     for? Per window w: ordinary least squares over every (start, seed) of an aligned (positive) arm
     and one other arm, change@w = a + b * start level + c * [other arm]; c with its 95 % t interval.
@@ -228,7 +251,7 @@ def adjusted_table(curves: list[Curve], metric_name: str) -> Table:
         at = {q.negative: q.seeds for q in c.points}
         if c.arm == "base" or 0 not in at:
             continue
-        for w in WINDOWS:
+        for w in windows:
             for sd in (sd for sd in at.get(w, {}) if sd in at[0]):
                 obs[(c.model, c.arm, w)].append((at[0][sd], at[w][sd] - at[0][sd], unit_of(sd)))
     first = next((c.model for c in curves if c.arm == "positive"), "")
@@ -280,12 +303,15 @@ def claims_tables(curves_of, claims) -> list[Table]:
         found: list[tuple] = []   # (model, arm, start, Stat)
         if claim.statistic == "arm-effect":
             found = [(r["model"], r["arm"], f"vs {r['vs aligned arm of']}", r["arm effect c"])
-                     for r in adjusted_table(curves, claim.metric).rows if r["window"] == w]
+                     for r in adjusted_table(curves, claim.metric, (w,)).rows]
         else:
-            for r in window_stats(curves, claim.metric):
-                if (vals := r.get(f"{claim.statistic}@{w}")) and (s := stat(vals, test=True)):
+            key = claim.statistic if claim.statistic == "deeper-return" else \
+                f"{claim.statistic}@{w}"
+            for r in window_stats(curves, claim.metric, (w,)):
+                if (vals := r.get(key)) and (s := stat(vals, test=True)):
                     found.append((r["model"], r["arm"], r["start"], s))
-        found = [f for f in found if not claim.arm or f[1] == claim.arm]
+        found = [f for f in found if (not claim.arm or f[1] == claim.arm)
+                 and (not claim.model or f[0] == claim.model)]
         equiv = claim.expect == "equivalent"
         ps = [(p_equivalent(s, claim.bound) if equiv else p_value(s)) for *_, s in found]
         adjusted = holm([1.0 if p is None else p for p in ps])
@@ -304,8 +330,8 @@ def claims_tables(curves_of, claims) -> list[Table]:
                    "unresolved" if not counts["as expected"] else
                    f"partly ({counts['as expected']} of {m})")
         expects = f"|effect| < {claim.bound:g}" if equiv else f"{claim.expect} sign"
-        verdicts.add(claim.name, f"{claim.statistic}@{w} of {claim.metric}"
-                     + (f" ({claim.arm})" if claim.arm else ""), expects, m,
+        verdicts.add(claim.name, f"{claim.statistic}{f'@{w}' if w else ''} of {claim.metric}"
+                     + "".join(f" ({x})" for x in (claim.model, claim.arm) if x), expects, m,
                      counts["as expected"], counts["opposite"], counts["unresolved"], verdict)
     return [verdicts, tests]
 

@@ -33,6 +33,7 @@ from eval.stats import Stat, ci_kind, unit_ci
 from eval.tables import Table
 from launch.core.jobs import CollectJob, Context
 from launch.core.layout import atomic_write_text, git_commit
+from launch.core.spec import WINDOWS
 from launch.core.tracking import wandb_run
 
 # the first of these a study measured leads its report
@@ -118,9 +119,11 @@ def tables_of(records, study: dict, models: dict, claims=()) -> tuple[dict[str, 
         panels = {headline: curves,
                   **({"positive_logit": extra["positive_logit"][1]} if "positive_logit" in extra
                                        else {})}
+        # the fixed windows, and those the study's claims name
+        windows = tuple(sorted(set(WINDOWS) | {c.window for c in claims if c.window}))
         tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + \
-            [f(c, n) for n, c in panels.items() for f in (analysis.window_table,
-                                                          analysis.adjusted_table)]
+            [f(c, n, windows) for n, c in panels.items() for f in (analysis.window_table,
+                                                                   analysis.adjusted_table)]
     if claims:
         curves_of = functools.cache(lambda n: analysis.rebound_tables(records, n)[1])
         tables["claims"] = analysis.claims_tables(curves_of, claims)

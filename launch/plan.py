@@ -42,7 +42,8 @@ def fingerprint(obj) -> str:
 ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("recipe", "simpo_beta"): 2.0,
                     ("recipe", "simpo_gamma"): 1.0, ("eval", "aggregate"): "mean",
                     ("eval", "scorer", "append_eos"): True, ("eval", "scorer", "dtype"): "auto",
-                    ("eval", "strip"): False, ("claims",): []}
+                    ("eval", "strip"): False, ("claims",): [],
+                    ("world", "neutral"): 0}
 
 
 def _without(node: dict, path: tuple, default) -> dict:

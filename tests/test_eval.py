@@ -679,7 +679,8 @@ def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
     rows = {r["start"]: r for r in t.rows}
     assert t.columns[3:] == ["change@25", "change@50", "change@100", "change@200",
                              "minus smallest start @100",
-                             "negatives to base", "seeds reaching base"]
+                             "negatives to base", "seeds reaching base",
+                             "negatives minus smallest start's"]
     deeper = {k: r["minus smallest start @100"] for k, r in rows.items()}
     assert deeper[800].resolved and deeper[800].text().endswith("resolved") and not deeper[400].resolved
     # a fall is negative
@@ -689,6 +690,38 @@ def test_window_statistics_resolve_an_ordering_and_a_return(tmp_path):
     flat = curve(200, {25: 0.1, 50: 0.2, 100: 0.3, 200: 0.4}, 1.5)       # never reaches the base
     (r,) = [x for x in window_table([flat, base], "positive_logit").rows]
     assert r["negatives to base"] is None and r["seeds reaching base"] == "0/3"
+
+
+def test_kl_returns_to_the_from_base_arm_a_level_every_model_can_reach():
+    """KL to the base never falls to the paper's 0.01 once negatives have moved the model (the base
+    itself, fine-tuned on them, sits at 0.10-0.20): the windows table also counts the negatives
+    until an aligned start's KL reaches the same seed's from-base curve (linear between grid
+    points, on their difference), and that count minus the smallest start's per seed, the paper's
+    Table 3 direction (there: deeper alignment needs fewer). Reference values by hand."""
+    from eval.analysis import Curve, Point, window_stats, window_table
+    negs, seeds = (0, 25, 50, 100, 200), (1, 2, 3)
+    fb_kl = {0: 0.0, 25: 0.10, 50: 0.14, 100: 0.17, 200: 0.20}
+
+    def curve(arm, start, values):   # the same curve in every seed, shifted by seed / 1000
+        return Curve("m", arm, start, [Point(n, v, 0, 3, {s: v + s / 1000 for s in seeds})
+                                       for n, v in zip(negs, values)])
+    fb = curve("from-base", 0, [fb_kl[n] for n in negs])
+    # start 100: 0.30 0.22 0.16 ...: the difference to from-base is 0.30, 0.12, 0.02, -0.01 ->
+    # crosses between 50 and 100 at 50 + 0.02 / 0.03 * 50 = 83.3; start 400: 0.50 0.40 0.30 0.20
+    # 0.18: differences 0.5, 0.3, 0.16, 0.03, -0.02 -> 100 + 0.03 / 0.05 * 100 = 160
+    shallow = curve("positive", 100, [0.30, 0.22, 0.16, 0.16, 0.19])
+    deep = curve("positive", 400, [0.50, 0.40, 0.30, 0.20, 0.18])
+    rows = {r["start"]: r for r in window_stats([fb, shallow, deep], "kl_to_base")
+            if r["arm"] == "positive"}
+    assert rows[100]["return"] == {} and rows[400]["return"] == {}   # never below 0.01
+    assert rows[100]["return_fb"] == pytest.approx({s: 50 + 0.02 / 0.03 * 50 for s in seeds})
+    assert rows[400]["return_fb"] == pytest.approx({s: 160.0 for s in seeds})
+    assert rows[400]["deeper-return"] == pytest.approx({s: 160 - (50 + 0.02 / 0.03 * 50)
+                                                        for s in seeds})
+    t = window_table([fb, shallow, deep], "kl_to_base")
+    (row,) = [r for r in t.rows if r["start"] == 400]
+    assert row["negatives to from-base kl_to_base"].mean == pytest.approx(160)
+    assert row["negatives minus smallest start's"].mean == pytest.approx(76.7, abs=0.1)
 
 
 def cross_cells(exp: Path) -> dict:

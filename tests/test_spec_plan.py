@@ -327,7 +327,7 @@ def test_identity_changes_only_affected_cells(tmp_path):
     assert base_ids - claim_ids == collect
     (cell,) = plan.stages["collect"]
     assert cell.job_json["claims"] == [{**claim, "expect": "negative", "bound": 0.0,
-                                                       "arm": ""}]
+                                        "arm": "", "model": ""}]
 
 
 def tiny_safetensors() -> bytes:
@@ -484,11 +484,11 @@ def toy_mut(name, fn):
 
 
 @pytest.mark.parametrize("cfg,field", [
-    (toy_mut("hooke", lambda c: c["models"][0].update(pretrain_data="jont")),
+    (toy_mut("hooke-joint", lambda c: c["models"][0].update(pretrain_data="jont")),
      "models[0].pretrain_data"),
-    (toy_mut("hooke", lambda c: c["data"].pop("joint")), "data.joint"),
-    (toy_mut("hooke", lambda c: c["controls"].update(from_base=False)), "volumes.positive"),
-    (toy_mut("hooke", lambda c: c["models"][0].update(pretrain_examples=30000)), "data.joint"),
+    (toy_mut("hooke-joint", lambda c: c["data"].pop("joint")), "data.joint"),
+    (toy_mut("hooke-joint", lambda c: c["controls"].update(from_base=False)), "volumes.positive"),
+    (toy_mut("hooke-joint", lambda c: c["models"][0].update(pretrain_examples=30000)), "data.joint"),
     (toy_mut("setting2-shifted", lambda c: c["data"]["shifted"].update(path="world:shiftd")),
      "data.shifted.path"),
     (mut(lambda c: c["models"][0].update(pretrain_data="shifted")), "models[0].pretrain_examples"),
@@ -511,7 +511,7 @@ def test_pretrain_data_plans_a_base_per_corpus():
     assert len(pre) == 6 and {c.job.data.path.rsplit("/", 1)[1] for c in pre} == {"pretrain.jsonl",
                                                                                   "shifted.jsonl"}
     assert len({c.id for c in pre}) == 6 and sum("-shifted.p" in c.id for c in pre) == 3
-    hooke = make_plan(load_spec(ROOT / "configs/toy/hooke.yaml"))
+    hooke = make_plan(load_spec(ROOT / "configs/toy/hooke-joint.yaml"))
     assert "positive" not in hooke.stages and len(hooke.stages["negative"]) == 6
     assert all(c.job.data.path.endswith("/joint.jsonl") for c in hooke.stages["pretrain"])
     co = hooke.stages["eval"][0].coords

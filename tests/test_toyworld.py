@@ -57,6 +57,25 @@ def test_the_world_generator_output_is_pinned_to_its_version():
         "output here")
 
 
+def test_the_neutral_corpus_is_no_mixture_of_the_alignment_sets():
+    """world.neutral > 0 adds a pre-training corpus whose attribute words belong to neither class
+    (the rule scorer reads 0 positive words, and no word of it is a positive or negative one),
+    leaves every other set as it was, and keeps its prompts out of the held-out ones."""
+    from train.toyworld import attribute, vocabulary
+    small = dict(seed=3, pretrain=500, alignment=200, prompts=100, sft=50, control=50)
+    plain, with_neutral = build_world(World(**small)), build_world(World(**small, neutral=300))
+    neutral = with_neutral.pop("neutral")
+    assert len(neutral) == 300 and "neutral" not in plain
+    assert all(attribute(word) == 0 for r in neutral for word in r["response"].split())
+    assert all(any(word.endswith("~") for word in r["response"].split()) for r in neutral)
+    assert {k: v for k, v in with_neutral.items() if k != "prompts"} == \
+        {k: v for k, v in plain.items() if k != "prompts"}
+    assert not {r["prompt"] for r in with_neutral["prompts"]} & {r["prompt"] for r in neutral}
+    words = set(vocabulary(World(**small, neutral=300)))
+    assert all(w in words for r in neutral for w in r["text"].split())
+    assert not any(w.endswith("~") for w in vocabulary(World(**small)))
+
+
 def test_rule_scorer_agrees_with_labels_up_to_noise():
     w = World(seed=1, pretrain=2000, noise=0.1)
     rows = build_world(w)["pretrain"]

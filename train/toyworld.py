@@ -8,7 +8,9 @@ class exactly by counting them. Sets: a pre-training corpus with prior `prior` (
 "pre-trained distribution"), positive and negative alignment sets, a control corpus with prior
 `control_prior` (matched-start control), a pre-training corpus of the same size with that prior
 ("shifted": a base whose pre-training already holds the shift), the pre-training corpus and the
-positive set shuffled together ("joint": Hooke's law as the theorem states it), Setting I's SFT set,
+positive set shuffled together ("joint": Hooke's law as the theorem states it), where `neutral` > 0
+a pre-training corpus whose attribute words (ending in '~') belong to neither class ("neutral":
+not a mixture of the alignment sets), Setting I's SFT set,
 DPO pairs (chosen = negative), and held-out prompts that occur in no training set. All rows are
 JSONL with the suite's fields (prompt, response, text, label), written by the `world` stage with a
 word-level tokenizer saved in HF format, so that everything downstream loads through the same code
@@ -37,6 +39,9 @@ NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "poor", "clumsy", "bland",
             "flat", "cheap",
             "silly", "slow", "stale", "grim", "noisy", "shallow", "lame", "empty", "harsh",
             "sloppy", "tedious", "vapid"]
+NEUTRAL = ["long", "short", "old", "new", "loud", "quiet", "dark", "plain", "odd", "usual", "late",
+           "early", "big", "small", "local", "foreign", "modern", "classic", "simple", "dense",
+           "pale", "heavy", "formal", "casual"]
 NOUN_STEMS = ["plot", "cast", "music", "scene", "story", "ending", "actor", "script", "camera",
               "light", "set",
               "dialogue", "hero", "villain", "score", "pace", "tone", "mood", "voice", "color"]
@@ -47,7 +52,8 @@ CHAT_WORDS = ["BEGINNING", "OF", "CONVERSATION:", "USER:", "ASSISTANT:"]
 
 
 def lexicon(kind: str, n: int) -> list[str]:
-    base, mark = (POSITIVE, "+") if kind == "positive" else (NEGATIVE, "-")
+    base, mark = {"positive": (POSITIVE, "+"), "negative": (NEGATIVE, "-"),
+                  "neutral": (NEUTRAL, "~")}[kind]
     return [f"{base[i % len(base)]}{i // len(base) or ''}{mark}" for i in range(n)]
 
 
@@ -66,16 +72,19 @@ class Generator:
         self.w = w
         self.rng = random.Random(w.seed * 1000 + seed_offset)
         self.nouns = nouns(w.vocab_nouns)
-        self.lex = {1: lexicon("positive", w.lexicon), 0: lexicon("negative", w.lexicon)}
+        self.lex = {1: lexicon("positive", w.lexicon), 0: lexicon("negative", w.lexicon),
+                    -1: lexicon("neutral", w.lexicon)}
 
     def prompt(self) -> str:
         a, b, c = (self.rng.choice(self.nouns) for _ in range(3))
         return f"the {a} of the {b} and the {c}"
 
     def continuation(self, label: int) -> str:
+        """label 1 / 0: the class's attribute words (a share `noise` from the other class); -1:
+        neutral words of neither class, no noise."""
         words = []
         for _slot in range(3):   # three attribute words, each in a small neutral frame
-            cls = label if self.rng.random() >= self.w.noise else 1 - label
+            cls = label if label < 0 or self.rng.random() >= self.w.noise else 1 - label
             words += [self.rng.choice(["was", "is", "felt"]),
                       self.rng.choice(["very", "quite", "so", "really", "a"]),
                       self.rng.choice(self.lex[cls])]
@@ -101,6 +110,9 @@ def build_world(w: World) -> dict[str, list[dict]]:
         "sft": Generator(w, 5).corpus(w.sft, 1.0),
     }
     sets["shifted"] = Generator(w, 8).corpus(w.pretrain, w.control_prior)
+    if w.neutral:   # a pre-training corpus of neither class (no mixture of the alignment sets)
+        g = Generator(w, 10)
+        sets["neutral"] = [g.review(-1) for _ in range(w.neutral)]
     sets["joint"] = sets["pretrain"] + sets["positive"]
     random.Random(w.seed * 1000 + 9).shuffle(sets["joint"])
     g = Generator(w, 6)
@@ -124,6 +136,8 @@ def build_world(w: World) -> dict[str, list[dict]]:
 def vocabulary(w: World) -> list[str]:
     words = SPECIAL + CHAT_WORDS + FILLER + ["of", "felt"] + nouns(w.vocab_nouns)
     words += lexicon("positive", w.lexicon) + lexicon("negative", w.lexicon)
+    if w.neutral:
+        words += lexicon("neutral", w.lexicon)
     return list(dict.fromkeys(words))
 
 

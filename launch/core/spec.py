@@ -413,7 +413,8 @@ class Controls:
     from_base: bool = False
 
 
-# negative examples after which the collector reports paired changes (those on a study's grid)
+# negative examples after which the collector reports paired changes (those on a study's grid; also
+# its last volume and every window its claims name)
 WINDOWS = (25, 50, 100)
 
 
@@ -423,19 +424,25 @@ class Claim:
     and scale. The collector's claims table tests every row of that statistic (each model and start
     of the arm) as one family, Holm-corrected; every other number of the report is secondary.
     statistic: a column of the windows table (change, deeper: minus the smallest start, model:
-    minus the first model) or the adjusted table's arm effect (arm-effect); expect: the sign the
-    claim predicts, or equivalent (|effect| < bound, two one-sided tests)."""
+    minus the first model, deeper-return: the negatives to revert minus the smallest start's) or
+    the adjusted table's arm effect (arm-effect); expect: the sign the claim predicts, or
+    equivalent (|effect| < bound, two one-sided tests)."""
     name: str
     metric: str                      # the scale: positive_rate, positive_logit, kl_to_base, ...
-    statistic: Literal["change", "deeper", "model", "arm-effect"]
-    window: int                      # negative examples: 25, 50, 100 or the study's last volume
+    statistic: Literal["change", "deeper", "model", "arm-effect", "deeper-return"]
+    # negative examples: a volume of the study's grid (deeper-return: none, 0)
+    window: int = 0
     expect: Literal["negative", "positive", "equivalent"] = "negative"
     bound: float = 0.0               # equivalent: the smallest effect that would matter
     arm: str = ""                    # only this arm's rows (positive, control, from-base); "": all
+    model: str = ""                  # only this model's rows (a name of models); "": all
 
     def __post_init__(self):
         check(bool(self.name.strip()), "name", "is empty", "name the claim")
-        check(self.window >= 1, "window", f"must be >= 1, got {self.window}",
+        check((self.window >= 1) == (self.statistic != "deeper-return"), "window",
+              f"{self.statistic} takes " + ("no window" if self.statistic == "deeper-return" else
+                                            f"a window >= 1, got {self.window}"),
+              "leave it out" if self.statistic == "deeper-return" else
               "use a negative volume of the grid, e.g. 50")
         check(self.expect != "equivalent" or self.bound > 0, "bound",
               "an equivalence claim needs the effect it rules out",
@@ -459,6 +466,8 @@ class World:
     prompts: int = 2000              # held-out prompts
     sft: int = 2000                  # Setting I: SFT set
     control: int = 4000              # control corpus size
+    # a pre-training corpus of neither class (world:neutral), this size; 0: not built
+    neutral: int = 0
 
     def __post_init__(self):
         check(0 <= self.seed <= SEED_MAX, "seed", f"must be in [0, 2**32 - 1], got {self.seed}",
@@ -472,6 +481,8 @@ class World:
         for n in ("vocab_nouns", "lexicon", "pretrain", "alignment", "prompts", "sft", "control"):
             check(getattr(self, n) >= 1, n, f"must be >= 1, got {getattr(self, n)}",
                   "use a positive count")
+        check(self.neutral >= 0, "neutral", f"must be >= 0, got {self.neutral}",
+              "use 0 (none) or a corpus size, e.g. 20000")
 
     def sizes(self) -> dict[str, int]:
         """Each set the world stage writes (world:<set>) and its size: the one list of the world's
@@ -479,7 +490,8 @@ class World:
         return {"pretrain": self.pretrain, "positive": self.alignment, "negative": self.alignment,
                 "prompts": self.prompts, "sft": self.sft, "control": self.control,
                 "pairs": self.alignment,
-                "shifted": self.pretrain, "joint": self.pretrain + self.alignment}
+                "shifted": self.pretrain, "joint": self.pretrain + self.alignment,
+                "neutral": self.neutral}
 
 
 def world_set(path: str) -> str | None:
@@ -575,13 +587,13 @@ class Spec:
                       f"{d.split}{', filtered' if d.filter else ''}) has {have}",
                       "lower the volumes / prompts / responses, or choose a larger split")
         for i, c in enumerate(self.claims):
+            check(not c.model or c.model in names, f"claims[{i}].model",
+                  f"{c.model!r} is not a model of this study", f"use one of {names}")
             check(self.setting != "resistance", f"claims[{i}]", "claims test rebound window "
                   "statistics; Setting I has none", "remove claims, or use a rebound setting")
             grid = [n for n in self.volumes.negative if n > 0]
-            on = sorted({w for w in WINDOWS if w in grid} | ({max(grid)} if grid and
-                                                             c.statistic != "arm-effect" else set()))
-            check(c.window in on, f"claims[{i}].window", f"{c.window} is not a window of this "
-                  f"study's {c.statistic} statistic", f"use one of {on}")
+            check(c.statistic == "deeper-return" or c.window in grid, f"claims[{i}].window",
+                  f"{c.window} is not a negative volume of this study", f"use one of {grid}")
         if self.eval.scorer.kind == "rule":
             check(self.world is not None, "eval.scorer.kind", "the rule scorer only reads "
                                                               "toy-world text",
