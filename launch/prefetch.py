@@ -9,10 +9,11 @@ hub failure is one `error:` line naming the source.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
-from launch.core.env import hf_cache_env
+from launch.core.env import COMMIT, cached_commit, hf_cache_env, hub_sources
 from launch.core.profile import Profile
 from launch.core.schema import ConfigError
 from launch.core.spec import Spec, source_kind
@@ -23,14 +24,11 @@ from launch.core.spec import Spec, source_kind
 META = ["*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "vocab.json"]
 
 
-def hub_sources(spec: Spec) -> list[tuple[str, str, str]]:
-    """(field, repo, revision) of every hub model and scorer of the study."""
-    out = [(f"models[{i}].path", m.path, m.revision) for i, m in enumerate(spec.models)
-           if m.path and source_kind(m.path) == "hub"]
-    s = spec.eval.scorer
-    if s.kind in ("classifier", "score_model") and source_kind(s.model) == "hub":
-        out.append(("eval.scorer.model", s.model, s.revision))
-    return out
+def hub_models(spec: Spec) -> list[tuple[str, str, str]]:
+    """(field, repo, revision) of every hub model and scorer of the study (the error's field: its
+    path, or the scorer's model)."""
+    return [(f"{at}.{'model' if at == 'eval.scorer' else 'path'}", repo, rev)
+            for at, repo, kind, rev, _ in hub_sources(dataclasses.asdict(spec)) if kind == "model"]
 
 
 def weight_patterns(files: list[str]) -> list[str]:
@@ -50,7 +48,7 @@ def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict
     from train.data import load_rows
     hf_logging.set_verbosity_error()   # its retry warnings would come before our one error line
     rows = []
-    for field, repo, rev in hub_sources(spec):
+    for field, repo, rev in hub_models(spec):
         try:
             files = HfApi().list_repo_files(repo, revision=rev)
             where = snapshot_download(repo, revision=rev,
@@ -78,7 +76,21 @@ def prefetch(spec: Spec, profile: Profile | None = None, log=print) -> list[dict
     rows += held_out_overlap(spec)
     for r in rows:
         log(f"{r['what']:<16} {r['source']:<50} {r['status']}")
+    if lines := pins(spec):
+        log("to pin what was fetched (a hub branch moves; a commit does not), set in the config:")
+        for line in lines:
+            log(f"  {line}")
     return rows
+
+
+def pins(spec: Spec) -> list[str]:
+    """'<field>.revision: <commit>' for every hub source of the study whose revision is a branch or
+    tag, with the commit the HF cache now holds for it (launch.core.env.cached_commit)."""
+    out = []
+    for field, repo, kind, rev, subset in hub_sources(dataclasses.asdict(spec)):
+        if not COMMIT.fullmatch(rev) and (sha := cached_commit(repo, kind, rev, subset)):
+            out.append(f"{field}.revision: {sha}    # {repo}@{rev}")
+    return out
 
 
 def held_out_overlap(spec: Spec) -> list[dict]:
@@ -112,7 +124,7 @@ def cache_gaps(spec: Spec, hf_home: str) -> list[str]:
     from huggingface_hub import try_to_load_from_cache
     hub = Path(hf_home) / "hub"
     gaps = []
-    for _, repo, rev in hub_sources(spec):
+    for _, repo, rev in hub_models(spec):
         if not isinstance(try_to_load_from_cache(repo, "config.json", cache_dir=hub, revision=rev),
                           str):
             gaps.append(f"{repo} (model)")

@@ -24,6 +24,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from launch.core import layout
+from launch.core.env import hub_commits
 from launch.core.jobs import EXIT_BAD_INPUT, EXIT_LOAD, EXIT_PREEMPTED, KINDS, Context, LoadError, Preempted
 from launch.core.schema import ConfigError, build
 from launch.core.spec import Runtime
@@ -120,7 +121,9 @@ def _run(cell_dir: Path, meta: dict, job, exp_dir: Path, rank: int,
             "id": meta["id"], "stage": meta["stage"], "kind": meta["kind"],
             "coords": meta["coords"], "upstream": meta["upstream"],
             "fingerprint": meta["id"].rsplit("-", 1)[-1], "identity": meta["identity"],
-            "git_commit": layout.git_commit(), "runtime": runtime})
+            "git_commit": layout.git_commit(), "runtime": runtime,
+            # the commit each hub source resolved to in the cache it loads from
+            "sources": hub_commits(meta["job"])})
         # one line per start: requeues, resumes, reruns
         with open(cell_dir / "attempts.jsonl", "a") as f:
             f.write(json.dumps({k: runtime[k] for k in ("started", "host", "slurm_job_id")}) + "\n")

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from hub_fixtures import CLASSIFIER, COST_MODEL, build_hub
+from hub_fixtures import CLASSIFIER, COST_MODEL, SHA, build_hub
 from launch.core.spec import KNOWN_ROWS
 
 pytestmark = pytest.mark.slow   # real training, images or subprocess studies: not in make test-fast
@@ -137,6 +137,32 @@ def test_paper_config_end_to_end(paper_runs, name):
     train = [json.loads(p.read_text()) for p in exp.glob("*/*/summary.json")
              if p.parent.parent.name != "collect"]
     assert train and all(s["loss_weighting"] in ("example", "token") for s in train)
+    # every cell's record names the commit each hub source it loaded resolved to (one fake commit
+    # in the fixture cache)
+    records = [json.loads(p.read_text()) for p in exp.glob("*/*/record.json")]
+    sources = {k: v for r in records for k, v in r["sources"].items()}
+    assert sources and set(sources.values()) == {SHA}, sources
+    assert all("@main" in k for k in sources)
+
+
+def test_prefetch_pins_every_hub_source_to_the_cached_commit(offline):
+    """What `make prefetch` prints to pin a study: '<field>.revision: <commit>' for every hub model,
+    scorer and dataset whose revision is a branch, the commit the cache holds (as an offline job
+    loads it); a revision that is already a commit needs no pin; an uncached source gets none."""
+    import dataclasses
+    from launch.core.env import cached_commit, hub_sources
+    from launch.core.spec import load_spec
+    from launch.prefetch import pins
+    for path in CONFIGS:
+        spec = load_spec(path)
+        want = {f"{at}.revision: {SHA}    # {repo}@{rev}"
+                for at, repo, _, rev, _ in hub_sources(dataclasses.asdict(spec))}
+        assert want and set(pins(spec)) == want, path.name
+    spec = load_spec(ROOT / "configs/setting2/imdb.yaml")
+    pinned = dataclasses.replace(spec, models=(dataclasses.replace(spec.models[0], revision=SHA),))
+    assert not any(line.startswith("models[0]") for line in pins(pinned))
+    assert cached_commit("nobody/nothing", "model") is None
+    assert cached_commit("nobody/nothing", "dataset") is None
 
 
 # ---------------------------------------------------------------------- formats on the fixtures

@@ -7,12 +7,13 @@ and shell.
 from __future__ import annotations
 
 import hashlib
-
 import os
+import re
 from pathlib import Path
 
 from launch.core import layout
 from launch.core.profile import Profile
+from launch.core.spec import HUB_ID, source_kind
 
 
 PINNED = ("PYTHONPATH", "PYTHONSAFEPATH", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE",
@@ -91,3 +92,56 @@ def image_digest(image: str) -> str:
     except OSError:
         pass
     return digest
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def cached_commit(repo: str, kind: str, revision: str = "main", subset: str = "") -> str | None:
+    """The commit of hub `repo` at `revision` that this process's HF cache holds, i.e. what an
+    offline job loads (None where the cache lacks it): a model's refs/<revision>; a dataset's newest
+    cached build (<ns>___<name>/<config>/<version>/<commit>/, as `datasets` leaves it). A revision
+    that is a commit is itself."""
+    if COMMIT.fullmatch(revision):
+        return revision
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    if kind == "model":
+        ref = (Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
+               / f"models--{repo.replace('/', '--')}" / "refs" / revision)
+        return ref.read_text().strip() if ref.is_file() else None
+    from datasets.naming import camelcase_to_snakecase
+    ns, _, name = repo.rpartition("/")
+    root = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets") / (
+        (f"{ns}___" if ns else "") + camelcase_to_snakecase(name))
+    builds = [p.parent for p in root.glob(f"{subset or '*'}/*/*/dataset_info.json")
+              if COMMIT.fullmatch(p.parent.name)]
+    return max(builds, key=lambda p: p.stat().st_mtime).name if builds else None
+
+
+def hub_sources(node, at: str = "") -> list[tuple[str, str, str, str, str]]:
+    """Every hub source a job (or study) names, from its JSON: (field path, repo, 'model' |
+    'dataset', revision, subset). Datasets are the mappings with a split; scorers name theirs in
+    `model`."""
+    out = []
+    if isinstance(node, dict):
+        repo = node.get("path") if "split" in node or "revision" in node else None
+        if node.get("kind") in ("classifier", "score_model"):
+            repo = node.get("model")
+        if isinstance(repo, str) and HUB_ID.fullmatch(repo) and source_kind(repo) == "hub" \
+                and "revision" in node:   # (not an upstream cell's output: '@stage/...')
+            out.append((at, repo, "dataset" if "split" in node else "model", node["revision"],
+                        node.get("subset", "")))
+        for k, v in node.items():
+            out += hub_sources(v, f"{at}.{k}" if at else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            out += hub_sources(v, f"{at}[{i}]")
+    return out
+
+
+def hub_commits(job_json: dict) -> dict[str, str | None]:
+    """'<repo>@<revision>' -> the cached commit it resolves to, for every hub source of a job: what
+    record.json keeps, so that a result names the exact weights and data it came from."""
+    return {f"{repo}@{rev}" + (f" ({subset})" if subset else ""): cached_commit(repo, kind, rev,
+                                                                               subset)
+            for _, repo, kind, rev, subset in hub_sources(job_json)}
