@@ -124,21 +124,17 @@ def shared_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def reduced_run(tmp_path_factory):
-    """The reduced toy study run once per test run, undisturbed, through the local executor: (plan,
-    runs root). Workers share it: the first to ask runs it, the others wait for it."""
-    from filelock import FileLock
+    """The reduced toy study run once per test process (each pytest-xdist worker its own: sharing
+    one made a worker wait for the other), undisturbed, through the local executor: (plan, runs
+    root)."""
     from launch.local import run_plan
     from launch.plan import make_plan
     from launch.core.profile import load_profile
     from launch.core.spec import load_spec
-    tmp = shared_dir(tmp_path_factory) / "reduced"
-    with FileLock(str(tmp) + ".lock"):
-        tmp.mkdir(exist_ok=True)
-        plan = make_plan(load_spec(reduced_config(tmp)))
-        runs = tmp / "runs"
-        if not (tmp / "ran").exists():
-            assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
-            (tmp / "ran").touch()
+    tmp = tmp_path_factory.mktemp("reduced")
+    plan = make_plan(load_spec(reduced_config(tmp)))
+    runs = tmp / "runs"
+    assert run_plan(plan, runs, load_profile(ROOT / "configs/profiles/local-cpu.yaml")) == 0
     return plan, runs
 
 
@@ -186,8 +182,7 @@ HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}
 
 # make test runs the files in pytest-xdist workers (`-n auto --dist loadfile`: a file's tests in one
 # worker), the longest files first so that none of them starts last. Every test that needs the Slurm
-# cluster is in test_slurm.py (one worker: its nodes and queue are shared); the reduced study's run
-# is made once per test run (reduced_run).
+# cluster is in test_slurm.py (one worker: its nodes and queue are shared).
 LONGEST_FIRST = ("test_slurm.py", "test_trainer.py", "test_reliability.py",
                  "test_paper_configs.py", "test_gpu_check.py", "test_gpu_path.py")
 
