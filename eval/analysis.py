@@ -8,6 +8,7 @@ products of compression, and the paper's printed numbers beside ours. Every cell
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import defaultdict
@@ -303,7 +304,8 @@ def claims_tables(curves_of, claims) -> list[Table]:
         found: list[tuple] = []   # (model, arm, start, Stat)
         if claim.statistic == "arm-effect":
             found = [(r["model"], r["arm"], f"vs {r['vs aligned arm of']}", r["arm effect c"])
-                     for r in adjusted_table(curves, claim.metric, (w,)).rows]
+                     for r in adjusted_table(curves, claim.metric, (w,)).rows
+                     if not claim.versus or r["vs aligned arm of"] == claim.versus]
         else:
             key = claim.statistic if claim.statistic == "deeper-return" else \
                 f"{claim.statistic}@{w}"
@@ -321,17 +323,20 @@ def claims_tables(curves_of, claims) -> list[Table]:
             result = "unresolved" if p is None or q >= 0.05 else \
                 "as expected" if equiv or sign == claim.expect else "opposite"
             counts[result] += 1
-            tests.add(claim.name, model, arm, start, s, f"{s.n} {s.unit}, {max(s.n - 1, 0)} df",
+            tests.add(claim.name, model, arm, start, dataclasses.replace(s, test=False),
+                      f"{s.n} {s.unit}, {max(s.n - 1, 0)} df",
                       Stat(p, digits=4, signed=False) if p is not None else None,
                       Stat(q, digits=4, signed=False), result)
         m = len(found)
-        verdict = ("not measured" if not m else "contradicted" if counts["opposite"] else
+        verdict = ("no test (the statistic is defined nowhere: e.g. no start reached its level)"
+                   if not m else "contradicted" if counts["opposite"] else
                    "reproduced" if counts["as expected"] == m else
                    "unresolved" if not counts["as expected"] else
                    f"partly ({counts['as expected']} of {m})")
         expects = f"|effect| < {claim.bound:g}" if equiv else f"{claim.expect} sign"
         verdicts.add(claim.name, f"{claim.statistic}{f'@{w}' if w else ''} of {claim.metric}"
-                     + "".join(f" ({x})" for x in (claim.model, claim.arm) if x), expects, m,
+                     + "".join(f" ({x})" for x in (claim.model, claim.arm) if x)
+                     + (f" vs {claim.versus}'s aligned arm" if claim.versus else ""), expects, m,
                      counts["as expected"], counts["opposite"], counts["unresolved"], verdict)
     return [verdicts, tests]
 

@@ -124,6 +124,9 @@ def tables_of(records, study: dict, models: dict, claims=()) -> tuple[dict[str, 
         tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + \
             [f(c, n, windows) for n, c in panels.items() for f in (analysis.window_table,
                                                                    analysis.adjusted_table)]
+        if "kl_to_base" in extra:   # the paper's KL table: negatives until KL reverts
+            tables["rebound"].append(analysis.window_table(extra["kl_to_base"][1], "kl_to_base",
+                                                           windows))
     if claims:
         curves_of = functools.cache(lambda n: analysis.rebound_tables(records, n)[1])
         tables["claims"] = analysis.claims_tables(curves_of, claims)

@@ -327,7 +327,7 @@ def test_identity_changes_only_affected_cells(tmp_path):
     assert base_ids - claim_ids == collect
     (cell,) = plan.stages["collect"]
     assert cell.job_json["claims"] == [{**claim, "expect": "negative", "bound": 0.0,
-                                        "arm": "", "model": ""}]
+                                        "arm": "", "model": "", "versus": ""}]
 
 
 def tiny_safetensors() -> bytes:

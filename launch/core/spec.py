@@ -436,6 +436,7 @@ class Claim:
     bound: float = 0.0               # equivalent: the smallest effect that would matter
     arm: str = ""                    # only this arm's rows (positive, control, from-base); "": all
     model: str = ""                  # only this model's rows (a name of models); "": all
+    versus: str = ""                 # arm-effect: only against this model's aligned arm; "": all
 
     def __post_init__(self):
         check(bool(self.name.strip()), "name", "is empty", "name the claim")
@@ -587,8 +588,9 @@ class Spec:
                       f"{d.split}{', filtered' if d.filter else ''}) has {have}",
                       "lower the volumes / prompts / responses, or choose a larger split")
         for i, c in enumerate(self.claims):
-            check(not c.model or c.model in names, f"claims[{i}].model",
-                  f"{c.model!r} is not a model of this study", f"use one of {names}")
+            for key in ("model", "versus"):
+                check(not getattr(c, key) or getattr(c, key) in names, f"claims[{i}].{key}",
+                      f"{getattr(c, key)!r} is not a model of this study", f"use one of {names}")
             check(self.setting != "resistance", f"claims[{i}]", "claims test rebound window "
                   "statistics; Setting I has none", "remove claims, or use a rebound setting")
             grid = [n for n in self.volumes.negative if n > 0]
