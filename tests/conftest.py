@@ -115,13 +115,6 @@ def reduced_config(tmp_path: Path) -> Path:
     return p
 
 
-def shared_dir(tmp_path_factory) -> Path:
-    """The folder every pytest-xdist worker of this run sees (the run's base temp; each worker's
-    own is one below it)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @pytest.fixture(scope="session")
 def reduced_run(tmp_path_factory):
     """The reduced toy study run once per test process (each pytest-xdist worker its own: sharing
@@ -139,7 +132,7 @@ def reduced_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
+def cluster():
     """The real one-machine Slurm cluster (tests/slurm/up.sh, idempotent): every test that needs
     Slurm takes this fixture, so that `make test` alone works on a machine where nothing was
     installed before."""
@@ -148,11 +141,9 @@ def cluster(tmp_path_factory):
     # to check that no other test needs Slurm (README, "make test")
     if os.environ.get("ELASTICA_NO_SLURM"):
         pytest.skip("ELASTICA_NO_SLURM is set")
-    from filelock import FileLock
-    with FileLock(str(shared_dir(tmp_path_factory) / "slurm-up.lock")):   # one start at a time
-        r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")],
-                           env=dict(os.environ, WITH_DBD="1", CPUS="8", NODES="2"),
-                           capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")],
+                       env=dict(os.environ, WITH_DBD="1", CPUS="8", NODES="2"),
+                       capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         pytest.fail(f"tests/slurm/up.sh failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     return True
@@ -180,7 +171,7 @@ def slurm_profile(tmp_path: Path, **over) -> Path:
 HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}
 
 
-# make test runs the files in pytest-xdist workers (`-n auto --dist loadfile`: a file's tests in one
+# make test runs the files in pytest-xdist workers (`--dist loadfile`: a file's tests in one
 # worker), the longest files first so that none of them starts last. Every test that needs the Slurm
 # cluster is in test_slurm.py (one worker: its nodes and queue are shared).
 LONGEST_FIRST = ("test_slurm.py", "test_trainer.py", "test_reliability.py",
