@@ -20,7 +20,7 @@ import numpy as np
 
 from eval.records import metric_of, seed_of
 from eval.stats import (Stat, ci_label, holm, natural, p_equivalent, p_value, stat, t_quantile,
-                        unit_ci)
+                        unit_ci, unit_of)
 from eval.tables import Table
 from launch.core.spec import WINDOWS
 
@@ -245,16 +245,14 @@ def adjusted_table(curves: list[Curve], metric_name: str, windows=WINDOWS) -> Ta
               ["model", "arm", "vs aligned arm of", "window", "arm effect c", "start slope b", "n",
                "units"])
     obs = defaultdict(list)   # (model, arm, w) -> [(start level, change, unit)]
-    many = len({s[0] for c in curves for q in c.points for s in q.seeds
-                if isinstance(s, tuple)}) > 1
-    unit_of = lambda sd: sd[0] if many else sd
+    unit, unit_name = unit_of({s for c in curves for q in c.points for s in q.seeds})
     for c in curves:
         at = {q.negative: q.seeds for q in c.points}
         if c.arm == "base" or 0 not in at:
             continue
         for w in windows:
             for sd in (sd for sd in at.get(w, {}) if sd in at[0]):
-                obs[(c.model, c.arm, w)].append((at[0][sd], at[w][sd] - at[0][sd], unit_of(sd)))
+                obs[(c.model, c.arm, w)].append((at[0][sd], at[w][sd] - at[0][sd], unit(sd)))
     first = next((c.model for c in curves if c.arm == "positive"), "")
     pairs = [(k, k[0]) for k in obs if k[1] != "positive"] + [(k, first) for k in obs
                                                               if k[0] != first]
@@ -277,9 +275,8 @@ def adjusted_table(curves: list[Curve], metric_name: str, windows=WINDOWS) -> Ta
             meat += np.outer(score, score)
         cov = bread @ meat @ bread * g / (g - 1) * (n - 1) / (n - 3)
         half = t_quantile(0.95, g - 1) * math.sqrt(max(cov[2, 2], 0.0))
-        t.add(model, arm, ref, w, Stat(float(coef[2]), half, g, test=True,
-                                       unit="bases" if many else "seeds"),
-              Stat(float(coef[1]), None, n), n, f"{g} {'bases' if many else 'seeds'}")
+        t.add(model, arm, ref, w, Stat(float(coef[2]), half, g, test=True, unit=unit_name),
+              Stat(float(coef[1]), None, n), n, f"{g} {unit_name}")
     return t
 
 

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table as RTable
 
 from eval import analysis, plots
-from eval.records import on_disk, pretrain_sizes, read_cells
+from eval.records import on_disk, pretrain_sizes, read_cells, seed_of
 from eval.stats import Stat, ci_kind, unit_ci
 from eval.tables import Table
 from launch.core.jobs import CollectJob, Context
@@ -81,8 +81,8 @@ def results_rows(records, study: dict) -> list[dict]:
         group.sort(key=lambda r: (str(r["pretrain_seed"]), str(r["seed"])))
         out += group
         one = group[0]
-        chains = {(r["pretrain_seed"], r["seed"]) if r["pretrain_seed"] != "" else r["seed"]:
-                  r["value"] for r in group}   # records.seed_of
+        chains = {seed_of({k: r[k] for k in ("pretrain_seed", "seed") if r[k] != ""}): r["value"]
+                  for r in group}
         mean, half, n, unit = unit_ci(chains, one["stderr"] if one["stderr"] != "" else None)
         out.append({**one, "row": "mean", "pretrain_seed": "", "seed": "", "value": mean,
                     "stderr": "", "n": "", "ci_low": mean - half, "ci_high": mean + half,

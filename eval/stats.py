@@ -52,17 +52,27 @@ def mean_ci(values: list[float], stderr_one: float | None = None) -> tuple[float
     return m, t_quantile(0.95, n - 1) * sd / math.sqrt(n), n
 
 
+def unit_of(keys) -> tuple:
+    """The independent unit of chains keyed by records.seed_of: (chain key -> its unit, 'seeds' |
+    'bases'). The seed; or, where the chains sit inside two or more pre-training seeds ((pretrain
+    seed, seed) keys), the base (alignment seeds of one base share it, so they are not independent
+    of one another)."""
+    keys = list(keys)
+    if keys and all(isinstance(k, tuple) for k in keys) and len({k[0] for k in keys}) > 1:
+        return (lambda k: k[0]), "bases"
+    return (lambda k: k), "seeds"
+
+
 def units(values: dict) -> tuple[list[float], str]:
-    """What a mean and its interval are over, from per-chain values keyed by records.seed_of: the
-    seeds; or, where the chains sit inside two or more pre-training seeds ((pretrain seed, seed)
-    keys), the bases, each the mean of its own chains (alignment seeds of one base share it, so
-    they are not independent of one another)."""
-    bases: dict = {}
+    """What a mean and its interval are over: per-chain values averaged within each unit
+    (unit_of)."""
+    key, unit = unit_of(values)
+    if unit == "seeds":
+        return list(values.values()), unit
+    groups: dict = {}
     for k, v in values.items():
-        bases.setdefault(k[0] if isinstance(k, tuple) else None, []).append(v)
-    if None in bases or len(bases) < 2:
-        return list(values.values()), "seeds"
-    return [sum(v) / len(v) for v in bases.values()], "bases"
+        groups.setdefault(key(k), []).append(v)
+    return [sum(v) / len(v) for v in groups.values()], unit
 
 
 def unit_ci(values: dict, stderr_one: float | None = None) -> tuple[float, float, int, str]:
