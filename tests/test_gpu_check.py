@@ -54,6 +54,9 @@ def test_gpu_bundle_is_complete_and_the_smoke_check_passes_on_it(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     py = torch_only_venv(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    # DeepSpeed's comm op JIT-built for this venv in a folder of its own: its build flags name the
+    # venv, and in the suite's shared folder each venv's build would make the other rebuild (~1 min)
+    env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "torch_extensions")
     bare = subprocess.run([py, "-c", "import torch; import deepspeed"], capture_output=True,
                           text=True, env=env)
     assert "No module named 'deepspeed'" in bare.stderr, "the venv has torch and nothing else"

@@ -269,17 +269,22 @@ def test_requeue_after_timeouts_is_bit_identical(cluster, tmp_path, exp_dir):
     assert same_weights(load_file(str(ref / "checkpoints" / "n600" / "model.safetensors")), d)
 
 
-def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
+def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, request):
     """A cell's processes die with SIGKILL (no signal to save on, like a node failure): its
     dependents are cancelled; a resubmission resumes it from its rolling checkpoint and reproduces
-    the undisturbed tables."""
+    the tables of an undisturbed run of the same study, made locally while the Slurm jobs run."""
     from conftest import reduced_config
-    ref_plan, ref_runs = reduced_run
     # eval cells packed 3 to a task (profile eval.cells_per_task): requeue, resume and results stay
     # per cell
     cfg, prof = reduced_config(tmp_path), slurm_profile(tmp_path, eval={"cells_per_task": 3})
     r = launch("submit", cfg, "--profile", prof)
     assert r.returncode == 0, r.stderr[-3000:]
+    ref_runs = tmp_path / "ref-runs"
+    ref = subprocess.Popen([sys.executable, "-m", "launch", "run", str(cfg), "--runs", str(ref_runs),
+                            "--profile", str(ROOT / "configs/profiles/local-cpu.yaml")],
+                           cwd=ROOT, stdout=(tmp_path / "ref.log").open("w"),
+                           stderr=subprocess.STDOUT)
+    request.addfinalizer(ref.kill)
     exp = tmp_path / "runs" / "toy-reduced"
     manifest = [json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines()]
     pretrain_job = next(m["job_id"] for m in manifest if m["stage"] == "pretrain")
@@ -314,8 +319,10 @@ def test_kill9_on_slurm_then_resubmit(cluster, tmp_path, reduced_run):
     assert (next(exp.glob("world/*")) / "DONE").stat().st_mtime_ns == world_done
     summary = json.loads((cell / "summary.json").read_text())
     assert summary["resumed_at_steps"] and summary["resumed_at_steps"][0] >= 4
+    assert ref.wait(timeout=900) == 0, (tmp_path / "ref.log").read_text()[-3000:]
     for name in ("rebound.md", "compression.md"):
-        assert (exp / "report" / name).read_text() == (ref_plan.exp_dir(ref_runs) / "report" / name).read_text()
+        assert (exp / "report" / name).read_text() == \
+            (ref_runs / "toy-reduced" / "report" / name).read_text()
     evals = [m for m in (json.loads(l) for l in (exp / "manifest.jsonl").read_text().splitlines())
              if m["stage"] == "eval"]
     assert evals and all(len({c["task"] for c in m["cells"]}) == -(-len(m["cells"]) // 3)
