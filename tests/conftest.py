@@ -171,11 +171,26 @@ def slurm_profile(tmp_path: Path, **over) -> Path:
 HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}
 
 
-# make test runs the files in pytest-xdist workers (`--dist loadfile`: a file's tests in one
-# worker), the longest files first so that none of them starts last. Every test that needs the Slurm
-# cluster is in test_slurm.py (one worker: its nodes and queue are shared).
+# make test runs the files in pytest-xdist workers, a file's tests in one worker, the longest files
+# first so that none of them starts last. A session fixture is built once per worker, so the files
+# that share an expensive one run in the same worker: every test that needs the Slurm cluster is in
+# test_slurm.py (its nodes and queue are shared), and the files that read the reduced study's run
+# are one unit of work (SHARED_RUNS: it takes 2-3 minutes to make).
 LONGEST_FIRST = ("test_slurm.py", "test_trainer.py", "test_reliability.py",
                  "test_paper_configs.py", "test_gpu_check.py", "test_gpu_path.py")
+SHARED_RUNS = ("test_reliability.py", "test_toyworld.py", "test_spec_plan.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's file scheduling, with the files of SHARED_RUNS as one unit (its group marks,
+    `--dist loadgroup`, do not reach pytest 9's node ids)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "reduced_run" if Path(path).name in SHARED_RUNS else path
+    return SharedFixtureScheduling(config, log)
 
 
 def pytest_collection_modifyitems(items):
@@ -189,5 +204,8 @@ def pytest_collection_modifyitems(items):
         if "cluster" in names and item.path.name != LONGEST_FIRST[0]:
             raise pytest.UsageError(f"{item.nodeid} takes the Slurm cluster: move it to "
                                     f"tests/{LONGEST_FIRST[0]} (one xdist worker shares it)")
+        if "reduced_run" in names and item.path.name not in SHARED_RUNS:
+            raise pytest.UsageError(f"{item.nodeid} takes reduced_run: move it to one of "
+                                    f"{', '.join(SHARED_RUNS)} (one xdist worker makes it)")
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
