@@ -13,7 +13,7 @@
 #   make prefetch CONFIG=... PROFILE=...  login node: fill the profile's HF cache, check that every volume fits
 #   make prefetch-setting1|2|3 PROFILE=...   the same for every config of a setting (what submit-settingN needs)
 #   make collect RUN=runs/<experiment>   tables and plots
-#   make toy-world                       the studies of docs/toy-world.md, timed, and its tables (61 min on 2 cores)
+#   make toy-world                       the studies of docs/toy-world.md, timed, and its tables (91 min on 2 cores)
 #   make wandb-sync RUN=runs/<experiment>  upload the study's offline W&B runs (grouped by study and stage)
 #   make bench                           every benchmark under bench/ -> docs/benchmarks.md
 #   make gpu-check [GPU_CHECK_ARGS=--smoke]  prove the GPU path on one GPU (docs/gpu-check.md)
@@ -78,7 +78,7 @@ demo: setup
 	$(PY) -m launch run configs/toy/setting2.yaml --profile configs/profiles/local-cpu.yaml --runs $(RUNS)
 	$(PY) -m launch collect $(RUNS)/toy-setting2
 
-toy-world: setup   # the eight studies of docs/toy-world.md, timed, then its tables (61.0 min measured on 2 cores)
+toy-world: setup   # the ten studies of docs/toy-world.md, timed, then its tables (91.4 min measured on 2 cores)
 	OMP_NUM_THREADS=1 $(PY) docs/toy_world_report.py --run --jobs 2 $(RUNS)
 
 submit: setup

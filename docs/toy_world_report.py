@@ -4,20 +4,32 @@ run folders.
     make toy-world      # = OMP_NUM_THREADS=1 .venv/bin/python docs/toy_world_report.py --run --jobs 2 runs
     .venv/bin/python docs/toy_world_report.py runs      # only refresh docs/toy-world/ from runs that exist
 
+The page's tables are the collector's: a block of docs/toy-world.md
+
+    <!-- table: setting2/rebound.md | positive_logit: paired drops -->
+    ...
+    <!-- /table -->
+
+is filled with the table of docs/toy-world/setting2/rebound.md whose heading starts with the text
+after "|" (one table exactly, or the script stops and names the block), heading included, each time
+the script runs; `--page-only` refills the page from the committed tables without a runs root.
+
 --run runs the studies one after another in STUDIES order (`python -m launch run <config> --runs
 <runs> --jobs N`), timing each: a study takes the cells an earlier one under the same runs root has
 done (the same content-addressed cells: the shared world, bases and Setting I slices;
 launch.plan.Plan.reusable), so the order decides which study pays for them. The times go to
 <runs>/toy-world-times.json and docs/toy-world/times.md (seconds, cells run, cells taken). Numbers
 come only from the run folders (collector tables as Markdown and CSV, results.csv); the prose of
-docs/toy-world.md is written by a person.
+docs/toy-world.md is written by a person, its tables are filled in from those files.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +82,8 @@ def run_all(runs: Path, jobs: int) -> None:
 
 def times_table(runs: Path) -> str:
     times = json.loads((runs / "toy-world-times.json").read_text())
-    rows = ["| study | minutes | cells run | cells taken from an earlier study | jobs | cpus |",
+    rows = ["### Minutes per study, run one after another into one runs root", "",
+            "| study | minutes | cells run | cells taken from an earlier study | jobs | cpus |",
             "|---|---:|---:|---:|---:|---:|"]
     for exp in STUDIES:
         if t := times.get(exp):
@@ -80,6 +93,31 @@ def times_table(runs: Path) -> str:
     total = sum(times[e]["seconds"] for e in STUDIES if e in times)
     rows.append(f"| all, one after another | {total / 60:.1f} | | | | |")
     return "\n".join(rows) + "\n"
+
+
+BLOCK = re.compile(r"<!-- table: (?P<file>[\w./-]+) \| (?P<head>[^\n]+?) -->\n.*?<!-- /table -->",
+                   re.S)
+
+
+def tables_of(md: str) -> dict[str, str]:
+    """{heading: the heading and its table} of a collector report file."""
+    parts = re.split(r"(?m)^(?=### )", md)
+    return {p.splitlines()[0][4:]: p.strip() for p in parts if p.startswith("### ")}
+
+
+def fill_page(page: str, tables_dir: Path) -> str:
+    """The page with every table block refilled from tables_dir; a block that names no table, or
+    more than one, stops the script with the block's text."""
+    def fill(m: re.Match) -> str:
+        f = tables_dir / m["file"]
+        if not f.is_file():
+            sys.exit(f"docs/toy-world.md: {m['file']}: no such table file (block: {m[0][:80]!r})")
+        found = [t for h, t in tables_of(f.read_text()).items() if h.startswith(m["head"])]
+        if len(found) != 1:
+            sys.exit(f"docs/toy-world.md: {m['file']}: {len(found)} tables start with "
+                     f"{m['head']!r}; name one")
+        return f"<!-- table: {m['file']} | {m['head']} -->\n{found[0]}\n<!-- /table -->"
+    return BLOCK.sub(fill, page)
 
 
 def main(runs: Path) -> None:
@@ -110,6 +148,31 @@ def main(runs: Path) -> None:
               f"{out / short}")
     if (runs / "toy-world-times.json").exists():
         (out / "times.md").write_text(times_table(runs))
+    (out / "claims.md").write_text(claims_table(runs))
+    write_page()
+
+
+def claims_table(runs: Path) -> str:
+    """Every study's claims (the collector's claims.csv of each), one table: what each config named
+    before its run, and the verdict of its Holm-corrected family."""
+    rows = ["### Every study's claims, each named in its config before the run (primary statistic, "
+            "window, scale); each family Holm-corrected at 5 %", "",
+            "| study | claim | primary statistic | expects | tests | as expected | opposite | "
+            "unresolved | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for exp in STUDIES:
+        f = runs / exp / "report" / "tables" / "claims.csv"
+        if f.is_file():
+            for r in csv.DictReader(f.open()):
+                rows.append(f"| {exp} | " + " | ".join(
+                    r[c].replace("|", "\\|") for c in ("claim", "primary statistic", "expects",
+                                                       "tests", "as expected", "opposite",
+                                                       "unresolved", "verdict")) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def write_page() -> None:
+    page = ROOT / "docs" / "toy-world.md"
+    page.write_text(fill_page(page.read_text(), ROOT / "docs" / "toy-world"))
 
 
 if __name__ == "__main__":
@@ -119,7 +182,12 @@ if __name__ == "__main__":
     ap.add_argument("--run", action="store_true", help="run the studies first, timing each")
     ap.add_argument("--jobs", type=int, default=2, help="cells at once within a study (launch run "
                                                         "--jobs)")
+    ap.add_argument("--page-only", action="store_true", help="only refill docs/toy-world.md's "
+                                                             "tables from docs/toy-world/")
     a = ap.parse_args()
+    if a.page_only:
+        write_page()
+        sys.exit(0)
     if a.run:
         run_all(Path(a.runs), a.jobs)
     main(Path(a.runs))

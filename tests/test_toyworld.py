@@ -374,3 +374,34 @@ def test_a_fused_cell_that_fails_fails_alone(reduced_run, tmp_path):
     failed = json.loads((bad / "FAILED").read_text())
     assert failed["rc"] == 2 and failed["error"].startswith("error: model.path: cannot load a "
                                                             "tokenizer")
+
+
+def page_filler():
+    sys.path.insert(0, str(ROOT / "docs"))
+    import toy_world_report
+    return toy_world_report
+
+
+def test_the_toy_world_page_shows_the_committed_tables():
+    """Every table of docs/toy-world.md is the one the collector wrote into docs/toy-world/:
+    refilling the page from those files changes nothing (the page names each table once)."""
+    page = (ROOT / "docs" / "toy-world.md").read_text()
+    blocks = page.count("<!-- table: ")
+    assert blocks >= 10 and blocks == page.count("<!-- /table -->")
+    assert page_filler().fill_page(page, ROOT / "docs" / "toy-world") == page
+
+
+def test_a_page_block_that_names_no_table_or_two_stops_the_refill(tmp_path):
+    import pytest
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "r.md").write_text("### a: one\n\n| x |\n|---|\n| 1 |\n\n### a: two\n\n"
+                                         "| y |\n|---|\n| 2 |\n")
+    fill = page_filler().fill_page
+    got = fill("x\n<!-- table: s/r.md | a: two -->\nold\n<!-- /table -->\ny\n", tmp_path)
+    assert got == "x\n<!-- table: s/r.md | a: two -->\n### a: two\n\n| y |\n|---|\n| 2 |\n" \
+                  "<!-- /table -->\ny\n"
+    for head, says in (("a:", "2 tables start with 'a:'"), ("b", "0 tables start with 'b'")):
+        with pytest.raises(SystemExit, match=says):
+            fill(f"<!-- table: s/r.md | {head} -->\n<!-- /table -->", tmp_path)
+    with pytest.raises(SystemExit, match="s/q.md: no such table file"):
+        fill("<!-- table: s/q.md | a -->\n<!-- /table -->", tmp_path)
