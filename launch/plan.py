@@ -43,7 +43,7 @@ ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("recipe", "simpo_beta"): 2.0
                     ("recipe", "simpo_gamma"): 1.0, ("eval", "aggregate"): "mean",
                     ("eval", "scorer", "append_eos"): True, ("eval", "scorer", "dtype"): "auto",
                     ("eval", "strip"): False, ("claims",): [],
-                    ("world", "neutral"): 0}
+                    ("world", "neutral"): 0, ("recipe", "kto_beta"): 0.1}
 
 
 def _without(node: dict, path: tuple, default) -> dict:

@@ -244,6 +244,28 @@ def test_dpo_raises_chosen_over_rejected(exp_dir):
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 
+def test_kto_moves_both_answers_from_the_reference_whatever_the_micro_batch(exp_dir):
+    """Paired KTO: the chosen answers' log-ratio to the reference rises and the rejected ones'
+    falls, each against the other side's reference point; the reference points are taken over the
+    whole global batch before the step, so micro-batches of 2 train what micro-batches of 8 do (up
+    to float summation order)."""
+    j = TrainJob(model=ModelRef(path=str(exp_dir / "models" / "gpt2")),
+                 data=Data(path="@world/data/pairs.jsonl"),
+                 recipe=Recipe(algorithm="kto", lr=1e-3, global_batch=8, max_length=64,
+                               zero_stage=0, precision="fp32", kto_beta=0.5),
+                 seed=3, template="plain", milestones=(96,))
+    whole = train(exp_dir, "kto-8", j, runtime={"micro_batch": 8})
+    cut = train(exp_dir, "kto-2", j, runtime={"micro_batch": 2})
+    rows = [json.loads(l) for l in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["kto_margin"]) < 1.0        # the first step starts at the reference
+    assert sum(r["kto_margin"] for r in rows[-3:]) / 3 > 0.5   # nats; sigmoid's slope bounds it
+    assert rows[0]["loss"] == pytest.approx(1.0, abs=0.05)   # at the reference: 2 - 2 sigmoid(0)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.05
+    again = [json.loads(l) for l in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in rows], rel=1e-4)
+    assert max_diff(weights(whole, 96), weights(cut, 96)) < 1e-4
+
+
 def test_bad_training_input_is_one_line(exp_dir):
     cases = [
         (job(exp_dir, milestones=(100000,)), "volumes: volume 100000 is larger than the dataset"),

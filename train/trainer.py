@@ -228,7 +228,7 @@ class Trainer:
         self.device = self.engine.device
         t3 = time.time()
         self.phases["init_s"] = t3 - t2
-        self.ref_logps = self._reference_logps() if r.algorithm == "dpo" else {}
+        self.ref_logps = self._reference_logps() if r.algorithm in ("dpo", "kto") else {}
         self.phases["reference_s"] = time.time() - t3
 
     def _agree_on_optimizer(self, mine: dict) -> dict:
@@ -267,6 +267,29 @@ class Trainer:
                         ref[i] = (c[k].item(), rj[k].item())
         return ref
 
+    def _log_ratios(self, mb: list[int], c_lp, r_lp):
+        """The chosen and rejected answers' log-ratios to the frozen reference."""
+        ref = torch.tensor([self.ref_logps[abs(i) - 1 if i < 0 else i] for i in mb],
+                           device=self.device)
+        return c_lp - ref[:, 0], r_lp - ref[:, 1]
+
+    def _kto_reference_points(self, s: int, e: int) -> tuple[float, float]:
+        """KTO's reference points z = (chosen, rejected): the policy's mean log-ratio over the
+        step's chosen answers and over its rejected ones, each clamped at 0 and held fixed; over the
+        whole global batch and every rank, before the step, so that no micro-batch cut or rank count
+        changes them (one extra forward pass per micro-batch, no backward)."""
+        acc = torch.zeros(3, dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world,
+                                      self.rt.micro_batch):
+                c_lp, r_lp, _, w = self._pair_logps(mb)
+                w = w.to(self.device)
+                cr, rr = self._log_ratios(mb, c_lp, r_lp)
+                acc += torch.stack([(cr * w).sum(), (rr * w).sum(), w.sum()]).double()
+        dist.all_reduce(acc)
+        n = max(acc[2].item(), 1.0)
+        return max(acc[0].item() / n, 0.0), max(acc[1].item() / n, 0.0)
+
     def step(self, s: int, e: int) -> dict:
         """One optimizer step on examples [s, e) of the order; returns its metrics."""
         r = self.job.recipe
@@ -282,20 +305,21 @@ class Trainer:
         # since the all_reduce below runs on the training process group (NCCL serves CUDA tensors
         # only)
         acc = torch.zeros(5, dtype=torch.float64, device=self.device)
+        z = self._kto_reference_points(s, e) if r.algorithm == "kto" else (0.0, 0.0)
         for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world,
                                   self.rt.micro_batch):
             if pairs:
                 c_lp, r_lp, mask, w = self._pair_logps(mb, mean=r.algorithm == "simpo")
                 w = w.to(self.device)
-                if r.algorithm == "dpo":
-                    ref = torch.tensor([self.ref_logps[abs(i) - 1 if i < 0 else i] for i in mb],
-                                       device=self.device)
-                    margin = (c_lp - ref[:, 0]) - (r_lp - ref[:, 1])
-                    logit = r.dpo_beta * margin
-                else:   # simpo: no reference; a target margin gamma
+                if r.algorithm == "simpo":   # no reference; a target margin gamma
                     margin = c_lp - r_lp
-                    logit = r.simpo_beta * margin - r.simpo_gamma
-                per = -F.logsigmoid(logit) * w
+                    per = -F.logsigmoid(r.simpo_beta * margin - r.simpo_gamma) * w
+                else:
+                    cr, rr = self._log_ratios(mb, c_lp, r_lp)
+                    margin = cr - rr
+                    per = (-F.logsigmoid(r.dpo_beta * margin) if r.algorithm == "dpo" else
+                           2 - torch.sigmoid(r.kto_beta * (cr - z[1]))
+                           - torch.sigmoid(r.kto_beta * (z[0] - rr))) * w
                 loss_sum = per.sum()
                 acc[4] += (margin * w).sum().detach()
                 acc[1] += w.sum()

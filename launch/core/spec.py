@@ -180,7 +180,7 @@ def known_rows(d: "Data", role: str = "") -> int | None:
     return min(split_rows(d.split, whole[base]), kept)
 
 
-PREFERENCE = ("dpo", "simpo")   # algorithms that train on (prompt, chosen, rejected) pairs
+PREFERENCE = ("dpo", "simpo", "kto")   # algorithms that train on (prompt, chosen, rejected) pairs
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,10 @@ class Recipe:
     # lm: loss on every token (pre-training, control arms)
     # simpo: SimPO (Meng et al. 2024), reference-free: -log sigmoid(beta * (mean log p of the
     # chosen answer - that of the rejected) - gamma), log-probs averaged over each answer's tokens
-    algorithm: Literal["sft", "dpo", "simpo", "lm"] = "sft"
+    # kto: paired KTO (Ethayarajh et al. 2024; the HALOs paper's eq. 7): 1 - sigmoid(beta * (the
+    # chosen answer's log-ratio to the reference - z_rejected)) + 1 - sigmoid(beta * (z_chosen - the
+    # rejected one's)), z the global batch's mean log-ratio of the other side, clamped at 0, fixed
+    algorithm: Literal["sft", "dpo", "simpo", "kto", "lm"] = "sft"
     lr: float = 1e-5
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0                 # absolute, so a nested run stays exact
@@ -204,6 +207,7 @@ class Recipe:
     dpo_beta: float = 0.02                # DPO only (safe-rlhf's default)
     simpo_beta: float = 2.0               # SimPO only: the paper's beta (2.0-2.5) and margin gamma
     simpo_gamma: float = 1.0
+    kto_beta: float = 0.1                 # KTO only: the KTO paper's default
     # the step loss: "token" = token mean over the global batch (long answers weigh more); "example"
     # = mean over the batch's examples of each example's token mean (safe-rlhf with micro-batch 1).
     # Both independent of the split.
@@ -238,6 +242,7 @@ class Recipe:
               "use 1.0 (0 disables)")
         check(self.dpo_beta > 0, "dpo_beta", f"must be > 0, got {self.dpo_beta}", "use 0.02")
         check(self.simpo_beta > 0, "simpo_beta", f"must be > 0, got {self.simpo_beta}", "use 2.0")
+        check(self.kto_beta > 0, "kto_beta", f"must be > 0, got {self.kto_beta}", "use 0.1")
         check(self.simpo_gamma >= 0, "simpo_gamma", f"must be >= 0, got {self.simpo_gamma}",
               "use 1.0")
         check(len(self.seeds) >= 1, "seeds", "is empty", "give at least one seed, e.g. [42]")
