@@ -172,12 +172,14 @@ HEAVY_FIXTURES = {"exp_dir", "reduced_run", "cluster"}
 
 
 # make test runs the files in pytest-xdist workers, a file's tests in one worker, the longest files
-# first so that none of them starts last. A session fixture is built once per worker, so the files
-# that share an expensive one run in the same worker: every test that needs the Slurm cluster is in
-# test_slurm.py (its nodes and queue are shared), and the files that read the reduced study's run
-# are one unit of work (SHARED_RUNS: it takes 2-3 minutes to make).
+# first so that none of them starts last (within a file the short tests last: see below). A session
+# fixture is built once per worker, so the files that share an expensive one run in the same worker:
+# every test that needs the Slurm cluster is in test_slurm.py (its nodes and queue are shared), and
+# the files that read the reduced study's run are one unit of work (SHARED_RUNS: it takes 2-3
+# minutes to make).
 LONGEST_FIRST = ("test_slurm.py", "test_trainer.py", "test_reliability.py",
-                 "test_paper_configs.py", "test_gpu_check.py", "test_gpu_path.py")
+                 "test_paper_configs.py", "test_gpu_check.py", "test_containers.py",
+                 "test_gpu_path.py")
 SHARED_RUNS = ("test_reliability.py", "test_toyworld.py", "test_spec_plan.py")
 
 
@@ -207,5 +209,8 @@ def pytest_collection_modifyitems(items):
         if "reduced_run" in names and item.path.name not in SHARED_RUNS:
             raise pytest.UsageError(f"{item.nodeid} takes reduced_run: move it to one of "
                                     f"{', '.join(SHARED_RUNS)} (one xdist worker makes it)")
+    # within a file, the tests without a heavy fixture last: a worker is handed its next file when
+    # two tests of its current one are left, and those should be short
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)),
+                                 not HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))))
