@@ -24,8 +24,8 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# pytest-xdist workers for make test: one per core, at most 4 (on 2 cores a third made the suite slower: 23.7
-# against 22.3 min, each worker builds its own fixtures)
+# pytest-xdist workers for make test: one per core, at most 4 (on 2 cores a third made the suite slower on
+# 2026-12-04: 23.7 against 22.3 min, each worker builds its own fixtures)
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 CONFIG ?= configs/toy/setting2.yaml
 PROFILE ?= configs/profiles/local-cpu.yaml
