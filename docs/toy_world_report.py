@@ -6,7 +6,7 @@ run folders.
 
 The page's tables are the collector's: a block of docs/toy-world.md
 
-    <!-- table: setting2/rebound.md | positive_logit: paired drops -->
+    <!-- table: setting2/rebound.md | positive_logit: paired change -->
     ...
     <!-- /table -->
 
