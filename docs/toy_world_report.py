@@ -39,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from eval.tables import Table  # noqa: E402  (the repository root on sys.path first)
+
 STUDIES = {   # run folder -> (config, docs/toy-world/<folder>); run in this order
     "toy-setting2-3seeds": ("configs/toy/setting2-3seeds.yaml", "setting2"),
     "toy-setting1-protocol": ("configs/toy/setting1-protocol.yaml", "setting1-protocol"),
@@ -155,19 +157,16 @@ def main(runs: Path) -> None:
 def claims_table(runs: Path) -> str:
     """Every study's claims (the collector's claims.csv of each), one table: what each config named
     before its run, and the verdict of its Holm-corrected family."""
-    rows = ["### Every study's claims, each named in its config before the run (primary statistic, "
-            "window, scale); each family Holm-corrected at 5 %", "",
-            "| study | claim | primary statistic | expects | tests | as expected | opposite | "
-            "unresolved | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    columns = ["claim", "primary statistic", "expects", "tests", "as expected", "opposite",
+               "unresolved", "verdict"]
+    t = Table("claims", "Every study's claims, each named in its config before the run (primary "
+              "statistic, window, scale); each family Holm-corrected at 5 %", ["study", *columns])
     for exp in STUDIES:
         f = runs / exp / "report" / "tables" / "claims.csv"
         if f.is_file():
             for r in csv.DictReader(f.open()):
-                rows.append(f"| {exp} | " + " | ".join(
-                    r[c].replace("|", "\\|") for c in ("claim", "primary statistic", "expects",
-                                                       "tests", "as expected", "opposite",
-                                                       "unresolved", "verdict")) + " |")
-    return "\n".join(rows) + "\n"
+                t.add(exp, *(r[c] for c in columns))
+    return t.markdown()
 
 
 def write_page() -> None:
