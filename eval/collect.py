@@ -18,7 +18,10 @@ import csv
 import functools
 import io
 import json
+import os
+import pickle
 import re
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -53,41 +56,34 @@ def results_rows(records, study: dict) -> list[dict]:
     """The long, tidy form of every number in the tables: one 'seed' row per (cell, metric) with
     value, stderr and n, and one 'mean' row per (coordinates, metric) with the mean over seeds and
     its CI, computed exactly as the Markdown tables compute theirs (mean_ci)."""
-    seeds: dict[tuple, list[dict]] = defaultdict(list)
+    seeds: dict[tuple, list[tuple]] = defaultdict(list)   # RESULT_COLUMNS[:12] -> [:19]
     for r in records:
         c = r["coords"]
-        base = {"study": study.get("experiment", ""), "setting": study.get("setting", ""),
-                "task": study.get("task", ""), "model": c.get("model", ""),
-                "size": c.get("size", ""),
-                "arm": c.get("arm", ""), "start_volume": c.get("positive", ""),
-                "negative_volume": c.get("negative", ""),
-                "slice_from": c.get("from", c.get("slice", "")), "slice_to": c.get("to", ""),
-                "direction": c.get("direction", "")}
+        where = (study.get("experiment", ""), study.get("setting", ""), study.get("task", ""),
+                 c.get("model", ""), c.get("size", ""), c.get("arm", ""), c.get("positive", ""),
+                 c.get("negative", ""), c.get("from", c.get("slice", "")), c.get("to", ""),
+                 c.get("direction", ""))
         if r["stage"] == "cross":
-            ms = [{"name": k, "value": r["data"][k], "space": "loss"} for k in ("mean_loss",
-                                                                                "final_loss")
-                  if isinstance(r["data"].get(k), (int, float))]
+            ms = [{"name": k, "value": r["data"][k], "space": "loss"}
+                  for k in ("mean_loss", "final_loss") if isinstance(r["data"].get(k), (int, float))]
         else:
-            ms = [m for m in r["data"].get("metrics", []) if isinstance(m.get("value"),
-                                                                        (int, float))]
+            ms = [m for m in r["data"].get("metrics", []) if isinstance(m.get("value"), (int, float))]
         for m in ms:
-            row = {**base, "metric": m["name"], "space": m.get("space", m.get("unit", "")),
-                   "row": "seed",
-                   "pretrain_seed": c.get("pretrain_seed", ""), "seed": c.get("seed", ""),
-                   "value": m["value"], "stderr": m.get("stderr", ""), "n": m.get("n", "")}
-            seeds[tuple(base.values()) + (m["name"],)].append(row)
+            seeds[where + (m["name"],)].append(
+                where + (m["name"], m.get("space", m.get("unit", "")), "seed",
+                         c.get("pretrain_seed", ""), c.get("seed", ""), m["value"],
+                         m.get("stderr", ""), m.get("n", "")))
     out = []
     for group in seeds.values():
-        group.sort(key=lambda r: (str(r["pretrain_seed"]), str(r["seed"])))
-        out += group
+        group.sort(key=lambda g: (str(g[14]), str(g[15])))
+        out += [dict(zip(RESULT_COLUMNS, g + ("",) * 5)) for g in group]
+        chains = {seed_of({k: v for k, v in (("pretrain_seed", g[14]), ("seed", g[15]))
+                           if v != ""}): g[16] for g in group}
         one = group[0]
-        chains = {seed_of({k: r[k] for k in ("pretrain_seed", "seed") if r[k] != ""}): r["value"]
-                  for r in group}
-        mean, half, n, unit = unit_ci(chains, one["stderr"] if one["stderr"] != "" else None)
-        out.append({**one, "row": "mean", "pretrain_seed": "", "seed": "", "value": mean,
-                    "stderr": "", "n": "", "ci_low": mean - half, "ci_high": mean + half,
-                    "ci_kind": ci_kind(n, unit), "n_units": n, "unit": unit})
-    return [{k: r.get(k, "") for k in RESULT_COLUMNS} for r in out]
+        mean, half, n, unit = unit_ci(chains, one[17] if one[17] != "" else None)
+        out.append(dict(zip(RESULT_COLUMNS, one[:13] + ("mean", "", "", mean, "", "", mean - half,
+                                                        mean + half, ci_kind(n, unit), n, unit))))
+    return out
 
 
 def write_results(rows: list[dict], report: Path) -> list[Path]:
@@ -140,43 +136,112 @@ def tables_of(records, study: dict, models: dict, claims=()) -> tuple[dict[str, 
             if any(t.rows for t in ts)}, panels, headline
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def forked(fn, *args):
+    """fn(*args) started in a forked process (on Linux with a second core; inline elsewhere): the
+    child shares what is already read and imported, nothing is sent to it. Returns a function that
+    waits for the child and returns fn's result, or raises its error."""
+    if cores() < 2 or sys.platform != "linux":
+        result = fn(*args)
+        return lambda: result
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: its answer down the pipe, then out without any parent's cleanup
+        os.close(r)
+        try:
+            answer = pickle.dumps((True, fn(*args)))
+        except BaseException as e:  # noqa: BLE001 (the parent raises it)
+            try:
+                answer = pickle.dumps((False, e))
+            except Exception:  # noqa: BLE001
+                answer = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
+        with os.fdopen(w, "wb") as f:
+            f.write(answer)
+        os._exit(0)
+    os.close(w)
+
+    def wait():
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if not data:
+            raise RuntimeError(f"the collector's forked {fn.__name__} died (wait status {status})")
+        ok, value = pickle.loads(data)
+        if not ok:
+            raise value
+        return value
+    return wait
+
+
+READ_APART = 2000   # from this many expected cells on, they are read in parts, one per core
+
+
+def read_all(exp: Path, expected: list[str]):
+    """read_cells over the expected cells, in contiguous parts read side by side (the cells of one
+    upstream run lie together in the plan's order, so each upstream is verified in one part)."""
+    n = min(cores(), len(expected) // READ_APART)
+    if n < 2:
+        return read_cells(exp, expected)
+    bounds = [len(expected) * i // n for i in range(n + 1)]
+    waits = [forked(read_cells, exp, expected[a:b]) for a, b in zip(bounds[1:-1], bounds[2:])]
+    parts = [read_cells(exp, expected[:bounds[1]])] + [w() for w in waits]
+    return [r for rs, _ in parts for r in rs], [p for _, ps in parts for p in ps]
+
+
+def plot_all(tables: dict, panels: dict, report: Path, formats=plots.FORMATS) -> list[Path]:
+    """The report's plots in the given formats."""
+    files = plots.plot_rebound(panels, report / "rebound", formats) if panels else []
+    if "resistance" in tables:
+        files += plots.plot_resistance(tables["resistance"][0], report / "resistance", formats)
+    return files
+
+
 def collect(exp: Path, expected: list[str] | None = None, study: dict | None = None,
             models: dict | None = None, claims=()) -> dict:
     """Write the report of run folder `exp`. expected: the stage/cell keys the plan expects
     (default: the result cells on disk); study: its experiment, setting and task (default: the
     folder's name); models: each model's label -> hub id (the paper table's key); claims: the
-    study's (spec.Claim)."""
+    study's (spec.Claim). The plots are drawn on another core while the tables are written."""
     exp = Path(exp)
     report = exp / "report"
     study = {"experiment": exp.name, "setting": "", "task": "", **(study or {})}
-    records, problems = read_cells(exp, on_disk(exp) if expected is None else list(expected))
+    records, problems = read_all(exp, on_disk(exp) if expected is None else list(expected))
     tables, panels, headline = tables_of(records, study, models or {}, claims)
-    files: list[Path] = []
-    if panels:
-        files += plots.plot_rebound(panels, report / "rebound")
-    if "resistance" in tables:
-        files += plots.plot_resistance(tables["resistance"][0], report / "resistance")
-    written = set()
-    for name, ts in tables.items():   # and each table as CSV: report/tables/<table name>.csv
+    report.mkdir(parents=True, exist_ok=True)
+    drawn = [forked(plot_all, tables, panels, report, (f,)) for f in plots.FORMATS]
+    files = write_tables(tables, report)
+    files += write_results(results_rows(records, study), report)
+    status = Table("cells", "Cells not in the tables", ["cell", "status", "detail"])
+    for p in problems:
+        status.add(*p)
+    atomic_write_text(report / "cells.md", status.markdown() if problems else
+                      "All expected cells are in the tables.\n")
+    files = [f for wait in drawn for f in wait()] + files
+    index = write_index(exp, study, tables, [f for f in files if f.suffix == ".png"],
+                        status if problems else None)
+    return {"report": str(report), "records": len(records), "problems": problems, "tables": tables,
+            "files": [str(f) for f in files], "headline": headline, "index": str(index)}
+
+
+def write_tables(tables: dict, report: Path) -> list[Path]:
+    """Each group's tables as report/<group>.{md,tex}, each table as report/tables/<name>.csv (none
+    of an earlier collect stays behind)."""
+    files, written = [], set()
+    for name, ts in tables.items():
         atomic_write_text(report / f"{name}.md", "\n".join(t.markdown() for t in ts))
         atomic_write_text(report / f"{name}.tex", "\n".join(t.latex() for t in ts))
         files += [report / f"{name}.{ext}" for ext in ("md", "tex")]
         for t in ts:
             atomic_write_text(report / "tables" / f"{t.name}.csv", t.csv())
             written.add(f"{t.name}.csv")
-    for old in (report / "tables").glob("*.csv"):   # no table of an earlier collect stays behind
+    for old in (report / "tables").glob("*.csv"):
         if old.name not in written:
             old.unlink()
-    files += write_results(results_rows(records, study), report)
-    status = Table("cells", "Cells not in the tables", ["cell", "status", "detail"])
-    for p in problems:
-        status.add(*p)
-    atomic_write_text(report / "cells.md",
-                      status.markdown() if problems else "All expected cells are in the tables.\n")
-    index = write_index(exp, study, tables, [f for f in files if f.suffix == ".png"],
-                        status if problems else None)
-    return {"report": str(report), "records": len(records), "problems": problems, "tables": tables,
-            "files": [str(f) for f in files], "headline": headline, "index": str(index)}
+    return files
 
 
 def write_index(exp: Path, study: dict, tables: dict, plots_: list[Path],

@@ -21,14 +21,17 @@ from eval.stats import ci_label
 from eval.tables import Table
 
 
-def _save(fig, out: Path, tight: bool = True) -> list[Path]:
-    """PNG and PDF, each written to a temp name and renamed. tight=False keeps the figure's own
-    margins (tight_layout renders the figure once more to measure it: a third of the collector's
-    time, bench P5)."""
+FORMATS = (".png", ".pdf")
+
+
+def _save(fig, out: Path, formats=FORMATS, tight: bool = True) -> list[Path]:
+    """The figure in each format (PNG, PDF), each written to a temp name and renamed. tight=False
+    keeps the figure's own margins (tight_layout renders the figure once more to measure it: a
+    third of the collector's time, bench P5)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    paths = [out.with_suffix(f) for f in formats]
     for p in paths:
         tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
         fig.savefig(tmp)
@@ -37,7 +40,7 @@ def _save(fig, out: Path, tight: bool = True) -> list[Path]:
     return paths
 
 
-def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
+def plot_rebound(panels: dict[str, list[Curve]], out: Path, formats=FORMATS) -> list[Path]:
     """One figure: a row per model, a column per metric of `panels` (the probability and, beside it,
     the log-odds of the same rate). x is symmetric-log so that the aligned start sits at 0 negative
     examples; bands are the tables' 95 % CIs, labelled with their kind and number of seeds; the base
@@ -85,10 +88,10 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path) -> list[Path]:
             ax.set_title(f"{model}: {name}", fontsize=9)
             if i == 0:
                 ax.legend(fontsize=6, title=f"bands: {ci_label(seeds or [(0, 'seeds')])}", title_fontsize=6)
-    return _save(fig, out, tight=False)
+    return _save(fig, out, formats, tight=False)
 
 
-def plot_resistance(t: Table, out: Path) -> list[Path]:
+def plot_resistance(t: Table, out: Path, formats=FORMATS) -> list[Path]:
     """Setting I: inverse and forward mean training loss per model and slice pair
     (resistance_table's numbers)."""
     if not t.rows:
@@ -103,4 +106,4 @@ def plot_resistance(t: Table, out: Path) -> list[Path]:
     ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("mean training loss")
     ax.legend()
-    return _save(fig, out)
+    return _save(fig, out, formats)

@@ -354,6 +354,46 @@ def test_collector_tables_cis_and_problems(tmp_path):
     assert "corrupt" in (exp / "report" / "cells.md").read_text()
 
 
+def test_collector_read_in_parts_and_drawn_apart_equals_one_process(tmp_path, monkeypatch):
+    """The collector reads large studies in parts, one forked process per core, and draws its plots
+    in forked processes while it writes the tables: the records, the problems (in the plan's order)
+    and every report file are those of one process doing it all; a child's error reaches the
+    caller, and a child that dies is an error, never a silent gap."""
+    import os
+
+    from eval import collect as C
+    from eval.records import read_cells
+    exp = tmp_path / "toy"
+    keys = [fake_cell(exp, "eval", f"m.s{s}.p{p}.n{n}", {"model": "m", "seed": s,
+                                                          "arm": "positive", "positive": p,
+                                                          "negative": n}, rate(0.5 + s / 50 - n / 500))
+            for s in range(3) for p in (100, 200) for n in (0, 10, 50)]
+    keys[4:4] = [fake_cell(exp, "eval", "m.s9.p100.n0", {"model": "m", "seed": 9}, "{trunc"),
+                 "eval/never"]
+    serial = read_cells(exp, keys)
+    monkeypatch.setattr(C, "READ_APART", 3)   # several parts even for 20 cells
+    assert C.cores() >= 2 and C.read_all(exp, keys) == serial
+    parallel = C.collect(exp, keys)
+    report = {f.name: f.read_bytes() for f in (exp / "report").rglob("*") if f.is_file()}
+    monkeypatch.setattr(C, "cores", lambda: 1)
+    assert C.read_all(exp, keys) == serial
+    one = C.collect(exp, keys)
+    assert one["problems"] == parallel["problems"] == serial[1] and one["files"] == parallel["files"]
+    again = {f.name: f.read_bytes() for f in (exp / "report").rglob("*") if f.is_file()}
+    assert again.keys() == report.keys() and {"rebound.png", "rebound.pdf"} <= report.keys()
+    assert [k for k in report if k != "index.md" and not k.endswith((".png", ".pdf"))
+            and report[k] != again[k]] == []
+    monkeypatch.undo()
+
+    def fails():
+        raise ValueError("a bad panel")
+    with pytest.raises(ValueError, match="a bad panel"):
+        C.forked(fails)()
+    with pytest.raises(RuntimeError, match="died"):
+        C.forked(os._exit, 3)()
+    assert C.forked(sorted, [3, 1, 2])() == [1, 2, 3]
+
+
 def test_with_several_pretraining_seeds_the_unit_is_the_base(tmp_path):
     """Three bases (pre-training seeds) x two alignment seeds: the mean and its interval are over the
     three bases, each the mean of its two chains (t with 2 df), in the tables, results.csv and the

@@ -251,30 +251,35 @@ def safetensors_header(path: str | Path) -> dict | None:
     weights; None when the file is not whole (empty, truncated, or its header does not account for
     its size)."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
-            if not 2 <= n <= size - 8:
-                return None
-            header = json.loads(f.read(n))
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:   # two positioned reads, no buffered file object: the collector checks 10,000 (bench P5)
+        size = os.fstat(fd).st_size
+        n = int.from_bytes(os.pread(fd, 8, 0), "little") if size >= 8 else -1
+        if not 2 <= n <= size - 8:
+            return None
+        header = json.loads(os.pread(fd, n, 8))
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
         return header if header and 8 + n + max(ends, default=0) == size else None
     except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
+    finally:
+        os.close(fd)
 
 
 def _checkpoint_problem(cell_dir: str | Path, name: str, kind: str) -> str | None:
     """A checkpoint is done when its config is there and every weights file is whole (header and
     size agree)."""
-    ckpt = os.path.join(cell_dir, "checkpoints", name)
     try:
-        files = sorted(os.listdir(ckpt))
+        with os.scandir(os.path.join(cell_dir, "checkpoints", name)) as found:
+            files = {e.name: e for e in found}
     except OSError:
-        files = []
-    weights = [f for f in files if f.endswith(".safetensors")]
-    if "config.json" not in files or not os.path.isfile(os.path.join(ckpt, "config.json")) or not weights:
+        files = {}
+    weights = sorted(f for f in files if f.endswith(".safetensors"))
+    if "config.json" not in files or not files["config.json"].is_file() or not weights:
         return f"checkpoint {name} lacks its config or weights"
-    bad = [w for w in weights if safetensors_header(os.path.join(ckpt, w)) is None]
+    bad = [w for w in weights if safetensors_header(files[w].path) is None]
     return f"checkpoint {name}: {', '.join(bad)} is not a whole safetensors file" if bad else None
 
 
