@@ -30,6 +30,8 @@ TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 CONFIG ?= configs/toy/setting2.yaml
 PROFILE ?= configs/profiles/local-cpu.yaml
 RUNS ?= runs
+# cells at once in make demo and make local (the local executor's --jobs)
+JOBS ?= 2
 export PYTHONUNBUFFERED := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
@@ -72,10 +74,10 @@ plan: setup
 	$(PY) -m launch plan $(CONFIG) --profile $(PROFILE) --runs $(RUNS)
 
 local: setup
-	$(PY) -m launch run $(CONFIG) --profile $(PROFILE) --runs $(RUNS)
+	$(PY) -m launch run $(CONFIG) --profile $(PROFILE) --runs $(RUNS) --jobs $(JOBS)
 
-demo: setup
-	$(PY) -m launch run configs/toy/setting2.yaml --profile configs/profiles/local-cpu.yaml --runs $(RUNS)
+demo: setup   # two cells at once (--jobs; a stage of one cell takes every core)
+	$(PY) -m launch run configs/toy/setting2.yaml --profile configs/profiles/local-cpu.yaml --runs $(RUNS) --jobs $(JOBS)
 	$(PY) -m launch collect $(RUNS)/toy-setting2
 
 toy-world: setup   # the ten studies of docs/toy-world.md, timed, then its tables (91.4 min measured on 2 cores)

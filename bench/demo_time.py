@@ -1,9 +1,10 @@
 """P7 and P11: `make demo` end to end, and its eval stage's seconds per cell, with each
-stage's cells fused into one worker process (the local executor's default: Python, torch, DeepSpeed
-and the scorer load once per stage) against one process per cell (what the executor did before,
+stage's cells fused into worker processes (the local executor's default: Python, torch, DeepSpeed
+and the scorer load once per worker) against one process per cell (what the executor did before,
 `run_plan(fuse=False)`: what a user would otherwise run), side by side in one run, each into a fresh
-runs folder, the environment already set up (no `make setup`). Results are compared bit for bit:
-every eval cell's result.json metrics, every generation, results.csv.
+runs folder, the environment already set up (no `make setup`), both with make demo's two cells at
+once (JOBS). Results are compared bit for bit: every eval cell's result.json metrics, every
+generation, results.csv.
 
     .venv/bin/python bench/demo_time.py
 """
@@ -27,6 +28,7 @@ from launch.core.profile import load_profile
 from launch.core.spec import load_spec
 
 CONFIG, PROFILE = ROOT / "configs/toy/setting2.yaml", ROOT / "configs/profiles/local-cpu.yaml"
+JOBS = 2   # the Makefile's JOBS
 
 
 def demo(fuse: bool) -> tuple[Path, dict]:
@@ -36,7 +38,7 @@ def demo(fuse: bool) -> tuple[Path, dict]:
     times, t0 = {}, time.perf_counter()
     for stage in plan.stages:
         t = time.perf_counter()
-        rc = run_plan(plan, runs, profile, only=stage, fuse=fuse,
+        rc = run_plan(plan, runs, profile, only=stage, fuse=fuse, jobs=JOBS,
                       console=Console(file=io.StringIO()))
         assert rc == 0, f"{stage} failed (fuse={fuse})"
         times[stage] = time.perf_counter() - t
@@ -64,14 +66,14 @@ def main():
     stages = ", ".join(f"{s} {t_percell[s]:.0f} -> {t_fused[s]:.0f} s" for s in t_fused
                        if s not in ("total", "eval_cells"))
     report(id="P7", measure="make demo end to end without setup (toy Setting II, 1 seed, "
-                            "matched-start control)",
+                            f"matched-start control, {JOBS} cells at once)",
            value=round(t_fused["total"] / 60, 2), baseline="one process per cell "
                                                            f"{t_percell['total'] / 60:.2f} min",
            ratio=round(t_fused["total"] / t_percell["total"], 2),
            target="< 3 min, results identical",
            met=same and t_fused["total"] < 180, runs=f"one run each; per stage: {stages}")
-    report(id="P11", measure=f"eval stage, seconds per cell ({n} cells, one worker process per "
-                             "stage)",
+    report(id="P11", measure=f"eval stage, seconds per cell ({n} cells, {JOBS} worker processes "
+                             "per stage)",
            value=round(t_fused["eval"] / n, 2), baseline="one process per cell "
                                                          f"{t_percell['eval'] / n:.2f} s/cell",
            ratio=round(t_fused["eval"] / t_percell["eval"], 2),

@@ -89,10 +89,9 @@ def make_parser() -> argparse.ArgumentParser:
         if name in ("run", "submit"):
             s.add_argument("--only", default=None, metavar="STAGE", help="run only this stage")
             s.add_argument("--jobs", default="1", metavar="N",
-                           help="local executor: run up to N cells at once "
-                           "(each with cpus/N threads unless OMP_NUM_THREADS is set); at equal "
-                           "threads per cell the "
-                           "results are the same bit for bit")
+                           help="local executor: run up to N cells at once (each with cpus/N "
+                           "threads, a stage of one cell every core, unless OMP_NUM_THREADS is "
+                           "set); at equal threads per cell the results are the same bit for bit")
         if name == "submit":
             s.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
                            help="default: the profile's executor (debug: every cell in this "

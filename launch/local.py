@@ -37,13 +37,13 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
              console: Console | None = None, fuse: bool = True, jobs: int = 1) -> int:
     """fuse=False runs every cell as its own process (the unfused baseline of bench/demo_time.py).
     jobs: how many worker processes run at once (cells of one stage; a fused stage is cut into that
-    many parts), each with cpus/jobs threads unless OMP_NUM_THREADS is set. Runtime only: at equal
-    threads per cell every result is the same bit for bit (the thread count itself changes float
-    summation order, as another machine does)."""
+    many parts), each with cpus/N threads, N the workers its stage runs at once (a stage of one
+    cell gets every core), unless OMP_NUM_THREADS is set. Runtime only: at equal threads per cell
+    every result is the same bit for bit (the thread count itself changes float summation order,
+    as another machine does)."""
     con = console or Console(stderr=True)
     env = cell_env(profile)
-    if jobs > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    threads = jobs > 1 and "OMP_NUM_THREADS" not in env
     if reused := plan.adopt(runs_root, profile):
         con.print(f"{len(reused)} cells taken from other studies under {runs_root} (the same "
                   "cells, done there)")
@@ -72,7 +72,9 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
             def advance(_result, t=task) -> None:
                 progress.advance(t)
                 progress.advance(overall)
-            failed = run_groups(groups, env, jobs, advance)
+            at_once = min(jobs, len(groups)) or 1
+            failed = run_groups(groups, {**env, "OMP_NUM_THREADS": str(max(
+                1, (os.cpu_count() or 1) // at_once))} if threads else env, jobs, advance)
             if failed:
                 progress.stop()
                 for r in failed:

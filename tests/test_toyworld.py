@@ -227,12 +227,17 @@ def test_fused_training_equals_one_process_per_cell(reduced_run, tmp_path):
         assert (a / n).read_bytes() == (b / n).read_bytes(), n
 
 
-def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(reduced_run, tmp_path):
+def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(reduced_run, tmp_path,
+                                                                          monkeypatch):
     """--jobs 2: a fused stage is cut into two contiguous parts, one worker each, running at the
     same time (the second part's first cell starts before the first part's last cell is done), and
-    every metric is the same."""
+    every metric is the same; on 2 cores each worker has one thread, and a stage with one cell to
+    run has both (record.json says so)."""
     import shutil
+    from launch import local
     from launch.local import run_plan
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 2)
     plan, runs = reduced_run
     copy = tmp_path / "runs"
     shutil.copytree(plan.exp_dir(runs), copy / plan.spec.experiment)
@@ -251,6 +256,11 @@ def test_jobs_two_runs_a_stage_in_two_workers_at_once_with_the_same_results(redu
         a, b = plan.cell_dir(runs, c), plan.cell_dir(copy, c)
         assert json.loads((a / "result.json").read_text())["metrics"] == \
             json.loads((b / "result.json").read_text())["metrics"], c.key
+    assert {json.loads((d / "record.json").read_text())["runtime"]["threads"] for d in dirs} == {"1"}
+    (dirs[0] / "DONE").unlink()
+    assert run_plan(plan, copy, load_profile(ROOT / "configs/profiles/local-cpu.yaml"), only="eval",
+                    jobs=2) == 0
+    assert json.loads((dirs[0] / "record.json").read_text())["runtime"]["threads"] == "2"
 
 
 def second_study(reduced_run, tmp_path):

@@ -234,6 +234,7 @@ def runtime_info() -> dict:
         "image_digest": os.environ.get("ELASTICA_IMAGE_DIGEST", "")
             if os.environ.get("APPTAINER_CONTAINER") else "",
         "python": sys.version.split()[0],
+        "threads": os.environ.get("OMP_NUM_THREADS", ""),   # float sums follow the thread count
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
