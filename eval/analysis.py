@@ -221,11 +221,9 @@ def window_table(curves: list[Curve], metric_name: str, windows=WINDOWS) -> Tabl
               *[cell(r.get("return_fb", {}), 0, signed=False) for _ in fb],
               cell(r.get("deeper-return", {}), 0, test=True))
     t.title = (f"{metric_name}: paired change from the start (after − start: a fall is negative) "
-               "after "
-               f"{', '.join(map(str, wins))} negative examples, the change minus the smallest "
-               "start's, and the "
-               f"{revert_label(metric_name)}; mean ± {ci_label(ns or [1])}; resolved: the CI "
-               "excludes 0")
+               f"after {', '.join(map(str, wins))} negative examples, the change minus the "
+               f"smallest start's, and the {revert_label(metric_name)}; mean ± "
+               f"{ci_label(ns or [1])}; resolved: the CI excludes 0")
     return t
 
 
@@ -365,10 +363,8 @@ def resistance_table(records):
     weights = sorted({r["data"].get("loss_weighting", "token") for r in records
                       if r["stage"] == "cross"}) or ["token"]
     t = Table("resistance", f"Setting I: mean training loss ({'/'.join(weights)}-weighted, nats), "
-                            "inverse vs forward "
-              "(lower = easier); gaps paired by seed, forward − inverse (> 0: inverse easier; "
-              "resolved: the CI "
-              "excludes 0)",
+                            "inverse vs forward (lower = easier); gaps paired by seed, forward − "
+                            "inverse (> 0: inverse easier; resolved: the CI excludes 0)",
               ["model", "pair", "inverse (θj→Di)", "forward (θi→Dj)", "paired gap",
                "target entropy Di",
                "target entropy Dj", "entropy-corrected gap", "held-out bits gap",
@@ -454,10 +450,9 @@ def compression_table(records, pretrain_sizes: dict):
             row += [None] * 4
         t.add(*row)
     t.title = ("Compression (bits/token) under negative fine-tuning: each change from the start, "
-               "paired by seed, and "
-               "the Hooke products |D|·Δ (equal in the theorem; their paired difference, resolved "
-               "where its CI "
-               f"excludes 0, and the ratio of their means); mean ± {ci_label(ns or [1])}")
+               "paired by seed, and the Hooke products |D|·Δ (equal in the theorem; their paired "
+               "difference, resolved where its CI excludes 0, and the ratio of their means); mean "
+               f"± {ci_label(ns or [1])}")
     return t
 
 
@@ -511,8 +506,6 @@ def paper_table(records, task: str, models: dict[str, str]) -> Table:
                 t.add(e["source"], model, at.get("arm"), at.get("positive"), at.get("negative"),
                       slices, e["metric"], e["paper"], s)
     t.title = (f"The paper's numbers ({task}) beside this study's at the same coordinates; ours: "
-               "mean ± "
-               f"{ci_label(ns or [1])}, empty where the study has no such cell; the paper reports "
-               "no seeds or "
-               "intervals")
+               f"mean ± {ci_label(ns or [1])}, empty where the study has no such cell; the paper "
+               "reports no seeds or intervals")
     return t

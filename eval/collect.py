@@ -264,10 +264,8 @@ def write_index(exp: Path, study: dict, tables: dict, plots_: list[Path],
              f"{', '.join(commits[:5]) + (' and others' if len(commits) > 5 else '') or 'an unrecorded commit'}.",
              "",
              "Tidy numbers for programs: [results.csv](results.csv) and "
-             "[results.jsonl](results.jsonl) (columns in "
-             "the README); each table as CSV under [tables/](tables). Tables for reading below, as "
-             "Markdown and "
-             "LaTeX (`*.tex`).", ""]
+             "[results.jsonl](results.jsonl) (columns in the README); each table as CSV under "
+             "[tables/](tables). Tables for reading below, as Markdown and LaTeX (`*.tex`).", ""]
     for p in plots_:
         lines += [f"![{p.stem}]({p.name})", ""]
     for ts in tables.values():

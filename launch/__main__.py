@@ -146,8 +146,7 @@ def load(args):
     if getattr(args, "runs", None) is not None and not (args.runs.strip()
                                                         and args.runs.isprintable()):
         raise ConfigError("--runs", f"{args.runs!r} is not a folder name",
-                          "give a runs root, or leave --runs out "
-                          "for the profile's runs_root")
+                          "give a runs root, or leave --runs out for the profile's runs_root")
     if run.is_dir():
         meta = read_study_json(run)
         spec = load_spec(run / "study.yaml", base_dir=meta["cwd"])
@@ -249,21 +248,18 @@ def cmd_plan(args) -> int:
                   *((asks,) if slurm else ()))
     con = Console()
     con.print(f"{summary['experiment']} ({summary['setting']}, {summary['task']}) on profile "
-              f"{profile.name}: "
-              f"cells in {summary['runs_dir']}/<stage>/", soft_wrap=True)
+              f"{profile.name}: cells in {summary['runs_dir']}/<stage>/", soft_wrap=True)
     con.print(t)
     con.print(f"training examples: {summary['total_examples']:,} nested; "
-              f"{summary['reuse_examples']:,} with each "
-              "positive checkpoint trained once and reused (the seed's code); "
-              f"{summary['naive_examples']:,} with "
-              "every final cell trained from its base")
+              f"{summary['reuse_examples']:,} with each positive checkpoint trained once and "
+              f"reused (the seed's code); {summary['naive_examples']:,} with every final cell "
+              "trained from its base")
     hours = [s["gpu_hours_to_run"] for s in summary["stages"] if s["gpu_hours_to_run"] is not None]
     if hours:
         con.print(f"estimated GPU-hours to run: {sum(hours):,.1f}, from profile {profile.name}'s "
-                  "rates: training "
-                  "cells = tokens (examples x max_length, an upper bound) / "
-                  f"{profile.train_tokens_per_gpu_hour:,.0f}"
-                  f" per GPU-hour + GPUs x ({profile.train_fixed_minutes:g} min load and init + "
+                  "rates: training cells = tokens (examples x max_length, an upper bound) / "
+                  f"{profile.train_tokens_per_gpu_hour:,.0f} per GPU-hour + GPUs x "
+                  f"({profile.train_fixed_minutes:g} min load and init + "
                   f"{profile.train_minutes_per_checkpoint:g} min per checkpoint); eval cells x "
                   f"{profile.eval_minutes_per_cell:g} min. Stages without a rate are left out.",
                   soft_wrap=True)
@@ -286,9 +282,8 @@ def cmd_plan(args) -> int:
         if s["few_steps"]:
             r = plan.spec.recipe_for(s["name"])
             con.print(f"warning: {s['name']} checkpoints after {', '.join(s['few_steps'])} "
-                      "optimizer step(s) (global "
-                      f"batch {r.global_batch}, tail: {r.tail}): such a cell barely moves from its "
-                      "start",
+                      f"optimizer step(s) (global batch {r.global_batch}, tail: {r.tail}): such a "
+                      "cell barely moves from its start",
                       soft_wrap=True)
     light = [s["name"] for s in summary["stages"] if STAGES[s["name"]] == "light"]
     if slurm and light and profile.partition and not profile.cpu_partition:
@@ -318,8 +313,7 @@ def check_only(args, plan, runs) -> None:
         raise ConfigError("--only", f"stage {args.only} needs {len(set(missing))} upstream cells "
                                     "that are not done "
                           f"(first: {missing[0]})", f"run stage {missing[0].split('/')[0]} first, "
-                                                    "or run without "
-                          "--only")
+                                                    "or run without --only")
 
 
 def check_jobs(args) -> int:
@@ -547,8 +541,7 @@ def cmd_rates(args) -> int:
         raise ConfigError("RUN_DIR", f"{args.run_dir} has no finished cell with timings",
                           "give a run folder whose training or eval cells are done")
     print(f"# measured on {found.pop('training_cells')} training and {found.pop('eval_cells')} "
-          "eval cells of "
-          f"{args.run_dir}: paste into the profile")
+          f"eval cells of {args.run_dir}: paste into the profile")
     for k, v in found.items():
         print(f"{k}: {v}")
     return 0

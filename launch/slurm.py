@@ -129,8 +129,7 @@ def requeue_lines(max_requeues: int) -> list[str]:
             "    echo \"elastica: requeueing $jid (restart ${SLURM_RESTART_COUNT:-0}, step exit "
             "$rc)\"",
             "    scontrol requeue \"$jid\" || echo \"elastica: scontrol requeue $jid failed (exit "
-            "$?): the cell saved; "
-            "submit the study again to go on\" >&2",
+            "$?): the cell saved; submit the study again to go on\" >&2",
             "  else echo \"elastica: $jid saved but was requeued too often (max_num_timeout)\" "
             ">&2; fi",
             "fi",
@@ -589,8 +588,7 @@ def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = N
             unstarted = sum(r["state"] == "cancelled" and not r["log"] for r in bad)
             if unstarted:
                 print(f"{unstarted} cells cancelled before they started: a cell upstream failed or "
-                      "was "
-                      "cancelled (kill-on-invalid-dep), or scancel; resubmitting runs them",
+                      "was cancelled (kill-on-invalid-dep), or scancel; resubmitting runs them",
                       file=out)
             return 0 if not bad else 1
         if timeout_s and time.time() - t0 > timeout_s:

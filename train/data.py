@@ -171,8 +171,7 @@ def tokenize(rows: list[dict], tok, template: str, max_length: int,
         if algorithm in PREFERENCE:
             if "chosen" not in row or "rejected" not in row:
                 raise ConfigError("data.fields", f"{algorithm} needs chosen and rejected fields",
-                                  "map fields.chosen and "
-                                  "fields.rejected to columns")
+                                  "map fields.chosen and fields.rejected to columns")
             c, cl = _encode(tok, row["prompt"], row["chosen"], template, max_length, False)
             r, rl = _encode(tok, row["prompt"], row["rejected"], template, max_length, False)
             out.append(Example(c, cl, r, rl))

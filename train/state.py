@@ -142,10 +142,8 @@ def restore(engine, snap: dict) -> None:
             # released: gathered again from its partition
             elif not (t.numel() == 0 and hasattr(t, "ds_tensor")):
                 raise RuntimeError(f"the milestone fork cannot undo the step: {path} changed its "
-                                   "shape or type during "
-                                   "it (a DeepSpeed version that keeps state elsewhere); use "
-                                   "volume_schedule: "
-                                   "independent")
+                                   "shape or type during it (a DeepSpeed version that keeps state "
+                                   "elsewhere); use volume_schedule: independent")
     torch.set_rng_state(snap["rng"])
     if snap["cuda_rng"] is not None:
         torch.cuda.set_rng_state(snap["cuda_rng"])

@@ -184,8 +184,7 @@ class Trainer:
         volume = max(job.milestones)
         if volume > len(rows):
             raise ConfigError("volumes", f"volume {volume} is larger than the dataset ({len(rows)} "
-                                         "rows of "
-                              f"{job.data.path} after the filter)",
+                                         f"rows of {job.data.path} after the filter)",
                               "lower the volume or use a larger dataset")
         order = D.seeded_order(len(rows), job.seed)[:volume]
         self.examples = D.tokenize([rows[i] for i in order], self.tok, job.template, r.max_length,

@@ -183,8 +183,7 @@ class Profile:
         check(not self.mail_user or bool(re.fullmatch(r"[\w.+-]+@[\w.-]+", self.mail_user)),
               "mail_user", f"{self.mail_user!r} is not an e-mail address", "write name@example.org")
         check(bool(re.fullmatch(r"[A-Z_,]*", self.mail_type)), "mail_type",
-              f"{self.mail_type!r} is not a mail type "
-              "list", "use e.g. END,FAIL")
+              f"{self.mail_type!r} is not a mail type list", "use e.g. END,FAIL")
         for key, val in profile_strings(self):   # every string that can reach a job script
             check(val.isprintable(), key, f"{val!r} has a newline or control character (it would "
                                           "split a line of "
@@ -251,8 +250,7 @@ class Profile:
                   "use letters, digits and _")
             owned = k.removeprefix("APPTAINERENV_")
             check(owned not in OWNED_ENV and not owned.startswith("ELASTICA_"), f"env.{k}",
-                  "is set by the launcher "
-                  "for every cell (a profile value would replace it)",
+                  "is set by the launcher for every cell (a profile value would replace it)",
                   OWNED_ENV.get(owned, "remove it"))
             check(not SECRET_NAME.fullmatch(k), f"env.{k}", "looks like a secret, and secrets "
                                                             "never go into a profile "
@@ -265,12 +263,9 @@ class Profile:
         for key in ("runs_root", "hf_home"):
             path = getattr(self, key)
             check(not self.image or not path or self.in_image(path), key,
-                  f"{path} is not under any of binds "
-                  f"{list(self.binds)} (nor apptainer's own: $HOME, /tmp, the working folder): "
-                  "jobs in the image "
-                  "would not find it",
-                  f"add {'/' + Path(path).parts[1] if Path(path).is_absolute() else path} "
-                  "to binds")
+                  f"{path} is not under any of binds {list(self.binds)} (nor apptainer's own: "
+                  "$HOME, /tmp, the working folder): jobs in the image would not find it",
+                  f"add {'/' + Path(path).parts[1] if Path(path).is_absolute() else path} to binds")
         if self.executor == "local":
             check(self.train.nodes == 1 and self.eval.nodes == 1, "train.nodes",
                   "the local executor has one node", "use nodes: 1, or executor: slurm")

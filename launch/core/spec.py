@@ -96,8 +96,7 @@ class Model:
             check(self.pretrain_examples == 0 and self.pretrain_data == "pretrain",
                   "pretrain_examples",
                   "only models built by init are pre-trained here",
-                  "remove pretrain_examples / pretrain_data or "
-                  "use init")
+                  "remove pretrain_examples / pretrain_data or use init")
 
 
 @dataclass(frozen=True)
@@ -250,8 +249,7 @@ class Recipe:
                                                                 f"{list(self.seeds)}",
               "list each seed once")
         check(all(0 <= x <= SEED_MAX for x in self.seeds), "seeds",
-              f"must be in [0, 2**32 - 1], got "
-              f"{list(self.seeds)}", "use seeds such as 42")
+              f"must be in [0, 2**32 - 1], got {list(self.seeds)}", "use seeds such as 42")
         if self.volume_schedule == "nested":
             why = self.nested_inexact()
             check(not why, "volume_schedule", f"nested is not exact here: {why}",
@@ -614,9 +612,8 @@ class Spec:
                       f"{stage} stage", f"use one of {sorted(self.setting_stages())}, or remove it")
                 check("seeds" not in getattr(self, section)[stage] or stage == "pretrain",
                       f"{section}.{stage}.seeds",
-                      "seeds are one chain of cells through every stage (only pre-training has its "
-                      "own: each "
-                      "pre-training seed is a base model, crossed with every chain)",
+                      "seeds are one chain of cells through every stage (only pre-training has "
+                      "its own: each pre-training seed is a base model, crossed with every chain)",
                       "set recipe.seeds")
                 self.recipe_for(stage) if section == "recipe_overrides" else self.runtime_for(stage)
 
