@@ -34,7 +34,8 @@ def _save(fig, out: Path, formats=FORMATS, tight: bool = True) -> list[Path]:
     paths = [out.with_suffix(f) for f in formats]
     for p in paths:
         tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-        fig.savefig(tmp)
+        # PNG at zlib level 1: the demo's plot 8 % larger, encoded faster (bench P5)
+        fig.savefig(tmp, **({"pil_kwargs": {"compress_level": 1}} if p.suffix == ".png" else {}))
         os.replace(tmp, p)
     plt.close(fig)
     return paths
