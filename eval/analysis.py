@@ -41,8 +41,7 @@ def slug(*parts) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One point of a rebound curve: a negative volume, the mean over seeds and its 95 % CI
-    half-width."""
+    """A rebound curve's point: a negative volume, the mean over seeds, its 95 % CI half-width."""
     negative: int
     mean: float
     half: float
@@ -53,16 +52,14 @@ class Point:
 
 @dataclass(frozen=True)
 class Curve:
-    """One start model under negative fine-tuning: its points by negative volume (the base model:
-    one point)."""
+    """One start model under negative fine-tuning: its points by negative volume (base: one)."""
     model: str
     arm: str                              # positive | control | from-base | base
     start: int                            # the start's positive volume (0 for the base model)
     points: list
 
 
-# ---------------------------------------------------------------------------------------------
-# rebound
+# ------------------------------------------------------------------------------------- rebound
 def rebound_tables(records, metric_name: str) -> tuple[list[Table], list[Curve]]:
     """Per model and arm: positive volume x negative volume matrix of mean ± CI over seeds (+ the
     base row), and the same numbers as curves."""
@@ -197,8 +194,7 @@ def window_stats(curves: list[Curve], metric_name: str, windows=WINDOWS) -> list
 
 
 def window_table(curves: list[Curve], metric_name: str, windows=WINDOWS) -> Table:
-    """window_stats as a table: mean ± CI per statistic; 'resolved' marks a difference whose CI
-    excludes 0."""
+    """window_stats as a table of mean ± CI; 'resolved': a difference whose CI excludes 0."""
     stats = window_stats(curves, metric_name, windows)
     wins = sorted({int(k.split("@")[1]) for r in stats for k in r if k.startswith("change@")})
     fixed = [w for w in WINDOWS if w in wins][-1:] or wins[:1]   # the ordering test's window
@@ -278,8 +274,7 @@ def adjusted_table(curves: list[Curve], metric_name: str, windows=WINDOWS) -> Ta
     return t
 
 
-# ---------------------------------------------------------------------------------------------
-# claims
+# -------------------------------------------------------------------------------------- claims
 def claims_tables(curves_of, claims) -> list[Table]:
     """The study's claims (spec.Claim), each named with its primary statistic before the run: every
     row of that statistic at its window (each model and start of its arm) is one test of one family;
@@ -336,8 +331,7 @@ def claims_tables(curves_of, claims) -> list[Table]:
     return [verdicts, tests]
 
 
-# ---------------------------------------------------------------------------------------------
-# Setting I
+# ----------------------------------------------------------------------------------- Setting I
 def resistance_table(records):
     """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward
     (theta_i on D_j); every gap is paired by seed (forward minus inverse within each seed's chain)
@@ -397,8 +391,7 @@ def resistance_table(records):
     return t
 
 
-# ---------------------------------------------------------------------------------------------
-# Hooke
+# --------------------------------------------------------------------------------------- Hooke
 def compression_table(records, pretrain_sizes: dict):
     """Hooke's law as the theorem states it: under a perturbation (negative fine-tuning) the change
     of a model's compression rate on each dataset it was trained on is inversely proportional to the

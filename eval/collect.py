@@ -44,8 +44,7 @@ HEADLINES = ("positive_rate", "score", "kl_to_base")
 EXTRA = ("positive_logit", "positive_prob", "kl_to_base", "score")   # also tabled when measured
 
 
-# ---------------------------------------------------------------------------------------------
-# results
+# ------------------------------------------------------------------------------------- results
 RESULT_COLUMNS = ["study", "setting", "task", "model", "size", "arm", "start_volume",
                   "negative_volume", "slice_from",
                   "slice_to", "direction", "metric", "space", "row", "pretrain_seed", "seed",
@@ -97,8 +96,7 @@ def write_results(rows: list[dict], report: Path) -> list[Path]:
     return [report / "results.csv", report / "results.jsonl"]
 
 
-# ---------------------------------------------------------------------------------------------
-# entry
+# --------------------------------------------------------------------------------------- entry
 def tables_of(records, study: dict, models: dict, claims=()) -> tuple[dict[str, list[Table]], dict,
                                                                       str | None]:
     """The report's tables by group, the rebound curves to plot, and the headline metric; claims:
@@ -228,8 +226,7 @@ def collect(exp: Path, expected: list[str] | None = None, study: dict | None = N
 
 
 def write_tables(tables: dict, report: Path) -> list[Path]:
-    """Each group's tables as report/<group>.{md,tex}, each table as report/tables/<name>.csv (none
-    of an earlier collect stays behind)."""
+    """Each group's tables as report/<group>.{md,tex}, each as tables/<name>.csv (no stale one)."""
     files, written = [], set()
     for name, ts in tables.items():
         atomic_write_text(report / f"{name}.md", "\n".join(t.markdown() for t in ts))
@@ -308,8 +305,7 @@ def print_summary(summary: dict, console=None) -> None:
 
 
 def summary_json(summary: dict) -> dict:
-    """The summary with its tables as rows keyed by column name, numbers as numbers (Stat: mean,
-    half, n)."""
+    """The summary, its tables as rows keyed by column, numbers as numbers (Stat: mean, half, n)."""
     num = lambda v: {"mean": v.mean, "half": v.half, "n": v.n} if isinstance(v, Stat) else v
     return {**{k: summary[k] for k in ("report", "index", "records", "problems", "headline")},
             "tables": {name: [{"name": t.name, "title": t.title, "columns": t.columns,
@@ -344,8 +340,7 @@ def cell_main(job: CollectJob, ctx: Context) -> list[str]:
     summary = collect(ctx.exp_dir, list(ctx.upstream),
                       {"experiment": job.experiment, "setting": job.setting, "task": job.task},
                       ctx.coords.get("models", {}), job.claims)
-    # every eval metric with its coordinates, and the tables, in the study's collect run; W&B is a
-    # mirror:
+    # every eval metric with its coordinates, and the tables, in the study's collect run (a mirror)
     try:
         # the report on disk is the result, so W&B never fails the cell
         log_to_wandb(summary, ctx, job)

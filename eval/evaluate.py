@@ -130,8 +130,7 @@ def generate(model, tok, prompts: list[str], template: str, max_new_tokens: int,
 
 def metric(name: str, values: list[float], higher_is_better: bool, *, share: bool = False,
            **info: str) -> dict:
-    """Mean and its standard error; for a share of 0/1 outcomes the binomial one, sqrt(p (1 - p) /
-    n)."""
+    """Mean and standard error; for a share of 0/1 outcomes the binomial sqrt(p (1 - p) / n)."""
     n = len(values)
     mean = sum(values) / n if n else float("nan")
     if share and n:
@@ -143,16 +142,14 @@ def metric(name: str, values: list[float], higher_is_better: bool, *, share: boo
 
 
 def logit_metric(m: dict) -> dict:
-    """The same rate as log-odds (delta method for the error): equal steps there mean equal
-    evidence."""
+    """The rate as log-odds (delta method for the error): equal steps there mean equal evidence."""
     p = min(max(m["value"], 1e-4), 1 - 1e-4)
     return {**m, "name": m["name"].replace("rate", "logit"), "value": math.log(p / (1 - p)),
             "stderr": m["stderr"] / (p * (1 - p)), "space": "logit"}
 
 
 def write_result(ctx: Context, job, metrics: list, timings: dict | None = None) -> list[str]:
-    """result.json: the cell's metrics with where it sits in the study (its context's stage and
-    coords)."""
+    """result.json: the cell's metrics and its place in the study (its context's stage, coords)."""
     atomic_write_json(ctx.out_dir / "result.json", {
         "schema": RESULT_SCHEMA, "cell": ctx.out_dir.name, "stage": ctx.stage,
         "coords": ctx.coords, "checkpoint": job.model.path, "seed": job.seed, "metrics": metrics,
@@ -180,8 +177,7 @@ def main(job: EvalJob, ctx: Context) -> list[str]:
             t = time.time()
             scorer = shared("scorer", (ev.scorer, str(dev), version(ev.scorer.model)),
                             lambda: S.make_scorer(ev.scorer, dev))
-            # a classifier reads the answer; a score model the conversation (its scorer appends EOS
-            # or not)
+            # a classifier reads the answer; a score model the conversation (EOS as its scorer says)
             texts = gens if ev.scorer.kind in ("rule", "classifier") else \
                 [D.prompt_text(p, job.template) + D.response_text(g, job.template)
                  for p, g in zip(prompts, gens)]
@@ -232,8 +228,7 @@ def main(job: EvalJob, ctx: Context) -> list[str]:
 
 
 def generate_main(job: GenerateJob, ctx: Context) -> list[str]:
-    """Setting I: the slice answers train_count + heldout_count held-out prompts (its dataset D_i).
-    """
+    """Setting I: the slice answers train_count + heldout_count held-out prompts (its data D_i)."""
     ev = job.eval
     tok, model = load(job.model, ctx.exp_dir)
     prompts = held_out_prompts(job.prompts, ctx.exp_dir, job.train_count + job.heldout_count)

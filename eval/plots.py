@@ -93,8 +93,7 @@ def plot_rebound(panels: dict[str, list[Curve]], out: Path, formats=FORMATS) -> 
 
 
 def plot_resistance(t: Table, out: Path, formats=FORMATS) -> list[Path]:
-    """Setting I: inverse and forward mean training loss per model and slice pair
-    (resistance_table's numbers)."""
+    """Setting I: inverse and forward mean training loss per model and slice pair."""
     if not t.rows:
         return []
     labels = [f"{r['model']} {r['pair']}" for r in t.rows]

@@ -15,8 +15,7 @@ from launch.core.layout import read_json
 
 
 def on_disk(exp: Path) -> list[str]:
-    """stage/cell keys of the result cells on disk: the expected list of a run folder no collect
-    cell describes."""
+    """The result cells on disk (stage/cell keys): what to expect where no collect cell says it."""
     keys = []
     for s in ("eval", "cross", "responses"):
         if os.path.isdir(exp / s):
@@ -35,8 +34,7 @@ def read_cells(exp: Path, expected: list[str]):
         meta = read_json(os.path.join(d, layout.JOB)) or {}
         kind = meta.get("kind", "eval" if key.startswith("eval/") else "train")
         want = KINDS[kind].outputs[0] if KINDS[kind].outputs else "summary.json"
-        # (outputs are checked below on the data read once: a done cell costs three reads and no
-        # stat)
+        # (outputs are checked below on the data read once: a done cell costs three reads, no stat)
         state = layout.cell_state(d, kind, (), meta.get("upstream", []), nonces)
         data = read_json(os.path.join(d, want)) if state in ("done", "stale") else None
         # its own output first: a corrupt cell is corrupt, whatever its upstream
@@ -71,8 +69,7 @@ def seed_of(coords: dict):
 
 
 def pretrain_sizes(records) -> dict:
-    """Toy models' pre-training volume (|D_pre|): the milestone of the pretrain checkpoint each
-    eval's base is."""
+    """Toy models' pre-training volume (|D_pre|): the milestone of each eval's pretrain base."""
     sizes = {}
     for r in records:
         path = r.get("base", "")

@@ -44,8 +44,7 @@ def _load_source(path: str, revision: str, loader, **kw):
 
 
 def _dtype(spec: Scorer):
-    """The scorer's weights: the checkpoint's own dtype ("auto"), or float32 (the seed scores in
-    fp32)."""
+    """The scorer's weights: the checkpoint's dtype ("auto"), or float32 (the seed's choice)."""
     return torch.float32 if spec.dtype == "float32" else "auto"
 
 

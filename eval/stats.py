@@ -55,8 +55,7 @@ def mean_ci(values: list[float], stderr_one: float | None = None) -> tuple[float
 def unit_of(keys) -> tuple:
     """The independent unit of chains keyed by records.seed_of: (chain key -> its unit, 'seeds' |
     'bases'). The seed; or, where the chains sit inside two or more pre-training seeds ((pretrain
-    seed, seed) keys), the base (alignment seeds of one base share it, so they are not independent
-    of one another)."""
+    seed, seed) keys), the base (alignment seeds of one base share it: not independent)."""
     keys = list(keys)
     if keys and all(isinstance(k, tuple) for k in keys) and len({k[0] for k in keys}) > 1:
         return (lambda k: k[0]), "bases"
@@ -64,8 +63,7 @@ def unit_of(keys) -> tuple:
 
 
 def units(values: dict) -> tuple[list[float], str]:
-    """What a mean and its interval are over: per-chain values averaged within each unit
-    (unit_of)."""
+    """What a mean and its interval are over: per-chain values averaged within each unit."""
     key, unit = unit_of(values)
     if unit == "seeds":
         return list(values.values()), unit
@@ -115,8 +113,7 @@ def stat(values, digits: int = 3, test: bool = False, signed: bool = True,
          ns: list | None = None) -> Stat | None:
     """The Stat of paired per-chain values: a dict keyed by records.seed_of (its mean and interval
     over stats.units) or a list of independent values; None when there are none; one unit has no
-    interval. ns: a table's list of (n, unit) (for its title's interval label), which this one's
-    joins."""
+    interval. ns: a table's (n, unit) list (for its title's interval label) that this one joins."""
     if not values:
         return None
     vals, unit = units(values) if isinstance(values, dict) else (list(values), "seeds")
@@ -171,8 +168,7 @@ def ci_kind(n: int, unit: str = "seeds") -> str:
 
 
 def ci_label(ns) -> str:
-    """The interval every 'mean ± half-width' of a table is: ns holds each mean's (n, unit) (or n:
-    seeds)."""
+    """The interval of a table's 'mean ± half-width'; ns: each mean's (n, unit) (or n: seeds)."""
     ns = sorted({(n, "seeds") if isinstance(n, int) else tuple(n) for n in ns})
     if len(ns) == 1:
         return ci_kind(*ns[0])
@@ -184,7 +180,6 @@ def ci_label(ns) -> str:
 
 
 def natural(name) -> list:
-    """Sort key that reads numbers as numbers: toy-5k < toy-10k < toy-20k, tinyllama-2T < 2.5T < 3T.
-    """
+    """Sort key reading numbers as numbers: toy-5k < toy-10k < toy-20k, tinyllama-2T < 2.5T < 3T."""
     return [(0, float(t)) if t[0].isdigit() else (1, t) for t in re.findall(r"\d+(?:\.\d+)?|\D+",
                                                                             str(name))]

@@ -87,8 +87,7 @@ class Table:
         return buf.getvalue()
 
     def compact(self) -> list["Table"]:
-        """Two tables, means then 95 % half-widths, for narrow terminals and pipes (itself without
-        intervals)."""
+        """Two tables, means then 95 % half-widths, for narrow terminals (self if no intervals)."""
         if not any(isinstance(v, Stat) and v.half is not None for r in self.rows
                    for v in r.values()):
             return [self]
@@ -113,6 +112,5 @@ LATEX = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\
 
 
 def latex_escape(value) -> str:
-    """Text as LaTeX typesets it: every character special to LaTeX escaped, the tables' symbols as
-    math."""
+    """Text as LaTeX typesets it: LaTeX's special characters escaped, the table symbols as math."""
     return "".join(LATEX.get(c, c) for c in str(value))

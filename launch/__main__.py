@@ -140,8 +140,7 @@ def parse(argv):
 
 
 def load(args):
-    """The plan, profile and runs root of CONFIG, or of a run folder (its saved study.yaml /
-    profile.yaml)."""
+    """The plan, profile and runs root of CONFIG or a run folder (its study.yaml, profile.yaml)."""
     run = Path(args.config)
     if getattr(args, "runs", None) is not None and not (args.runs.strip()
                                                         and args.runs.isprintable()):
@@ -171,8 +170,7 @@ def load(args):
 
 
 def read_study_json(run) -> dict:
-    """A run folder's study.json (written by run and submit), checked: one line when missing or
-    damaged."""
+    """A run folder's study.json (written by run and submit), checked: one line if absent or bad."""
     try:
         meta = json.loads((run / "study.json").read_text())
     except FileNotFoundError:
@@ -212,8 +210,7 @@ def check_writable(plan, runs) -> None:
 
 
 def remember(args, plan, runs) -> None:
-    """Save the study and profile into the run folder, so that status/cancel/collect need only
-    RUN_DIR."""
+    """Save study and profile in the run folder: status, cancel and collect need only RUN_DIR."""
     if Path(args.config).is_dir():
         return
     exp = plan.exp_dir(runs)
@@ -413,8 +410,7 @@ STATE_ORDER = ("done", "running", "pending", "failed", "timed out", "cancelled",
 
 
 def cmd_status(args) -> int:
-    """Cells by stage and state: one column per state that occurs (readable at 80 columns and when
-    piped)."""
+    """Cells by stage and state: a column per state that occurs (readable at 80 columns, piped)."""
     from launch import slurm   # submitit, as in cmd_submit
     plan, profile, runs = load(args)
     rows = slurm.cell_states(plan, runs)
@@ -526,8 +522,7 @@ def cmd_debug_cell(args) -> int:
 
 
 def cmd_shell(args) -> int:
-    """A shell in the image with a job's binds and variables (the profile's, and the run folder's if
-    given)."""
+    """A shell in the image with a job's binds and variables (the profile's, the run folder's)."""
     profile = load_profile(args.profile) if args.profile else None
     return image_call(args.image, profile, Path(args.run).resolve() if args.run else None,
                       ["shell"], cell_env(profile))
@@ -549,12 +544,10 @@ def cmd_rates(args) -> int:
 
 def cmd_collect(args) -> int:
     """The collect cell's work for a run folder: the plan saved in it says which cells to expect and
-    what the study is; a folder of cells made without the CLI (no study.json) is collected from what
-    is on disk."""
+    what the study is; a folder of cells made without the CLI (no study.json): what is on disk."""
     from eval.collect import collect, print_summary, summary_json
     run = Path(args.run_dir)
-    # a study's folder holds <stage>/<cell id>/job.json: any other folder (a runs root, a home) gets
-    # no report/
+    # a study's folder holds <stage>/<cell id>/job.json: no other folder (runs root, home) gets one
     if not args.run_dir.strip() or not run.is_dir() or next(run.glob(f"*/*/{layout.JOB}"),
                                                             None) is None:
         raise ConfigError("RUN_DIR", f"{args.run_dir or '(none)'} is not a run folder, nothing was "
@@ -580,8 +573,7 @@ def cmd_run_cells(args) -> int:
 
 
 def quiet_broken_pipe() -> int:
-    """`... | head` closed our stdout: no traceback, and nothing more to say (the shell's code for
-    SIGPIPE)."""
+    """`... | head` closed our stdout: no traceback, nothing more to say (SIGPIPE's code)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return 141

@@ -27,8 +27,7 @@ from launch.core.profile import Profile, Resources
 from launch.core.schema import ConfigError
 from launch.core.spec import PREFERENCE, Model, Recipe, source_kind
 
-# Parameter counts of the paper's models (their config.json: embeddings, layers, head; tied heads
-# counted once)
+# Parameter counts of the paper's models (config.json: embeddings, layers, head; tied heads once)
 KNOWN_PARAMS = {
     "meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Llama-2-13b-hf": 13.02e9,
                 "meta-llama/Meta-Llama-3-8B": 8.03e9,
@@ -98,8 +97,7 @@ def stage_resources(stage: str, cells: list, profile: Profile) -> Resources:
 
 
 def fork_memory(plan, profile: Profile) -> list[dict]:
-    """Per base model and training stage whose runs fork (nested volumes): the fork's host GB per
-    node."""
+    """Per base model and training stage whose runs fork (nested volumes): host GB per node."""
     rows = []
     stages = [name for name, cells in plan.stages.items() if cells and cells[0].kind == "train"
               and name != "pretrain"]
@@ -148,8 +146,7 @@ def stage_time_min(cells: list, res: Resources, profile: Profile) -> int | None:
 
 
 def rates(exp_dir: Path) -> dict:
-    """The profile's cost rates measured on a finished study's training and eval cells (their
-    record.json)."""
+    """The profile's cost rates measured on a finished study's cells (their record.json)."""
     # step tokens, step GPU-seconds, fixed seconds, checkpoint seconds, checkpoints
     sums = [0.0] * 5
     cells = evals = 0

@@ -120,8 +120,7 @@ def run_groups(groups: list[list[Path]], env: dict, jobs: int, on_cell) -> list[
             on_cell(r)
         else:
             running -= 1
-            # a worker that died (killed, out of memory) leaves its unreported cells failed, not
-            # done
+            # a worker that died (killed, out of memory) leaves its unreported cells failed
             failed += [{"cell": str(d), "rc": r or 1} for d in group if str(d) not in reported]
             stop |= r == EXIT_PREEMPTED
     return failed
@@ -129,8 +128,7 @@ def run_groups(groups: list[list[Path]], env: dict, jobs: int, on_cell) -> list[
 
 def run_inprocess(plan: Plan, runs_root: str | Path, profile: Profile,
                   only: str | None = None) -> int:
-    """The debug executor: every cell in this process, in order, so that pdb and breakpoints work.
-    """
+    """The debug executor: every cell in this process, in order, so pdb and breakpoints work."""
     os.environ.update(job_env(profile))
     plan.adopt(runs_root, profile)
     pending = plan.todo(runs_root)

@@ -47,8 +47,7 @@ ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("recipe", "simpo_beta"): 2.0
 
 
 def _without(node: dict, path: tuple, default) -> dict:
-    """`node` with the key at `path` removed where its value is `default` (copied along the path,
-    never changed)."""
+    """`node` without the key at `path` where its value is `default` (copied, never changed)."""
     head, *rest = path
     if head not in node:
         return node
@@ -101,8 +100,7 @@ class Cell:
         return f"{self.stage}/{self.id}"
 
     def meta(self, runtime: dict) -> dict:
-        """job.json: the job (identity), where it sits in the study, and how it runs (runtime: never
-        identity)."""
+        """job.json: the job (identity), its place in the study and its runtime (never identity)."""
         return {"stage": self.stage, "kind": self.kind, "id": self.id, "job": self.job_json,
                 "coords": self.coords,
                 "upstream": list(self.upstream), "outputs": list(self.outputs),
@@ -135,8 +133,7 @@ class Plan:
         return self.exp_dir(runs_root) / cell.stage / cell.id
 
     def states(self, runs_root: str | Path) -> dict[str, str]:
-        """Cell key -> layout.cell_state, and "stale" for a done cell when a cell upstream of it
-        will run."""
+        """Cell key -> layout.cell_state, "stale" for a done cell when a cell upstream will run."""
         out: dict[str, str] = {}
         nonces: dict = {}
         for c in self.cells:   # stage order: upstream cells come first
@@ -306,8 +303,7 @@ class _Builder:
 
     def train(self, stage: str, label: str, start: ModelRef, upstream, role: str, volumes,
               seed: int, coords: dict, recipe=None) -> list[tuple[Cell, int]]:
-        """Cells that train `start` on `role` data to each volume; returns (cell, volume) for every
-        milestone."""
+        """Cells training `start` on `role` data to each volume; (cell, volume) per milestone."""
         recipe = recipe or self.spec.recipe_for(stage)
         recipe = dataclasses.replace(recipe, seeds=(seed,))
         vols = [v for v in volumes if v > 0]
@@ -334,8 +330,7 @@ class _Builder:
                       attribute_tokens=self.spec.world is not None)
         return self.add(Cell("eval", "eval", label, job, tuple(upstream), dict(coords)))
 
-    # -----------------------------------------------------------------------------------------
-    # stages
+    # ---------------------------------------------------------------------------------- stages
     def build(self):
         spec = self.spec
         if spec.world is not None:
@@ -359,8 +354,7 @@ class _Builder:
                       coords={"models": {m.name: m.path for m in spec.models if not m.init}}))
 
     def _pretrain(self):
-        """Toy models: one pre-training run per architecture and pre-training seed, saving each
-        model's volume."""
+        """Toy models: a pre-training run per architecture and seed, saving each model's volume."""
         spec = self.spec
         recipe = spec.recipe_for("pretrain")
         by_arch: dict = {}

@@ -160,8 +160,7 @@ def container_python() -> str:
 
 
 def check_image_python(profile: Profile) -> None:
-    """Job pickles cross from the login node's Python into the image's: their versions must match.
-    """
+    """Job pickles cross from the login node's Python into the image's: versions must match."""
     here = "%d.%d" % sys.version_info[:2]
     want = container_python()
     if profile.image and want and here != want:
@@ -430,8 +429,7 @@ def read_manifest(exp: Path) -> dict[str, dict]:
 
 
 def live_tasks(job_ids: list[str]) -> set[str]:
-    """Task ids ('45_3', '46') of these jobs that are queued or running now (squeue: no accounting
-    needed)."""
+    """Task ids ('45_3', '46') of these jobs queued or running now (squeue: no accounting)."""
     arrays = sorted({j.split("_")[0] for j in job_ids})
     if not arrays:
         return set()
@@ -444,8 +442,7 @@ def live_tasks(job_ids: list[str]) -> set[str]:
 
 
 def live_cells(exp: Path) -> dict[str, str]:
-    """cell key -> the task id of a queued or running job of that cell, from every submission in the
-    manifest."""
+    """cell key -> task id of its queued or running job, from every submission in the manifest."""
     man = read_manifest(exp)
     live = live_tasks([j for m in man.values() for j in m["jobs"]])
     return {key: next(j for j in reversed(m["jobs"]) if j in live) for key, m in man.items()
@@ -456,8 +453,7 @@ def sacct_states(job_ids: list[str], since: str) -> dict[str, str]:
     """Job states from Slurm accounting, for jobs active from `since` (our first submission, by the
     login node's clock; 10 minutes earlier for clock skew) on. Without that window sacct also
     returns older jobs that had the same id (ids restart when a controller's state is reset, and
-    wrap at MaxJobId), and a job submitted seconds ago that slurmdbd has not recorded yet reads as
-    that old job."""
+    wrap at MaxJobId), and a job submitted seconds ago, not yet in slurmdbd, reads as that job."""
     if not job_ids:
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
@@ -528,8 +524,7 @@ def cell_states(plan: Plan, runs_root) -> list[dict]:
 
 
 def log_path(exp: Path, job_id: str) -> Path:
-    """The log of a task's rank 0: submitit's folder is the job id, array tasks included
-    ('45_3/45_3_0_log.out')."""
+    """Rank 0's log of a task: submitit's folder is the job id ('45_3/45_3_0_log.out')."""
     return Path(exp) / "submitit" / job_id / f"{job_id}_0_log.out"
 
 
@@ -561,8 +556,7 @@ def error_tail(row: dict, lines: int = 4) -> str:
 
 def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = None,
          out=sys.stderr) -> int:
-    """Block until every submitted cell is done or its job ended; 0 if all cells of the plan are
-    done."""
+    """Block until every submitted cell is done or its job ended; 0 if the plan is all done."""
     t0 = time.time()
     last, hinted = "", False
     while True:
@@ -598,8 +592,7 @@ def wait(plan: Plan, runs_root, poll_s: float = 5.0, timeout_s: float | None = N
 
 
 def cancel(exp: Path) -> list[str]:
-    """scancel every job the study ever submitted (every submission in the manifest, not only the
-    latest)."""
+    """scancel every job the study ever submitted (every submission in the manifest)."""
     ids = sorted({j.split("_")[0] for m in read_manifest(exp).values() for j in m["jobs"]})
     if ids:
         subprocess.run(["scancel", *ids], check=False)
@@ -607,8 +600,7 @@ def cancel(exp: Path) -> list[str]:
 
 
 def require_slurm(profile: Profile | None = None, need_sbatch: bool = True) -> None:
-    """What a submission needs of this machine: the image's Python, and sbatch (a dry run may run
-    without it)."""
+    """What a submission needs here: the image's Python, and sbatch (a dry run may lack it)."""
     if profile is not None:
         check_image_python(profile)
     if need_sbatch and not shutil.which("sbatch"):

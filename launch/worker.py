@@ -90,8 +90,7 @@ def run_cell(cell_dir: str | Path, rerun: bool = False, invalidate: bool = False
     """Run the cell in this process; returns its outputs. Raises ConfigError / Preempted.
 
     rerun: run a done cell again (debugging). Its new done marker keeps the old nonce, so the cells
-    made from it stay valid; with invalidate it gets a new one, and they run again at the next run
-    or submit."""
+    made from it stay valid; with invalidate it gets a new one, and they rerun at the next run."""
     cell_dir = Path(cell_dir).resolve()
     check_code()
     meta, job = read_job(cell_dir)
@@ -281,8 +280,7 @@ def run_cell_dir(cell_dir: str | Path, rerun: bool = False, invalidate: bool = F
 
 @contextmanager
 def _output_to(path: Path):
-    """This process's stdout and stderr (file descriptors: libraries and subprocesses too) appended
-    to path."""
+    """Append this process's stdout and stderr (file descriptors: libraries, children) to path."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)

@@ -152,8 +152,7 @@ class Example:
 
 def _encode(tok, prompt: str, response: str, template: str, max_length: int, all_tokens: bool):
     """Token ids and labels of prompt + response + EOS, tokenized as one text (as safe-rlhf does);
-    the prompt's tokens are those of the prompt tokenized alone, and carry no loss (every token does
-    with all_tokens)."""
+    the prompt's tokens are those of the prompt alone, with no loss (all_tokens: every token's)."""
     head = prompt_text(prompt, template)
     ids = tok(head + response_text(response, template), add_special_tokens=True)["input_ids"]
     n_prompt = len(tok(head, add_special_tokens=True)["input_ids"]) if head else 0
@@ -269,8 +268,7 @@ def micro_batches(positions: list[int], examples: list[Example],
 
 def collate(examples: list[Example], indices: list[int], pad_id: int, rejected: bool = False):
     """Right-padded tensors (input_ids, attention_mask, labels, weight) for one micro-batch; weight
-    is 0 for a rank's zero-weight repeat (negative index). rejected=True takes the DPO rejected
-    sequences."""
+    is 0 for a rank's zero-weight repeat (negative index). rejected=True: DPO's rejected ones."""
     seqs = [examples[abs(i) - 1 if i < 0 else i] for i in indices]
     pairs = [(e.rejected_ids, e.rejected_labels) if rejected else (e.input_ids, e.labels)
              for e in seqs]

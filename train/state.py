@@ -77,8 +77,7 @@ def walk(engine):
 
 
 def state_tensors(engine) -> dict[str, torch.Tensor]:
-    """Every non-empty tensor of the engine's state by path, as host copies (for tests and checks).
-    """
+    """Every non-empty tensor of the engine's state by path, as host copies (tests and checks)."""
     return {p: t.detach().to("cpu", copy=True) for p, t in walk(engine)[0] if t.numel()}
 
 
@@ -114,8 +113,7 @@ def snapshot_bytes(snap: dict) -> int:
 
 
 def restore(engine, snap: dict) -> None:
-    """Undo everything since `snapshot(engine)`, in place (the engine's buffers keep their
-    identity)."""
+    """Undo everything since `snapshot(engine)`, in place (engine buffers keep their identity)."""
     for o, saved in snap["objects"]:
         d = vars(o)
         for k in [k for k in d if k not in saved]:

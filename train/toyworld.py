@@ -62,8 +62,7 @@ def nouns(n: int) -> list[str]:
 
 
 def attribute(word: str) -> int:
-    """+1 for a positive attribute word, -1 for a negative one, 0 otherwise (the rule scorer's whole
-    rule)."""
+    """+1 for a positive attribute word, -1 for a negative one, else 0: the rule scorer's rule."""
     return 1 if word.endswith("+") else -1 if word.endswith("-") else 0
 
 
@@ -142,8 +141,7 @@ def vocabulary(w: World) -> list[str]:
 
 
 def build_tokenizer(w: World):
-    """A word-level HF tokenizer over the world's vocabulary (PreTrainedTokenizerFast,
-    save_pretrained-able)."""
+    """A word-level HF tokenizer of the world's vocabulary (PreTrainedTokenizerFast)."""
     vocab = {word: i for i, word in enumerate(vocabulary(w))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

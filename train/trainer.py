@@ -63,8 +63,7 @@ def _on_signal(signum, frame):
 
 
 def setup_distributed():
-    """Rank setup from the standard variables, then deepspeed.init_distributed (nccl on GPU, gloo on
-    CPU)."""
+    """Rank setup from the standard variables, then deepspeed.init_distributed (nccl or gloo)."""
     os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                           str(Path.home() / ".cache" / "elastica" / "torch_extensions"))
     clear_stale_build_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
@@ -78,8 +77,7 @@ def setup_distributed():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(device_index(torch.cuda.device_count()))
-        # the paper's recipe: bf16 with tf32 matmuls (fp32 matmuls that remain, e.g. the loss's
-        # log-softmax input)
+        # the paper's recipe: bf16 with tf32 matmuls (for the fp32 ones left, e.g. the log-softmax)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return dist.get_rank(), dist.get_world_size()
@@ -87,8 +85,7 @@ def setup_distributed():
 
 def device_index(visible: int) -> int:
     """This rank's GPU among the `visible` ones: LOCAL_RANK, modulo them, since a site that binds
-    one GPU per task shows each rank a single device (CUDA_VISIBLE_DEVICES), where LOCAL_RANK 5 has
-    device 0."""
+    one GPU per task shows each rank one device (CUDA_VISIBLE_DEVICES): LOCAL_RANK 5 is device 0."""
     return int(os.environ.get("LOCAL_RANK", 0)) % max(visible, 1)
 
 
@@ -172,8 +169,7 @@ class Trainer:
         self.ctx = ctx
         self.rank, self.world = setup_distributed()
         self.cuda = torch.cuda.is_available()
-        # what each phase of the cell took (record.json: plan's GPU-hour estimate counts the fixed
-        # costs)
+        # what each phase of the cell took (record.json; plan's GPU-hour estimate of fixed costs)
         self.phases = {"setup_s": 0.0, "load_s": 0.0, "init_s": 0.0, "reference_s": 0.0,
                        "steps_s": 0.0,
                        "fork_s": 0.0, "save_s": 0.0, "resume_save_s": 0.0, "checkpoints": 0,
@@ -192,8 +188,7 @@ class Trainer:
         # example index at each position of the run
         self.seq = D.epoch_sequence(volume, r.epochs, job.seed)
         self.batches = D.global_batches(len(self.seq), r.global_batch, r.tail)
-        # positions where weights are saved: each milestone volume (one epoch), or the run's end
-        # (several epochs)
+        # where weights are saved: each milestone volume (one epoch), or the end (several epochs)
         if r.epochs > 1 and len(job.milestones) > 1:
             raise ConfigError("recipe.epochs",
                               "several epochs with several milestones is not exact",
@@ -240,8 +235,7 @@ class Trainer:
                                                        "rank"}
         return mine
 
-    # -----------------------------------------------------------------------------------------
-    # one step
+    # -------------------------------------------------------------------------------- one step
     def _logps(self, ids, mask, labels):
         return token_logps(self.engine, ids, mask, labels, self.device)
 
@@ -254,8 +248,7 @@ class Trainer:
         return seq[:len(mb)], seq[len(mb):], mask, w
 
     def _reference_logps(self) -> dict[int, tuple[float, float]]:
-        """DPO's frozen reference: the starting weights' sequence log-probs, computed once before
-        training."""
+        """DPO's frozen reference: the start weights' sequence log-probs, computed once up front."""
         ref = {}
         with torch.no_grad():
             for s, e in self.batches:
@@ -301,8 +294,7 @@ class Trainer:
         denom = (e - s) if per_example else sum(self.examples[i].loss_tokens for i in self.seq[s:e])
         denom = max(denom, 1)
         # loss sum, loss tokens, real tokens, padded tokens, chosen margin: on the engine's device,
-        # since the all_reduce below runs on the training process group (NCCL serves CUDA tensors
-        # only)
+        # since the all_reduce below runs on the training group (NCCL serves CUDA tensors only)
         acc = torch.zeros(5, dtype=torch.float64, device=self.device)
         z = self._kto_reference_points(s, e) if r.algorithm == "kto" else (0.0, 0.0)
         for mb in D.micro_batches(self.seq[s:e], self.examples, self.rank, self.world,
@@ -348,8 +340,7 @@ class Trainer:
                 "examples": e, "seconds": time.time() - t0,
                 **({f"{r.algorithm}_margin": tot[4] / max(tot[1], 1)} if pairs else {})}
 
-    # -----------------------------------------------------------------------------------------
-    # outputs
+    # --------------------------------------------------------------------------------- outputs
     def save_weights(self, name: str) -> None:
         """checkpoints/<name>: HF safetensors + tokenizer, written to a temp folder and renamed."""
         r = self.job.recipe
@@ -481,8 +472,7 @@ class Trainer:
 
     def _fork(self, s: int, m: int, state: dict) -> None:
         """Milestone m inside the batch starting at s: a side step on [s, m), its weights saved,
-        then undone from an in-memory snapshot of this rank's state (only the milestone's weights
-        reach the disk)."""
+        then undone from an in-memory snapshot of this rank's state (only its weights hit disk)."""
         t0 = time.time()
         snap = snapshot(self.engine)
         self.phases["fork_host_bytes"] = max(self.phases["fork_host_bytes"], snapshot_bytes(snap))
@@ -514,8 +504,7 @@ class Trainer:
 
 
 def token_logps(model, ids, mask, labels, device):
-    """Per-token log-probabilities of the labels (0 where not counted) and the mask of counted
-    tokens."""
+    """Per-token log-probs of the labels (0 where not counted) and the mask of counted tokens."""
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
     logits = out.logits[:, :-1].float()
     tgt = labels[:, 1:].to(device)
@@ -525,8 +514,7 @@ def token_logps(model, ids, mask, labels, device):
 
 
 def update_record(cell_dir: Path, **info) -> None:
-    """Merge runtime facts into the cell's record.json (written by the worker when the cell starts).
-    """
+    """Merge runtime facts into the cell's record.json (the worker writes it as the cell starts)."""
     path = Path(cell_dir) / "record.json"
     try:
         rec = json.loads(path.read_text())
@@ -552,8 +540,7 @@ def _milestone_summary(state: dict, examples: int) -> dict:
     return {"examples": examples, "steps": len(losses), "tokens": state["tokens"],
             "final_loss": losses[-1] if losses else None,
             "mean_loss": sum(losses) / len(losses) if losses else None,
-            # the loss pooled over every example so far, weighted as the recipe weighs a step
-            # (tokens or examples)
+            # the loss pooled over every example so far, weighted as a step is (tokens or examples)
             "pooled_loss": state["loss_sum"] / max(state["loss_tokens"], 1)}
 
 

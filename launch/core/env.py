@@ -25,8 +25,7 @@ def job_env(profile: Profile | None, code: Path | None = None) -> dict[str, str]
     profiles refuse them; they come from the shell): offline HF cache, W&B mode, the code first on
     the path, the image's identity. One precedence rule everywhere: the profile wins over the shell,
     the shell fills in everything else."""
-    # PYTHONSAFEPATH: `python -m` would put the working folder (where sbatch ran: the checkout)
-    # before PYTHONPATH
+    # PYTHONSAFEPATH: `python -m` would put the working folder (the checkout) before PYTHONPATH
     env = {"PYTHONNOUSERSITE": "1", "PYTHONSAFEPATH": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
     if profile is None:
@@ -67,8 +66,7 @@ def cell_env(profile: Profile | None, code: Path | None = None) -> dict[str, str
 
 
 def image_digest(image: str) -> str:
-    """sha256 of the image file, cached beside it (keyed by size and mtime); 'unavailable' if
-    unreadable."""
+    """sha256 of the image file, cached beside it (by size and mtime); 'unavailable' on error."""
     p = Path(image)
     try:
         st = p.stat()
@@ -120,8 +118,7 @@ def cached_commit(repo: str, kind: str, revision: str = "main", subset: str = ""
 
 def hub_sources(node, at: str = "") -> list[tuple[str, str, str, str, str]]:
     """Every hub source a job (or study) names, from its JSON: (field path, repo, 'model' |
-    'dataset', revision, subset). Datasets are the mappings with a split; scorers name theirs in
-    `model`."""
+    'dataset', revision, subset). Datasets: mappings with a split; scorers name one in `model`."""
     out = []
     if isinstance(node, dict):
         repo = node.get("path") if "split" in node or "revision" in node else None

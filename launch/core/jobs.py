@@ -49,8 +49,7 @@ class LoadError(Exception):
 
 def load_failure(what: str, path: str, e: Exception, field: str, fix: str) -> Exception:
     """The one-line error for a failed load: a missing path, hub id or cache entry (OSError: what
-    the config or a prefetch fixes) is a ConfigError naming `field`; anything else a LoadError with
-    its real cause."""
+    the config or a prefetch fixes) is a ConfigError naming `field`; else a LoadError, its cause."""
     if isinstance(e, ConfigError):
         return e
     if isinstance(e, OSError) and not _is_memory(e):
@@ -77,8 +76,7 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One training run: start from `model`, train on the first max(milestones) examples of the
-    seeded order."""
+    """One training run: from `model`, on the first max(milestones) examples of the seeded order."""
     model: ModelRef
     data: Data
     recipe: Recipe
@@ -91,8 +89,7 @@ class TrainJob:
 
 @dataclass(frozen=True)
 class GenerateJob:
-    """Setting I: a slice answers held-out prompts; the answers become a dataset (train + heldout
-    files)."""
+    """Setting I: a slice answers held-out prompts, which become a dataset (train, heldout)."""
     model: ModelRef
     prompts: Data
     eval: Eval
@@ -104,8 +101,7 @@ class GenerateJob:
 
 @dataclass(frozen=True)
 class EvalJob:
-    """Score one checkpoint: generations scored by the scorer, bits/token per dataset, KL to the
-    base."""
+    """Score one checkpoint: scored generations, bits/token per dataset, KL to the base."""
     model: ModelRef
     base: ModelRef
     prompts: Data
@@ -175,8 +171,7 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _plain(obj):
-    """dataclasses.asdict without its deep copies (jobs share frozen sub-configs; nothing is
-    mutated)."""
+    """dataclasses.asdict without deep copies (jobs share frozen sub-configs; none is mutated)."""
     names = _FIELDS.get(type(obj))
     if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         names = _FIELDS[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
@@ -248,8 +243,7 @@ def _file_problem(cell_dir: str | Path, name: str, kind: str) -> str | None:
 
 def safetensors_header(path: str | Path) -> dict | None:
     """A safetensors file's header (tensor name -> dtype, shape, data_offsets), read without its
-    weights; None when the file is not whole (empty, truncated, or its header does not account for
-    its size)."""
+    weights; None when the file is not whole (empty, truncated, or its header not matching size)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -269,8 +263,7 @@ def safetensors_header(path: str | Path) -> dict | None:
 
 
 def _checkpoint_problem(cell_dir: str | Path, name: str, kind: str) -> str | None:
-    """A checkpoint is done when its config is there and every weights file is whole (header and
-    size agree)."""
+    """A checkpoint is done when its config is there and every weights file is whole."""
     try:
         with os.scandir(os.path.join(cell_dir, "checkpoints", name)) as found:
             files = {e.name: e for e in found}
@@ -286,8 +279,7 @@ def _checkpoint_problem(cell_dir: str | Path, name: str, kind: str) -> str | Non
 # --------------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class Kind:
-    """What one kind of cell is, for the planner, the worker, both executors, the layout and the
-    collector."""
+    """What one kind of cell is, for the planner, worker, executors, layout and collector."""
     name: str
     job: type                             # its job dataclass (job.json's "job" is rebuilt into it)
     entry: str                            # "module:function" the worker calls: f(job, ctx: Context)
@@ -312,7 +304,6 @@ KINDS = {k.name: k for k in (
 
 
 def output_problem(cell_dir: str | Path, name: str, kind: str) -> str | None:
-    """The one check of every cell output (the worker's done test, status, the collector): None when
-    valid."""
+    """The one check of every cell output (worker, status, collector): None when valid."""
     k = KINDS.get(kind)
     return (k.check if k else _file_problem)(cell_dir, name, kind)

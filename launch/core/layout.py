@@ -34,8 +34,7 @@ os.umask(UMASK)
 
 
 def milestone_name(examples: int) -> str:
-    """A milestone checkpoint's folder name: the examples trained on, n<examples>
-    (checkpoints/n1000)."""
+    """A milestone checkpoint's folder name: n<examples trained on> (checkpoints/n1000)."""
     return f"n{examples}"
 
 
@@ -46,8 +45,7 @@ def milestone_volume(name: str) -> int | None:
 
 def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
     """Write via a temp file and rename: readers see the old file or the whole new one, never a
-    part. durable=False skips the fsync, for files that are regenerated whenever they are needed
-    (job.json)."""
+    part. durable=False skips the fsync, for files regenerated whenever needed (job.json)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -80,14 +78,12 @@ def publish_dir(tmp: Path, final: Path) -> None:
 
 
 def resolve(path: str, exp_dir: Path) -> str:
-    """Turn an `@stage/cell/rest` reference into a path under the experiment folder; others pass
-    through."""
+    """An `@stage/cell/rest` reference as a path in the experiment folder; others pass through."""
     return str(Path(exp_dir) / path[1:]) if path.startswith("@") else path
 
 
 def read_json(path: str | Path) -> dict | None:
-    """A JSON object from a run folder's file, or None when it is absent, unreadable or not an
-    object."""
+    """A JSON object from a run folder's file; None if absent, unreadable or not an object."""
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read())
@@ -206,8 +202,7 @@ CODE_DIRS = ("launch", "train", "eval")   # what a job imports: a code snapshot 
 
 
 def git_commit() -> str:
-    """The commit of the code that runs: a code snapshot's COMMIT file (what Slurm jobs run), else
-    git."""
+    """The commit of the running code: a code snapshot's COMMIT file (Slurm jobs), else git."""
     try:
         root = CODE_ROOT
         if (root / "COMMIT").is_file():

@@ -22,8 +22,7 @@ from launch.core.schema import SAFE_NAME, ConfigError, build, check, read_yaml
 from launch.core.spec import STAGES, Runtime
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-# profile env keys that are secrets (or look like one): they reach jobs through the shell's
-# environment only
+# profile env keys that are (or look like) secrets: they reach jobs through the shell's env only
 SECRET_NAME = re.compile(r".*(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY).*", re.I)
 # variables the launcher sets for every cell (launch.core.env.job_env, the Slurm task): a profile's
 # env may not replace them; what to use instead
@@ -85,8 +84,7 @@ SRUN_OWNED = {"export", "output", "error", "input", "ntasks", "ntasks-per-node",
               "kill-on-bad-exit", "unbuffered", "gpus-per-node", "gres", "mem", "time", "job-name",
               "dependency", "signal", "open-mode", "chdir", "jobid", "overlap", "label"}
 SBATCH_VALUE = re.compile(r"[^'\"\\#$`]{0,256}")
-# a secret written into a value: NAME=... with a secret's name, or a Hugging Face / W&B token's
-# shape
+# a secret written into a value: NAME=... with a secret's name, or a Hugging Face / W&B token
 SECRET_VALUE = re.compile(r"(?i:[A-Z_]*(TOKEN|SECRET|PASSW(OR)?D|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY)[A-Z_]*=)"
                           r"|\bhf_[A-Za-z0-9]{30,}|\b[0-9a-f]{40}\b")
 # slurmctld signals at its first 30-s check after (limit - delay - 30 s): measured
@@ -97,8 +95,7 @@ STARTUP_S = 5
 
 @dataclass(frozen=True)
 class Profile:
-    """Where a study runs. Never part of a cell's identity: changing it never re-addresses results.
-    """
+    """Where a study runs. Never part of a cell's identity: changing it re-addresses no result."""
     RENAMED: typing.ClassVar[dict] = {"train_examples_per_gpu_hour": "train_tokens_per_gpu_hour, "
                                       "train_fixed_minutes and train_minutes_per_checkpoint "
                                       "(launch rates RUN "
@@ -153,8 +150,7 @@ class Profile:
     train_minutes_per_checkpoint: float = 0.0
     eval_minutes_per_cell: float = 0.0
     # Runtime fields (micro_batch, gradient_checkpointing, save_every_steps) for this cluster's
-    # GPUs: they override the study's for every training stage and never change a cell id
-    # (launch.core.spec.Runtime)
+    # GPUs: they override the study's for every training stage, never a cell id (spec.Runtime)
     runtime: dict[str, typing.Union[int, bool]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -273,8 +269,7 @@ class Profile:
                   "remove stages, or use executor: slurm")
 
     def resources(self, stage: str) -> Resources:
-        """What one cell of `stage` asks Slurm for: its section (train, eval or LIGHT) with the
-        stage's overrides."""
+        """A `stage` cell's Slurm ask: train, eval or LIGHT, with the stage's overrides."""
         base = {"train": self.train, "eval": self.eval, "light": LIGHT}[STAGES[stage]]
         over = self.stages.get(stage)
         return dataclasses.replace(base, **over) if over else base

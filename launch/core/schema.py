@@ -20,8 +20,7 @@ from typing import Literal
 
 import yaml
 
-# patterns match whole strings (fullmatch: '$' would let a trailing newline through) of bounded
-# length
+# patterns match whole strings of bounded length (fullmatch: '$' lets a trailing newline in)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # in folder names and cell ids
 
 
@@ -33,8 +32,7 @@ class ConfigError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
-        """One line, whatever the input held: control characters (a newline in a key or name) are
-        escaped."""
+        """One line, whatever the input held: control characters (a newline in a key) escaped."""
         where = f"{self.file}: " if self.file else ""
         text = f"error: {where}{self.field or '<top>'}: {self.problem} ({self.fix})"
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -45,11 +43,9 @@ def check(ok: bool, field_path: str, problem: str, fix: str) -> None:
         raise ConfigError(field_path, problem, fix)
 
 
-# ---------------------------------------------------------------------------------------------
-# loading
+# ------------------------------------------------------------------------------------- loading
 class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases: aliases are how YAML bombs multiply, and configs do not
-    need them."""
+    """Safe YAML without anchors/aliases: aliases are how YAML bombs multiply; configs need none."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.events.AliasEvent):
@@ -61,8 +57,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 
 def _no_duplicate_keys(node, path: str = "") -> None:
-    """A key given twice is refused, named by its field path and line (YAML would keep the last
-    silently)."""
+    """A key given twice is refused, named by field path and line (YAML would keep the last)."""
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for key_node, value in node.value:
@@ -204,8 +199,7 @@ def _convert(tp, value, where: str):
 
 
 def build(cls, data: dict, where: str = ""):
-    """Build dataclass `cls` from a mapping: unknown keys, wrong types and bad values raise
-    ConfigError."""
+    """Build dataclass `cls` from a mapping: unknown keys, bad types or values raise ConfigError."""
     hints = typing.get_type_hints(cls)
     fields_ = {f.name: f for f in dataclasses.fields(cls)}
     prefix = f"{where}." if where else ""

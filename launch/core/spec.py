@@ -24,8 +24,7 @@ WORLD = "world:"       # a data path world:<set> is a set of the toy world (Worl
 
 
 def source_kind(path: str) -> str:
-    """'world' (toy world, built by the world stage), 'local' (a file or folder) or 'hub' (a hub
-    id)."""
+    """'world' (toy world, built by the world stage), 'local' (file or folder) or 'hub' (hub id)."""
     if path.startswith(WORLD):
         return "world"
     if path.startswith(("/", ".", "~")):
@@ -163,8 +162,7 @@ def split_rows(split: str, total: int) -> int:
 def known_rows(d: "Data", role: str = "") -> int | None:
     """Rows this data role can give at most, where the dataset's card says (None where unknown). The
     loader slices the split first and filters the slice, so a filtered slice gives at most the
-    smaller of the slice and the filter's count over the whole split. A split the card does not have
-    is refused."""
+    smaller of the slice and the filter's count over the split. A split not on the card: refused."""
     base = d.split.split("[")[0]
     whole = KNOWN_ROWS.get((d.path, d.subset))
     if whole is not None:
@@ -256,14 +254,12 @@ class Recipe:
                   "use volume_schedule: independent, or a constant schedule with one epoch")
 
     def steps(self, examples: int) -> int:
-        """Optimizer steps of a run over `examples` examples (one epoch each: x epochs positions).
-        """
+        """Optimizer steps of a run over `examples` examples (an epoch each: x epochs positions)."""
         positions = examples * self.epochs
         return positions // self.global_batch if self.tail == "drop" else -(-positions // self.global_batch)
 
     def nested_inexact(self) -> str:
-        """Why one run with milestone checkpoints would NOT equal separate runs per volume ('' when
-        it would)."""
+        """Why one run with milestones would NOT equal a run per volume ('' when it would)."""
         if self.schedule != "constant":
             return f"a {self.schedule} schedule depends on the run's length"
         if self.epochs != 1:
@@ -318,8 +314,7 @@ class Volumes:
 
 @dataclass(frozen=True)
 class Slices:
-    """Setting I: one epoch of SFT on `examples` examples of data.sft, sliced at `fractions` of the
-    epoch."""
+    """Setting I: one epoch of SFT on `examples` of data.sft, sliced at `fractions` of the epoch."""
     examples: int = 0
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     responses: int = 0        # responses each slice generates on data.prompts (its dataset D_i)
@@ -410,8 +405,7 @@ class Eval:
 @dataclass(frozen=True)
 class Controls:
     """Arms the paper lacks. matched_start: reach the aligned start by LM training on data.control
-    (arm control); from_base: the same negative fine-tuning from the base model itself (arm
-    from-base)."""
+    (arm control); from_base: the same negative fine-tuning from the base itself (arm from-base)."""
     matched_start: bool = False
     from_base: bool = False
 
@@ -489,8 +483,7 @@ class World:
               "use 0 (none) or a corpus size, e.g. 20000")
 
     def sizes(self) -> dict[str, int]:
-        """Each set the world stage writes (world:<set>) and its size: the one list of the world's
-        sets."""
+        """Each set the world stage writes (world:<set>) and its size: the one list of the sets."""
         return {"pretrain": self.pretrain, "positive": self.alignment, "negative": self.alignment,
                 "prompts": self.prompts, "sft": self.sft, "control": self.control,
                 "pairs": self.alignment,
@@ -499,8 +492,7 @@ class World:
 
 
 def world_set(path: str) -> str | None:
-    """The toy-world set a data path names (world:positive -> positive), or None for any other path.
-    """
+    """The toy-world set a data path names (world:positive -> positive), else None."""
     return path[len(WORLD):] if path.startswith(WORLD) else None
 
 
@@ -668,8 +660,7 @@ class Spec:
 
 TRAIN_STAGES = {"pretrain", "positive", "negative", "control", "slices", "cross"}
 
-# The stages of a plan, in run order, each with the profile section its cells ask Slurm for (light:
-# no GPU)
+# The stages of a plan in run order, each with the profile section its cells ask Slurm for
 STAGES = {"world": "light", "pretrain": "train", "slices": "train", "responses": "eval",
           "positive": "train",
           "control": "train", "negative": "train", "cross": "train", "eval": "eval",
@@ -677,8 +668,7 @@ STAGES = {"world": "light", "pretrain": "train", "slices": "train", "responses":
 
 
 def load_spec(path: str | Path, base_dir: str | Path | None = None) -> Spec:
-    """Load and validate a study. Local data/model paths are checked relative to base_dir (default:
-    cwd)."""
+    """Load and validate a study; local data and model paths are relative to base_dir (or cwd)."""
     data = read_yaml(path)
     try:
         spec = build(Spec, data)
@@ -713,8 +703,7 @@ WORLD_SETS = set(World().sizes())
 
 
 def local_rows(d: Data, base: Path) -> int | None:
-    """Rows of a local JSON Lines / JSON / Parquet file in its split, counted cheaply (None where
-    unknown)."""
+    """Rows of a local JSON Lines / JSON / Parquet file in its split, counted cheaply (or None)."""
     p = Path(d.path).expanduser()
     p = p if p.is_absolute() else base / p
     total: int | None

@@ -18,8 +18,7 @@ def wandb_run(cell_dir: Path, exp_dir: Path, config: dict, stage: str, coords: d
     if mode not in ("online", "offline"):   # disabled (or what W&B would refuse): no run
         return None
     # W&B's cache, data (artifact staging) and config default to ~/.cache, ~/.local/share and
-    # ~/.config: keep all of it under the study's folder, where the runs are, on the filesystem
-    # every node and the image see
+    # ~/.config: keep all of it in the study's folder, on the filesystem every node and image see
     for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
                      ("WANDB_CONFIG_DIR", "config")):
         os.environ[var] = str(Path(exp_dir) / ".wandb" / sub)
