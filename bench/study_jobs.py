@@ -7,10 +7,11 @@ checkpoints, different negative runs. Four arms, each into fresh runs folders, o
 other:
   before     each study in its own runs root, `launch run` (one cell at a time, torch's default threads: every
              core for one cell): what `make local` did for each study
-  jobs       each in its own root, `launch run --jobs 2` (two cells at once, cpus/2 threads each)
+  jobs       each in its own root, `launch run --jobs 2` (two cells at once, cpus/2 threads each; a
+             stage with one cell to run: every core)
   jobs+share both in one root with --jobs 2: the second study takes the cells the first has done
-  one-thread each in its own root, one cell at a time with cpus/2 threads: not a speed baseline, the
-  exactness one
+  same-threads each in its own root, one cell at a time, stage by stage with the threads --jobs 2 gives
+             each of the stage's cells: not a speed baseline, the exactness one
 The second study's eval metrics are compared bit for bit: --jobs and sharing against one cell at a
 time with the same threads per cell (a different thread count changes float summation order, as on
 another machine).
@@ -51,19 +52,27 @@ def studies(tmp: Path):
     return plans
 
 
-def arm(plans, jobs: int, share: bool, threads: str | None = None) -> tuple[float, dict, int]:
+def arm(plans, jobs: int, share: bool, as_jobs: int = 0) -> tuple[float, dict, int]:
     """Both studies, timed; returns the seconds, the second study's eval metrics (cell id ->
-    metrics) and how many of its cells it took from the first (shared runs root only)."""
+    metrics) and how many of its cells it took from the first (shared runs root only). as_jobs:
+    stage by stage, each cell with the threads `--jobs as_jobs` would give it."""
     profile = load_profile(ROOT / "configs/profiles/local-cpu.yaml")
     base = Path(tempfile.mkdtemp(prefix=f"bench-jobs{jobs}{'-share' if share else ''}-"))
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = threads
+    quiet = Console(file=io.StringIO())
     t, taken = time.perf_counter(), 0
     for i, plan in enumerate(plans):
         runs = base if share else base / str(i)
         if share and i:
             taken = len(plan.reusable(runs))   # a pure query, milliseconds
-        assert run_plan(plan, runs, profile, jobs=jobs, console=Console(file=io.StringIO())) == 0
+        if not as_jobs:
+            assert run_plan(plan, runs, profile, jobs=jobs, console=quiet) == 0
+            continue
+        for stage, cells in plan.stages.items():
+            pending = plan.todo(runs)
+            todo = sum(c.key in pending for c in cells)
+            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) //
+                                                    max(1, min(as_jobs, todo))))
+            assert run_plan(plan, runs, profile, only=stage, jobs=jobs, console=quiet) == 0
     seconds = time.perf_counter() - t
     os.environ.pop("OMP_NUM_THREADS", None)
     last = plans[-1].exp_dir(base if share else base / "1")
@@ -82,7 +91,7 @@ def main():
     t_share, m_share, taken = arm(plans, 2, True)
     t_jobs, m_jobs, _ = arm(plans, 2, False)
     t_before, _, _ = arm(plans, 1, False)
-    _, m_one, _ = arm(plans, 1, False, threads=str(max(1, (os.cpu_count() or 1) // 2)))
+    _, m_one, _ = arm(plans, 1, False, as_jobs=2)
     same_jobs, same_share = m_jobs == m_one, m_share == m_one
     runs = (f"one run each on {os.cpu_count()} cpus: before {t_before:.0f} s, --jobs 2 "
             f"{t_jobs:.0f} s, --jobs 2 and "

@@ -211,14 +211,17 @@ def collect(exp: Path, expected: list[str] | None = None, study: dict | None = N
     tables, panels, headline = tables_of(records, study, models or {}, claims)
     report.mkdir(parents=True, exist_ok=True)
     drawn = [forked(plot_all, tables, panels, report, (f,)) for f in plots.FORMATS]
-    files = write_tables(tables, report)
-    files += write_results(results_rows(records, study), report)
-    status = Table("cells", "Cells not in the tables", ["cell", "status", "detail"])
-    for p in problems:
-        status.add(*p)
-    atomic_write_text(report / "cells.md", status.markdown() if problems else
-                      "All expected cells are in the tables.\n")
-    files = [f for wait in drawn for f in wait()] + files
+    try:
+        files = write_tables(tables, report)
+        files += write_results(results_rows(records, study), report)
+        status = Table("cells", "Cells not in the tables", ["cell", "status", "detail"])
+        for p in problems:
+            status.add(*p)
+        atomic_write_text(report / "cells.md", status.markdown() if problems else
+                          "All expected cells are in the tables.\n")
+    finally:   # every child is waited for, also when writing failed
+        plotted = [f for wait in drawn for f in wait()]
+    files = plotted + files
     index = write_index(exp, study, tables, [f for f in files if f.suffix == ".png"],
                         status if problems else None)
     return {"report": str(report), "records": len(records), "problems": problems, "tables": tables,
