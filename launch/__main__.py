@@ -596,4 +596,13 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if sys.argv[1:2] in (["run-cell"], ["run-cells"]):
+        # a cell process ends here: outputs written, process group destroyed (close_distributed).
+        # The interpreter's teardown can still abort in gloo's or DeepSpeed's C++ threads (SIGABRT,
+        # "terminate called without an active exception") and turn a done cell's exit into -6, so
+        # it is skipped
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
