@@ -14,9 +14,11 @@ torch.distributed variables and runs the same worker as everywhere. With an imag
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
+import pickle
 import shlex
 import shutil
 import subprocess
@@ -78,10 +80,12 @@ class CellTask(submitit.helpers.Checkpointable):
             if rc:
                 raise RuntimeError(f"cells of this task failed (exit {rc}): see their FAILED "
                                    "records")
+            atexit.register(_end_once_saved, submitit.JobEnvironment().paths.result_pickle)
             return []
         try:
             outputs = run_cell(dirs[0])
             close_distributed()
+            atexit.register(_end_once_saved, submitit.JobEnvironment().paths.result_pickle)
             return outputs
         except Preempted as e:
             print(f"preempted: {e}; exit {EXIT_PREEMPTED}, the job script requeues", flush=True)
@@ -95,6 +99,20 @@ class CellTask(submitit.helpers.Checkpointable):
         the job script requeue."""
         layout.mark_preempted("a signal outside the step loop: the cell starts again from its files")
         _exit_preempted()
+
+
+def _end_once_saved(result: Path) -> None:
+    """At exit of a task whose cells are done: once submitit has saved the task's success, end
+    without the interpreter's teardown, where gloo's or DeepSpeed's threads can abort a done rank
+    (SIGABRT: the job would fail and its dependants never start; launch.__main__ does the same)."""
+    try:
+        saved = pickle.loads(result.read_bytes())[0] == "success"
+    except Exception:  # noqa: BLE001 (no result saved: the usual teardown and exit code)
+        return
+    if saved:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _exit_preempted():

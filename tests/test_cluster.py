@@ -460,3 +460,24 @@ def test_log_paths_of_array_tasks():
     from launch.slurm import log_path
     assert log_path(Path("/r"), "45_3") == Path("/r/submitit/45_3/45_3_0_log.out")
     assert log_path(Path("/r"), "46") == Path("/r/submitit/46/46_0_log.out")
+
+
+@pytest.mark.parametrize("saved, exit_code, teardown", [("success", 0, False), ("error", 3, True),
+                                                        (None, 3, True)])
+def test_a_done_task_ends_without_teardown_once_submitit_saved_its_success(tmp_path, saved,
+                                                                           exit_code, teardown):
+    """A Slurm task whose cells are done ends at exit, once submitit has saved ("success", result),
+    without the interpreter's teardown (where gloo's threads can abort a done rank and fail the
+    job): a handler registered before it never runs and the exit code is 0. Without a saved
+    success (an error result, or none) the teardown and the exit code are the usual ones."""
+    import pickle
+    result, ran = tmp_path / "0_0_result.pkl", tmp_path / "teardown-ran"
+    if saved:
+        result.write_bytes(pickle.dumps((saved, [])))
+    code = (f"import atexit, pathlib, sys\n"
+            f"atexit.register(lambda: pathlib.Path({str(ran)!r}).write_text('ran'))\n"
+            f"from launch.slurm import _end_once_saved\n"
+            f"atexit.register(_end_once_saved, pathlib.Path({str(result)!r}))\n"
+            f"sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert (r.returncode, ran.exists()) == (exit_code, teardown), r.stderr[-2000:]
