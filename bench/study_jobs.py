@@ -35,7 +35,7 @@ from rich.console import Console
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import reduced_config  # noqa: E402  (the reduced study: one definition, the tests')
 
-from launch.local import run_plan  # noqa: E402
+from launch.local import run_plan, stage_threads  # noqa: E402
 from launch.plan import make_plan  # noqa: E402
 from launch.core.profile import load_profile  # noqa: E402
 from launch.core.spec import load_spec
@@ -70,8 +70,7 @@ def arm(plans, jobs: int, share: bool, as_jobs: int = 0) -> tuple[float, dict, i
         for stage, cells in plan.stages.items():
             pending = plan.todo(runs)
             todo = sum(c.key in pending for c in cells)
-            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) //
-                                                    max(1, min(as_jobs, todo))))
+            os.environ["OMP_NUM_THREADS"] = str(stage_threads(as_jobs, todo))
             assert run_plan(plan, runs, profile, only=stage, jobs=jobs, console=quiet) == 0
     seconds = time.perf_counter() - t
     os.environ.pop("OMP_NUM_THREADS", None)

@@ -39,7 +39,7 @@ from launch.costs import check_memory, rates
 from launch.local import run_inprocess, run_plan
 from launch.plan import make_plan
 from launch.prefetch import cache_gaps, prefetch
-from launch.worker import run_cell_dir, run_cells, write_job
+from launch.worker import exit_now, run_cell_dir, run_cells, write_job
 
 
 class _Parser(argparse.ArgumentParser):
@@ -602,7 +602,5 @@ if __name__ == "__main__":
         # The interpreter's teardown can still abort in gloo's or DeepSpeed's C++ threads (SIGABRT,
         # "terminate called without an active exception") and turn a done cell's exit into -6, so
         # it is skipped
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)
     sys.exit(code)

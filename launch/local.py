@@ -72,9 +72,8 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
             def advance(_result, t=task) -> None:
                 progress.advance(t)
                 progress.advance(overall)
-            at_once = min(jobs, len(groups)) or 1
-            failed = run_groups(groups, {**env, "OMP_NUM_THREADS": str(max(
-                1, (os.cpu_count() or 1) // at_once))} if threads else env, jobs, advance)
+            failed = run_groups(groups, {**env, "OMP_NUM_THREADS": str(stage_threads(
+                jobs, len(groups)))} if threads else env, jobs, advance)
             if failed:
                 progress.stop()
                 for r in failed:
@@ -88,6 +87,11 @@ def run_plan(plan: Plan, runs_root: str | Path, profile: Profile, only: str | No
     con.print(f"done: {plan.exp_dir(runs_root)}" + (f"  (report: {report})" if report.exists()
                                                     else ""))
     return 0
+
+
+def stage_threads(jobs: int, workers: int) -> int:
+    """Threads per cell under --jobs: the cores shared by the workers a stage runs at once."""
+    return max(1, (os.cpu_count() or 1) // max(1, min(jobs, workers)))
 
 
 def run_groups(groups: list[list[Path]], env: dict, jobs: int, on_cell) -> list[dict]:

@@ -40,7 +40,7 @@ from launch.core.profile import Profile, Resources
 from launch.core.schema import ConfigError
 from launch.core.spec import STAGES
 from launch.plan import Cell, Plan
-from launch.worker import close_distributed, run_cell, run_cells, write_job
+from launch.worker import close_distributed, exit_now, run_cell, run_cells, write_job
 
 
 def export_ranks() -> None:
@@ -110,15 +110,11 @@ def _end_once_saved(result: Path) -> None:
     except Exception:  # noqa: BLE001 (no result saved: the usual teardown and exit code)
         return
     if saved:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_now(0)
 
 
 def _exit_preempted():
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_PREEMPTED)
+    exit_now(EXIT_PREEMPTED)
 
 
 JOB_ID = "jid=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}; jid=${jid:-$SLURM_JOB_ID}"
