@@ -332,6 +332,30 @@ def claims_tables(curves_of, claims) -> list[Table]:
 
 
 # ----------------------------------------------------------------------------------- Setting I
+def slice_pairs(values: dict):
+    """(model, i, j, inverse, forward) for every model and slice pair i<j that has both directions;
+    values: (model, from, to) -> {seed: value}."""
+    for model in sorted({k[0] for k in values}, key=natural):
+        for i, j in sorted({(k[1], k[2]) for k in values if k[0] == model and k[1] < k[2]}):
+            inv, fwd = values.get((model, j, i)), values.get((model, i, j))
+            if inv and fwd:
+                yield model, i, j, inv, fwd
+
+
+def paired_gap(fwd: dict, inv: dict, ns: list, shift=None) -> Stat | None:
+    """Forward minus inverse within each seed's chain (minus shift), mean ± CI over seeds."""
+    seeds = [s for s in inv if s in fwd and (shift is None or s in shift)]
+    return stat({k: fwd[k] - inv[k] - (shift[k] if shift else 0.0) for k in seeds}, 4, test=True,
+                ns=ns)
+
+
+def level(values: dict, ns: list) -> Stat:
+    """One direction's mean over seeds, its CI where there are two or more."""
+    mean, half, n, unit = unit_ci(values)
+    ns.append((n, unit))
+    return Stat(mean, half if n > 1 else None, n, 4, signed=False, unit=unit)
+
+
 def resistance_table(records):
     """Paper's Table 1: for each model and slice pair i<j, inverse (theta_j on D_i) vs forward
     (theta_i on D_j); every gap is paired by seed (forward minus inverse within each seed's chain)
@@ -363,31 +387,40 @@ def resistance_table(records):
                "target entropy Di",
                "target entropy Dj", "entropy-corrected gap", "held-out bits gap",
                "attribute bits gap"])
-    ns = []
-
-    def gap(fwd: dict, inv: dict, shift=None) -> Stat | None:
-        seeds = [s for s in inv if s in fwd and (shift is None or s in shift)]
-        return stat({k: fwd[k] - inv[k] - (shift[k] if shift else 0.0) for k in seeds}, 4,
-                    test=True, ns=ns)
+    ns: list = []
     mean = lambda d: Stat(sum(d.values()) / len(d), None, len(d), 4, signed=False) if d else None
-    for model in sorted({k[0] for k in loss}, key=natural):
-        for i, j in sorted({(k[1], k[2]) for k in loss if k[0] == model and k[1] < k[2]}):
-            inv, fwd = loss.get((model, j, i)), loss.get((model, i, j))
-            if not inv or not fwd:
-                continue
-            (mi, ci_i, n_i, u_i), (mf, ci_f, n_f, u_f) = unit_ci(inv), unit_ci(fwd)
-            ns += [(n_i, u_i), (n_f, u_f)]
-            hi, hj = ent.get((model, i), {}), ent.get((model, j), {})
-            # forward's target (D_j) minus inverse's (D_i)
-            dh = {s: hj[s] - hi[s] for s in hi if s in hj}
-            t.add(model, f"θ{i}↔θ{j}",
-                  Stat(mi, ci_i if n_i > 1 else None, n_i, 4, signed=False, unit=u_i),
-                  Stat(mf, ci_f if n_f > 1 else None, n_f, 4, signed=False, unit=u_f),
-                  gap(fwd, inv), mean(hi), mean(hj), gap(fwd, inv, dh) if dh else None,
-                  gap(ce.get((model, i, j), {}), ce.get((model, j, i), {})),
-                  gap(ce_attr.get((model, i, j), {}), ce_attr.get((model, j, i), {})))
+    for model, i, j, inv, fwd in slice_pairs(loss):
+        hi, hj = ent.get((model, i), {}), ent.get((model, j), {})
+        # forward's target (D_j) minus inverse's (D_i)
+        dh = {s: hj[s] - hi[s] for s in hi if s in hj}
+        t.add(model, f"θ{i}↔θ{j}", level(inv, ns), level(fwd, ns), paired_gap(fwd, inv, ns),
+              mean(hi), mean(hj), paired_gap(fwd, inv, ns, dh) if dh else None,
+              paired_gap(ce.get((model, i, j), {}), ce.get((model, j, i), {}), ns),
+              paired_gap(ce_attr.get((model, i, j), {}), ce_attr.get((model, j, i), {}), ns))
     if ns:
         t.title += f"; mean ± {ci_label(ns)}"
+    return t
+
+
+def resistance_kl_table(records):
+    """Paper's Table 2: for each model and slice pair i<j, how far training moved the model, as the
+    eval's kl_to_base with the start slice as the base: KL(after || start) per response token on
+    the trained model's own answers to held-out prompts. Forward (theta_i on D_j) vs inverse
+    (theta_j on D_i), the gap paired by seed (forward − inverse)."""
+    kl: dict = defaultdict(dict)   # (model, from, to) -> {seed: KL}
+    for r in records:
+        c = r["coords"]
+        if r["stage"] == "eval" and "direction" in c and (m := metric_of(r, "kl_to_base")):
+            kl[(c["model"], c["from"], c["to"])][seed_of(c)] = m["value"]
+    t = Table("resistance-kl", "", ["model", "pair", "forward (θi→Dj)", "inverse (θj→Di)",
+                                    "paired gap"])
+    ns: list = []
+    for model, i, j, inv, fwd in slice_pairs(kl):
+        t.add(model, f"θ{i}↔θ{j}", level(fwd, ns), level(inv, ns), paired_gap(fwd, inv, ns))
+    t.title = ("Setting I: KL change, KL(after ‖ start slice) in nats per token on the trained "
+               "model's own answers to held-out prompts, forward vs inverse; gap paired by seed, "
+               "forward − inverse (> 0: forward moved the model more; resolved: the CI excludes "
+               f"0); mean ± {ci_label(ns or [1])}")
     return t
 
 

@@ -103,7 +103,8 @@ def tables_of(records, study: dict, models: dict, claims=()) -> tuple[dict[str, 
     the study's (spec.Claim), tested in the group 'claims'."""
     tables: dict[str, list[Table]] = {}
     panels: dict = {}
-    metric_names = {m["name"] for r in records if r["stage"] == "eval"
+    # the rebound evals' metrics (Setting I's evals have slice pairs, not negative volumes)
+    metric_names = {m["name"] for r in records if r["stage"] == "eval" and "negative" in r["coords"]
                     for m in r["data"].get("metrics", [])}
     headline = next((n for n in HEADLINES if n in metric_names), None)
     if headline:
@@ -124,9 +125,9 @@ def tables_of(records, study: dict, models: dict, claims=()) -> tuple[dict[str, 
     if claims:
         curves_of = functools.cache(lambda n: analysis.rebound_tables(records, n)[1])
         tables["claims"] = analysis.claims_tables(curves_of, claims)
-    res = analysis.resistance_table(records)
-    if res.rows:
-        tables["resistance"] = [res]
+    res = [analysis.resistance_table(records), analysis.resistance_kl_table(records)]
+    if res[0].rows or res[1].rows:
+        tables["resistance"] = res
     if any(n.startswith("bits_per_") for n in metric_names):
         tables["compression"] = [analysis.compression_table(records, pretrain_sizes(records))]
     tables["paper"] = [analysis.paper_table(records, study.get("task", ""), models)]
@@ -193,8 +194,9 @@ def read_all(exp: Path, expected: list[str]):
 def plot_all(tables: dict, panels: dict, report: Path, formats=plots.FORMATS) -> list[Path]:
     """The report's plots in the given formats."""
     files = plots.plot_rebound(panels, report / "rebound", formats) if panels else []
-    if "resistance" in tables:
-        files += plots.plot_resistance(tables["resistance"][0], report / "resistance", formats)
+    for t in tables.get("resistance", []):
+        if t.name == "resistance":
+            files += plots.plot_resistance(t, report / "resistance", formats)
     return files
 
 

@@ -442,7 +442,7 @@ class _Builder:
                     self.reuse += n * cell.job.recipe.epochs
                 for i, ref_i, _gen_i, cell_i, cost_i in answers:
                     for j, _ref_j, gen_j, _cell_j, _cost_j in answers:
-                        if i == j:
+                        if i == j or (sl.pairs == "adjacent" and abs(i - j) > 1):
                             continue
                         direction = "forward" if i < j else "inverse"
                         data = Data(path=gen_j.ref("train.jsonl"), fields={})

@@ -630,6 +630,39 @@ def test_collector_setting1_table(tmp_path):
     assert (exp / "report" / "resistance.png").stat().st_size > 1000
 
 
+def test_collector_setting1_kl_table_in_the_papers_shape(tmp_path):
+    """The paper's Table 2: per slice pair, the KL change of the forward and the inverse run (the
+    cross eval's kl_to_base from its start slice), the gap paired by seed; the paper's printed pair
+    beside ours; no rebound table or plot from Setting I's evals."""
+    exp = tmp_path / "s1kl"
+    kl = {(1, 2): 0.45, (2, 1): 0.28, (2, 3): 0.30, (3, 2): 0.31}
+    for seed in (1, 2, 3):
+        for (i, j), v in kl.items():
+            co = {"model": "llama2-7b", "seed": seed, "from": i, "to": j,
+                  "direction": "forward" if i < j else "inverse"}
+            fake_cell(exp, "cross", f"m.s{seed}.t{i}-D{j}", co, {"mean_loss": 0.2})
+            fake_cell(exp, "eval", f"m.s{seed}.t{i}-D{j}", co,
+                      {"metrics": [{"name": "kl_to_base", "value": v + seed / 100,
+                                    "stderr": 0.01, "n": 8},
+                                   {"name": "bits_per_token/target", "value": 1.0,
+                                    "stderr": 0.1, "n": 8}]})
+    s = collect(exp, study={"task": "alpaca", "setting": "resistance"},
+                models={"llama2-7b": "meta-llama/Llama-2-7b-hf"})
+    loss, klt = s["tables"]["resistance"]
+    assert (loss.name, klt.name) == ("resistance", "resistance-kl") and len(loss.rows) == 2
+    first, second = klt.rows
+    assert first["pair"] == "θ1↔θ2" and first["forward (θi→Dj)"].mean == pytest.approx(0.47)
+    assert first["inverse (θj→Di)"].mean == pytest.approx(0.30) and first["forward (θi→Dj)"].n == 3
+    assert first["paired gap"].text() == "+0.1700 ± 0.0000 resolved"
+    assert second["paired gap"].mean == pytest.approx(-0.01) and second["paired gap"].resolved
+    assert "rebound" not in s["tables"] and not (exp / "report" / "rebound.png").exists()
+    with open(exp / "report" / "tables" / "resistance-kl.csv", newline="") as f:
+        assert float(next(csv.DictReader(f))["paired gap"]) == pytest.approx(0.17)
+    paper = {r["slices"]: r for r in s["tables"]["paper"][0].rows if r["metric"] == "kl_to_base"}
+    assert paper["θ1→D2"]["paper"] == "0.4568" and paper["θ1→D2"]["ours"].mean == pytest.approx(0.47)
+    assert paper["θ2→D1"]["paper"] == "0.2796" and paper["θ2→D1"]["ours"].n == 3
+
+
 def test_collect_cli_bad_dir(capsys, tmp_path):
     assert launch_main(["collect", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith("error: RUN_DIR:")

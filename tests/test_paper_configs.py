@@ -145,6 +145,38 @@ def test_paper_config_end_to_end(paper_runs, name):
     assert all("@main" in k for k in sources)
 
 
+def test_setting1_kl_change_equals_a_separately_computed_kl(paper_runs, offline):
+    """Table 2's statistic on the fixtures: each cross eval's kl_to_base equals KL(after || start
+    slice) computed here one answer at a time (no padding, torch's kl_div) from its own checkpoint,
+    start slice and saved answers; the report holds the forward/inverse table."""
+    import torch.nn.functional as F
+    from eval.evaluate import load
+    from launch.core.jobs import ModelRef
+    from train import data as D
+    r, exp = paper_runs["kl-resistance.yaml"]
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "KL change" in (exp / "report" / "resistance.md").read_text()
+    cells = sorted(exp.glob("eval/*/result.json"))
+    assert len(cells) == 14
+    for res_path in cells[:2]:
+        job = json.loads((res_path.parent / "job.json").read_text())["job"]
+        got = next(m for m in json.loads(res_path.read_text())["metrics"] if m["name"] == "kl_to_base")
+        tok, after = load(ModelRef(path=job["model"]["path"]), exp)
+        _, start = load(ModelRef(path=job["base"]["path"]), exp)
+        rows = [json.loads(line) for line in (res_path.parent / "generations.jsonl").open()]
+        per = []
+        for ex in D.tokenize(rows, tok, job["template"], job["max_length"], "sft"):
+            ids = torch.tensor([ex.input_ids])
+            keep = torch.tensor(ex.labels[1:]) != -100
+            with torch.no_grad():
+                lp = torch.log_softmax(after(ids).logits[0, :-1].float(), -1)[keep]
+                lq = torch.log_softmax(start(ids).logits[0, :-1].float(), -1)[keep]
+            if keep.any():
+                per.append(F.kl_div(lq, lp, log_target=True, reduction="none").sum(-1).mean().item())
+        assert got["n"] == len(per) and got["value"] == pytest.approx(sum(per) / len(per), rel=1e-3, abs=1e-6)
+        assert got["value"] > 0
+
+
 def test_prefetch_pins_every_hub_source_to_the_cached_commit(offline):
     """What `make prefetch` prints to pin a study: '<field>.revision: <commit>' for every hub model,
     scorer and dataset whose revision is a branch, the commit the cache holds (as an offline job

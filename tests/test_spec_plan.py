@@ -141,6 +141,21 @@ def test_independent_schedule_counts(tmp_path):
     assert s["total_examples"] == 33200   # positive slices reused, negative cells from each
 
 
+def test_adjacent_slice_pairs_keep_every_cell_id_of_all_pairs(tmp_path):
+    """slices.pairs: adjacent trains only neighbouring slices both ways (the paper's finer Table 2
+    design); each cell it keeps is the same cell, with the same id, as in the all-pairs plan."""
+    cfg = yaml.safe_load((ROOT / "configs/ablations/kl-resistance.yaml").read_text())
+    adjacent = make_plan(load_spec(write(tmp_path, cfg)))
+    cfg["slices"]["pairs"] = "all"
+    every = make_plan(load_spec(write(tmp_path, cfg)))
+    pairs = lambda plan: {(c.coords["from"], c.coords["to"]): c.key for c in plan.stages["cross"]}
+    got, full = pairs(adjacent), pairs(every)
+    assert sorted(got) == sorted([(i, i + 1) for i in range(1, 8)] + [(i + 1, i) for i in range(1, 8)])
+    assert len(full) == 8 * 7 and all(full[k] == v for k, v in got.items())
+    assert {c.coords["from"] for c in adjacent.stages["eval"]} == set(range(1, 9))
+    assert all(c.job.eval.kl_to_base and c.job.base.path for c in adjacent.stages["eval"])
+
+
 # ---------------------------------------------------------------------------- bad-config corpus
 def mut(fn):
     cfg = copy.deepcopy(BASE)
@@ -197,6 +212,8 @@ BAD = [  # (id, config or raw text, field that the error must name)
     ("override-value", mut(lambda c: c.update(recipe_overrides={"negative": {"lr": 5}})),
      "recipe_overrides.negative.lr"),
     ("slices-wrong-setting", mut(lambda c: c.update(setting="resistance")), "slices"),
+    ("slices-pairs", mut(lambda c: c.update(setting="resistance", slices={
+        "examples": 8, "responses": 4, "pairs": "neighbours"})), "slices.pairs"),
     ("missing-required", mut(lambda c: c.pop("template")), "template"),
     ("top-p", mut(lambda c: c["eval"].update(top_p=0)), "eval.top_p"),
     ("compression-role", mut(lambda c: c["eval"].update(compression=["pretrain"])),

@@ -318,6 +318,8 @@ class Slices:
     examples: int = 0
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     responses: int = 0        # responses each slice generates on data.prompts (its dataset D_i)
+    # the slice pairs trained both ways: every i<j (Table 1), or neighbours only (i, i+1)
+    pairs: Literal["all", "adjacent"] = "all"
 
     def __post_init__(self):
         check(self.examples >= 1, "examples", f"must be >= 1, got {self.examples}",
