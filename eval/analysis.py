@@ -332,6 +332,16 @@ def claims_tables(curves_of, claims) -> list[Table]:
 
 
 # ----------------------------------------------------------------------------------- Setting I
+def cross_losses(records) -> dict:
+    """(model, from, to) -> {seed: the cross run's mean training loss}."""
+    loss: dict = defaultdict(dict)
+    for r in records:
+        c = r["coords"]
+        if r["stage"] == "cross" and "direction" in c and r["data"].get("mean_loss") is not None:
+            loss[(c["model"], c["from"], c["to"])][seed_of(c)] = r["data"]["mean_loss"]
+    return loss
+
+
 def slice_pairs(values: dict):
     """(model, i, j, inverse, forward) for every model and slice pair i<j that has both directions;
     values: (model, from, to) -> {seed: value}."""
@@ -362,8 +372,8 @@ def resistance_table(records):
     and its CI resolves the direction. The entropy-corrected gap subtracts each target's own entropy
     (its sampler's nats/token on the answers trained on): a loss is bounded below by its target's
     entropy, so the corrected gap compares the excess, KL(D || model)."""
-    # (model, from, to) -> {seed: loss}; (model, slice) -> ...
-    loss, ent = defaultdict(dict), defaultdict(dict)
+    # (model, from, to) -> {seed: value}; (model, slice) -> ...
+    loss, ent = cross_losses(records), defaultdict(dict)
     ce, ce_attr = defaultdict(dict), defaultdict(dict)
     for r in records:
         c = r["coords"]
@@ -372,9 +382,7 @@ def resistance_table(records):
         if "direction" not in c:
             continue
         k = (c["model"], c["from"], c["to"])
-        if r["stage"] == "cross" and r["data"].get("mean_loss") is not None:
-            loss[k][seed_of(c)] = r["data"]["mean_loss"]
-        elif r["stage"] == "eval" and (m := metric_of(r, "bits_per_token/target")):
+        if r["stage"] == "eval" and (m := metric_of(r, "bits_per_token/target")):
             ce[k][seed_of(c)] = m["value"]
             if a := metric_of(r, "bits_per_attribute_token/target"):
                 ce_attr[k][seed_of(c)] = a["value"]
@@ -421,6 +429,51 @@ def resistance_kl_table(records):
                "model's own answers to held-out prompts, forward vs inverse; gap paired by seed, "
                "forward − inverse (> 0: forward moved the model more; resolved: the CI excludes "
                f"0); mean ± {ci_label(ns or [1])}")
+    return t
+
+
+def resistance_paper_table(records, task: str) -> Table:
+    """Setting I in the layout of the paper's Table 1: one row per dataset and model, per slice pair
+    (neighbours first, as the paper orders them) the inverse loss beside the forward one; the rows
+    of the three Setting I studies stack into the paper's table."""
+    rows: dict[str, dict] = defaultdict(dict)   # model -> (i, j) -> (inverse, forward)
+    for model, i, j, inv, fwd in slice_pairs(cross_losses(records)):
+        rows[model][(i, j)] = (inv, fwd)
+    pairs = sorted({p for v in rows.values() for p in v}, key=lambda p: (p[1] - p[0], p))
+    t = Table("resistance-paper", "", ["dataset", "model"] + [
+        f"{a}→{b}" for i, j in pairs for a, b in ((f"θ{j}", f"θ{i}"), (f"θ{i}", f"θ{j}"))])
+    ns: list = []
+    for model, at in rows.items():
+        t.add(task, model, *[level(at[p][k], ns) if p in at else None
+                             for p in pairs for k in (0, 1)])
+    t.title = ("Setting I in the paper's Table 1 layout: mean training loss per slice pair, inverse "
+               f"(θj→θi, on D_i) beside forward (θi→θj, on D_j); mean ± {ci_label(ns or [1])}")
+    return t
+
+
+def kl_paper_table(curves: list[Curve]) -> Table:
+    """The paper's Table 3 layout: per model, KL to the base after alignment (0 negatives) and the
+    negative examples until KL to the base falls below 0.01, one column per positive volume (the
+    aligned arm; means over the seeds that get there, their count beside)."""
+    ret = {(r["model"], r["start"]): r for r in window_stats(curves, "kl_to_base")
+           if r["arm"] == "positive"}
+    starts = sorted({c.start for c in curves if c.arm == "positive"})
+    t = Table("kl-paper", "", ["model", "measure"] + [str(p) for p in starts])
+    ns: list = []
+    for model in dict.fromkeys(c.model for c in curves if c.arm == "positive"):
+        at = {c.start: c for c in curves if c.arm == "positive" and c.model == model}
+        t.add(model, "KL to the base after alignment",
+              *[stat(at[p].points[0].seeds, 3, signed=False, ns=ns)
+                if p in at and at[p].points[0].negative == 0 else None for p in starts])
+        t.add(model, revert_label("kl_to_base"),
+              *[stat(ret[(model, p)].get("return", {}), 0, signed=False, ns=ns)
+                if (model, p) in ret else None for p in starts])
+        t.add(model, "seeds that get there",
+              *[f"{len(ret[(model, p)].get('return', {}))}/{ret[(model, p)].get('return_of', 0)}"
+                if (model, p) in ret else None for p in starts])
+    t.title = ("The paper's Table 3 layout: KL to the base (nats/token) after alignment on each "
+               "positive volume (columns), and the negative examples until it falls below 0.01 "
+               f"(per seed, linear between grid points); mean ± {ci_label(ns or [1])}")
     return t
 
 

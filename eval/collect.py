@@ -119,14 +119,18 @@ def tables_of(records, study: dict, models: dict, claims=()) -> tuple[dict[str, 
         tables["rebound"] = tabs + [t for ts, _ in extra.values() for t in ts] + \
             [f(c, n, windows) for n, c in panels.items() for f in (analysis.window_table,
                                                                    analysis.adjusted_table)]
-        if "kl_to_base" in extra:   # the paper's KL table: negatives until KL reverts
-            tables["rebound"].append(analysis.window_table(extra["kl_to_base"][1], "kl_to_base",
-                                                           windows))
+        # the paper's KL table: negatives until KL reverts
+        kl = curves if headline == "kl_to_base" else extra.get("kl_to_base", (None, None))[1]
+        if kl:
+            tables["rebound"] += ([] if headline == "kl_to_base" else
+                                  [analysis.window_table(kl, "kl_to_base", windows)]) + \
+                [analysis.kl_paper_table(kl)]
     if claims:
         curves_of = functools.cache(lambda n: analysis.rebound_tables(records, n)[1])
         tables["claims"] = analysis.claims_tables(curves_of, claims)
-    res = [analysis.resistance_table(records), analysis.resistance_kl_table(records)]
-    if res[0].rows or res[1].rows:
+    res = [analysis.resistance_table(records), analysis.resistance_paper_table(
+        records, study.get("task", "")), analysis.resistance_kl_table(records)]
+    if any(t.rows for t in res):
         tables["resistance"] = res
     if any(n.startswith("bits_per_") for n in metric_names):
         tables["compression"] = [analysis.compression_table(records, pretrain_sizes(records))]

@@ -628,6 +628,12 @@ def test_collector_setting1_table(tmp_path):
         first = next(csv.DictReader(f))
     assert float(first["paired gap"]) == pytest.approx(0.30 - 0.20) and first["inverse (θj→Di)"] == repr(0.20)
     assert (exp / "report" / "resistance.png").stat().st_size > 1000
+    # the paper's Table 1 layout: one row per dataset and model, neighbouring pairs first
+    (wide,) = [t for t in s["tables"]["resistance"] if t.name == "resistance-paper"]
+    assert wide.columns == ["dataset", "model", "θ2→θ1", "θ1→θ2", "θ3→θ2", "θ2→θ3", "θ3→θ1",
+                            "θ1→θ3"]
+    (row,) = wide.rows
+    assert [row[c].mean for c in wide.columns[2:]] == [0.20, 0.30, 0.26, 0.25, 0.22, 0.35]
 
 
 def test_collector_setting1_kl_table_in_the_papers_shape(tmp_path):
@@ -648,8 +654,9 @@ def test_collector_setting1_kl_table_in_the_papers_shape(tmp_path):
                                     "stderr": 0.1, "n": 8}]})
     s = collect(exp, study={"task": "alpaca", "setting": "resistance"},
                 models={"llama2-7b": "meta-llama/Llama-2-7b-hf"})
-    loss, klt = s["tables"]["resistance"]
-    assert (loss.name, klt.name) == ("resistance", "resistance-kl") and len(loss.rows) == 2
+    loss, wide, klt = s["tables"]["resistance"]
+    assert (loss.name, wide.name, klt.name) == ("resistance", "resistance-paper", "resistance-kl")
+    assert len(loss.rows) == 2 and wide.rows[0]["dataset"] == "alpaca"
     first, second = klt.rows
     assert first["pair"] == "θ1↔θ2" and first["forward (θi→Dj)"].mean == pytest.approx(0.47)
     assert first["inverse (θj→Di)"].mean == pytest.approx(0.30) and first["forward (θi→Dj)"].n == 3
@@ -1007,3 +1014,13 @@ def test_kl_table_counts_negatives_until_kl_to_the_base_falls_below_its_level(tm
     assert got[1000]["paper"] == "961" and got[1000]["ours"].mean == pytest.approx(825)
     assert got[2000]["paper"] == "844" and got[2000]["ours"] is None
     assert set(got) == {1000, 2000, 5000, 10000}
+    # the same numbers in the paper's Table 3 layout: measures by row, positive volumes by column
+    (t3,) = [t for t in s["tables"]["rebound"] if t.name == "kl-paper"]
+    assert t3.columns == ["model", "measure", "1000", "2000"]
+    after, needed, seeds = t3.rows
+    assert after["measure"] == "KL to the base after alignment" and after["1000"].mean == pytest.approx(0.215)
+    assert after["2000"].text() == "0.245 ± 0.064" and after["2000"].n == 2
+    assert needed["measure"] == col and needed["1000"].mean == pytest.approx(825) and needed["2000"] is None
+    assert (seeds["1000"], seeds["2000"]) == ("2/2", "0/2")
+    with open(exp / "report" / "tables" / "kl-paper.csv", newline="") as f:
+        assert [r["1000"] for r in csv.DictReader(f)][:2] == [repr(0.215), repr(825.0)]

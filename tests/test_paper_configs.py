@@ -123,12 +123,14 @@ def test_paper_config_end_to_end(paper_runs, name):
     if setting == "resistance":
         assert (report / "resistance.md").exists()
         assert "example-weighted" in (report / "resistance.md").read_text()
+        assert "Table 1 layout" in (report / "resistance.md").read_text()
         assert all(any(m["name"] == "bits_per_token/target" for m in res["metrics"])
                    for res in results)
     else:
         assert (report / "rebound.md").exists()
         head = {m["name"] for res in results for m in res["metrics"]}
         assert head & {"positive_rate", "score", "kl_to_base"}
+        assert ("Table 3 layout" in (report / "rebound.md").read_text()) == ("kl_to_base" in head)
         if "positive_rate" in head:
             assert "positive_prob" in head
             rates = [m for res in results for m in res["metrics"] if m["name"] == "positive_rate"]
