@@ -141,6 +141,19 @@ def test_independent_schedule_counts(tmp_path):
     assert s["total_examples"] == 33200   # positive slices reused, negative cells from each
 
 
+def test_every_fidelity_row_names_its_source():
+    """docs/fidelity.md: every row of the choices table has its five cells and a tag naming where
+    the value comes from ([paper], [code], [guess])."""
+    import re
+    text = (ROOT / "docs" / "fidelity.md").read_text()
+    table = text[text.index("| choice |"):].split("\n\n")[0].splitlines()[2:]
+    assert len(table) > 30
+    for line in table:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        assert len(cells) == 5 and all(cells), line[:80]
+        assert re.search(r"\[(paper|code|guess)", cells[4]), line[:80]
+
+
 def test_adjacent_slice_pairs_keep_every_cell_id_of_all_pairs(tmp_path):
     """slices.pairs: adjacent trains only neighbouring slices both ways (the paper's finer Table 2
     design); each cell it keeps is the same cell, with the same id, as in the all-pairs plan."""
