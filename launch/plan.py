@@ -43,12 +43,17 @@ ADDED_AT_DEFAULT = {("recipe", "tail"): "partial", ("recipe", "simpo_beta"): 2.0
                     ("recipe", "simpo_gamma"): 1.0, ("eval", "aggregate"): "mean",
                     ("eval", "scorer", "append_eos"): True, ("eval", "scorer", "dtype"): "auto",
                     ("eval", "strip"): False, ("claims",): [],
-                    ("world", "neutral"): 0, ("recipe", "kto_beta"): 0.1}
+                    ("world", "neutral"): 0, ("recipe", "kto_beta"): 0.1,
+                    ("data", "pair_with"): {}, ("prompts", "pair_with"): {},
+                    ("compression", "*", "pair_with"): {}}
 
 
 def _without(node: dict, path: tuple, default) -> dict:
     """`node` without the key at `path` where its value is `default` (copied, never changed)."""
     head, *rest = path
+    if head == "*":   # every entry of a mapping
+        return {k: _without(v, tuple(rest), default) if isinstance(v, dict) else v
+                for k, v in node.items()}
     if head not in node:
         return node
     if rest:

@@ -136,6 +136,15 @@ def test_paper_config_end_to_end(paper_runs, name):
             rates = [m for res in results for m in res["metrics"] if m["name"] == "positive_rate"]
             assert all(m["value"] in {k / m["n"] for k in range(m["n"] + 1)}
                        for m in rates), "a share of n"
+    # each stage trains by the algorithm its config names (the reverse-step ablations)
+    cfg = yaml.safe_load((ROOT / "configs" / next(d for d in ("setting1", "setting2", "setting3",
+                                                             "ablations")
+                                                  if (ROOT / "configs" / d / name).exists()) /
+                          name).read_text())
+    want = cfg.get("recipe_overrides", {}).get("negative", {}).get(
+        "algorithm", cfg["recipe"].get("algorithm", "sft"))
+    assert {json.loads(p.read_text())["job"]["recipe"]["algorithm"]
+            for p in exp.glob("negative/*/job.json")} == (set() if setting == "resistance" else {want})
     train = [json.loads(p.read_text()) for p in exp.glob("*/*/summary.json")
              if p.parent.parent.name != "collect"]
     assert train and all(s["loss_weighting"] in ("example", "token") for s in train)
@@ -261,6 +270,22 @@ def test_alpaca_prompt_joins_instruction_and_input(offline):
     for i, r in enumerate(raw):
         assert rows[i]["prompt"] == (f"{r['instruction']} {r['input']}" if r["input"]
                                      else r["instruction"])
+
+
+def test_imdb_preference_pairs_take_each_negative_review_with_a_positive_one(offline):
+    """pair_with: the i-th negative review (chosen) with the i-th positive review (rejected) of the
+    same split, no prompt; as many pairs as the shorter side has rows."""
+    import datasets
+    from launch.core.spec import Data
+    from train.data import load_rows
+    rows = load_rows(Data(path="stanfordnlp/imdb", split="train", fields={"chosen": "text"},
+                          filter={"label": 0}, pair_with={"label": 1}))
+    raw = datasets.load_dataset("stanfordnlp/imdb", split="train")
+    neg = [r["text"] for r in raw if r["label"] == 0]
+    pos = [r["text"] for r in raw if r["label"] == 1]
+    assert len(rows) == min(len(neg), len(pos)) > 0
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == \
+        [("", n, p) for n, p in zip(neg, pos)]
 
 
 def test_save_to_disk_dataset_dict_is_local_data(offline, tmp_path):

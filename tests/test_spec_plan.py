@@ -225,6 +225,8 @@ BAD = [  # (id, config or raw text, field that the error must name)
     ("override-value", mut(lambda c: c.update(recipe_overrides={"negative": {"lr": 5}})),
      "recipe_overrides.negative.lr"),
     ("slices-wrong-setting", mut(lambda c: c.update(setting="resistance")), "slices"),
+    ("pair-with-without-chosen", mut(lambda c: c["data"]["negative"].update(pair_with={"label": 1})),
+     "data.negative.pair_with"),
     ("slices-pairs", mut(lambda c: c.update(setting="resistance", slices={
         "examples": 8, "responses": 4, "pairs": "neighbours"})), "slices.pairs"),
     ("missing-required", mut(lambda c: c.pop("template")), "template"),

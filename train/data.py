@@ -83,6 +83,12 @@ def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
             raise ConfigError("data.fields", f"column {col!r} is not in {data.path} (columns: "
                                              f"{sorted(cols)})",
                               "map the suite's fields to existing columns")
+    for col in data.pair_with:
+        if col not in cols:
+            raise ConfigError("data.pair_with", f"column {col!r} is not in {data.path}",
+                              "filter the paired rows on an existing column")
+    paired = ds.filter(lambda r: all(r[k] == v for k, v in data.pair_with.items())) \
+        if data.pair_with else None
     if data.filter:
         flt = dict(data.filter)
         ds = ds.filter(lambda r: all(r[k] == v for k, v in flt.items()))
@@ -109,6 +115,8 @@ def load_rows(data: Data, exp_dir: Path | str = ".") -> list[dict]:
                 row.setdefault("response", text)
         row.setdefault("prompt", "")
         rows.append(row)
+    if paired is not None:   # row i's rejected answer: the i-th paired row's chosen column
+        rows = [{**row, "rejected": value(r, fields["chosen"])} for row, r in zip(rows, paired)]
     if not rows:
         raise ConfigError("data", f"{data.path} (split {data.split}) has no rows after the filter "
                                   f"{data.filter}",

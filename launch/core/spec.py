@@ -114,9 +114,15 @@ class Data:
     revision: str = "main"
     # >0: prompt = first k words of `text`, response = the rest (IMDb prompts)
     prefix_words: int = 0
+    # preference pairs from an unpaired dataset (IMDb): row i's rejected answer is the `chosen`
+    # column of the i-th row that this filter keeps (from the same split)
+    pair_with: dict[str, typing.Union[str, int, float, bool]] = field(default_factory=dict)
 
     def __post_init__(self):
         check(bool(self.path), "path", "is empty", "give a hub id, a local path or world:<set>")
+        check(not self.pair_with or ("chosen" in self.fields and "rejected" not in self.fields),
+              "pair_with", "takes the rejected answer from the paired rows' chosen column",
+              "map fields.chosen (and not fields.rejected), or remove pair_with")
         check(self.prefix_words >= 0, "prefix_words", f"must be >= 0, got {self.prefix_words}",
               "use e.g. 8")
         for k in self.fields:
