@@ -332,14 +332,23 @@ def claims_tables(curves_of, claims) -> list[Table]:
 
 
 # ----------------------------------------------------------------------------------- Setting I
-def cross_losses(records) -> dict:
-    """(model, from, to) -> {seed: the cross run's mean training loss}."""
-    loss: dict = defaultdict(dict)
+def pair_values(records, name: str) -> dict:
+    """(model, from, to) -> {seed: value} of one Setting I measure: the cross run's `mean_loss`, or
+    a metric of the cross run's eval."""
+    out: dict = defaultdict(dict)
     for r in records:
         c = r["coords"]
-        if r["stage"] == "cross" and "direction" in c and r["data"].get("mean_loss") is not None:
-            loss[(c["model"], c["from"], c["to"])][seed_of(c)] = r["data"]["mean_loss"]
-    return loss
+        if "direction" not in c:
+            continue
+        if r["stage"] == "cross" and name == "mean_loss":
+            v = r["data"].get("mean_loss")
+        elif r["stage"] == "eval":
+            v = (metric_of(r, name) or {}).get("value")
+        else:
+            continue
+        if v is not None:
+            out[(c["model"], c["from"], c["to"])][seed_of(c)] = v
+    return out
 
 
 def slice_pairs(values: dict):
@@ -372,20 +381,13 @@ def resistance_table(records):
     and its CI resolves the direction. The entropy-corrected gap subtracts each target's own entropy
     (its sampler's nats/token on the answers trained on): a loss is bounded below by its target's
     entropy, so the corrected gap compares the excess, KL(D || model)."""
-    # (model, from, to) -> {seed: value}; (model, slice) -> ...
-    loss, ent = cross_losses(records), defaultdict(dict)
-    ce, ce_attr = defaultdict(dict), defaultdict(dict)
+    loss, ce = pair_values(records, "mean_loss"), pair_values(records, "bits_per_token/target")
+    ce_attr = pair_values(records, "bits_per_attribute_token/target")
+    ent: dict = defaultdict(dict)   # (model, slice) -> {seed: its sampler's nats/token}
     for r in records:
         c = r["coords"]
         if r["stage"] == "responses" and (m := metric_of(r, "sampler_nats_per_token/train")):
             ent[(c["model"], c["slice"])][seed_of(c)] = m["value"]
-        if "direction" not in c:
-            continue
-        k = (c["model"], c["from"], c["to"])
-        if r["stage"] == "eval" and (m := metric_of(r, "bits_per_token/target")):
-            ce[k][seed_of(c)] = m["value"]
-            if a := metric_of(r, "bits_per_attribute_token/target"):
-                ce_attr[k][seed_of(c)] = a["value"]
     weights = sorted({r["data"].get("loss_weighting", "token") for r in records
                       if r["stage"] == "cross"}) or ["token"]
     t = Table("resistance", f"Setting I: mean training loss ({'/'.join(weights)}-weighted, nats), "
@@ -415,11 +417,7 @@ def resistance_kl_table(records):
     eval's kl_to_base with the start slice as the base: KL(after || start) per response token on
     the trained model's own answers to held-out prompts. Forward (theta_i on D_j) vs inverse
     (theta_j on D_i), the gap paired by seed (forward − inverse)."""
-    kl: dict = defaultdict(dict)   # (model, from, to) -> {seed: KL}
-    for r in records:
-        c = r["coords"]
-        if r["stage"] == "eval" and "direction" in c and (m := metric_of(r, "kl_to_base")):
-            kl[(c["model"], c["from"], c["to"])][seed_of(c)] = m["value"]
+    kl = pair_values(records, "kl_to_base")
     t = Table("resistance-kl", "", ["model", "pair", "forward (θi→Dj)", "inverse (θj→Di)",
                                     "paired gap"])
     ns: list = []
@@ -437,7 +435,7 @@ def resistance_paper_table(records, task: str) -> Table:
     (neighbours first, as the paper orders them) the inverse loss beside the forward one; the rows
     of the three Setting I studies stack into the paper's table."""
     rows: dict[str, dict] = defaultdict(dict)   # model -> (i, j) -> (inverse, forward)
-    for model, i, j, inv, fwd in slice_pairs(cross_losses(records)):
+    for model, i, j, inv, fwd in slice_pairs(pair_values(records, "mean_loss")):
         rows[model][(i, j)] = (inv, fwd)
     pairs = sorted({p for v in rows.values() for p in v}, key=lambda p: (p[1] - p[0], p))
     t = Table("resistance-paper", "", ["dataset", "model"] + [
